@@ -1,0 +1,42 @@
+"""What a model is: loading, task heads, LoRA, tiny test configs, state <-> arrays."""
+
+from .config import ConfigError, FinetuneMode, ModelConfig, TaskKind
+from .loading import (
+    LoadedModel,
+    ModelLoadError,
+    forward_inputs,
+    load_model,
+    packaged_model_path,
+)
+from .state import (
+    StateMismatchError,
+    add_delta,
+    arrays_to_state,
+    load_trainable_state,
+    state_delta,
+    state_to_arrays,
+    trainable_state,
+    unwrap,
+)
+from .tiny import write_tiny_bert
+
+__all__ = [
+    "ConfigError",
+    "FinetuneMode",
+    "LoadedModel",
+    "ModelConfig",
+    "ModelLoadError",
+    "StateMismatchError",
+    "TaskKind",
+    "add_delta",
+    "arrays_to_state",
+    "forward_inputs",
+    "load_model",
+    "load_trainable_state",
+    "packaged_model_path",
+    "state_delta",
+    "state_to_arrays",
+    "trainable_state",
+    "unwrap",
+    "write_tiny_bert",
+]

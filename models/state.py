@@ -1,0 +1,126 @@
+"""The one place that converts trainable model state to and from Flower records.
+
+Only *trainable* parameters travel (LoRA adapters + task head, or every parameter
+in full fine-tuning); frozen base weights are loaded locally at each site. Names
+are the unwrapped module's names: an Opacus ``GradSampleModule`` is unwrapped here
+so that no ``_module.`` prefix ever reaches a message or a checkpoint.
+
+A site's update is the delta ``local - global`` of that state, float32; the server
+applies the weighted mean delta: ``global <- global + sum_k w_k delta_k``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+from flwr.app import ArrayRecord
+
+__all__ = [
+    "StateMismatchError",
+    "add_delta",
+    "arrays_to_state",
+    "load_trainable_state",
+    "state_delta",
+    "state_to_arrays",
+    "trainable_state",
+    "unwrap",
+]
+
+State = dict[str, torch.Tensor]
+
+
+class StateMismatchError(ValueError):
+    """Two states (or a state and a model) disagree on names, shapes or values."""
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside an Opacus wrapper (or the module itself)."""
+    inner = getattr(model, "_module", None)
+    return inner if isinstance(inner, torch.nn.Module) else model
+
+
+def trainable_state(model: torch.nn.Module) -> State:
+    """Detached float32 CPU copies of every parameter with ``requires_grad``."""
+    return OrderedDict(
+        (name, p.detach().to("cpu", torch.float32).clone())
+        for name, p in unwrap(model).named_parameters()
+        if p.requires_grad
+    )
+
+
+def _check_same_layout(expected: State, found: State, what: str) -> None:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [
+        f"{k}: expected {tuple(expected[k].shape)}, found {tuple(found[k].shape)}"
+        for k in expected
+        if k in found and expected[k].shape != found[k].shape
+    ]
+    if missing or unexpected or shapes:
+        raise StateMismatchError(
+            f"{what} does not match the model's trainable parameters "
+            f"(missing: {missing[:5]}{'...' if len(missing) > 5 else ''}; "
+            f"unexpected: {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}; "
+            f"shape mismatches: {shapes[:5]}). Both sides must use the same "
+            "model.* configuration (source, finetune mode, LoRA r and targets)."
+        )
+
+
+def _check_finite(state: State, what: str) -> None:
+    for name, tensor in state.items():
+        if not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise StateMismatchError(
+                f"{what} holds {bad} non-finite value(s) (NaN/inf) in {name!r}. "
+                "The update is rejected; check the site's learning rate and data."
+            )
+
+
+def load_trainable_state(model: torch.nn.Module, state: State) -> None:
+    """Copy ``state`` into the model's trainable parameters (strict)."""
+    target = unwrap(model)
+    params = OrderedDict(
+        (n, p) for n, p in target.named_parameters() if p.requires_grad
+    )
+    _check_same_layout(OrderedDict((n, p.detach()) for n, p in params.items()), state,
+                       "The received state")
+    _check_finite(state, "The received state")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(state[name].to(p.device, p.dtype))
+
+
+def state_to_arrays(state: State) -> ArrayRecord:
+    """Pack a state into a Flower ``ArrayRecord`` (names kept, order kept)."""
+    return ArrayRecord(OrderedDict((k, v.detach().cpu()) for k, v in state.items()))
+
+
+def arrays_to_state(record: ArrayRecord, *, what: str = "The update") -> State:
+    """Unpack an ``ArrayRecord`` into float32 tensors; reject non-finite values."""
+    try:
+        state = OrderedDict(
+            (k, v.to(torch.float32)) for k, v in record.to_torch_state_dict().items()
+        )
+    except Exception as err:  # malformed payloads raise various errors in flwr
+        raise StateMismatchError(
+            f"{what} could not be decoded as tensors ({type(err).__name__}: {err})."
+        ) from err
+    _check_finite(state, what)
+    return state
+
+
+def state_delta(new: State, old: State) -> State:
+    """``new - old`` for every entry (the site's update)."""
+    _check_same_layout(old, new, "The local state")
+    return OrderedDict((k, new[k] - old[k]) for k in old)
+
+
+def add_delta(state: State, delta: State, *, scale: float = 1.0) -> State:
+    """``state + scale * delta`` (the server's model update)."""
+    if not math.isfinite(scale):
+        raise StateMismatchError(f"Delta scale must be finite. Found {scale}.")
+    _check_same_layout(state, delta, "The aggregated delta")
+    _check_finite(delta, "The aggregated delta")
+    return OrderedDict((k, state[k] + scale * delta[k]) for k in state)
