@@ -7,7 +7,7 @@ into a frozen dataclass; every other module receives the dataclass, never raw ke
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 __all__ = ["ConfigError", "FinetuneMode", "ModelConfig", "TaskKind", "require"]
@@ -17,14 +17,14 @@ class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
 
 
-class TaskKind(str, Enum):
+class TaskKind(StrEnum):
     """What the model is trained to do."""
 
     SEQUENCE_CLASSIFICATION = "sequence-classification"
     CAUSAL_LM = "causal-lm"
 
 
-class FinetuneMode(str, Enum):
+class FinetuneMode(StrEnum):
     """Which parameters train: LoRA adapters + task head, or every parameter."""
 
     LORA = "lora"
@@ -40,7 +40,7 @@ def require(run_config: dict[str, Any], key: str, kind: type) -> Any:
     if key not in run_config:
         raise ConfigError(
             f"Run config key `{key}` is missing. Add it to [tool.flwr.app.config] "
-            f"in pyproject.toml or pass it with --run-config \"{key}=...\"."
+            f'in pyproject.toml or pass it with --run-config "{key}=...".'
         )
     value = run_config[key]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -61,7 +61,9 @@ def parse_enum(enum: type[Enum], key: str, value: str) -> Any:
         return enum(value)
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in enum)  # type: ignore[attr-defined]
-        raise ConfigError(f"`{key}` must be one of {allowed}. Found {value!r}.") from None
+        raise ConfigError(
+            f"`{key}` must be one of {allowed}. Found {value!r}."
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,13 @@ class ModelConfig:
         if self.task is not TaskKind.SEQUENCE_CLASSIFICATION:
             raise ConfigError(
                 f"`model.task` = {self.task.value!r} is not available yet; only "
-                "'sequence-classification' is. Set model.task=\"sequence-classification\"."
+                "'sequence-classification' is. "
+                'Set model.task="sequence-classification".'
             )
         if self.num_labels < 2:
-            raise ConfigError(f"`model.num-labels` must be >= 2. Found {self.num_labels}.")
+            raise ConfigError(
+                f"`model.num-labels` must be >= 2. Found {self.num_labels}."
+            )
         if not 8 <= self.max_length <= 4096:
             raise ConfigError(
                 f"`model.max-length` must be in [8, 4096]. Found {self.max_length}."
@@ -115,7 +120,8 @@ class ModelConfig:
                 )
             if not 0.0 <= self.lora_dropout < 1.0:
                 raise ConfigError(
-                    f"`model.lora.dropout` must be in [0, 1). Found {self.lora_dropout}."
+                    "`model.lora.dropout` must be in [0, 1). "
+                    f"Found {self.lora_dropout}."
                 )
             if not self.lora_targets:
                 raise ConfigError(
@@ -129,11 +135,15 @@ class ModelConfig:
         targets = require(run_config, "model.lora.targets", str)
         return cls(
             source=require(run_config, "model.source", str),
-            task=parse_enum(TaskKind, "model.task", require(run_config, "model.task", str)),
+            task=parse_enum(
+                TaskKind, "model.task", require(run_config, "model.task", str)
+            ),
             num_labels=require(run_config, "model.num-labels", int),
             max_length=require(run_config, "model.max-length", int),
             finetune=parse_enum(
-                FinetuneMode, "model.finetune", require(run_config, "model.finetune", str)
+                FinetuneMode,
+                "model.finetune",
+                require(run_config, "model.finetune", str),
             ),
             lora_r=require(run_config, "model.lora.r", int),
             lora_alpha=require(run_config, "model.lora.alpha", int),

@@ -104,7 +104,7 @@ def _offline_message(source: str, err: Exception) -> str:
     return (
         f"Could not load {source!r}: it is not in the local Hugging Face cache and "
         f"could not be downloaded ({type(err).__name__}: {err}). This machine may be "
-        "offline. Use a local model folder (model.source=\"/path/to/model\"), or "
+        'offline. Use a local model folder (model.source="/path/to/model"), or '
         "leave model.source empty for the packaged all-MiniLM-L6-v2."
     )
 

@@ -84,8 +84,11 @@ def load_trainable_state(model: torch.nn.Module, state: State) -> None:
     params = OrderedDict(
         (n, p) for n, p in target.named_parameters() if p.requires_grad
     )
-    _check_same_layout(OrderedDict((n, p.detach()) for n, p in params.items()), state,
-                       "The received state")
+    _check_same_layout(
+        OrderedDict((n, p.detach()) for n, p in params.items()),
+        state,
+        "The received state",
+    )
     _check_finite(state, "The received state")
     with torch.no_grad():
         for name, p in params.items():

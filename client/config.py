@@ -1,0 +1,43 @@
+"""The client's view of the run config, parsed once per message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from models import ModelConfig
+from models.config import ConfigError, require
+from privacy.dp import DPConfig, GradSampleMode, default_grad_sample_mode
+
+from .data import SiteDataConfig
+from .trainer import TrainConfig
+
+__all__ = ["ClientConfig"]
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    model: ModelConfig
+    train: TrainConfig
+    dp: DPConfig
+    data: SiteDataConfig
+    num_rounds: int
+    seed: int
+
+    @property
+    def grad_sample_mode(self) -> GradSampleMode:
+        return default_grad_sample_mode(self.model.finetune)
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> ClientConfig:
+        rounds = require(run_config, "num-server-rounds", int)
+        if rounds < 1:
+            raise ConfigError(f"`num-server-rounds` must be >= 1. Found {rounds}.")
+        return cls(
+            model=ModelConfig.from_run_config(run_config),
+            train=TrainConfig.from_run_config(run_config),
+            dp=DPConfig.from_run_config(run_config),
+            data=SiteDataConfig.from_run_config(run_config),
+            num_rounds=rounds,
+            seed=require(run_config, "seed", int),
+        )

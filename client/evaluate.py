@@ -1,0 +1,41 @@
+"""Accuracy and mean cross-entropy of a classifier on a tokenized dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from .trainer import batch_inputs
+
+__all__ = ["EvalResult", "evaluate_model"]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    accuracy: float
+    loss: float
+    num_examples: int
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    dataset: TensorDataset,
+    *,
+    batch_size: int,
+    device: torch.device,
+) -> EvalResult:
+    model.to(device).eval()
+    correct, loss_sum, n = 0, 0.0, 0
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        inputs, labels = batch_inputs(batch, device)
+        logits = model(**inputs).logits  # (b, num_labels)
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        correct += int((logits.argmax(dim=-1) == labels).sum())
+        n += labels.numel()
+    if n == 0:
+        raise ValueError("Cannot evaluate on an empty dataset.")
+    return EvalResult(accuracy=correct / n, loss=loss_sum / n, num_examples=n)

@@ -1,0 +1,184 @@
+"""Local training at one site: DP-SGD (or plain SGD for comparison) for E epochs.
+
+The site's accountant arrives as serialised history (kept in the node's state
+between rounds) and leaves with this round's steps added, so epsilon is cumulative
+over the run. Runs on the site's GPU when it has one, else on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from opacus import PrivacyEngine
+from torch.utils.data import DataLoader, TensorDataset
+
+from models import forward_inputs
+from models.config import ConfigError, require
+from privacy.dp import (
+    DPConfig,
+    GradSampleMode,
+    PrivateTraining,
+    accountant_from_json,
+    accountant_to_json,
+    epsilon_of,
+    make_non_private,
+    make_private,
+    noise_for_target_epsilon,
+)
+
+__all__ = ["TrainConfig", "TrainResult", "batch_inputs", "pick_device", "train_site"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local optimisation settings (AdamW) of every site."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.local_epochs < 1:
+            raise ConfigError(
+                f"`train.local-epochs` must be >= 1. Found {self.local_epochs}."
+            )
+        if self.batch_size < 1:
+            raise ConfigError(
+                f"`train.batch-size` must be >= 1. Found {self.batch_size}."
+            )
+        if not self.lr > 0:
+            raise ConfigError(f"`train.lr` must be > 0. Found {self.lr}.")
+        if self.weight_decay < 0:
+            raise ConfigError(
+                f"`train.weight-decay` must be >= 0. Found {self.weight_decay}."
+            )
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> TrainConfig:
+        return cls(
+            local_epochs=require(run_config, "train.local-epochs", int),
+            batch_size=require(run_config, "train.batch-size", int),
+            lr=require(run_config, "train.lr", float),
+            weight_decay=require(run_config, "train.weight-decay", float),
+        )
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one site's round produced (besides the updated parameters)."""
+
+    num_examples: int
+    steps: int
+    mean_loss: float
+    epsilon: float  # cumulative over this run, at dp.delta; 0.0 without DP
+    noise_multiplier: float
+    sample_rate: float
+    accountant_json: str  # full accountant history after this round ("" w/o DP)
+
+
+def pick_device() -> torch.device:
+    """The site's GPU when it has one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def batch_inputs(
+    batch: list[torch.Tensor] | tuple[torch.Tensor, ...], device: torch.device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Split a ``tokenize`` batch into model kwargs and labels, on ``device``."""
+    tensors = [t.to(device) for t in batch]
+    named = {"input_ids": tensors[0], "attention_mask": tensors[1]}
+    if len(tensors) == 4:
+        named["token_type_ids"] = tensors[2]
+    return forward_inputs(named), tensors[-1]
+
+
+def train_site(
+    *,
+    model: torch.nn.Module,
+    dataset: TensorDataset,
+    train_cfg: TrainConfig,
+    dp_cfg: DPConfig,
+    mode: GradSampleMode,
+    accountant_json: str | None,
+    planned_rounds: int,
+    seed: int,
+    device: torch.device | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on ``dataset``; return metrics and accountant state."""
+    device = device or pick_device()
+    model.to(device).train()
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    loader = DataLoader(
+        dataset, batch_size=train_cfg.batch_size, shuffle=True, generator=generator
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
+    )
+    engine: PrivacyEngine | None = None
+    if dp_cfg.enabled:
+        engine = PrivacyEngine(accountant=dp_cfg.accountant.value)
+        engine.accountant = accountant_from_json(dp_cfg.accountant, accountant_json)
+        sigma = dp_cfg.noise_multiplier
+        if dp_cfg.target_epsilon > 0:
+            sigma = noise_for_target_epsilon(
+                target_epsilon=dp_cfg.target_epsilon,
+                delta=dp_cfg.delta,
+                sample_rate=1.0 / len(loader),
+                steps=planned_rounds * train_cfg.local_epochs * len(loader),
+                accountant=dp_cfg.accountant,
+            )
+        private: PrivateTraining = make_private(
+            engine=engine,
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=sigma,
+            max_grad_norm=dp_cfg.max_grad_norm,
+            mode=mode,
+        )
+    else:
+        private = make_non_private(
+            module=model, optimizer=optimizer, data_loader=loader
+        )
+
+    total_loss, steps = 0.0, 0
+    for _ in range(train_cfg.local_epochs):
+        for batch in private.data_loader:
+            inputs, labels = batch_inputs(batch, device)
+            private.optimizer.zero_grad(set_to_none=True)
+            logits = private.module(**inputs).logits  # (b, num_labels)
+            loss = private.backward(logits, labels)
+            private.optimizer.step()
+            if not torch.isfinite(torch.tensor(loss)):
+                raise FloatingPointError(
+                    f"Training loss became {loss} at step {steps + 1}. Lower train.lr "
+                    "or check the site's data; the round's update is not sent."
+                )
+            total_loss += loss
+            steps += 1
+    _release(private)
+    epsilon = epsilon_of(engine.accountant, dp_cfg.delta) if engine else 0.0
+    return TrainResult(
+        num_examples=len(dataset),
+        steps=steps,
+        mean_loss=total_loss / max(steps, 1),
+        epsilon=epsilon,
+        noise_multiplier=private.noise_multiplier,
+        sample_rate=private.sample_rate,
+        accountant_json=accountant_to_json(engine.accountant) if engine else "",
+    )
+
+
+def _release(private: PrivateTraining) -> None:
+    """Remove Opacus hooks so the caller's module is a plain module again."""
+    remove = getattr(private.module, "remove_hooks", None)
+    if callable(remove):
+        remove()

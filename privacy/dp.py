@@ -1,0 +1,318 @@
+"""Sample-level DP-SGD for one site: configuration, Opacus setup, the site accountant.
+
+Mechanism (Abadi et al. 2016). Each step draws a Poisson-sampled batch B (every
+record of the site's n records is included independently with rate q = 1/ceil(n/b)),
+clips each per-sample gradient to L2 norm C, adds Gaussian noise and averages::
+
+    g = (sum_{i in B} g_i * min(1, C / ||g_i||) + N(0, sigma^2 C^2 I)) / (q n)
+
+Sensitivity of the clipped sum to adding/removing one record is C, so each step is a
+subsampled Gaussian mechanism with noise multiplier sigma. The site's *accountant*
+(Opacus RDP or PRV) composes every step the site ever takes in this run; its state
+is kept across rounds (never a new accountant per round), so the epsilon it reports
+after round r covers rounds 1..r.
+
+What epsilon means here: (epsilon, delta)-DP at the *record* level under the
+add/remove-one-record neighbouring relation on the site's dataset. It does not
+protect the site's participation as a whole; client-level DP does that.
+
+Per-sample gradient modes (chosen by measurement, see benchmarks/dp_overhead.py):
+LoRA trains few parameters, so Opacus' hooks (materialised per-sample gradients)
+are cheapest; full fine-tuning uses norm-only clipping (book-keeping or Opacus'
+ghost clipping), because materialising per-sample gradients of the embedding
+matrix costs more than the rest of the step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from opacus import PrivacyEngine
+from opacus.accountants import create_accountant
+from opacus.accountants.accountant import IAccountant
+from opacus.accountants.utils import get_noise_multiplier
+from torch.utils.data import DataLoader
+
+from models.config import ConfigError, FinetuneMode, parse_enum, require
+
+__all__ = [
+    "AccountantKind",
+    "DPConfig",
+    "GradSampleMode",
+    "PrivateTraining",
+    "accountant_from_json",
+    "accountant_to_json",
+    "default_grad_sample_mode",
+    "epsilon_of",
+    "make_private",
+    "make_non_private",
+    "noise_for_target_epsilon",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class AccountantKind(StrEnum):
+    """Opacus accountants: Renyi DP (Mironov 2017) or PRV (Gopi et al. 2021)."""
+
+    RDP = "rdp"
+    PRV = "prv"
+
+
+class GradSampleMode(StrEnum):
+    """How per-sample gradients (or just their norms) are obtained."""
+
+    HOOKS = "hooks"  # Opacus: materialise per-sample gradients
+    GHOST = "ghost"  # Opacus: ghost-norm + second backward (fast gradient clipping)
+    BOOKKEEPING = "bookkeeping"  # ours: ghost-norm + one backward (Bu et al. 2023)
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Sample-level DP-SGD settings of a run.
+
+    Attributes:
+        enabled: train with DP-SGD; False trains without privacy (for comparison).
+        noise_multiplier: sigma; used when ``target_epsilon`` is 0.
+        target_epsilon: if > 0, each site derives sigma so that the whole planned
+            run (all rounds x local epochs) reaches exactly this epsilon at ``delta``.
+        max_grad_norm: per-sample clipping norm C.
+        delta: the delta of every reported (epsilon, delta).
+        accountant: which Opacus accountant composes the steps.
+    """
+
+    enabled: bool = True
+    noise_multiplier: float = 0.8
+    target_epsilon: float = 0.0
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    accountant: AccountantKind = AccountantKind.RDP
+
+    def __post_init__(self) -> None:
+        if not self.max_grad_norm > 0:
+            raise ConfigError(
+                f"`dp.max-grad-norm` must be > 0. Found {self.max_grad_norm}."
+            )
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"`dp.delta` must be in (0, 1). Found {self.delta}.")
+        if self.target_epsilon < 0:
+            raise ConfigError(
+                f"`dp.target-epsilon` must be >= 0 (0 = use dp.noise-multiplier). "
+                f"Found {self.target_epsilon}."
+            )
+        if self.enabled and self.target_epsilon == 0 and not self.noise_multiplier > 0:
+            raise ConfigError(
+                f"`dp.noise-multiplier` must be > 0. Found {self.noise_multiplier}. "
+                "Set a positive noise multiplier, a dp.target-epsilon, or "
+                "dp.enabled=false for a non-private comparison run."
+            )
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> DPConfig:
+        return cls(
+            enabled=require(run_config, "dp.enabled", bool),
+            noise_multiplier=require(run_config, "dp.noise-multiplier", float),
+            target_epsilon=require(run_config, "dp.target-epsilon", float),
+            max_grad_norm=require(run_config, "dp.max-grad-norm", float),
+            delta=require(run_config, "dp.delta", float),
+            accountant=parse_enum(
+                AccountantKind,
+                "dp.accountant",
+                require(run_config, "dp.accountant", str),
+            ),
+        )
+
+
+def default_grad_sample_mode(finetune: FinetuneMode) -> GradSampleMode:
+    """The fastest mode measured for each trainable set (benchmarks/dp_overhead.py).
+
+    MiniLM, batch 32, length 64, 2 CPU cores: LoRA r=8 hooks 1.06x the non-DP step
+    (ghost 1.35x); full fine-tuning book-keeping vs Opacus ghost 2.06x, hooks 12.8x.
+    """
+    if finetune is FinetuneMode.LORA:
+        return GradSampleMode.HOOKS
+    return GradSampleMode.BOOKKEEPING
+
+
+def noise_for_target_epsilon(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: AccountantKind,
+) -> float:
+    """Smallest sigma whose ``steps`` subsampled-Gaussian steps at rate
+    ``sample_rate`` stay within ``(target_epsilon, delta)`` (Opacus' search)."""
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant.value,
+        )
+    )
+
+
+def accountant_to_json(accountant: IAccountant) -> str:
+    """Serialise an accountant's full history: ``[[sigma, q, steps], ...]``."""
+    return json.dumps(
+        {
+            "mechanism": accountant.mechanism(),
+            "history": [[float(s), float(q), int(n)] for s, q, n in accountant.history],
+        }
+    )
+
+
+def accountant_from_json(kind: AccountantKind, payload: str | None) -> IAccountant:
+    """A fresh accountant of ``kind`` holding the serialised history, if any."""
+    accountant = create_accountant(mechanism=kind.value)
+    if payload:
+        state = json.loads(payload)
+        if state.get("mechanism") != accountant.mechanism():
+            raise ConfigError(
+                f"This site's stored accountant is {state.get('mechanism')!r} but the "
+                f"run asks for {kind.value!r}. Keep dp.accountant the same for the "
+                "whole run."
+            )
+        accountant.load_state_dict(
+            {
+                "mechanism": state["mechanism"],
+                "history": [(s, q, int(n)) for s, q, n in state["history"]],
+            }
+        )
+    return accountant
+
+
+def epsilon_of(accountant: IAccountant, delta: float) -> float:
+    """Cumulative epsilon at ``delta``; 0.0 before the first private step."""
+    if not accountant.history:
+        return 0.0
+    return float(accountant.get_epsilon(delta=delta))
+
+
+@dataclass(frozen=True)
+class PrivateTraining:
+    """What the training loop needs, identical in shape for every mode.
+
+    Loop: ``optimizer.zero_grad(); loss = backward(logits, labels);
+    optimizer.step()``; ``backward`` returns the batch's mean loss as a float.
+    """
+
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    data_loader: DataLoader
+    backward: Callable[[torch.Tensor, torch.Tensor], float]
+    mode: GradSampleMode | None
+    noise_multiplier: float
+    sample_rate: float
+
+
+def _mean_ce_backward(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    return float(loss.detach())
+
+
+def make_non_private(
+    *,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data_loader: DataLoader,
+) -> PrivateTraining:
+    """The same interface without privacy (shuffled batches, no clipping/noise)."""
+    return PrivateTraining(
+        module=module,
+        optimizer=optimizer,
+        data_loader=data_loader,
+        backward=_mean_ce_backward,
+        mode=None,
+        noise_multiplier=0.0,
+        sample_rate=1.0 / max(len(data_loader), 1),
+    )
+
+
+def make_private(
+    *,
+    engine: PrivacyEngine,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data_loader: DataLoader,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    mode: GradSampleMode,
+) -> PrivateTraining:
+    """Wrap model, optimizer and loader for DP-SGD with Poisson sampling.
+
+    ``engine`` carries the site's accountant (restored from earlier rounds); every
+    optimizer step is recorded in it.
+    """
+    if not noise_multiplier > 0:
+        raise ConfigError(f"noise multiplier must be > 0. Found {noise_multiplier}.")
+    if mode is GradSampleMode.BOOKKEEPING:
+        from .bookkeeping import make_private_bookkeeping
+
+        bk = make_private_bookkeeping(
+            engine=engine,
+            module=module,
+            optimizer=optimizer,
+            data_loader=data_loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+        )
+
+        def bk_backward(logits: torch.Tensor, labels: torch.Tensor) -> float:
+            per_sample = F.cross_entropy(logits, labels, reduction="none")
+            bk.backward(per_sample)
+            return float(per_sample.detach().mean()) if per_sample.numel() else 0.0
+
+        return PrivateTraining(
+            module=bk.module,
+            optimizer=bk.optimizer,
+            data_loader=bk.data_loader,
+            backward=bk_backward,
+            mode=mode,
+            noise_multiplier=noise_multiplier,
+            sample_rate=1.0 / len(data_loader),
+        )
+    common: dict[str, Any] = dict(
+        module=module,
+        optimizer=optimizer,
+        data_loader=data_loader,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode=mode.value,
+    )
+    if mode is GradSampleMode.GHOST:
+        criterion = torch.nn.CrossEntropyLoss(reduction="mean")
+        p_module, p_opt, p_crit, p_loader = engine.make_private(
+            criterion=criterion, **common
+        )
+
+        def ghost_backward(logits: torch.Tensor, labels: torch.Tensor) -> float:
+            loss = p_crit(logits, labels)
+            loss.backward()
+            return float(loss.detach())
+
+        backward = ghost_backward
+    else:
+        p_module, p_opt, p_loader = engine.make_private(**common)
+        backward = _mean_ce_backward
+    return PrivateTraining(
+        module=p_module,
+        optimizer=p_opt,
+        data_loader=p_loader,
+        backward=backward,
+        mode=mode,
+        noise_multiplier=noise_multiplier,
+        sample_rate=1.0 / len(data_loader),
+    )

@@ -1,0 +1,83 @@
+"""The default scenario: simulated sites sharing the embedded Rotten Tomatoes data.
+
+Every process (server, each simulated site) derives the same split from the run
+config and seed, so no data has to be shipped: site k reads only its own share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from client.data import LabeledTexts
+from models.config import ConfigError, parse_enum, require
+
+from .datasets import default_split
+from .partition import PartitionScheme, partition_indices
+
+__all__ = ["ScenarioConfig", "central_test_split", "simulated_site"]
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    partition: PartitionScheme
+    dirichlet_alpha: float
+    train_examples: int
+    test_examples: int
+    seed: int
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> ScenarioConfig:
+        alpha = require(run_config, "data.dirichlet-alpha", float)
+        if not alpha > 0:
+            raise ConfigError(f"`data.dirichlet-alpha` must be > 0. Found {alpha}.")
+        return cls(
+            partition=parse_enum(
+                PartitionScheme,
+                "data.partition",
+                require(run_config, "data.partition", str),
+            ),
+            dirichlet_alpha=alpha,
+            train_examples=require(run_config, "data.train-examples", int),
+            test_examples=require(run_config, "data.test-examples", int),
+            seed=require(run_config, "seed", int),
+        )
+
+
+def central_test_split(run_config: dict[str, Any]) -> LabeledTexts:
+    cfg = ScenarioConfig.from_run_config(run_config)
+    return default_split(
+        seed=cfg.seed,
+        train_examples=cfg.train_examples,
+        test_examples=cfg.test_examples,
+    ).test
+
+
+def simulated_site(
+    *, partition_id: int, num_partitions: int, run_config: dict[str, Any]
+) -> tuple[LabeledTexts, LabeledTexts]:
+    """(train share, eval share) of simulated site ``partition_id``."""
+    cfg = ScenarioConfig.from_run_config(run_config)
+    split = default_split(
+        seed=cfg.seed,
+        train_examples=cfg.train_examples,
+        test_examples=cfg.test_examples,
+    )
+    train_parts = partition_indices(
+        split.train.labels,
+        num_sites=num_partitions,
+        scheme=cfg.partition,
+        alpha=cfg.dirichlet_alpha,
+        seed=cfg.seed,
+    )
+    eval_parts = partition_indices(
+        split.test.labels,
+        num_sites=num_partitions,
+        scheme=PartitionScheme.IID,
+        seed=cfg.seed + 1,
+        min_per_site=1,
+    )
+    return (
+        split.train.subset(train_parts[partition_id]),
+        split.test.subset(eval_parts[partition_id]),
+    )
