@@ -49,6 +49,18 @@ class RoundLog:
     train_loss: float = float("nan")
     seconds: float = 0.0
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RoundLog:
+        return cls(
+            server_round=int(d["round"]),
+            sites=d["sites"],
+            failures=d["failures"],
+            accuracy=d["accuracy"],
+            loss=d["loss"],
+            train_loss=d["train_loss"],
+            seconds=d["seconds"],
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "round": self.server_round,

@@ -1,0 +1,172 @@
+"""The ``fedshield`` command.
+
+    fedshield simulate                       # default demo: 4 sites, MiniLM + LoRA, DP
+    fedshield simulate --out runs/nodp --run-config "dp.enabled=false"
+    fedshield simulate --out runs/nodp --run-config "resume=true num-server-rounds=5"
+
+``simulate`` runs the fedshield Flower app on Flower's simulation engine
+(``flwr run``), shows a progress display of rounds and sites, prints one table per
+round (global test accuracy, mean train loss, each site's cumulative epsilon) and
+leaves in ``--out``: summary.json, checkpoint.pt, the final adapter/head weights,
+and flwr.log with the full log.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from server.report import round_table
+from server.rounds import RoundLog
+
+from .launcher import LaunchError, check_local_superlink, flwr_command, run_logged
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="fedshield: privacy-preserving federated fine-tuning of language models.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+
+@app.callback()
+def _group() -> None:
+    """fedshield: privacy-preserving federated fine-tuning of language models."""
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _overrides_mention(overrides: list[str], key: str) -> bool:
+    return any(
+        part.split("=", 1)[0].strip() == key
+        for item in overrides
+        for part in item.split()
+    )
+
+
+def _log_tail(log: Path, lines: int = 30) -> str:
+    try:
+        text = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    keep = [line for line in text if "Error" in line or "error" in line] or text
+    return "\n".join(keep[-lines:])
+
+
+@app.command()
+def simulate(
+    run_config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--run-config",
+            "-c",
+            help='Overrides of \\[tool.flwr.app.config], e.g. "num-server-rounds=5 '
+            'dp.noise-multiplier=1.1" (strings in single quotes).',
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Directory for the run's outputs.")
+    ] = Path("runs/demo"),
+    sites: Annotated[
+        int, typer.Option("--sites", min=1, help="Number of simulated sites.")
+    ] = 4,
+) -> None:
+    """Run a federated simulation and write OUT/summary.json."""
+    overrides = list(run_config or [])
+    if _overrides_mention(overrides, "out-dir"):
+        raise typer.BadParameter("Give the output directory with --out, not out-dir.")
+    out = out.expanduser().resolve()
+    resuming = any(
+        part.strip() in ("resume=true", "resume=True")
+        for item in overrides
+        for part in item.split()
+    )
+    if (out / "summary.json").exists() and not resuming:
+        console.print(
+            f"[red]{out} already holds a run (summary.json). It is left untouched. "
+            'Choose another --out, or add --run-config "resume=true".[/red]'
+        )
+        raise typer.Exit(2)
+    try:
+        check_local_superlink()
+        launch = flwr_command(
+            overrides=[*overrides, f"out-dir='{out}'"], num_sites=sites
+        )
+    except LaunchError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from err
+
+    log_path = out / "flwr.log"
+    proc = run_logged(launch, log_path)
+    shown = 0
+    if not resuming:
+        (out / "progress.json").unlink(missing_ok=True)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("starting Flower simulation", total=None, detail="")
+        while True:
+            done = proc.poll() is not None
+            prog = _read_json(out / "progress.json")
+            if prog and prog.get("status") == "running":
+                bar.update(
+                    task,
+                    description=f"round {prog['round']}/{prog['num_rounds']}",
+                    total=prog["num_rounds"],
+                    completed=prog["round"] - 1,
+                    detail=f"sites replied {prog['sites_done']}/{prog['sites_total']}",
+                )
+            summary = _read_json(out / "summary.json")
+            rounds = (summary or {}).get("rounds", [])
+            for rnd in rounds[shown:]:
+                bar.console.print(round_table(RoundLog.from_dict(rnd), len(rounds)))
+            shown = max(shown, len(rounds))
+            if done:
+                break
+            time.sleep(1.0)
+
+    summary = _read_json(out / "summary.json")
+    if proc.returncode != 0 or not summary or summary.get("status") != "completed":
+        console.print(
+            f"[red]The simulation did not complete (flwr exit code {proc.returncode})."
+            f" Full log: {log_path}[/red]\n{_log_tail(log_path)}"
+        )
+        raise typer.Exit(1)
+    _print_final(summary, out)
+
+
+def _print_final(summary: dict[str, Any], out: Path) -> None:
+    final = summary["rounds"][-1]
+    console.print(
+        f"[bold green]Done.[/bold green] Test accuracy {final['accuracy']:.4f} after "
+        f"{final['round']} rounds (initial {summary['initial']['accuracy']:.4f})."
+    )
+    for name, site in summary["sites"].items():
+        eps = f"epsilon {site['epsilon']:.3f} at delta {site['delta']:g}"
+        console.print(
+            f"  {name}: {site['examples']} examples, {site['steps']} steps, "
+            + (eps if site["delta"] > 0 else "no DP")
+        )
+    console.print(f"Summary: {out / 'summary.json'}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

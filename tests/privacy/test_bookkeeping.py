@@ -1,0 +1,341 @@
+"""Book-keeping clipping equals per-sample DP-SGD clipping, wired like Opacus.
+
+Reference: loop over the samples one at a time, take each gradient G_i of loss_i,
+scale it by c_i = min(1, C / (||G_i|| + 1e-6)) and sum. Models are tiny randomly
+initialised BERTs in float64 so the comparison is tight (~1e-10); padding and
+samples below the clipping bound (c_i = 1) are included on purpose.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opacus import PrivacyEngine
+from peft import LoraConfig, get_peft_model
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+from transformers import BertConfig, BertForSequenceClassification
+
+from privacy.bookkeeping import (
+    BookkeepingPrivate,
+    UnsupportedTrainableModuleError,
+    make_private_bookkeeping,
+)
+
+VOCAB, PAD = 100, 0
+REL_TOL = 1e-5
+
+
+def _tiny_bert(seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+        pad_token_id=PAD,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return BertForSequenceClassification(config).double()
+
+
+def _tiny_lora(seed: int = 0) -> nn.Module:
+    config = LoraConfig(
+        task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"]
+    )
+    model = get_peft_model(_tiny_bert(seed), config)
+    torch.manual_seed(seed + 1)  # lora_B starts at 0: randomise it for a real test
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            nn.init.normal_(p, std=0.5)
+    return model
+
+
+def _batch(b: int, t: int, seed: int = 1) -> tuple[dict[str, Tensor], Tensor]:
+    """Random ids with right padding on every other sample; (B, T) contiguous ids."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (b, t), generator=gen)
+    mask = torch.ones(b, t, dtype=torch.long)
+    for i in range(0, b, 2):
+        keep = max(1, t - 1 - i % t)
+        ids[i, keep:], mask[i, keep:] = PAD, 0
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": torch.arange(t).expand(b, t).contiguous(),
+        "token_type_ids": torch.zeros(b, t, dtype=torch.long),
+    }
+    return inputs, torch.randint(0, 2, (b,), generator=gen)
+
+
+def _rows(inputs: dict[str, Tensor], i: int) -> dict[str, Tensor]:
+    return {k: v[i : i + 1].contiguous() for k, v in inputs.items()}
+
+
+def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _reference(
+    model: nn.Module, inputs: dict[str, Tensor], labels: Tensor, clip: float
+) -> tuple[list[Tensor], Tensor]:
+    """Per-sample loop: (sum_i c_i G_i per parameter, ||G_i|| per sample)."""
+    params = [p for _, p in _trainable(model)]
+    total = [torch.zeros_like(p) for p in params]
+    norms = []
+    for i in range(labels.shape[0]):
+        logits = model(**_rows(inputs, i)).logits
+        grads = torch.autograd.grad(F.cross_entropy(logits, labels[i : i + 1]), params)
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        factor = min(1.0, clip / (norm.item() + 1e-6))
+        for acc, g in zip(total, grads, strict=True):
+            acc += factor * g
+        norms.append(norm)
+    return total, torch.stack(norms)
+
+
+def _private(
+    model: nn.Module,
+    *,
+    clip: float,
+    noise: float = 0.0,
+    n: int = 16,
+    batch_size: int = 4,
+    engine: PrivacyEngine | None = None,
+) -> BookkeepingPrivate:
+    dataset = TensorDataset(torch.zeros(n, 1), torch.zeros(n, dtype=torch.long))
+    optimizer = torch.optim.SGD([p for _, p in _trainable(model)], lr=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Opacus' secure-RNG advice
+        engine = engine or PrivacyEngine(accountant="rdp")
+    return make_private_bookkeeping(
+        engine=engine,
+        module=model,
+        optimizer=optimizer,
+        data_loader=DataLoader(dataset, batch_size=batch_size),
+        noise_multiplier=noise,
+        max_grad_norm=clip,
+    )
+
+
+def _bk_backward(
+    private: BookkeepingPrivate, inputs: dict[str, Tensor], labels: Tensor
+) -> list[Tensor]:
+    private.optimizer.zero_grad(set_to_none=True)
+    logits = private.module(**inputs).logits
+    private.backward(F.cross_entropy(logits, labels, reduction="none"))
+    return [p.grad.clone() for _, p in _trainable(private.module)]
+
+
+def _assert_close(got: list[Tensor], want: list[Tensor]) -> None:
+    """Relative to the whole clipped gradient (some entries are exactly 0)."""
+    scale = math.sqrt(sum(w.pow(2).sum().item() for w in want))
+    for g, w in zip(got, want, strict=True):
+        assert (g - w).norm().item() <= REL_TOL * scale
+
+
+def _median_clip(model: nn.Module, inputs: dict[str, Tensor], labels: Tensor) -> float:
+    """A bound with samples on both sides of it: some clipped, some factor 1."""
+    _, norms = _reference(model, inputs, labels, clip=1e9)
+    return norms.median().item()
+
+
+@pytest.mark.parametrize("make_model", [_tiny_bert, _tiny_lora], ids=["full", "lora"])
+def test_clipped_sum_matches_per_sample_loop(make_model) -> None:
+    model = make_model()
+    inputs, labels = _batch(6, 12)
+    clip = _median_clip(model, inputs, labels)
+    want, norms = _reference(model, inputs, labels, clip)
+    assert (norms < clip).any() and (norms > clip).any()
+    got = _bk_backward(_private(model, clip=clip), inputs, labels)
+    _assert_close(got, want)
+
+
+def test_lora_trains_only_adapters_and_head() -> None:
+    names = [n for n, _ in _trainable(_tiny_lora())]
+    assert names and all("lora_" in n or "classifier" in n for n in names)
+    assert any("modules_to_save" in n for n in names)
+
+
+@pytest.mark.parametrize("make_model", [_tiny_bert, _tiny_lora], ids=["full", "lora"])
+def test_per_sample_norms_match_reference(make_model) -> None:
+    model = make_model()
+    inputs, labels = _batch(5, 9, seed=3)
+    _, want = _reference(model, inputs, labels, clip=1.0)
+    private = _private(model, clip=1.0)
+    _bk_backward(private, inputs, labels)
+    assert private.last_per_sample_norms is not None
+    torch.testing.assert_close(private.last_per_sample_norms, want, rtol=REL_TOL, atol=0)
+
+
+def test_step_adds_noise_and_divides_by_expected_batch_size() -> None:
+    model = _tiny_bert()
+    inputs, labels = _batch(4, 8)
+    want, _ = _reference(model, inputs, labels, clip=0.5)
+    before = [p.detach().clone() for _, p in _trainable(model)]
+    private = _private(model, clip=0.5, n=16, batch_size=4)  # E = 4
+    assert private.optimizer.expected_batch_size == 4
+    _bk_backward(private, inputs, labels)
+    private.optimizer.step()  # SGD lr=1, sigma=0: theta -= clipped sum / E
+    after = [p.detach() for _, p in _trainable(model)]
+    _assert_close([(b - a) * 4 for b, a in zip(before, after, strict=True)], want)
+
+
+def test_module_is_unwrapped_and_remove_restores_plain_training() -> None:
+    model = _tiny_bert()
+    keys = list(model.state_dict())
+    private = _private(model, clip=1.0)
+    assert private.module is model and list(private.module.state_dict()) == keys
+    inputs, labels = _batch(2, 5)
+    with pytest.raises(RuntimeError, match="BookkeepingPrivate.backward"):
+        F.cross_entropy(model(**inputs).logits, labels).backward()
+    private.remove()
+    model.zero_grad()
+    F.cross_entropy(model(**inputs).logits, labels).backward()
+    assert all(p.grad is not None for _, p in _trainable(model))
+
+
+def test_accountant_history_matches_opacus() -> None:
+    sigma, steps = 1.3, 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours, theirs = PrivacyEngine(accountant="rdp"), PrivacyEngine(accountant="rdp")
+    private = _private(_tiny_bert(), clip=1.0, noise=sigma, n=20, engine=ours)
+    reference = _tiny_bert()
+    dataset = TensorDataset(torch.zeros(20, 1), torch.zeros(20, dtype=torch.long))
+    _, opt, _, loader = theirs.make_private(
+        module=reference,
+        optimizer=torch.optim.SGD(reference.parameters(), lr=1.0),
+        criterion=nn.CrossEntropyLoss(),
+        data_loader=DataLoader(dataset, batch_size=4),
+        noise_multiplier=sigma,
+        max_grad_norm=1.0,
+        grad_sample_mode="ghost",
+    )
+    assert type(private.optimizer) is type(opt)
+    assert private.optimizer.expected_batch_size == opt.expected_batch_size
+    assert len(private.data_loader) == len(loader)
+    inputs, labels = _batch(3, 6)
+    for _ in range(steps):
+        _bk_backward(private, inputs, labels)
+        private.optimizer.step()
+        opt.step_hook(opt)  # exactly what Opacus' optimizer.step() records
+    assert ours.accountant.history == theirs.accountant.history
+    assert ours.accountant.history == [(sigma, 4 / 20, steps)]
+    assert ours.get_epsilon(1e-5) == theirs.get_epsilon(1e-5)
+
+
+class _WithConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.conv = nn.Conv1d(4, 4, 1)
+
+
+@pytest.mark.parametrize(
+    ("module", "names"),
+    [
+        (_WithConv(), ["`conv`", "Conv1d"]),
+        (nn.Sequential(nn.Linear(4, 4), nn.MultiheadAttention(4, 1)), ["`1`"]),
+        (nn.Sequential(nn.Embedding(5, 4, max_norm=1.0)), ["max_norm"]),
+    ],
+)
+def test_unsupported_trainable_module_raises_naming_it(module, names) -> None:
+    with pytest.raises(UnsupportedTrainableModuleError) as err:
+        _private(module, clip=1.0)
+    for name in [*names, "nn.Linear", "nn.Embedding", "nn.LayerNorm", "hooks"]:
+        assert name in str(err.value)
+
+
+def test_frozen_unsupported_module_is_fine() -> None:
+    module = _WithConv()
+    module.conv.requires_grad_(False)
+    _private(module, clip=1.0).remove()
+
+
+@pytest.mark.parametrize(
+    ("noise", "clip", "name"),
+    [(-1.0, 1.0, "noise_multiplier"), (math.nan, 1.0, "noise_multiplier")]
+    + [(1.0, 0.0, "max_grad_norm"), (1.0, -2.0, "max_grad_norm")],
+)
+def test_invalid_privacy_parameters_raise(noise: float, clip: float, name: str) -> None:
+    with pytest.raises(ValueError, match=f"`{name}` must be"):
+        _private(_tiny_bert(), clip=clip, noise=noise)
+
+
+def test_wrapping_twice_without_remove_raises() -> None:
+    model = _tiny_bert()
+    first = _private(model, clip=1.0)
+    with pytest.raises(RuntimeError, match="remove"):
+        _private(model, clip=1.0)
+    first.remove()
+    _private(model, clip=1.0).remove()
+
+
+def test_empty_poisson_batch_gives_zero_gradients() -> None:
+    model = _tiny_bert()
+    inputs, labels = _batch(0, 4)
+    grads = _bk_backward(_private(model, clip=1.0), inputs, labels)
+    assert all(g.abs().sum() == 0 for g in grads)
+
+
+class _Small(nn.Module):
+    """Embedding -> LayerNorm -> Linear -> mean over tokens -> Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(7, 6, padding_idx=0)
+        self.norm = nn.LayerNorm(6)
+        self.hidden = nn.Linear(6, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        hidden = torch.tanh(self.hidden(self.norm(self.emb(ids))))  # (B, T, 5)
+        return self.head(hidden.mean(dim=1))  # (B, 3)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    b=st.integers(1, 5),
+    t=st.integers(1, 6),
+    log_clip=st.floats(-3.0, 2.0),
+    seed=st.integers(0, 2**16),
+)
+def test_each_clipped_contribution_is_at_most_c(
+    b: int, t: int, log_clip: float, seed: int
+) -> None:
+    """BK(batch) = sum_i BK({i}) and ||BK({i})|| <= C: no sample exceeds C."""
+    torch.manual_seed(seed)
+    model = _Small().double()
+    clip = 10.0**log_clip
+    ids = torch.randint(0, 7, (b, t))
+    labels = torch.randint(0, 3, (b,))
+    private = _private(model, clip=clip)
+
+    def clipped_sum(rows: slice) -> list[Tensor]:
+        private.optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(ids[rows]), labels[rows], reduction="none")
+        private.backward(loss)
+        return [p.grad.clone() for p in model.parameters()]
+
+    singles = [clipped_sum(slice(i, i + 1)) for i in range(b)]
+    for grads in singles:
+        assert math.sqrt(sum(g.pow(2).sum().item() for g in grads)) <= clip * (1 + 1e-9)
+    summed = [torch.stack(parts).sum(0) for parts in zip(*singles, strict=True)]
+    _assert_close(clipped_sum(slice(None)), summed)
+    norms = private.last_per_sample_norms
+    assert norms is not None
+    total = math.sqrt(sum(g.pow(2).sum().item() for g in summed))
+    assert total <= norms.clamp(max=clip).sum().item() * (1 + 1e-9) + 1e-12
