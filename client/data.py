@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from models.config import ConfigError, require
@@ -25,6 +25,7 @@ __all__ = [
     "LabeledTexts",
     "SiteDataConfig",
     "SiteDataError",
+    "TokenizedTexts",
     "read_labeled_file",
     "tokenize",
 ]
@@ -173,20 +174,63 @@ def read_labeled_file(path: Path, cfg: SiteDataConfig) -> LabeledTexts:
     return LabeledTexts(texts=tuple(texts), labels=tuple(labels))
 
 
+class TokenizedTexts(Dataset[tuple[torch.Tensor, ...]]):
+    """Token ids of each text (truncated, unpadded) with its label.
+
+    Items are ``(input_ids, attention_mask, [token_type_ids,] label)`` with the first
+    ones of shape ``(t_i,)``; :meth:`collate` pads a batch to its longest text, so a
+    batch of short reviews costs ``(b, max t_i)``, not ``(b, max_length)``.
+    """
+
+    def __init__(
+        self,
+        encodings: dict[str, list[list[int]]],
+        labels: tuple[int, ...],
+        pad_id: int,
+    ) -> None:
+        self.keys = [
+            k
+            for k in ("input_ids", "attention_mask", "token_type_ids")
+            if k in encodings
+        ]
+        self.columns = [encodings[k] for k in self.keys]
+        self.labels = labels
+        self.pad_id = pad_id
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return (
+            *(torch.tensor(col[i], dtype=torch.long) for col in self.columns),
+            torch.tensor(self.labels[i], dtype=torch.long),
+        )
+
+    def collate(self, items: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+        """Pad each sequence column to the batch's longest text; stack labels."""
+        width = max(item[0].numel() for item in items)
+        out = []
+        for c, key in enumerate(self.keys):
+            fill = self.pad_id if key == "input_ids" else 0
+            column = torch.full((len(items), width), fill, dtype=torch.long)
+            for r, item in enumerate(items):
+                column[r, : item[c].numel()] = item[c]
+            out.append(column)  # (b, width)
+        out.append(torch.stack([item[-1] for item in items]))  # (b,)
+        return out
+
+
 def tokenize(
     data: LabeledTexts, tokenizer: PreTrainedTokenizerBase, *, max_length: int
-) -> TensorDataset:
-    """Fixed-length token tensors: ``(input_ids, attention_mask, [token_type_ids,]
-    labels)``, each of shape ``(n, max_length)`` except labels ``(n,)``."""
-    enc = tokenizer(
-        list(data.texts),
-        padding="max_length",
-        truncation=True,
-        max_length=max_length,
-        return_tensors="pt",
+) -> TokenizedTexts:
+    """Token ids truncated to ``max_length``; padding happens per batch."""
+    enc = tokenizer(list(data.texts), truncation=True, max_length=max_length)
+    return TokenizedTexts(
+        {
+            k: enc[k]
+            for k in ("input_ids", "attention_mask", "token_type_ids")
+            if k in enc
+        },
+        data.labels,
+        pad_id=int(tokenizer.pad_token_id),
     )
-    tensors = [enc["input_ids"], enc["attention_mask"]]
-    if "token_type_ids" in enc:
-        tensors.append(enc["token_type_ids"])
-    tensors.append(torch.tensor(data.labels, dtype=torch.long))
-    return TensorDataset(*tensors)

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
+from .data import TokenizedTexts
 from .trainer import batch_inputs
 
 __all__ = ["EvalResult", "evaluate_model"]
@@ -23,14 +24,14 @@ class EvalResult:
 @torch.no_grad()
 def evaluate_model(
     model: torch.nn.Module,
-    dataset: TensorDataset,
+    dataset: TokenizedTexts,
     *,
     batch_size: int,
     device: torch.device,
 ) -> EvalResult:
     model.to(device).eval()
     correct, loss_sum, n = 0, 0.0, 0
-    for batch in DataLoader(dataset, batch_size=batch_size):
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate):
         inputs, labels = batch_inputs(batch, device)
         logits = model(**inputs).logits  # (b, num_labels)
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))

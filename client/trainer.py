@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from opacus import PrivacyEngine
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from models import forward_inputs
 from models.config import ConfigError, require
@@ -28,6 +28,8 @@ from privacy.dp import (
     make_private,
     noise_for_target_epsilon,
 )
+
+from .data import TokenizedTexts
 
 __all__ = ["TrainConfig", "TrainResult", "batch_inputs", "pick_device", "train_site"]
 
@@ -90,7 +92,7 @@ def pick_device() -> torch.device:
 def batch_inputs(
     batch: list[torch.Tensor] | tuple[torch.Tensor, ...], device: torch.device
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Split a ``tokenize`` batch into model kwargs and labels, on ``device``."""
+    """Split a collated batch into model kwargs and labels, on ``device``."""
     tensors = [t.to(device) for t in batch]
     named = {"input_ids": tensors[0], "attention_mask": tensors[1]}
     if len(tensors) == 4:
@@ -101,7 +103,7 @@ def batch_inputs(
 def train_site(
     *,
     model: torch.nn.Module,
-    dataset: TensorDataset,
+    dataset: TokenizedTexts,
     train_cfg: TrainConfig,
     dp_cfg: DPConfig,
     mode: GradSampleMode,
@@ -116,7 +118,11 @@ def train_site(
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     loader = DataLoader(
-        dataset, batch_size=train_cfg.batch_size, shuffle=True, generator=generator
+        dataset,
+        batch_size=train_cfg.batch_size,
+        shuffle=True,
+        generator=generator,
+        collate_fn=dataset.collate,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(

@@ -1,0 +1,123 @@
+import math
+
+import pytest
+import torch
+from opacus.accountants import RDPAccountant
+
+from client.data import LabeledTexts, tokenize
+from client.trainer import TrainConfig, train_site
+from models import FinetuneMode, ModelConfig, load_model
+from models.config import ConfigError
+from privacy.dp import (
+    AccountantKind,
+    DPConfig,
+    GradSampleMode,
+    accountant_from_json,
+    accountant_to_json,
+    default_grad_sample_mode,
+    epsilon_of,
+    noise_for_target_epsilon,
+)
+
+# Opacus 1.6 RDPAccountant, sigma=1.0, q=0.01, 1000 steps, delta=1e-5.
+RDP_REFERENCE_EPSILON = 2.1013652716430564
+
+
+def test_rdp_epsilon_matches_fixed_reference() -> None:
+    acc = accountant_from_json(
+        AccountantKind.RDP,
+        '{"mechanism": "rdp", "history": [[1.0, 0.01, 1000]]}',
+    )
+    assert epsilon_of(acc, 1e-5) == pytest.approx(RDP_REFERENCE_EPSILON, rel=1e-9)
+
+
+def test_accountant_json_round_trip_keeps_history() -> None:
+    acc = RDPAccountant()
+    acc.history = [(0.8, 0.2, 10), (1.1, 0.05, 7)]
+    back = accountant_from_json(AccountantKind.RDP, accountant_to_json(acc))
+    assert back.history == [(0.8, 0.2, 10), (1.1, 0.05, 7)]
+    assert epsilon_of(back, 1e-5) == pytest.approx(acc.get_epsilon(1e-5))
+
+
+def test_accountant_kind_mismatch_is_refused() -> None:
+    payload = '{"mechanism": "rdp", "history": [[1.0, 0.1, 3]]}'
+    with pytest.raises(ConfigError, match="same for the whole run"):
+        accountant_from_json(AccountantKind.PRV, payload)
+
+
+def test_no_steps_means_zero_epsilon() -> None:
+    assert epsilon_of(accountant_from_json(AccountantKind.RDP, None), 1e-5) == 0.0
+
+
+def test_target_epsilon_noise_meets_the_target_over_the_planned_run() -> None:
+    sigma = noise_for_target_epsilon(
+        target_epsilon=4.0, delta=1e-5, sample_rate=0.05, steps=60,
+        accountant=AccountantKind.RDP,
+    )
+    acc = RDPAccountant()
+    acc.history = [(sigma, 0.05, 60)]
+    eps = acc.get_epsilon(1e-5)
+    assert eps <= 4.0
+    assert eps > 3.9  # Opacus' search tolerance is 0.01
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_grad_norm": 0.0}, "max-grad-norm"),
+        ({"delta": 1.0}, "dp.delta"),
+        ({"noise_multiplier": -1.0}, "noise-multiplier"),
+        ({"target_epsilon": -2.0}, "target-epsilon"),
+    ],
+)
+def test_dp_config_rejects_bad_values(kwargs, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        DPConfig(**kwargs)
+
+
+def test_default_modes_follow_the_measurements() -> None:
+    assert default_grad_sample_mode(FinetuneMode.LORA) is GradSampleMode.HOOKS
+    assert default_grad_sample_mode(FinetuneMode.FULL) is GradSampleMode.BOOKKEEPING
+
+
+def _tiny_dataset(model_dir, n: int = 40):
+    loaded = load_model(ModelConfig(source=str(model_dir), lora_r=4))
+    texts = tuple(f"review number {i} was {'great' if i % 2 else 'awful'}" for i in range(n))
+    data = LabeledTexts(texts=texts, labels=tuple(i % 2 for i in range(n)))
+    return loaded, tokenize(data, loaded.tokenizer, max_length=16)
+
+
+def test_site_accountant_persists_across_rounds_and_matches_opacus(tiny_model_dir) -> None:
+    """Round 2 starts from round 1's accountant: epsilon grows and equals an
+    independent Opacus accountant fed the same (sigma, q, steps) history."""
+    dp = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5)
+    train = TrainConfig(local_epochs=1, batch_size=8, lr=1e-3)
+    history = None
+    epsilons, steps = [], []
+    for rnd in (1, 2):
+        loaded, dataset = _tiny_dataset(tiny_model_dir)
+        result = train_site(
+            model=loaded.model, dataset=dataset, train_cfg=train, dp_cfg=dp,
+            mode=GradSampleMode.HOOKS, accountant_json=history, planned_rounds=2,
+            seed=rnd, device=torch.device("cpu"),
+        )
+        history = result.accountant_json
+        epsilons.append(result.epsilon)
+        steps.append(result.steps)
+    assert epsilons[1] > epsilons[0] > 0
+    independent = RDPAccountant()
+    for _ in range(sum(steps)):
+        independent.step(noise_multiplier=1.0, sample_rate=8 / 40)
+    assert epsilons[1] == pytest.approx(independent.get_epsilon(1e-5), rel=1e-9)
+
+
+def test_non_private_training_reports_no_epsilon(tiny_model_dir) -> None:
+    loaded, dataset = _tiny_dataset(tiny_model_dir)
+    result = train_site(
+        model=loaded.model, dataset=dataset,
+        train_cfg=TrainConfig(batch_size=8), dp_cfg=DPConfig(enabled=False),
+        mode=GradSampleMode.HOOKS, accountant_json=None, planned_rounds=1, seed=0,
+        device=torch.device("cpu"),
+    )
+    assert result.epsilon == 0.0 and result.accountant_json == ""
+    assert result.steps == 5 and math.isfinite(result.mean_loss)
