@@ -14,6 +14,7 @@ and flwr.log with the full log.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,7 +26,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from server.report import round_table
 from server.rounds import RoundLog
 
-from .launcher import LaunchError, check_local_superlink, flwr_command, run_logged
+from .launcher import (
+    LaunchError,
+    check_local_superlink,
+    flwr_command,
+    run_logged,
+    started_run_id,
+    stop_run,
+)
 
 __all__ = ["app"]
 
@@ -110,10 +118,35 @@ def simulate(
         raise typer.Exit(2) from err
 
     log_path = out / "flwr.log"
-    proc = run_logged(launch, log_path)
-    shown = 0
     if not resuming:
         (out / "progress.json").unlink(missing_ok=True)
+    proc = run_logged(launch, log_path)
+    try:
+        _follow(proc, out)
+    except KeyboardInterrupt:
+        run_id = started_run_id(log_path)
+        if run_id is not None:
+            stop_run(launch, run_id)
+        proc.terminate()
+        console.print(
+            f"[yellow]Stopped. Resume with --out {out} --run-config "
+            '"resume=true"[/yellow]'
+        )
+        raise typer.Exit(130) from None
+
+    summary = _read_json(out / "summary.json")
+    if proc.returncode != 0 or not summary or summary.get("status") != "completed":
+        console.print(
+            f"[red]The simulation did not complete (flwr exit code {proc.returncode})."
+            f" Full log: {log_path}[/red]\n{_log_tail(log_path)}"
+        )
+        raise typer.Exit(1)
+    _print_final(summary, out)
+
+
+def _follow(proc: subprocess.Popen[bytes], out: Path) -> None:
+    """Show progress and each finished round's table until ``proc`` exits."""
+    shown = 0
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -142,15 +175,6 @@ def simulate(
             if done:
                 break
             time.sleep(1.0)
-
-    summary = _read_json(out / "summary.json")
-    if proc.returncode != 0 or not summary or summary.get("status") != "completed":
-        console.print(
-            f"[red]The simulation did not complete (flwr exit code {proc.returncode})."
-            f" Full log: {log_path}[/red]\n{_log_tail(log_path)}"
-        )
-        raise typer.Exit(1)
-    _print_final(summary, out)
 
 
 def _print_final(summary: dict[str, Any], out: Path) -> None:

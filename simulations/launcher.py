@@ -11,6 +11,7 @@ running without it is reported, never killed: it may be the user's.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,9 @@ __all__ = [
     "app_dir",
     "check_local_superlink",
     "flwr_command",
+    "run_logged",
+    "started_run_id",
+    "stop_run",
 ]
 
 DISABLE_INSTALL = "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"
@@ -105,6 +109,29 @@ def flwr_command(*, overrides: list[str], num_sites: int) -> SimulationLaunch:
         command += ["--run-config", item]
     command += ["--federation-config", f"num-supernodes={num_sites}"]
     return SimulationLaunch(command=command, env=env, cwd=cwd)
+
+
+def started_run_id(log_path: Path) -> int | None:
+    """The run id ``flwr run`` printed ("Successfully started run <id>"), if any."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return None
+    found = re.findall(r"Successfully started run (\d+)", text)
+    return int(found[-1]) if found else None
+
+
+def stop_run(launch: SimulationLaunch, run_id: int) -> None:
+    """Ask the local SuperLink to stop ``run_id`` (killing ``flwr run`` does not)."""
+    subprocess.run(
+        [launch.command[0], "stop", str(run_id)],
+        cwd=launch.cwd,
+        env=launch.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def run_logged(launch: SimulationLaunch, log_path: Path) -> subprocess.Popen[bytes]:
