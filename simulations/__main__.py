@@ -1,0 +1,5 @@
+"""``python -m simulations`` == the ``fedshield`` command."""
+
+from .cli import main
+
+main()
