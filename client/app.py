@@ -26,6 +26,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from models import (
+    LoadedModel,
     arrays_to_state,
     load_model,
     load_trainable_state,
@@ -43,14 +44,15 @@ from .trainer import pick_device, train_site
 
 __all__ = ["app"]
 
+State = dict[str, torch.Tensor]
+
 logger = logging.getLogger(__name__)
 
 app = ClientApp()
 
 
-def _global_model(
-    msg: Message, cfg: ClientConfig
-) -> tuple[torch.nn.Module, object, dict]:
+def _global_model(msg: Message, cfg: ClientConfig) -> tuple[LoadedModel, State]:
+    """The shared model with the global trainable state from ``msg`` loaded."""
     loaded = load_model(cfg.model)
     record = msg.content.array_records.get("arrays")
     if not isinstance(record, ArrayRecord):
@@ -60,7 +62,7 @@ def _global_model(
         )
     global_state = arrays_to_state(record, what="The global model")
     load_trainable_state(loaded.model, global_state)
-    return loaded.model, loaded.tokenizer, global_state
+    return loaded, global_state
 
 
 @app.train()
@@ -69,9 +71,10 @@ def train(msg: Message, context: Context) -> Message:
     site = load_site(
         dict(context.node_config), dict(context.run_config), cfg, context.node_id
     )
-    model, tokenizer, global_state = _global_model(msg, cfg)
-    server_round = int(msg.content.config_records["config"]["server-round"])
-    dataset = tokenize(site.train, tokenizer, max_length=cfg.model.max_length)
+    loaded, global_state = _global_model(msg, cfg)
+    model = loaded.model
+    server_round = int(str(msg.content.config_records["config"]["server-round"]))
+    dataset = tokenize(site.train, loaded.tokenizer, max_length=cfg.model.max_length)
 
     train_config = dict(msg.content.config_records["config"])
     store = AccountantStore.for_site(
@@ -132,9 +135,9 @@ def evaluate(msg: Message, context: Context) -> Message:
             f"Site {site.name!r} has no evaluation data. Set `eval-data-path` in its "
             "node config, or set fraction-evaluate=0 in the run config."
         )
-    model, tokenizer, _ = _global_model(msg, cfg)
-    dataset = tokenize(site.eval, tokenizer, max_length=cfg.model.max_length)
-    result = evaluate_model(model, dataset, batch_size=64, device=pick_device())
+    loaded, _ = _global_model(msg, cfg)
+    dataset = tokenize(site.eval, loaded.tokenizer, max_length=cfg.model.max_length)
+    result = evaluate_model(loaded.model, dataset, batch_size=64, device=pick_device())
     metrics = MetricRecord(
         {"num-examples": len(dataset), "accuracy": result.accuracy, "loss": result.loss}
     )

@@ -86,7 +86,8 @@ def _save_final_weights(
     path = cfg.out_dir / "final_trainable.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     folder = "adapter" if cfg.model.finetune is FinetuneMode.LORA else "model"
-    evaluator.loaded.model.save_pretrained(str(cfg.out_dir / folder))
+    model: Any = evaluator.loaded.model  # a transformers/peft PreTrainedModel
+    model.save_pretrained(str(cfg.out_dir / folder))
     evaluator.loaded.tokenizer.save_pretrained(str(cfg.out_dir / folder))
     return {"trainable_state": path.name, "pretrained": folder}
 
