@@ -8,6 +8,7 @@ samples below the clipping bound (c_i = 1) are included on purpose.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -41,11 +42,11 @@ def _tiny_bert(seed: int = 0) -> BertForSequenceClassification:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=64,
-        num_labels=2,
         pad_token_id=PAD,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
+    config.num_labels = 2
     return BertForSequenceClassification(config).double()
 
 
@@ -82,6 +83,15 @@ def _rows(inputs: dict[str, Tensor], i: int) -> dict[str, Tensor]:
     return {k: v[i : i + 1].contiguous() for k, v in inputs.items()}
 
 
+def _norm(grads: tuple[Tensor, ...] | list[Tensor]) -> Tensor:
+    return torch.stack([g.pow(2).sum() for g in grads]).sum().sqrt()
+
+
+def _grad(p: Tensor) -> Tensor:
+    assert p.grad is not None, "expected a gradient"
+    return p.grad
+
+
 def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
@@ -96,7 +106,7 @@ def _reference(
     for i in range(labels.shape[0]):
         logits = model(**_rows(inputs, i)).logits
         grads = torch.autograd.grad(F.cross_entropy(logits, labels[i : i + 1]), params)
-        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        norm = _norm(grads)
         factor = min(1.0, clip / (norm.item() + 1e-6))
         for acc, g in zip(total, grads, strict=True):
             acc += factor * g
@@ -134,7 +144,7 @@ def _bk_backward(
     private.optimizer.zero_grad(set_to_none=True)
     logits = private.module(**inputs).logits
     private.backward(F.cross_entropy(logits, labels, reduction="none"))
-    return [p.grad.clone() for _, p in _trainable(private.module)]
+    return [_grad(p).clone() for _, p in _trainable(private.module)]
 
 
 def _assert_close(got: list[Tensor], want: list[Tensor]) -> None:
@@ -161,6 +171,30 @@ def test_clipped_sum_matches_per_sample_loop(make_model) -> None:
     _assert_close(got, want)
 
 
+def test_clipped_sum_matches_opacus_ghost_clipping() -> None:
+    """Same p.grad as Opacus' two-backward ghost mode (before noise and / E)."""
+    model = _tiny_bert()
+    twin = copy.deepcopy(model)
+    inputs, labels = _batch(6, 10, seed=5)
+    clip = _median_clip(model, inputs, labels)
+    got = _bk_backward(_private(model, clip=clip), inputs, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module, opt, criterion, _ = PrivacyEngine().make_private(
+            module=twin,
+            optimizer=torch.optim.SGD(twin.parameters(), lr=1.0),
+            criterion=nn.CrossEntropyLoss(),
+            data_loader=DataLoader(TensorDataset(torch.zeros(16, 1)), batch_size=4),
+            noise_multiplier=0.0,
+            max_grad_norm=clip,
+            grad_sample_mode="ghost",
+            poisson_sampling=False,
+        )
+        opt.zero_grad()
+        criterion(module(**inputs).logits, labels).backward()
+    _assert_close(got, [_grad(p) for _, p in _trainable(twin)])
+
+
 def test_lora_trains_only_adapters_and_head() -> None:
     names = [n for n, _ in _trainable(_tiny_lora())]
     assert names and all("lora_" in n or "classifier" in n for n in names)
@@ -175,7 +209,9 @@ def test_per_sample_norms_match_reference(make_model) -> None:
     private = _private(model, clip=1.0)
     _bk_backward(private, inputs, labels)
     assert private.last_per_sample_norms is not None
-    torch.testing.assert_close(private.last_per_sample_norms, want, rtol=REL_TOL, atol=0)
+    torch.testing.assert_close(
+        private.last_per_sample_norms, want, rtol=REL_TOL, atol=0
+    )
 
 
 def test_step_adds_noise_and_divides_by_expected_batch_size() -> None:
@@ -203,6 +239,17 @@ def test_module_is_unwrapped_and_remove_restores_plain_training() -> None:
     model.zero_grad()
     F.cross_entropy(model(**inputs).logits, labels).backward()
     assert all(p.grad is not None for _, p in _trainable(model))
+
+
+def test_broadcast_position_ids_raise_a_clear_error() -> None:
+    model = _tiny_bert()
+    inputs, labels = _batch(3, 5)
+    del inputs["position_ids"]  # HF then embeds a (1, T) buffer for the whole batch
+    private = _private(model, clip=1.0)
+    with pytest.raises(ValueError, match="position_ids"):
+        private.backward(
+            F.cross_entropy(model(**inputs).logits, labels, reduction="none")
+        )
 
 
 def test_accountant_history_matches_opacus() -> None:
@@ -282,31 +329,70 @@ def test_wrapping_twice_without_remove_raises() -> None:
     _private(model, clip=1.0).remove()
 
 
-def test_empty_poisson_batch_gives_zero_gradients() -> None:
+def test_empty_poisson_batch_is_a_noise_only_step() -> None:
     model = _tiny_bert()
-    inputs, labels = _batch(0, 4)
-    grads = _bk_backward(_private(model, clip=1.0), inputs, labels)
-    assert all(g.abs().sum() == 0 for g in grads)
+    private = _private(model, clip=1.0, noise=1.0)
+    private.optimizer.zero_grad(set_to_none=True)
+    private.backward(torch.zeros(0))  # HF BERT cannot forward B = 0
+    assert all(_grad(p).abs().sum() == 0 for _, p in _trainable(model))
+    before = [p.detach().clone() for _, p in _trainable(model)]
+    private.optimizer.step()
+    assert all(
+        (p != b).any() for (_, p), b in zip(_trainable(model), before, strict=True)
+    )
 
 
 class _Small(nn.Module):
-    """Embedding -> LayerNorm -> Linear -> mean over tokens -> Linear head."""
+    """Embedding -> LayerNorm -> Linear twice (shared) -> Linear -> mean -> head."""
 
     def __init__(self) -> None:
         super().__init__()
         self.emb = nn.Embedding(7, 6, padding_idx=0)
         self.norm = nn.LayerNorm(6)
+        self.mix = nn.Linear(6, 6)
         self.hidden = nn.Linear(6, 5)
         self.head = nn.Linear(5, 3)
 
     def forward(self, ids: Tensor) -> Tensor:
-        hidden = torch.tanh(self.hidden(self.norm(self.emb(ids))))  # (B, T, 5)
+        x = self.norm(self.emb(ids))  # (B, T, 6)
+        x = self.mix(torch.tanh(self.mix(x)))  # one module, two calls
+        hidden = torch.tanh(self.hidden(x))  # (B, T, 5)
         return self.head(hidden.mean(dim=1))  # (B, 3)
 
 
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+@pytest.mark.parametrize("t", [2, 5], ids=["ghost-norms", "instantiated"])
+@pytest.mark.parametrize("frozen", [(), ("mix.weight", "norm.bias", "head.bias")])
+def test_small_model_matches_per_sample_loop(t: int, frozen: tuple[str, ...]) -> None:
+    """Both norm paths, a module called twice, padding_idx, bias-only layers."""
+    torch.manual_seed(t)
+    model = _Small().double()
+    for name in frozen:
+        model.get_parameter(name).requires_grad_(False)
+    ids = torch.randint(0, 7, (5, t))
+    ids[0, 1:] = 0  # padding row of the embedding gets no gradient
+    labels = torch.randint(0, 3, (5,))
+    params = [p for _, p in _trainable(model)]
+
+    def grads_of(i: int) -> tuple[Tensor, ...]:
+        loss = F.cross_entropy(model(ids[i : i + 1]), labels[i : i + 1])
+        return torch.autograd.grad(loss, params)
+
+    norms = torch.stack([_norm(grads_of(i)) for i in range(5)])
+    clip = norms.median().item()
+    want = [torch.zeros_like(p) for p in params]
+    for i in range(5):
+        factor = min(1.0, clip / (norms[i].item() + 1e-6))
+        for acc, g in zip(want, grads_of(i), strict=True):
+            acc += factor * g
+    private = _private(model, clip=clip)
+    private.backward(F.cross_entropy(model(ids), labels, reduction="none"))
+    torch.testing.assert_close(
+        private.last_per_sample_norms, norms, rtol=REL_TOL, atol=0
+    )
+    _assert_close([_grad(p) for p in params], want)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     b=st.integers(1, 5),
     t=st.integers(1, 6),
@@ -328,7 +414,7 @@ def test_each_clipped_contribution_is_at_most_c(
         private.optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(ids[rows]), labels[rows], reduction="none")
         private.backward(loss)
-        return [p.grad.clone() for p in model.parameters()]
+        return [_grad(p).clone() for p in model.parameters()]
 
     singles = [clipped_sum(slice(i, i + 1)) for i in range(b)]
     for grads in singles:
