@@ -155,11 +155,15 @@ def train_site(
             module=model, optimizer=optimizer, data_loader=loader
         )
 
-    total_loss, steps = 0.0, 0
+    total_loss, steps, loss_batches = 0.0, 0, 0
     for _ in range(train_cfg.local_epochs):
         for batch in private.data_loader:
             inputs, labels = batch_inputs(batch, device)
             private.optimizer.zero_grad(set_to_none=True)
+            if labels.numel() == 0:  # an empty Poisson batch
+                _empty_step(private, engine)
+                steps += 1
+                continue
             logits = private.module(**inputs).logits  # (b, num_labels)
             loss = private.backward(logits, labels)
             private.optimizer.step()
@@ -169,13 +173,14 @@ def train_site(
                     "or check the site's data; the round's update is not sent."
                 )
             total_loss += loss
+            loss_batches += 1
             steps += 1
-    _release(private)
+    private.close()
     epsilon = epsilon_of(engine.accountant, dp_cfg.delta) if engine else 0.0
     return TrainResult(
         num_examples=len(dataset),
         steps=steps,
-        mean_loss=total_loss / max(steps, 1),
+        mean_loss=total_loss / max(loss_batches, 1),
         epsilon=epsilon,
         noise_multiplier=private.noise_multiplier,
         sample_rate=private.sample_rate,
@@ -183,8 +188,15 @@ def train_site(
     )
 
 
-def _release(private: PrivateTraining) -> None:
-    """Remove Opacus hooks so the caller's module is a plain module again."""
-    remove = getattr(private.module, "remove_hooks", None)
-    if callable(remove):
-        remove()
+def _empty_step(private: PrivateTraining, engine: PrivacyEngine | None) -> None:
+    """DP-SGD on an empty Poisson batch is a noise-only step; account for it."""
+    if private.empty_backward is not None:
+        private.empty_backward()
+        private.optimizer.step()
+    elif engine is not None:
+        # Opacus' per-sample hooks cannot run a 0-sample forward; count the step
+        # (epsilon stays an upper bound) but apply no update.
+        logger.warning("Empty Poisson batch: step accounted, no update applied.")
+        engine.accountant.step(
+            noise_multiplier=private.noise_multiplier, sample_rate=private.sample_rate
+        )

@@ -41,7 +41,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture()
-def tiny_run_config(default_run_config: dict[str, Any], tiny_model_dir: Path) -> dict[str, Any]:
+def tiny_run_config(
+    default_run_config: dict[str, Any], tiny_model_dir: Path
+) -> dict[str, Any]:
     cfg = dict(default_run_config)
     cfg.update(
         {

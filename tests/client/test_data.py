@@ -5,7 +5,9 @@ import pytest
 
 from client.data import SiteDataConfig, SiteDataError, read_labeled_file
 
-CFG = SiteDataConfig(text_column="text", label_column="label", label_names=("neg", "pos"))
+CFG = SiteDataConfig(
+    text_column="text", label_column="label", label_names=("neg", "pos")
+)
 
 
 def _csv(path: Path, text: str) -> Path:
@@ -48,7 +50,9 @@ def test_unreadable_file_is_reported(tmp_path: Path) -> None:
 
 def test_missing_columns_name_what_was_found(tmp_path: Path) -> None:
     f = _csv(tmp_path / "s.csv", "review,stars\ngreat,5\n")
-    with pytest.raises(SiteDataError, match=r"lacks column\(s\) \['text', 'label'\].*review"):
+    with pytest.raises(
+        SiteDataError, match=r"lacks column\(s\) \['text', 'label'\].*review"
+    ):
         read_labeled_file(f, CFG)
 
 

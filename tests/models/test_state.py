@@ -31,7 +31,9 @@ def test_delta_then_add_recovers_the_new_state() -> None:
     new = OrderedDict(a=torch.randn(3, 2), b=torch.randn(4))
     d = state_delta(new, old)
     torch.testing.assert_close(add_delta(old, d), new)
-    torch.testing.assert_close(add_delta(old, d, scale=0.5)["b"], old["b"] + 0.5 * d["b"])
+    torch.testing.assert_close(
+        add_delta(old, d, scale=0.5)["b"], old["b"] + 0.5 * d["b"]
+    )
 
 
 def test_load_trainable_state_into_a_fresh_model(tiny_model_dir) -> None:

@@ -16,11 +16,15 @@ from simulations.partition import PartitionError, PartitionScheme, partition_ind
 )
 def test_partitions_are_disjoint_complete_and_seeded(n, k, alpha, seed, scheme) -> None:
     labels = [i % 2 for i in range(n)]
-    parts = partition_indices(labels, num_sites=k, scheme=scheme, alpha=alpha, seed=seed)
+    parts = partition_indices(
+        labels, num_sites=k, scheme=scheme, alpha=alpha, seed=seed
+    )
     flat = sorted(i for p in parts for i in p)
     assert flat == list(range(n))
     assert len(parts) == k and min(len(p) for p in parts) >= 2
-    again = partition_indices(labels, num_sites=k, scheme=scheme, alpha=alpha, seed=seed)
+    again = partition_indices(
+        labels, num_sites=k, scheme=scheme, alpha=alpha, seed=seed
+    )
     assert parts == again
 
 
@@ -30,9 +34,12 @@ def test_small_alpha_skews_labels_more_than_iid() -> None:
     def skew(parts):
         return max(abs(sum(labels[i] for i in p) / len(p) - 0.5) for p in parts)
 
-    dir_parts = partition_indices(labels, num_sites=4, scheme=PartitionScheme.DIRICHLET,
-                                  alpha=0.1, seed=1)
-    iid_parts = partition_indices(labels, num_sites=4, scheme=PartitionScheme.IID, seed=1)
+    dir_parts = partition_indices(
+        labels, num_sites=4, scheme=PartitionScheme.DIRICHLET, alpha=0.1, seed=1
+    )
+    iid_parts = partition_indices(
+        labels, num_sites=4, scheme=PartitionScheme.IID, seed=1
+    )
     assert skew(dir_parts) > 0.2 > skew(iid_parts)
 
 
