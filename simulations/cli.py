@@ -169,8 +169,9 @@ def _follow(proc: subprocess.Popen[bytes], out: Path) -> None:
                 )
             summary = _read_json(out / "summary.json")
             rounds = (summary or {}).get("rounds", [])
+            total = int((summary or {}).get("config", {}).get("num-server-rounds", 0))
             for rnd in rounds[shown:]:
-                bar.console.print(round_table(RoundLog.from_dict(rnd), len(rounds)))
+                bar.console.print(round_table(RoundLog.from_dict(rnd), total))
             shown = max(shown, len(rounds))
             if done:
                 break
