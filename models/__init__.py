@@ -1,6 +1,7 @@
 """What a model is: loading, task heads, LoRA, tiny test configs, state <-> arrays."""
 
-from .config import ConfigError, FinetuneMode, ModelConfig, TaskKind
+from .config import ConfigError, FinetuneMode, ModelConfig, Pooling, TaskKind
+from .heads import MeanPoolingClassifier, is_head_parameter
 from .loading import (
     LoadedModel,
     ModelLoadError,
@@ -24,13 +25,16 @@ __all__ = [
     "ConfigError",
     "FinetuneMode",
     "LoadedModel",
+    "MeanPoolingClassifier",
     "ModelConfig",
     "ModelLoadError",
+    "Pooling",
     "StateMismatchError",
     "TaskKind",
     "add_delta",
     "arrays_to_state",
     "forward_inputs",
+    "is_head_parameter",
     "load_model",
     "load_trainable_state",
     "packaged_model_path",

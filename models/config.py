@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any
 
-__all__ = ["ConfigError", "FinetuneMode", "ModelConfig", "TaskKind", "require"]
+__all__ = [
+    "ConfigError",
+    "FinetuneMode",
+    "ModelConfig",
+    "Pooling",
+    "TaskKind",
+    "require",
+]
 
 
 class ConfigError(ValueError):
@@ -29,6 +36,13 @@ class FinetuneMode(StrEnum):
 
     LORA = "lora"
     FULL = "full"
+
+
+class Pooling(StrEnum):
+    """How a sequence becomes one vector for the classification head."""
+
+    MEAN = "mean"  # masked mean of the last hidden states (sentence encoders)
+    CLS = "cls"  # Hugging Face's own sequence-classification head ([CLS]/pooler)
 
 
 def require(run_config: dict[str, Any], key: str, kind: type) -> Any:
@@ -81,6 +95,9 @@ class ModelConfig:
         lora_alpha: LoRA scaling numerator (scale = alpha / r).
         lora_dropout: dropout on the LoRA branch.
         lora_targets: module names LoRA wraps (e.g. ``("query", "value")``).
+        pooling: ``mean`` (masked mean of the last hidden states, our head) or
+            ``cls`` (the Hugging Face sequence-classification head of the model).
+        dropout: dropout before the ``mean`` head's classifier.
         init_seed: seed for every randomly initialised weight (head, LoRA), so the
             server and all sites build bit-identical starting models.
     """
@@ -94,6 +111,8 @@ class ModelConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("query", "value")
+    pooling: Pooling = Pooling.MEAN
+    dropout: float = 0.1
     init_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -110,6 +129,10 @@ class ModelConfig:
         if not 8 <= self.max_length <= 4096:
             raise ConfigError(
                 f"`model.max-length` must be in [8, 4096]. Found {self.max_length}."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(
+                f"`model.dropout` must be in [0, 1). Found {self.dropout}."
             )
         if self.finetune is FinetuneMode.LORA:
             if self.lora_r < 1:
@@ -149,5 +172,9 @@ class ModelConfig:
             lora_alpha=require(run_config, "model.lora.alpha", int),
             lora_dropout=require(run_config, "model.lora.dropout", float),
             lora_targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
+            pooling=parse_enum(
+                Pooling, "model.pooling", require(run_config, "model.pooling", str)
+            ),
+            dropout=require(run_config, "model.dropout", float),
             init_seed=require(run_config, "seed", int),
         )

@@ -19,12 +19,14 @@ from typing import Any
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import (
+    AutoModel,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedTokenizerBase,
 )
 
-from .config import FinetuneMode, ModelConfig
+from .config import FinetuneMode, ModelConfig, Pooling
+from .heads import MeanPoolingClassifier
 
 __all__ = [
     "LoadedModel",
@@ -122,21 +124,32 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         tokenizer.pad_token = tokenizer.eos_token
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
-        model = _from_pretrained(
-            AutoModelForSequenceClassification,
-            source,
-            is_local,
-            num_labels=cfg.num_labels,
-        )
-        model.config.pad_token_id = tokenizer.pad_token_id
+        if cfg.pooling is Pooling.MEAN:
+            encoder = _from_pretrained(AutoModel, source, is_local)
+            encoder.config.pad_token_id = tokenizer.pad_token_id
+            model = MeanPoolingClassifier(
+                encoder, num_labels=cfg.num_labels, dropout=cfg.dropout
+            )
+        else:
+            model = _from_pretrained(
+                AutoModelForSequenceClassification,
+                source,
+                is_local,
+                num_labels=cfg.num_labels,
+            )
+            model.config.pad_token_id = tokenizer.pad_token_id
         if cfg.finetune is FinetuneMode.LORA:
             model = _with_lora(model, cfg)
     return LoadedModel(model=model, tokenizer=tokenizer, config=cfg)
 
 
 def _with_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
+    # Hugging Face heads: peft's SEQ_CLS task keeps the head trainable itself;
+    # our mean-pooling head: a generic LoRA model with the classifier trainable.
+    seq_cls = cfg.pooling is Pooling.CLS
     lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType.SEQ_CLS if seq_cls else None,
+        modules_to_save=None if seq_cls else ["classifier"],
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,

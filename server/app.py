@@ -21,7 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from client.config import ClientConfig
-from models import FinetuneMode, trainable_state
+from models import FinetuneMode, MeanPoolingClassifier, trainable_state
 from models.config import ConfigError
 
 from .checkpoint import (
@@ -80,14 +80,24 @@ def _prepare_out_dir(cfg: ServerConfig) -> None:
 def _save_final_weights(
     evaluator: CentralEvaluator, cfg: ServerConfig
 ) -> dict[str, str]:
+    """``final_trainable.safetensors`` (always; reload with ``load_model`` on the
+    summary's config + ``load_trainable_state``), plus a Hugging Face folder: the
+    peft adapter (LoRA, head included), or the fine-tuned model/encoder (full)."""
     from safetensors.torch import save_file
 
     state = trainable_state(evaluator.loaded.model)
     path = cfg.out_dir / "final_trainable.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    folder = "adapter" if cfg.model.finetune is FinetuneMode.LORA else "model"
-    model: Any = evaluator.loaded.model  # a transformers/peft PreTrainedModel
-    model.save_pretrained(str(cfg.out_dir / folder))
+    model: Any = evaluator.loaded.model  # peft / transformers / our head
+    if cfg.model.finetune is FinetuneMode.LORA:
+        folder = "adapter"
+        model.save_pretrained(str(cfg.out_dir / folder))
+    elif isinstance(model, MeanPoolingClassifier):
+        folder = "encoder"  # the classifier is in final_trainable.safetensors
+        model.encoder.save_pretrained(str(cfg.out_dir / folder))
+    else:
+        folder = "model"
+        model.save_pretrained(str(cfg.out_dir / folder))
     evaluator.loaded.tokenizer.save_pretrained(str(cfg.out_dir / folder))
     return {"trainable_state": path.name, "pretrained": folder}
 

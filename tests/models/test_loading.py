@@ -72,3 +72,39 @@ def test_forward_inputs_give_contiguous_batched_position_ids() -> None:
     assert out["position_ids"].shape == (3, 5)
     assert out["position_ids"].is_contiguous()
     assert out["position_ids"][2].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_mean_pooling_ignores_padding(tiny_model_dir: Path) -> None:
+    model = load_model(
+        ModelConfig(source=str(tiny_model_dir), finetune=FinetuneMode.FULL)
+    ).model
+    model.eval()
+    ids = torch.tensor([[101, 2204, 3185, 102]])
+    short = forward_inputs({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    padded_ids = torch.tensor([[101, 2204, 3185, 102, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
+    padded = forward_inputs({"input_ids": padded_ids, "attention_mask": mask})
+    with torch.no_grad():
+        torch.testing.assert_close(model(**short).logits, model(**padded).logits)
+
+
+def test_cls_pooling_uses_the_hugging_face_head(tiny_model_dir: Path) -> None:
+    from models import Pooling
+
+    cfg = ModelConfig(source=str(tiny_model_dir), pooling=Pooling.CLS, lora_r=4)
+    names = list(trainable_state(load_model(cfg).model))
+    assert any("classifier" in n for n in names)
+    assert type(load_model(cfg).model.get_base_model()).__name__ == (
+        "BertForSequenceClassification"
+    )
+
+
+def test_head_parameters_are_exactly_the_classifier(tiny_model_dir: Path) -> None:
+    from models import is_head_parameter
+
+    model = load_model(ModelConfig(source=str(tiny_model_dir), lora_r=4)).model
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    head = [n for n in trainable if is_head_parameter(n)]
+    assert head and all("classifier" in n for n in head)
+    assert all("lora_" in n for n in trainable if n not in head)
+    assert not is_head_parameter("encoder.layer.0.attention.self.query.weight")

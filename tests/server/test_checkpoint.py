@@ -56,3 +56,27 @@ def test_new_run_never_overwrites_an_existing_one(
     with pytest.raises(CheckpointError, match="left untouched"):
         _prepare_out_dir(cfg)
     assert (tmp_path / "summary.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_final_weights_reload_into_a_fresh_model(tmp_path, tiny_run_config, finetune):
+    from safetensors.torch import load_file
+
+    from models import load_model, load_trainable_state, trainable_state
+    from server.app import _save_final_weights
+    from server.evaluate import CentralEvaluator
+    from simulations.scenario import central_test_split
+
+    run_config = dict(
+        tiny_run_config, **{"out-dir": str(tmp_path), "model.finetune": finetune}
+    )
+    cfg = ServerConfig.from_run_config(run_config)
+    evaluator = CentralEvaluator(cfg, central_test_split(run_config))
+    state = {k: v + 0.5 for k, v in trainable_state(evaluator.loaded.model).items()}
+    evaluator(state)
+    saved = _save_final_weights(evaluator, cfg)
+    assert (tmp_path / saved["pretrained"] / "tokenizer_config.json").is_file()
+    fresh = load_model(cfg.model).model
+    load_trainable_state(fresh, load_file(str(tmp_path / saved["trainable_state"])))
+    after = trainable_state(fresh)
+    assert all(torch.equal(after[k], state[k]) for k in state)

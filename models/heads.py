@@ -1,0 +1,62 @@
+"""Task heads. ``MeanPoolingClassifier``: a linear classifier on the attention-masked
+mean of the encoder's last hidden states.
+
+Why not Hugging Face's ``BertForSequenceClassification``: it classifies the
+``[CLS]`` token through BERT's pooler, while sentence-embedding checkpoints such as
+the packaged all-MiniLM-L6-v2 are trained for *mean* pooling and ship an untrained
+pooler. Measured (frozen encoder, logistic-regression probe, 1,000 train / 500 test
+Rotten Tomatoes snippets): mean pooling 0.722 accuracy, [CLS] 0.666, pooler 0.634.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+__all__ = ["HEAD_MODULE_NAMES", "MeanPoolingClassifier", "is_head_parameter"]
+
+# Names of task-head modules: ours and Hugging Face's ("classifier" for BERT-style,
+# "score" for GPT-style sequence classification).
+HEAD_MODULE_NAMES = frozenset({"classifier", "score"})
+
+
+def is_head_parameter(name: str) -> bool:
+    """Whether parameter ``name`` belongs to the task head (not the encoder)."""
+    return any(part in HEAD_MODULE_NAMES for part in name.split("."))
+
+
+class MeanPoolingClassifier(nn.Module):
+    """``logits = W dropout(mean_t h_t) + b`` over non-padding tokens."""
+
+    def __init__(self, encoder: nn.Module, *, num_labels: int, dropout: float) -> None:
+        super().__init__()
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # unused: no trainable weight without a gradient
+        self.encoder = encoder
+        self.config = encoder.config  # peft and save helpers read .config
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> SequenceClassifierOutput:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            **extra,
+        ).last_hidden_state  # (b, t, d)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (b, t, 1)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (b, d)
+        logits = self.classifier(self.dropout(pooled))  # (b, num_labels)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
