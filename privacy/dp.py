@@ -20,7 +20,7 @@ Per-sample gradient modes (chosen by measurement, see benchmarks/dp_overhead.py)
 book-keeping clipping (ours, one backward pass, norms via the ghost-norm identity)
 for LoRA and full fine-tuning alike; Opacus' ghost clipping where a model has
 trainable layers book-keeping does not support. Materialising per-sample gradients
-(Opacus hooks) costs 4.95x the non-DP step for full fine-tuning of MiniLM.
+(Opacus hooks) costs 5.4x the non-DP step for full fine-tuning of MiniLM.
 """
 
 from __future__ import annotations
@@ -131,13 +131,14 @@ class DPConfig:
 
 
 def default_grad_sample_mode(finetune: FinetuneMode) -> GradSampleMode:
-    """The mode measured fastest for each trainable set (``make bench-dp``).
+    """The mode measured best for each trainable set (``make bench-dp``).
 
     ``benchmarks/dp_overhead.py``, MiniLM, batch 32, length 64, 2 CPU cores, step time
-    over the non-DP step: full fine-tuning: book-keeping 1.31x, Opacus ghost 1.83x,
-    Opacus hooks 4.95x; LoRA r=8: book-keeping 0.94x, hooks 1.01x (a tie within
-    step-to-step noise), ghost 1.26x; book-keeping also uses the least memory
-    (1.28x / 1.01x of non-DP). Models with trainable layers book-keeping does not
+    over the non-DP step (quiet machine): full fine-tuning: book-keeping 1.57x,
+    Opacus ghost 2.00x, Opacus hooks 5.39x; LoRA r=8: hooks 1.02x, book-keeping
+    1.06x (a tie within run-to-run noise; an earlier run had 0.94x vs 1.01x), ghost
+    1.58x. Book-keeping uses the least memory (full 1.28x, LoRA 1.01x vs hooks
+    1.08x), so it is the default for both. Models with trainable layers it does not
     support fall back to Opacus ghost clipping in :func:`make_private`.
     """
     del finetune  # the same mode wins for both trainable sets
