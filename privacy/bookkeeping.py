@@ -40,9 +40,10 @@ A module called k times per forward is book-kept k times and its calls are
 concatenated along the token axis (its gradient is the sum over all k T tokens).
 
 Measured (benchmarks/dp_overhead.py: all-MiniLM-L6-v2, batch 32, length 64, 2 CPU
-threads; step time over non-DP): full fine-tuning BK 1.31x vs Opacus ghost 1.83x and
-hooks 4.95x, peak step memory 1.28x vs 1.48x; LoRA r=8 BK 0.94x, hooks 1.01x (both
-within step-to-step noise of non-DP). Of BK's +0.5 s per full fine-tuning step,
+threads; step time over non-DP, quiet machine): full fine-tuning BK 1.57x (2.15 s vs
+1.37 s) vs Opacus ghost 2.00x and hooks 5.39x, peak step memory 1.28x vs 1.51x;
+LoRA r=8 BK 1.06x, hooks 1.02x (a tie within run-to-run noise; memory 1.01x vs
+1.08x). Of BK's extra ~0.5-0.8 s per full fine-tuning step,
 0.29 s is Opacus' optimizer step (noise for 22M parameters, which Opacus ghost pays
 too), ~0.1 s the ghost-norm Gram matrices, the rest hooks and the c-scaling passes.
 
