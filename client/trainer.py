@@ -140,7 +140,7 @@ def train_site(
         collate_fn=dataset.collate,
     )
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
+    groups: list[dict[str, Any]] = [
         {"params": [p for n, p in named if not is_head_parameter(n)]},
         {
             "params": [p for n, p in named if is_head_parameter(n)],

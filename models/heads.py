@@ -10,6 +10,8 @@ Rotten Tomatoes snippets): mean pooling 0.722 accuracy, [CLS] 0.666, pooler 0.63
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -29,14 +31,15 @@ def is_head_parameter(name: str) -> bool:
 class MeanPoolingClassifier(nn.Module):
     """``logits = W dropout(mean_t h_t) + b`` over non-padding tokens."""
 
-    def __init__(self, encoder: nn.Module, *, num_labels: int, dropout: float) -> None:
+    def __init__(self, encoder: Any, *, num_labels: int, dropout: float) -> None:
+        """``encoder``: a Hugging Face base model (``AutoModel``) with ``.config``."""
         super().__init__()
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # unused: no trainable weight without a gradient
-        self.encoder = encoder
+        self.encoder: Any = encoder
         self.config = encoder.config  # peft and save helpers read .config
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+        self.classifier = nn.Linear(int(encoder.config.hidden_size), num_labels)
 
     def forward(
         self,

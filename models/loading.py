@@ -124,6 +124,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         tokenizer.pad_token = tokenizer.eos_token
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
+        model: torch.nn.Module
         if cfg.pooling is Pooling.MEAN:
             encoder = _from_pretrained(AutoModel, source, is_local)
             encoder.config.pad_token_id = tokenizer.pad_token_id
@@ -131,13 +132,14 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
                 encoder, num_labels=cfg.num_labels, dropout=cfg.dropout
             )
         else:
-            model = _from_pretrained(
+            hf_model = _from_pretrained(
                 AutoModelForSequenceClassification,
                 source,
                 is_local,
                 num_labels=cfg.num_labels,
             )
-            model.config.pad_token_id = tokenizer.pad_token_id
+            hf_model.config.pad_token_id = tokenizer.pad_token_id
+            model = hf_model
         if cfg.finetune is FinetuneMode.LORA:
             model = _with_lora(model, cfg)
     return LoadedModel(model=model, tokenizer=tokenizer, config=cfg)

@@ -94,7 +94,8 @@ def _save_final_weights(
         model.save_pretrained(str(cfg.out_dir / folder))
     elif isinstance(model, MeanPoolingClassifier):
         folder = "encoder"  # the classifier is in final_trainable.safetensors
-        model.encoder.save_pretrained(str(cfg.out_dir / folder))
+        encoder: Any = model.encoder
+        encoder.save_pretrained(str(cfg.out_dir / folder))
     else:
         folder = "model"
         model.save_pretrained(str(cfg.out_dir / folder))

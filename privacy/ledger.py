@@ -1,0 +1,286 @@
+"""A site's privacy ledger: an append-only, hash-chained, Ed25519-signed record of
+every private release computed on the site's data.
+
+Each entry records one release: run, round, dataset fingerprint, mechanism, noise
+multiplier, sample rate, steps, delta, accountant kind and serialised state, the
+epsilon after the entry, and a UTC timestamp. Entries live in SQLite (WAL mode) in
+the site's state directory.
+
+Integrity. Entry ``k`` stores ``h_k = SHA-256(canonical JSON of (k, h_{k-1},
+fields))`` with ``h_0`` = 64 zeros, and ``sig_k = Ed25519_sign(key, h_k)``. A signed
+*head* ``(n, h_n)`` is rewritten in the same transaction as every append. So an
+edited entry breaks its hash, a deleted or reordered one breaks the chain (or the
+head, for the last entry), and a swapped or forged signature fails verification
+against the site's public key. Whoever holds the site's private key
+(``ledger_key.pem``, created on first use with mode 0600) can rewrite history; the
+ledger proves integrity against everyone else, and an exported public key lets
+auditors check exports.
+
+Why our own code: no maintained library offers a signed, hash-chained DP ledger;
+the primitives (SHA-256, Ed25519) are the ``cryptography`` package's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+__all__ = [
+    "GENESIS_HASH",
+    "LedgerEntry",
+    "LedgerError",
+    "Mechanism",
+    "RecordedEntry",
+    "SiteLedger",
+    "VerifyReport",
+]
+
+GENESIS_HASH = "0" * 64
+DB_NAME = "ledger.sqlite"
+KEY_NAME = "ledger_key.pem"
+PUBLIC_KEY_NAME = "ledger_key.pub"
+
+
+class LedgerError(RuntimeError):
+    """The ledger cannot be opened or written; the message says what to do."""
+
+
+class Mechanism(StrEnum):
+    """What a release protects: one record (sample-level) or one site (client-level)."""
+
+    DP_SGD = "dp-sgd"  # sample-level: subsampled Gaussian on per-record gradients
+    CLIENT_GAUSSIAN = "client-gaussian"  # client-level: Gaussian on clipped updates
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One private release, as the site's accountant saw it."""
+
+    run_id: str
+    server_round: int
+    dataset_fingerprint: str
+    mechanism: Mechanism
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    delta: float
+    accountant: str
+    accountant_state: str
+    epsilon: float
+    timestamp: str
+
+    def canonical(self) -> dict[str, Any]:
+        fields = asdict(self)
+        fields["mechanism"] = self.mechanism.value
+        return fields
+
+
+@dataclass(frozen=True)
+class RecordedEntry:
+    seq: int
+    entry: LedgerEntry
+    prev_hash: str
+    entry_hash: str
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    entries: int
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def entry_hash(seq: int, prev_hash: str, entry: LedgerEntry) -> str:
+    """SHA-256 of the canonical JSON of (seq, previous hash, fields)."""
+    payload = {"seq": seq, "prev": prev_hash, **entry.canonical()}
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _head_message(seq: int, head: str) -> bytes:
+    return f"head:{seq}:{head}".encode()
+
+
+def _load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
+    path = state_dir / KEY_NAME
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise LedgerError(
+                f"The ledger key {path} is readable by others (mode {mode:o}). Run "
+                f"`chmod 600 {path}`; anyone with this key can rewrite the ledger."
+            )
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise LedgerError(f"{path} is not an Ed25519 private key.")
+        return key
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    (state_dir / PUBLIC_KEY_NAME).write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return key
+
+
+class SiteLedger:
+    """The ledger of one site, in ``state_dir`` (created if missing)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir).expanduser()
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise LedgerError(
+                f"Cannot create the site state directory {self.state_dir} ({err}). "
+                "Set `state-dir` in the node config to a writable directory."
+            ) from err
+        self._key = _load_or_create_key(self.state_dir)
+        self.public_key: Ed25519PublicKey = self._key.public_key()
+        self._db = sqlite3.connect(self.state_dir / DB_NAME, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS entries (seq INTEGER PRIMARY KEY, "
+            "body TEXT NOT NULL, prev_hash TEXT NOT NULL, entry_hash TEXT NOT NULL, "
+            "signature BLOB NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS head (id INTEGER PRIMARY KEY CHECK (id = 1), "
+            "seq INTEGER NOT NULL, entry_hash TEXT NOT NULL, signature BLOB NOT NULL)"
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> SiteLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")  # one writer at a time
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def append(self, entry: LedgerEntry) -> RecordedEntry:
+        """Record ``entry`` durably (committed before this returns)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT seq, entry_hash FROM head WHERE id = 1").fetchone()
+            seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS_HASH)
+            digest = entry_hash(seq, prev, entry)
+            signature = self._key.sign(bytes.fromhex(digest))
+            body = json.dumps(entry.canonical(), sort_keys=True, allow_nan=False)
+            db.execute(
+                "INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
+                (seq, body, prev, digest, signature),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO head VALUES (1, ?, ?, ?)",
+                (seq, digest, self._key.sign(_head_message(seq, digest))),
+            )
+        return RecordedEntry(seq, entry, prev, digest, signature)
+
+    def entries(self) -> list[RecordedEntry]:
+        rows = self._db.execute(
+            "SELECT seq, body, prev_hash, entry_hash, signature FROM entries "
+            "ORDER BY seq"
+        ).fetchall()
+        out = []
+        for seq, body, prev, digest, sig in rows:
+            fields = json.loads(body)
+            fields["mechanism"] = Mechanism(fields["mechanism"])
+            out.append(RecordedEntry(seq, LedgerEntry(**fields), prev, digest, sig))
+        return out
+
+    def verify(self) -> VerifyReport:
+        """Check every hash, link, signature and the signed head; name each problem."""
+        problems: list[str] = []
+        try:
+            recorded = self.entries()
+        except (ValueError, TypeError, KeyError) as err:
+            return VerifyReport(0, (f"an entry cannot be decoded ({err}): edited",))
+        prev, expected = GENESIS_HASH, 1
+        for rec in recorded:
+            if rec.seq != expected:
+                problems.append(
+                    f"entries {expected}..{rec.seq - 1} are missing (deleted)"
+                    if rec.seq > expected
+                    else f"entry {rec.seq} is out of order"
+                )
+            if entry_hash(rec.seq, rec.prev_hash, rec.entry) != rec.entry_hash:
+                problems.append(f"entry {rec.seq} was edited (contents != its hash)")
+            if rec.prev_hash != prev:
+                problems.append(
+                    f"entry {rec.seq} does not follow the entry before it "
+                    "(an entry was deleted, inserted or reordered)"
+                )
+            try:
+                self.public_key.verify(rec.signature, bytes.fromhex(rec.entry_hash))
+            except (InvalidSignature, ValueError):
+                problems.append(f"entry {rec.seq} has an invalid signature")
+            prev, expected = rec.entry_hash, rec.seq + 1
+        head = self._db.execute(
+            "SELECT seq, entry_hash, signature FROM head"
+        ).fetchone()
+        last_seq = recorded[-1].seq if recorded else 0
+        if head is None:
+            if recorded:
+                problems.append("the signed head is missing (edited)")
+        else:
+            seq, digest, sig = head
+            try:
+                self.public_key.verify(sig, _head_message(seq, digest))
+            except InvalidSignature:
+                problems.append("the ledger head has an invalid signature")
+            if seq != last_seq or digest != prev:
+                problems.append(
+                    f"the signed head names entry {seq} but the ledger ends at entry "
+                    f"{last_seq}: trailing entries were deleted or added"
+                )
+        return VerifyReport(entries=len(recorded), problems=tuple(problems))
+
+    def history(
+        self, *, dataset_fingerprint: str, mechanism: Mechanism
+    ) -> list[tuple[float, float, int]]:
+        """``(sigma, q, steps)`` of every release on one dataset, across all runs:
+        what an accountant composes for that dataset's cumulative epsilon."""
+        return [
+            (r.entry.noise_multiplier, r.entry.sample_rate, r.entry.steps)
+            for r in self.entries()
+            if r.entry.dataset_fingerprint == dataset_fingerprint
+            and r.entry.mechanism is mechanism
+        ]
