@@ -73,10 +73,10 @@ def train(msg: Message, context: Context) -> Message:
     )
     loaded, global_state = _global_model(msg, cfg)
     model = loaded.model
-    server_round = int(str(msg.content.config_records["config"]["server-round"]))
+    train_config = dict(msg.content.config_records["config"])
+    server_round = int(str(train_config["server-round"]))
     dataset = tokenize(site.train, loaded.tokenizer, max_length=cfg.model.max_length)
 
-    train_config = dict(msg.content.config_records["config"])
     store = AccountantStore.for_site(
         node_config=dict(context.node_config), train_config=train_config, site=site.name
     )

@@ -8,6 +8,7 @@ over the run. Runs on the site's GPU when it has one, else on the CPU.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,7 +192,7 @@ def train_site(
             logits = private.module(**inputs).logits  # (b, num_labels)
             loss = private.backward(logits, labels)
             private.optimizer.step()
-            if not torch.isfinite(torch.tensor(loss)):
+            if not math.isfinite(loss):
                 raise FloatingPointError(
                     f"Training loss became {loss} at step {steps + 1}. Lower train.lr "
                     "or check the site's data; the round's update is not sent."

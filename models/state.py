@@ -21,6 +21,7 @@ __all__ = [
     "StateMismatchError",
     "add_delta",
     "arrays_to_state",
+    "check_same_layout",
     "load_trainable_state",
     "state_delta",
     "state_to_arrays",
@@ -50,7 +51,7 @@ def trainable_state(model: torch.nn.Module) -> State:
     )
 
 
-def _check_same_layout(expected: State, found: State, what: str) -> None:
+def check_same_layout(expected: State, found: State, what: str) -> None:
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     shapes = [
@@ -84,7 +85,7 @@ def load_trainable_state(model: torch.nn.Module, state: State) -> None:
     params = OrderedDict(
         (n, p) for n, p in target.named_parameters() if p.requires_grad
     )
-    _check_same_layout(
+    check_same_layout(
         OrderedDict((n, p.detach()) for n, p in params.items()),
         state,
         "The received state",
@@ -116,7 +117,7 @@ def arrays_to_state(record: ArrayRecord, *, what: str = "The update") -> State:
 
 def state_delta(new: State, old: State) -> State:
     """``new - old`` for every entry (the site's update)."""
-    _check_same_layout(old, new, "The local state")
+    check_same_layout(old, new, "The local state")
     return OrderedDict((k, new[k] - old[k]) for k in old)
 
 
@@ -124,6 +125,6 @@ def add_delta(state: State, delta: State, *, scale: float = 1.0) -> State:
     """``state + scale * delta`` (the server's model update)."""
     if not math.isfinite(scale):
         raise StateMismatchError(f"Delta scale must be finite. Found {scale}.")
-    _check_same_layout(state, delta, "The aggregated delta")
+    check_same_layout(state, delta, "The aggregated delta")
     _check_finite(delta, "The aggregated delta")
     return OrderedDict((k, state[k] + scale * delta[k]) for k in state)

@@ -21,7 +21,12 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from client.config import ClientConfig
-from models import FinetuneMode, MeanPoolingClassifier, trainable_state
+from models import (
+    FinetuneMode,
+    MeanPoolingClassifier,
+    load_trainable_state,
+    trainable_state,
+)
 from models.config import ConfigError
 
 from .checkpoint import (
@@ -200,7 +205,7 @@ def main(grid: Grid, context: Context) -> None:
         summary("running")
         print_round(log, cfg.num_rounds)
 
-    evaluator(state)  # leaves the final state loaded in the evaluator's model
+    load_trainable_state(evaluator.loaded.model, state)  # the model to save
     summary("completed", _save_final_weights(evaluator, cfg))
     atomic_write_json(
         progress_path,

@@ -23,7 +23,13 @@ from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from models import StateMismatchError, add_delta, arrays_to_state, state_to_arrays
+from models import (
+    StateMismatchError,
+    add_delta,
+    arrays_to_state,
+    check_same_layout,
+    state_to_arrays,
+)
 
 __all__ = ["RoundAborted", "RoundLog", "collect_replies", "run_round", "screen_replies"]
 
@@ -129,8 +135,9 @@ def screen_replies(
                     f"expected one ArrayRecord and one MetricRecord, found "
                     f"{len(arrays)} and {len(metrics)}"
                 )
-            delta = arrays_to_state(arrays[0], what=f"The update of {site}")
-            add_delta(global_state, delta)  # checks names, shapes, finiteness
+            what = f"The update of {site}"
+            delta = arrays_to_state(arrays[0], what=what)  # finite values
+            check_same_layout(global_state, delta, what)  # names and shapes
             missing = [k for k in REQUIRED_METRICS if k not in metrics[0]]
             if missing:
                 raise ValueError(f"metrics lack {missing}")

@@ -57,12 +57,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _overrides_mention(overrides: list[str], key: str) -> bool:
-    return any(
-        part.split("=", 1)[0].strip() == key
-        for item in overrides
-        for part in item.split()
-    )
+def _override_values(overrides: list[str]) -> dict[str, str]:
+    """``key -> raw value`` of ``--run-config "k=v k2=v2"`` items (last one wins)."""
+    pairs = (part.split("=", 1) for item in overrides for part in item.split())
+    return {kv[0].strip(): kv[1].strip() if len(kv) == 2 else "" for kv in pairs}
 
 
 def _log_tail(log: Path, lines: int = 30) -> str:
@@ -94,14 +92,11 @@ def simulate(
 ) -> None:
     """Run a federated simulation and write OUT/summary.json."""
     overrides = list(run_config or [])
-    if _overrides_mention(overrides, "out-dir"):
+    values = _override_values(overrides)
+    if "out-dir" in values:
         raise typer.BadParameter("Give the output directory with --out, not out-dir.")
     out = out.expanduser().resolve()
-    resuming = any(
-        part.strip() in ("resume=true", "resume=True")
-        for item in overrides
-        for part in item.split()
-    )
+    resuming = values.get("resume") in ("true", "True")
     if (out / "summary.json").exists() and not resuming:
         console.print(
             f"[red]{out} already holds a run (summary.json). It is left untouched. "
