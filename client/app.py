@@ -1,10 +1,16 @@
 """The fedshield ClientApp (Flower Message API): one per data-owning site.
 
-``train``: load the global trainable state, run DP-SGD on the site's data, reply
-with the *delta* of the trainable parameters plus metrics (examples, loss, the
-site's cumulative sample-level epsilon at delta). The accountant's history is kept
-on the site's disk under the server's run key (``accountant_store``), so epsilon
-composes over every round of the run, also across a crash and ``resume=true``.
+``train``: plan the round's DP-SGD release, check it against the site's budget in
+its ledger (refusing the round if it would exceed ``max-epsilon``), load the
+global trainable state, train, record the release in the site's signed ledger,
+and only then reply with the *delta* of the trainable parameters (clipped to
+``client-dp.clip-norm`` when client-level DP is on) plus metrics (examples, loss,
+the site's cumulative sample-level epsilon at its delta). See
+:mod:`client.release` for the order and why it never overspends.
+
+A refused round replies with a ``refusal`` ConfigRecord (site, reason, epsilon
+spent and after, budget) and no update; the server reports it and goes on.
+
 ``evaluate``: accuracy/loss of the global model on the site's held-out data. These
 aggregate metrics are released without DP noise; keep ``fraction-evaluate`` at 0
 (the default) unless the sites accept that.
@@ -35,12 +41,16 @@ from models import (
     trainable_state,
 )
 
-from .accountant_store import AccountantStore
+from privacy.budget import plan_release
+from privacy.client_dp import clip_update
+from privacy.fingerprint import dataset_fingerprint
+
 from .config import ClientConfig
 from .data import tokenize
 from .evaluate import evaluate_model
-from .site import load_site
-from .trainer import pick_device, train_site
+from .release import Refused, SiteBudget, release_round
+from .site import SiteData, load_site
+from .trainer import TrainResult, pick_device, train_site
 
 __all__ = ["app"]
 
@@ -65,35 +75,86 @@ def _global_model(msg: Message, cfg: ClientConfig) -> tuple[LoadedModel, State]:
     return loaded, global_state
 
 
+def _refusal_reply(msg: Message, site: SiteData, refused: Refused) -> Message:
+    check = refused.check
+    record = ConfigRecord(
+        {
+            "reason": refused.reason,
+            "epsilon-spent": check.spent,
+            "epsilon-after": check.after,
+            "max-epsilon": check.max_epsilon,
+            "delta": check.delta,
+        }
+    )
+    content = RecordDict(
+        {"refusal": record, "site": ConfigRecord({"name": site.name})}
+    )
+    return Message(content=content, reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg = ClientConfig.from_run_config(dict(context.run_config))
-    site = load_site(
-        dict(context.node_config), dict(context.run_config), cfg, context.node_id
-    )
-    loaded, global_state = _global_model(msg, cfg)
-    model = loaded.model
+    node_config = dict(context.node_config)
+    site = load_site(node_config, dict(context.run_config), cfg, context.node_id)
     train_config = dict(msg.content.config_records["config"])
     server_round = int(str(train_config["server-round"]))
-    dataset = tokenize(site.train, loaded.tokenizer, max_length=cfg.model.max_length)
-
-    store = AccountantStore.for_site(
-        node_config=dict(context.node_config), train_config=train_config, site=site.name
+    budget = SiteBudget.resolve(
+        node_config=node_config,
+        train_config=train_config,
+        run_config=dict(context.run_config),
+        site=site.name,
+        run_delta=cfg.dp.delta,
     )
-    result = train_site(
-        model=model,
-        dataset=dataset,
-        train_cfg=cfg.train,
-        dp_cfg=cfg.dp,
-        mode=cfg.grad_sample_mode,
-        accountant_json=store.load(),
+    planned = plan_release(
+        cfg.dp,
+        num_examples=len(site.train),
+        batch_size=cfg.train.batch_size,
+        local_epochs=cfg.train.local_epochs,
         planned_rounds=cfg.num_rounds,
-        seed=cfg.seed * 100_003 + server_round * 1_009 + context.node_id % 1_000_003,
-        device=pick_device(),
     )
-    if cfg.dp.enabled:
-        store.save(result.accountant_json)  # persisted before the update leaves
-    delta = state_delta(trainable_state(model), global_state)
+    loaded, global_state = None, None
+
+    def run_training() -> TrainResult:
+        nonlocal loaded, global_state
+        loaded, global_state = _global_model(msg, cfg)
+        dataset = tokenize(
+            site.train, loaded.tokenizer, max_length=cfg.model.max_length
+        )
+        return train_site(
+            model=loaded.model,
+            dataset=dataset,
+            train_cfg=cfg.train,
+            dp_cfg=cfg.dp,
+            mode=cfg.grad_sample_mode,
+            noise_multiplier=planned.noise_multiplier,
+            seed=cfg.seed * 100_003 + server_round * 1_009 + context.node_id % 1_000_003,
+            device=pick_device(),
+        )
+
+    outcome = release_round(
+        budget=budget,
+        run_id=str(train_config.get("run-key", "")),
+        server_round=server_round,
+        fingerprint=dataset_fingerprint(site.train.texts, site.train.labels),
+        planned=planned,
+        accountant=cfg.dp.accountant,
+        train=run_training,
+    )
+    if isinstance(outcome, Refused):
+        return _refusal_reply(msg, site, outcome)
+    assert loaded is not None and global_state is not None  # set by run_training
+    result = outcome.result
+    delta = state_delta(trainable_state(loaded.model), global_state)
+    if cfg.client_dp.enabled:  # client-level DP: bound the site's whole update
+        delta, norm = clip_update(delta, clip_norm=cfg.client_dp.clip_norm)
+        logger.info(
+            "%s round %d: update norm %.4g clipped to %g",
+            site.name,
+            server_round,
+            norm,
+            cfg.client_dp.clip_norm,
+        )
     logger.info(
         "%s round %d: %d examples, %d steps, loss %.4f, epsilon %.3f",
         site.name,
@@ -101,17 +162,20 @@ def train(msg: Message, context: Context) -> Message:
         result.num_examples,
         result.steps,
         result.mean_loss,
-        result.epsilon,
+        outcome.epsilon,
     )
+    release = result.release
     metrics = MetricRecord(
         {
             "num-examples": result.num_examples,
             "train-loss": result.mean_loss,
             "steps": result.steps,
-            "epsilon": result.epsilon,
-            "delta": cfg.dp.delta if cfg.dp.enabled else 0.0,
-            "noise-multiplier": result.noise_multiplier,
-            "sample-rate": result.sample_rate,
+            "epsilon": outcome.epsilon,
+            "run-epsilon": outcome.run_epsilon,
+            "delta": budget.delta,
+            "max-epsilon": budget.max_epsilon,
+            "noise-multiplier": release.noise_multiplier,
+            "sample-rate": release.sample_rate,
         }
     )
     content = RecordDict(

@@ -7,6 +7,7 @@ from typing import Any
 
 from models import ModelConfig
 from models.config import ConfigError, require
+from privacy.client_dp import ClientDPConfig
 from privacy.dp import DPConfig, GradSampleMode, default_grad_sample_mode
 
 from .data import SiteDataConfig
@@ -20,6 +21,7 @@ class ClientConfig:
     model: ModelConfig
     train: TrainConfig
     dp: DPConfig
+    client_dp: ClientDPConfig
     data: SiteDataConfig
     num_rounds: int
     seed: int
@@ -37,6 +39,7 @@ class ClientConfig:
             model=ModelConfig.from_run_config(run_config),
             train=TrainConfig.from_run_config(run_config),
             dp=DPConfig.from_run_config(run_config),
+            client_dp=ClientDPConfig.from_run_config(run_config),
             data=SiteDataConfig.from_run_config(run_config),
             num_rounds=rounds,
             seed=require(run_config, "seed", int),

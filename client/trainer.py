@@ -1,8 +1,9 @@
 """Local training at one site: DP-SGD (or plain SGD for comparison) for E epochs.
 
-The site's accountant arrives as serialised history (kept in the node's state
-between rounds) and leaves with this round's steps added, so epsilon is cumulative
-over the run. Runs on the site's GPU when it has one, else on the CPU.
+The round's release ``(sigma, q, steps)`` is planned before training (and checked
+against the site's budget by the caller); training returns the release its
+accountant actually recorded, which the caller compares with the plan before the
+update may leave. Runs on the site's GPU when it has one, else on the CPU.
 """
 
 from __future__ import annotations
@@ -18,16 +19,13 @@ from torch.utils.data import DataLoader
 
 from models import forward_inputs, is_head_parameter
 from models.config import ConfigError, require
+from privacy.budget import Release
 from privacy.dp import (
     DPConfig,
     GradSampleMode,
     PrivateTraining,
-    accountant_from_json,
-    accountant_to_json,
-    epsilon_of,
     make_non_private,
     make_private,
-    noise_for_target_epsilon,
 )
 
 from .data import TokenizedTexts
@@ -92,12 +90,12 @@ class TrainResult:
     """What one site's round produced (besides the updated parameters)."""
 
     num_examples: int
-    steps: int
     mean_loss: float
-    epsilon: float  # cumulative over this run, at dp.delta; 0.0 without DP
-    noise_multiplier: float
-    sample_rate: float
-    accountant_json: str  # full accountant history after this round ("" w/o DP)
+    release: Release  # what the accountant recorded (sigma = 0 without DP)
+
+    @property
+    def steps(self) -> int:
+        return self.release.steps
 
 
 def pick_device() -> torch.device:
@@ -123,12 +121,12 @@ def train_site(
     train_cfg: TrainConfig,
     dp_cfg: DPConfig,
     mode: GradSampleMode,
-    accountant_json: str | None,
-    planned_rounds: int,
+    noise_multiplier: float,
     seed: int,
     device: torch.device | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place on ``dataset``; return metrics and accountant state."""
+    """Train ``model`` in place on ``dataset`` with DP-SGD at ``noise_multiplier``
+    (ignored without DP); return metrics and the release this round made."""
     device = device or pick_device()
     model.to(device).train()
     generator = torch.Generator().manual_seed(seed)
@@ -155,23 +153,13 @@ def train_site(
     )
     engine: PrivacyEngine | None = None
     if dp_cfg.enabled:
-        engine = PrivacyEngine(accountant=dp_cfg.accountant.value)
-        engine.accountant = accountant_from_json(dp_cfg.accountant, accountant_json)
-        sigma = dp_cfg.noise_multiplier
-        if dp_cfg.target_epsilon > 0:
-            sigma = noise_for_target_epsilon(
-                target_epsilon=dp_cfg.target_epsilon,
-                delta=dp_cfg.delta,
-                sample_rate=1.0 / len(loader),
-                steps=planned_rounds * train_cfg.local_epochs * len(loader),
-                accountant=dp_cfg.accountant,
-            )
+        engine = PrivacyEngine(accountant=dp_cfg.accountant.value)  # this round only
         private: PrivateTraining = make_private(
             engine=engine,
             module=model,
             optimizer=optimizer,
             data_loader=loader,
-            noise_multiplier=sigma,
+            noise_multiplier=noise_multiplier,
             max_grad_norm=dp_cfg.max_grad_norm,
             mode=mode,
         )
@@ -201,16 +189,27 @@ def train_site(
             loss_batches += 1
             steps += 1
     private.close()
-    epsilon = epsilon_of(engine.accountant, dp_cfg.delta) if engine else 0.0
     return TrainResult(
         num_examples=len(dataset),
-        steps=steps,
         mean_loss=total_loss / max(loss_batches, 1),
-        epsilon=epsilon,
-        noise_multiplier=private.noise_multiplier,
-        sample_rate=private.sample_rate,
-        accountant_json=accountant_to_json(engine.accountant) if engine else "",
+        release=_recorded_release(engine, private, steps),
     )
+
+
+def _recorded_release(
+    engine: PrivacyEngine | None, private: PrivateTraining, steps: int
+) -> Release:
+    """The round's release as the accountant saw it (one (sigma, q) per round)."""
+    if engine is None:
+        return Release(0.0, private.sample_rate, steps)
+    history = engine.accountant.history  # [(sigma, q, steps), ...], merged runs
+    params = {(float(s), float(q)) for s, q, _ in history}
+    if len(params) != 1:
+        raise RuntimeError(
+            f"The round's accountant recorded {history}; expected one (sigma, q)."
+        )
+    sigma, q = params.pop()
+    return Release(sigma, q, sum(int(n) for _, _, n in history))
 
 
 def _empty_step(private: PrivateTraining, engine: PrivacyEngine | None) -> None:

@@ -1,19 +1,29 @@
-"""Privacy mechanisms, independent of Flower: DP-SGD setup and accounting, durable
-storage of privacy state, book-keeping per-sample clipping, the site ledger."""
+"""Privacy mechanisms, independent of Flower: DP-SGD setup, budgets and their
+accounting, client-level DP, dataset fingerprints, the signed site ledger, durable
+storage of privacy state, and book-keeping per-sample clipping."""
 
+from .budget import (
+    BudgetCheck,
+    Release,
+    accountant_of,
+    check_budget,
+    compose_epsilon,
+    exclusive,
+    plan_release,
+)
+from .client_dp import ClientDPConfig, clip_update, l2_norm, noisy_mean, secure_normal
 from .dp import (
     AccountantKind,
     DPConfig,
     GradSampleMode,
     PrivateTraining,
-    accountant_from_json,
     accountant_to_json,
     default_grad_sample_mode,
-    epsilon_of,
     make_non_private,
     make_private,
     noise_for_target_epsilon,
 )
+from .fingerprint import dataset_fingerprint
 from .ledger import (
     LedgerEntry,
     LedgerError,
@@ -25,21 +35,32 @@ from .storage import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "AccountantKind",
+    "BudgetCheck",
+    "ClientDPConfig",
     "DPConfig",
     "GradSampleMode",
     "LedgerEntry",
     "LedgerError",
     "Mechanism",
     "PrivateTraining",
+    "Release",
     "SiteLedger",
     "VerifyReport",
-    "accountant_from_json",
+    "accountant_of",
     "accountant_to_json",
     "atomic_write_bytes",
     "atomic_write_json",
+    "check_budget",
+    "clip_update",
+    "compose_epsilon",
+    "dataset_fingerprint",
     "default_grad_sample_mode",
-    "epsilon_of",
+    "exclusive",
+    "l2_norm",
     "make_non_private",
     "make_private",
     "noise_for_target_epsilon",
+    "noisy_mean",
+    "plan_release",
+    "secure_normal",
 ]

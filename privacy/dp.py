@@ -35,7 +35,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from opacus import PrivacyEngine
-from opacus.accountants import create_accountant
 from opacus.accountants.accountant import IAccountant
 from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader
@@ -47,10 +46,8 @@ __all__ = [
     "DPConfig",
     "GradSampleMode",
     "PrivateTraining",
-    "accountant_from_json",
     "accountant_to_json",
     "default_grad_sample_mode",
-    "epsilon_of",
     "make_private",
     "make_non_private",
     "noise_for_target_epsilon",
@@ -174,33 +171,6 @@ def accountant_to_json(accountant: IAccountant) -> str:
             "history": [[float(s), float(q), int(n)] for s, q, n in accountant.history],
         }
     )
-
-
-def accountant_from_json(kind: AccountantKind, payload: str | None) -> IAccountant:
-    """A fresh accountant of ``kind`` holding the serialised history, if any."""
-    accountant = create_accountant(mechanism=kind.value)
-    if payload:
-        state = json.loads(payload)
-        if state.get("mechanism") != accountant.mechanism():
-            raise ConfigError(
-                f"This site's stored accountant is {state.get('mechanism')!r} but the "
-                f"run asks for {kind.value!r}. Keep dp.accountant the same for the "
-                "whole run."
-            )
-        accountant.load_state_dict(
-            {
-                "mechanism": state["mechanism"],
-                "history": [(s, q, int(n)) for s, q, n in state["history"]],
-            }
-        )
-    return accountant
-
-
-def epsilon_of(accountant: IAccountant, delta: float) -> float:
-    """Cumulative epsilon at ``delta``; 0.0 before the first private step."""
-    if not accountant.history:
-        return 0.0
-    return float(accountant.get_epsilon(delta=delta))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -39,6 +40,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+
+from .budget import Release
 
 __all__ = [
     "GENESIS_HASH",
@@ -65,6 +68,7 @@ class Mechanism(StrEnum):
 
     DP_SGD = "dp-sgd"  # sample-level: subsampled Gaussian on per-record gradients
     CLIENT_GAUSSIAN = "client-gaussian"  # client-level: Gaussian on clipped updates
+    NON_PRIVATE = "non-private"  # dp.enabled=false: the update itself (epsilon inf)
 
 
 @dataclass(frozen=True)
@@ -81,13 +85,29 @@ class LedgerEntry:
     delta: float
     accountant: str
     accountant_state: str
-    epsilon: float
+    epsilon: float  # cumulative over the entry's scope after it; inf if non-private
     timestamp: str
+    max_epsilon: float = 0.0  # the site's budget when it was recorded; 0 = none
+
+    @property
+    def release(self) -> Release:
+        return Release(self.noise_multiplier, self.sample_rate, self.steps)
 
     def canonical(self) -> dict[str, Any]:
+        """JSON-safe fields (infinite epsilon as the string "inf")."""
         fields = asdict(self)
         fields["mechanism"] = self.mechanism.value
+        if math.isinf(self.epsilon):
+            fields["epsilon"] = "inf"
         return fields
+
+    @classmethod
+    def from_canonical(cls, fields: dict[str, Any]) -> LedgerEntry:
+        fields = dict(fields)
+        fields["mechanism"] = Mechanism(fields["mechanism"])
+        if fields["epsilon"] == "inf":
+            fields["epsilon"] = math.inf
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -142,40 +162,90 @@ def _load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
-    (state_dir / PUBLIC_KEY_NAME).write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
     return key
 
 
 class SiteLedger:
-    """The ledger of one site, in ``state_dir`` (created if missing)."""
+    """The ledger of one site, in ``state_dir``.
 
-    def __init__(self, state_dir: Path) -> None:
+    ``writable=True`` (the site itself): creates the directory, key and database
+    on first use. ``writable=False`` (auditors, ``fedshield ledger``): opens an
+    existing ledger read-only and checks signatures with ``ledger_key.pub`` alone,
+    so no private key is needed or created.
+    """
+
+    def __init__(self, state_dir: Path, *, writable: bool = True) -> None:
         self.state_dir = Path(state_dir).expanduser()
-        try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
+        db_path = self.state_dir / DB_NAME
+        self._key: Ed25519PrivateKey | None = None
+        if writable:
+            try:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise LedgerError(
+                    f"Cannot create the site state directory {self.state_dir} "
+                    f"({err}). Set `state-dir` in the node config to a writable "
+                    "directory."
+                ) from err
+            self._key = _load_or_create_key(self.state_dir)
+            self.public_key: Ed25519PublicKey = self._key.public_key()
+            self._check_public_key_file()
+            self._db = sqlite3.connect(db_path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS entries (seq INTEGER PRIMARY KEY, "
+                "body TEXT NOT NULL, prev_hash TEXT NOT NULL, entry_hash TEXT NOT "
+                "NULL, signature BLOB NOT NULL)"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS head (id INTEGER PRIMARY KEY CHECK "
+                "(id = 1), seq INTEGER NOT NULL, entry_hash TEXT NOT NULL, "
+                "signature BLOB NOT NULL)"
+            )
+            return
+        pub = self.state_dir / PUBLIC_KEY_NAME
+        missing = [p for p in (db_path, pub) if not p.is_file()]
+        if missing:
             raise LedgerError(
-                f"Cannot create the site state directory {self.state_dir} ({err}). "
-                "Set `state-dir` in the node config to a writable directory."
+                f"No site ledger in {self.state_dir}: expected {DB_NAME} and "
+                f"{PUBLIC_KEY_NAME}, missing {', '.join(p.name for p in missing)}. "
+                "Point --site-dir at the site's `state-dir` (in a simulation: "
+                "<out-dir>/sites/<site>)."
+            )
+        key = serialization.load_pem_public_key(pub.read_bytes())
+        if not isinstance(key, Ed25519PublicKey):
+            raise LedgerError(f"{pub} is not an Ed25519 public key.")
+        self.public_key = key
+        self._db = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            self._db.execute("SELECT 1 FROM entries LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as err:
+            self._db.close()
+            raise LedgerError(
+                f"{db_path} is not a readable ledger ({err}). Restore it from a "
+                "backup; the site's budget cannot be checked without it."
             ) from err
-        self._key = _load_or_create_key(self.state_dir)
-        self.public_key: Ed25519PublicKey = self._key.public_key()
-        self._db = sqlite3.connect(self.state_dir / DB_NAME, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS entries (seq INTEGER PRIMARY KEY, "
-            "body TEXT NOT NULL, prev_hash TEXT NOT NULL, entry_hash TEXT NOT NULL, "
-            "signature BLOB NOT NULL)"
+
+    def _check_public_key_file(self) -> None:
+        pub = self.state_dir / PUBLIC_KEY_NAME
+        mine = self.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS head (id INTEGER PRIMARY KEY CHECK (id = 1), "
-            "seq INTEGER NOT NULL, entry_hash TEXT NOT NULL, signature BLOB NOT NULL)"
+        if not pub.exists():
+            pub.write_bytes(mine)
+        elif pub.read_bytes() != mine:
+            raise LedgerError(
+                f"{pub} does not match the site's private key {KEY_NAME}. Someone "
+                "replaced one of them; restore both from a backup before training."
+            )
+
+    def public_key_fingerprint(self) -> str:
+        """SHA-256 of the raw public key: what an auditor pins."""
+        raw = self.public_key.public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
+        return hashlib.sha256(raw).hexdigest()
 
     def close(self) -> None:
         self._db.close()
@@ -198,11 +268,14 @@ class SiteLedger:
 
     def append(self, entry: LedgerEntry) -> RecordedEntry:
         """Record ``entry`` durably (committed before this returns)."""
+        if self._key is None:
+            raise LedgerError(f"The ledger in {self.state_dir} was opened read-only.")
+        key = self._key
         with self._transaction() as db:
             row = db.execute("SELECT seq, entry_hash FROM head WHERE id = 1").fetchone()
             seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS_HASH)
             digest = entry_hash(seq, prev, entry)
-            signature = self._key.sign(bytes.fromhex(digest))
+            signature = key.sign(bytes.fromhex(digest))
             body = json.dumps(entry.canonical(), sort_keys=True, allow_nan=False)
             db.execute(
                 "INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
@@ -210,7 +283,7 @@ class SiteLedger:
             )
             db.execute(
                 "INSERT OR REPLACE INTO head VALUES (1, ?, ?, ?)",
-                (seq, digest, self._key.sign(_head_message(seq, digest))),
+                (seq, digest, key.sign(_head_message(seq, digest))),
             )
         return RecordedEntry(seq, entry, prev, digest, signature)
 
@@ -221,9 +294,8 @@ class SiteLedger:
         ).fetchall()
         out = []
         for seq, body, prev, digest, sig in rows:
-            fields = json.loads(body)
-            fields["mechanism"] = Mechanism(fields["mechanism"])
-            out.append(RecordedEntry(seq, LedgerEntry(**fields), prev, digest, sig))
+            entry = LedgerEntry.from_canonical(json.loads(body))
+            out.append(RecordedEntry(seq, entry, prev, digest, sig))
         return out
 
     def verify(self) -> VerifyReport:
@@ -274,13 +346,25 @@ class SiteLedger:
         return VerifyReport(entries=len(recorded), problems=tuple(problems))
 
     def history(
-        self, *, dataset_fingerprint: str, mechanism: Mechanism
-    ) -> list[tuple[float, float, int]]:
-        """``(sigma, q, steps)`` of every release on one dataset, across all runs:
-        what an accountant composes for that dataset's cumulative epsilon."""
+        self, *, dataset_fingerprint: str | None, run_id: str | None = None
+    ) -> list[Release]:
+        """Every sample-level release (DP-SGD or non-private) on one dataset across
+        all runs (``dataset_fingerprint=None``: on any of the site's datasets;
+        ``run_id``: only that run): what an accountant composes into the data's
+        cumulative epsilon. Client-level entries protect whole sites and are
+        composed separately (:meth:`client_history`)."""
         return [
-            (r.entry.noise_multiplier, r.entry.sample_rate, r.entry.steps)
+            r.entry.release
             for r in self.entries()
-            if r.entry.dataset_fingerprint == dataset_fingerprint
-            and r.entry.mechanism is mechanism
+            if r.entry.mechanism is not Mechanism.CLIENT_GAUSSIAN
+            and dataset_fingerprint in (None, r.entry.dataset_fingerprint)
+            and run_id in (None, r.entry.run_id)
+        ]
+
+    def client_history(self, *, run_id: str) -> list[Release]:
+        """The client-level releases of one run (the server's ledger)."""
+        return [
+            r.entry.release
+            for r in self.entries()
+            if r.entry.mechanism is Mechanism.CLIENT_GAUSSIAN and r.entry.run_id == run_id
         ]

@@ -1,10 +1,12 @@
 """The fedshield ServerApp (Flower Message API): the coordinator of a run.
 
 Each round: sample sites, send the global trainable state, collect the sites'
-deltas, aggregate them with FedAvg, evaluate on the central test split, checkpoint
-atomically and rewrite ``summary.json``. ``resume=true`` continues from the
-checkpoint in ``out-dir``; sites keep their accountants under the run key stored in
-that checkpoint, so epsilon keeps composing across the restart.
+deltas (or their budget refusals), aggregate them with FedAvg (or, with
+client-level DP, the noisy uniform mean of clipped deltas, recorded in the server's
+ledger), evaluate on the central test split, checkpoint atomically and rewrite
+``summary.json``. ``resume=true`` continues from the checkpoint in ``out-dir``;
+sites compose epsilon from their own ledgers, and the server's client-level
+epsilon from its ledger, so both keep composing across the restart.
 
 Run it with ``flwr run .`` or ``fedshield simulate``.
 """
@@ -37,10 +39,11 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from .central_dp import ClientLevelAccountant
 from .config import ServerConfig
 from .evaluate import CentralEvaluator, central_test_data
 from .report import print_round, print_start
-from .rounds import run_round
+from .rounds import RoundAborted, run_round
 from .summary import build_summary, write_summary
 
 __all__ = ["app"]
@@ -146,10 +149,22 @@ def main(grid: Grid, context: Context) -> None:
         min_evaluate_nodes=1,
         min_available_nodes=cfg.min_train_sites,
     )
+    central = (
+        ClientLevelAccountant(
+            out_dir=cfg.out_dir,
+            run_id=history["run_key"],
+            config=client_cfg.client_dp,
+            accountant=client_cfg.dp.accountant,
+        )
+        if client_cfg.client_dp.enabled
+        else None
+    )
     print_start(cfg, client_cfg, history["initial"])
     progress_path = cfg.out_dir / "progress.json"
 
-    def summary(status: str, weights: dict[str, str] | None = None) -> None:
+    def summary(
+        status: str, weights: dict[str, str] | None = None, error: str | None = None
+    ) -> None:
         write_summary(
             cfg.out_dir,
             build_summary(
@@ -160,7 +175,9 @@ def main(grid: Grid, context: Context) -> None:
                 status=status,
                 dp_enabled=client_cfg.dp.enabled,
                 accountant=client_cfg.dp.accountant.value,
+                client_level=central.summary() if central else None,
                 weights=weights,
+                error=error,
             ),
         )
 
@@ -178,18 +195,30 @@ def main(grid: Grid, context: Context) -> None:
                 },
             )
 
-        state, log = run_round(
-            grid=grid,
-            strategy=strategy,
-            train_config=ConfigRecord(
-                {"run-key": history["run_key"], "out-dir": str(cfg.out_dir)}
-            ),
-            server_round=server_round,
-            global_state=state,
-            min_sites=cfg.min_train_sites,
-            timeout=cfg.round_timeout,
-            progress=progress,
-        )
+        try:
+            state, log = run_round(
+                grid=grid,
+                strategy=strategy,
+                train_config=ConfigRecord(
+                    {"run-key": history["run_key"], "out-dir": str(cfg.out_dir)}
+                ),
+                server_round=server_round,
+                global_state=state,
+                min_sites=cfg.min_train_sites,
+                timeout=cfg.round_timeout,
+                progress=progress,
+                client_dp=client_cfg.client_dp,
+            )
+        except RoundAborted as err:
+            summary("aborted", error=str(err))  # earlier rounds stay checkpointed
+            atomic_write_json(
+                progress_path, {"round": server_round, "status": "aborted"}
+            )
+            raise
+        if central is not None:  # recorded before the noisy model is used
+            log.client_epsilon = central.record_round(
+                server_round=server_round, sampled=log.sampled, available=log.available
+            )
         result = evaluator(state)
         log.accuracy, log.loss = result.accuracy, result.loss
         history["rounds"].append(log.as_dict())

@@ -1,5 +1,7 @@
 """What the coordinator prints: the run's setup, then one table per round with the
-global accuracy, mean train loss and each site's cumulative epsilon (at delta)."""
+global accuracy, mean train loss, each site's cumulative epsilon (at delta) and
+budget, the sites that failed or refused the round, and the run's client-level
+epsilon when client-level DP is on."""
 
 from __future__ import annotations
 
@@ -32,6 +34,12 @@ def print_start(
         if dp.enabled
         else "NO differential privacy (comparison run)"
     )
+    cdp = client.client_dp
+    if cdp.enabled:
+        privacy += (
+            f"; client-level DP: clip {cdp.clip_norm:g}, noise multiplier "
+            f"{cdp.noise_multiplier:g}, delta={cdp.delta:g}"
+        )
     _console.print(
         f"[bold]fedshield[/bold]: {cfg.num_rounds} rounds, model "
         f"{cfg.model.source or 'packaged all-MiniLM-L6-v2'} "
@@ -41,19 +49,31 @@ def print_start(
     )
 
 
+def _epsilon(m: dict[str, float]) -> str:
+    if m.get("noise-multiplier", 1.0) == 0.0 or m["epsilon"] is None:
+        return "no DP (inf)"
+    budget = m.get("max-epsilon", 0.0)
+    return f"{m['epsilon']:.3f}" + (f" / {budget:g}" if budget else "")
+
+
 def round_table(log: RoundLog, num_rounds: int) -> Table:
+    client = (
+        f", client-level epsilon {log.client_epsilon:.3f}"
+        if log.client_epsilon is not None
+        else ""
+    )
     table = Table(
         title=f"Round {log.server_round}/{num_rounds}: "
         f"test accuracy {log.accuracy:.4f}, "
-        f"test loss {log.loss:.4f}, mean train loss {log.train_loss:.4f} "
-        f"({log.seconds:.0f}s)"
+        f"test loss {log.loss:.4f}, mean train loss {log.train_loss:.4f}"
+        f"{client} ({log.seconds:.0f}s)"
     )
     for col in (
         "site",
         "examples",
         "steps",
         "train loss",
-        "epsilon (cumulative)",
+        "epsilon (cumulative / budget)",
         "delta",
     ):
         table.add_column(col, justify="left" if col == "site" else "right")
@@ -63,12 +83,16 @@ def round_table(log: RoundLog, num_rounds: int) -> Table:
             f"{int(m['num-examples'])}",
             f"{int(m['steps'])}",
             f"{m['train-loss']:.4f}",
-            f"{m['epsilon']:.3f}" if m["delta"] > 0 else "no DP",
+            _epsilon(m),
             f"{m['delta']:g}",
         )
     for failure in log.failures:
         table.add_row(
             failure["site"], "-", "-", "-", "failed: " + failure["reason"], "-"
+        )
+    for refusal in log.refusals:
+        table.add_row(
+            refusal["site"], "-", "-", "-", "refused: " + str(refusal["reason"]), "-"
         )
     return table
 

@@ -8,11 +8,18 @@ node sampling and the weighted averaging stay Flower's (``configure_train`` /
 
 Update rule: each site k sends ``delta_k = theta_k - theta``; the strategy returns
 ``sum_k (n_k / sum_j n_j) delta_k`` and the server sets ``theta <- theta + that``.
+With client-level DP (:mod:`privacy.client_dp`) the sites' deltas are clipped to S
+and the server applies ``(sum_k delta_k + N(0, z^2 S^2 I)) / m`` instead: uniform
+weights, because example-count weights would break the sensitivity bound S.
+
+A site whose budget would be exceeded replies with a ``refusal`` record instead of
+an update; it is reported in the round's log and the round goes on without it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,8 +37,16 @@ from models import (
     check_same_layout,
     state_to_arrays,
 )
+from privacy.client_dp import ClientDPConfig, l2_norm, noisy_mean
 
-__all__ = ["RoundAborted", "RoundLog", "collect_replies", "run_round", "screen_replies"]
+__all__ = [
+    "RoundAborted",
+    "RoundLog",
+    "Screened",
+    "collect_replies",
+    "run_round",
+    "screen_replies",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +65,14 @@ class RoundLog:
     server_round: int
     sites: dict[str, dict[str, float]] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
+    refusals: list[dict[str, Any]] = field(default_factory=list)
+    sampled: int = 0  # sites asked to train
+    available: int = 0  # sites connected when the round was configured
     accuracy: float = float("nan")
     loss: float = float("nan")
     train_loss: float = float("nan")
     seconds: float = 0.0
+    client_epsilon: float | None = None  # run's client-level epsilon after the round
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoundLog:
@@ -61,10 +80,14 @@ class RoundLog:
             server_round=int(d["round"]),
             sites=d["sites"],
             failures=d["failures"],
+            refusals=d.get("refusals", []),
+            sampled=d.get("sampled", 0),
+            available=d.get("available", 0),
             accuracy=d["accuracy"],
             loss=d["loss"],
             train_loss=d["train_loss"],
             seconds=d["seconds"],
+            client_epsilon=d.get("client_epsilon"),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -74,8 +97,12 @@ class RoundLog:
             "loss": self.loss,
             "train_loss": self.train_loss,
             "seconds": round(self.seconds, 2),
+            "sampled": self.sampled,
+            "available": self.available,
+            "client_epsilon": self.client_epsilon,
             "sites": self.sites,
             "failures": self.failures,
+            "refusals": self.refusals,
         }
 
 
@@ -111,20 +138,56 @@ def _site_of(reply: Message) -> str:
     return f"node-{reply.metadata.src_node_id}"
 
 
+@dataclass(frozen=True)
+class Screened:
+    """Replies sorted into updates to aggregate, failures and budget refusals."""
+
+    valid: list[Message]
+    sites: dict[str, dict[str, float]]  # per-site metrics of the valid replies
+    failures: list[dict[str, str]]
+    refusals: list[dict[str, Any]]
+
+
+def _refusal(reply: Message, site: str) -> dict[str, Any] | None:
+    if reply.has_error() or "refusal" not in reply.content.config_records:
+        return None
+    record = reply.content.config_records["refusal"]
+    return {"site": site, **{k: record[k] for k in record}}
+
+
+def _check_metrics(metrics: dict[str, float]) -> None:
+    missing = [k for k in REQUIRED_METRICS if k not in metrics]
+    if missing:
+        raise ValueError(f"metrics lack {missing}")
+    non_private = metrics.get("noise-multiplier", 1.0) == 0.0
+    for key, value in metrics.items():
+        # a non-private release has epsilon = inf; anything else must be finite
+        if math.isinf(value) and value > 0 and non_private and "epsilon" in key:
+            continue
+        if not math.isfinite(value):
+            raise ValueError(f"non-finite metric {key}={value}")
+    if metrics["num-examples"] <= 0:
+        raise ValueError("num-examples must be > 0")
+
+
 def screen_replies(
-    replies: list[Message], global_state: State
-) -> tuple[list[Message], dict[str, dict[str, float]], list[dict[str, str]]]:
-    """Split replies into valid ones (with per-site metrics) and failures (reasons).
+    replies: list[Message], global_state: State, *, clip_norm: float | None = None
+) -> Screened:
+    """Sort replies into valid updates, failures (with reasons) and refusals.
 
     A reply is valid when it carries no error, exactly one ArrayRecord that decodes
-    to finite tensors with the global state's names and shapes, and a MetricRecord
-    with every required metric, all finite.
+    to finite tensors with the global state's names and shapes (and, with
+    ``clip_norm``, an L2 norm within it), and a MetricRecord with every required
+    metric, all finite (epsilon may be inf for a non-private release).
     """
-    valid: list[Message] = []
-    sites: dict[str, dict[str, float]] = {}
-    failures: list[dict[str, str]] = []
+    out = Screened(valid=[], sites={}, failures=[], refusals=[])
     for reply in replies:
         site = _site_of(reply)
+        refusal = _refusal(reply, site)
+        if refusal is not None:
+            logger.warning("%s refused the round: %s", site, refusal.get("reason"))
+            out.refusals.append(refusal)
+            continue
         try:
             if reply.has_error():
                 raise ValueError(f"the site reported an error: {reply.error.reason}")
@@ -138,24 +201,47 @@ def screen_replies(
             what = f"The update of {site}"
             delta = arrays_to_state(arrays[0], what=what)  # finite values
             check_same_layout(global_state, delta, what)  # names and shapes
-            missing = [k for k in REQUIRED_METRICS if k not in metrics[0]]
-            if missing:
-                raise ValueError(f"metrics lack {missing}")
+            if clip_norm is not None and l2_norm(delta) > clip_norm * (1 + 1e-4):
+                raise ValueError(
+                    f"its update has L2 norm {l2_norm(delta):.6g}, above "
+                    f"client-dp.clip-norm={clip_norm}: the site did not clip it"
+                )
             values = {k: float(metrics[0][k]) for k in metrics[0]}  # type: ignore[arg-type]
-            if not all(v == v and abs(v) != float("inf") for v in values.values()):
-                raise ValueError(f"non-finite metrics {values}")
-            if values["num-examples"] <= 0:
-                raise ValueError("num-examples must be > 0")
+            _check_metrics(values)
         except (ValueError, StateMismatchError) as err:
             logger.warning("Rejected the reply of %s: %s", site, err)
-            failures.append({"site": site, "reason": str(err)})
+            out.failures.append({"site": site, "reason": str(err)})
             continue
-        if site in sites:
-            failures.append({"site": site, "reason": "duplicate reply in this round"})
+        if site in out.sites:
+            out.failures.append({"site": site, "reason": "duplicate reply in this round"})
             continue
-        sites[site] = values
-        valid.append(reply)
-    return valid, sites, failures
+        out.sites[site] = values
+        out.valid.append(reply)
+    return out
+
+
+def _aggregate(
+    strategy: Strategy,
+    server_round: int,
+    valid: list[Message],
+    client_dp: ClientDPConfig,
+) -> State:
+    """The round's update: the strategy's weighted mean, or with client-level DP
+    the noisy uniform mean of the clipped deltas."""
+    if client_dp.enabled:
+        deltas = [
+            arrays_to_state(next(iter(r.content.array_records.values())), what="An update")
+            for r in valid
+        ]
+        return noisy_mean(
+            deltas,
+            clip_norm=client_dp.clip_norm,
+            noise_multiplier=client_dp.noise_multiplier,
+        )
+    agg_arrays, _ = strategy.aggregate_train(server_round, valid)
+    if agg_arrays is None:
+        raise RoundAborted(f"Round {server_round}: the strategy returned no aggregate.")
+    return arrays_to_state(agg_arrays, what="The aggregate")
 
 
 def run_round(
@@ -168,6 +254,7 @@ def run_round(
     min_sites: int,
     timeout: float,
     progress: Progress,
+    client_dp: ClientDPConfig,
 ) -> tuple[State, RoundLog]:
     """One training round; returns the new global state and the round's log.
 
@@ -175,6 +262,7 @@ def run_round(
     """
     start = time.monotonic()
     log = RoundLog(server_round=server_round)
+    log.available = len(list(grid.get_node_ids()))
     messages = list(
         strategy.configure_train(
             server_round,
@@ -183,21 +271,30 @@ def run_round(
             grid,
         )
     )
+    log.sampled = len(messages)
     replies = collect_replies(grid, messages, timeout=timeout, progress=progress)
-    valid, log.sites, log.failures = screen_replies(replies, global_state)
-    if len(valid) < min_sites:
-        reasons = "; ".join(f"{f['site']}: {f['reason']}" for f in log.failures)
-        raise RoundAborted(
-            f"Round {server_round}: {len(valid)} valid update(s) from "
-            f"{len(messages)} sampled site(s), but min-train-sites is {min_sites}. "
-            f"The global model is unchanged. Failures: {reasons or 'none (timeouts)'}"
-        )
-    agg_arrays, _ = strategy.aggregate_train(server_round, valid)
-    if agg_arrays is None:
-        raise RoundAborted(f"Round {server_round}: the strategy returned no aggregate.")
-    new_state = add_delta(
-        global_state, arrays_to_state(agg_arrays, what="The aggregate")
+    screened = screen_replies(
+        replies,
+        global_state,
+        clip_norm=client_dp.clip_norm if client_dp.enabled else None,
     )
+    log.sites, log.failures, log.refusals = (
+        screened.sites,
+        screened.failures,
+        screened.refusals,
+    )
+    if len(screened.valid) < min_sites:
+        reasons = "; ".join(
+            f"{f['site']}: {f['reason']}" for f in [*log.failures, *log.refusals]
+        )
+        raise RoundAborted(
+            f"Round {server_round}: {len(screened.valid)} valid update(s) from "
+            f"{len(messages)} sampled site(s), but min-train-sites is {min_sites}. "
+            f"The global model is unchanged. Failures and refusals: "
+            f"{reasons or 'none (timeouts)'}"
+        )
+    update = _aggregate(strategy, server_round, screened.valid, client_dp)
+    new_state = add_delta(global_state, update)
     total = sum(s["num-examples"] for s in log.sites.values())
     log.train_loss = sum(
         s["train-loss"] * s["num-examples"] / total for s in log.sites.values()

@@ -1,9 +1,13 @@
-"""The run's summary.json: per round (accuracy, loss) and per site (epsilon, delta,
-examples, steps), plus the run config. Written atomically after every round, with
-``status`` "running", then "completed"."""
+"""The run's summary.json: per round (accuracy, loss, refusals) and per site
+(sample-level epsilon from the site's ledger, delta, examples, steps), the run's
+client-level epsilon from the server's ledger, plus the run config. Written
+atomically after every round, with ``status`` "running", then "completed" (or
+"aborted" with the reason). Non-finite numbers (the epsilon of a non-private
+release, an accuracy not yet measured) are written as null."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,21 +16,47 @@ from .checkpoint import atomic_write_json
 __all__ = ["build_summary", "write_summary"]
 
 
+def _new_site() -> dict[str, Any]:
+    return {
+        "epsilon": 0.0,
+        "run_epsilon": 0.0,
+        "delta": 0.0,
+        "max_epsilon": 0.0,
+        "examples": 0,
+        "steps": 0,
+        "rounds": [],
+        "refused_rounds": [],
+    }
+
+
 def _site_totals(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     sites: dict[str, dict[str, Any]] = {}
     for rnd in rounds:
         for name, m in rnd["sites"].items():
-            s = sites.setdefault(
-                name,
-                {"epsilon": 0.0, "delta": 0.0, "examples": 0, "steps": 0, "rounds": []},
-            )
-            s["epsilon"] = m["epsilon"]  # cumulative: the latest value covers all
+            s = sites.setdefault(name, _new_site())
+            # cumulative values: the latest covers all earlier releases
+            s["epsilon"] = m["epsilon"]  # over the site's budget scope (all runs)
+            s["run_epsilon"] = m.get("run-epsilon", m["epsilon"])  # this run only
             s["delta"] = m["delta"]
+            s["max_epsilon"] = m.get("max-epsilon", 0.0)
             s["examples"] = int(m["num-examples"])
             s["steps"] += int(m["steps"])
             s["noise_multiplier"] = m.get("noise-multiplier", 0.0)
             s["rounds"].append(rnd["round"])
+        for refusal in rnd.get("refusals", []):
+            s = sites.setdefault(refusal["site"], _new_site())
+            s["refused_rounds"].append(rnd["round"])
     return dict(sorted(sites.items()))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def build_summary(
@@ -38,10 +68,13 @@ def build_summary(
     status: str,
     dp_enabled: bool,
     accountant: str,
+    client_level: dict[str, Any] | None = None,
     weights: dict[str, str] | None = None,
+    error: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    summary = {
         "status": status,
+        "error": error,
         "run_key": run_key,
         "config": run_config,
         "initial": initial,
@@ -53,11 +86,15 @@ def build_summary(
                 "enabled": dp_enabled,
                 "accountant": accountant,
                 "neighbouring": "add/remove one record of a site's dataset",
-                "scope": "cumulative over every round of this run at that site",
-            }
+                "scope": "each site's epsilon composes every release on the same "
+                "dataset fingerprint in its ledger, across runs (run_epsilon: this "
+                "run only)",
+            },
+            "client_level": client_level or {"enabled": False},
         },
         "weights": weights or {},
     }
+    return _json_safe(summary)
 
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:

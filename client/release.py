@@ -1,0 +1,223 @@
+"""A site's guarded release: the budget check before training and the ledger entry
+before the update leaves.
+
+Node config keys (``flower-supernode --node-config "..."``):
+    state-dir     where the site keeps its ledger and key (default
+                  ``~/.fedshield/sites/<site>``; in simulation
+                  ``<out-dir>/sites/<site>``).
+    max-epsilon   the site's sample-level budget at ``delta`` (0 or unset: none).
+    delta         the delta of the site's budget and reported epsilon (default:
+                  the run's ``dp.delta``).
+    budget-scope  ``dataset`` (default): compose every release on the same
+                  dataset fingerprint, across runs; ``site``: compose every
+                  release on any of the site's data (an upper bound when the data
+                  changes between runs).
+
+Order of one round, all under the site's budget lock (:func:`privacy.budget.exclusive`):
+
+1. plan the release ``(sigma, q, steps)`` (fixed before training);
+2. compose the ledger's history in scope with it; refuse if epsilon would exceed
+   ``max-epsilon`` (the update is never computed);
+3. train; the accountant's recorded release must equal the plan, else nothing
+   is sent;
+4. append the signed ledger entry (committed to disk);
+5. only then may the caller send the update.
+
+A crash before 4 sends nothing (no release happened); a crash between 4 and 5
+leaves an entry for an update that was never sent, which only overstates epsilon.
+So the ledger never falls behind what left the site, and since every appended
+entry passed step 2, it never shows epsilon above the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from models.config import ConfigError, parse_enum
+from privacy.budget import (
+    BudgetCheck,
+    Release,
+    accountant_of,
+    check_budget,
+    compose_epsilon,
+    exclusive,
+)
+from privacy.dp import AccountantKind, accountant_to_json
+from privacy.ledger import LedgerEntry, Mechanism, SiteLedger
+
+from .trainer import TrainResult
+
+__all__ = [
+    "BudgetScope",
+    "Refused",
+    "Released",
+    "SiteBudget",
+    "release_round",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class BudgetScope(StrEnum):
+    """Which releases a site's epsilon composes."""
+
+    DATASET = "dataset"  # same dataset fingerprint, across runs
+    SITE = "site"  # every release on the site's data, whatever the fingerprint
+
+
+def _node_float(node_config: dict[str, Any], key: str) -> float | None:
+    if key not in node_config:
+        return None
+    raw = node_config[key]
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"Node config `{key}` must be a number. Found {raw!r}. Set it in the "
+            f"SuperNode's --node-config, e.g. \"{key}=8.0\"."
+        ) from None
+    if not math.isfinite(value):
+        raise ConfigError(f"Node config `{key}` must be finite. Found {raw!r}.")
+    return value
+
+
+@dataclass(frozen=True)
+class SiteBudget:
+    """Where a site's ledger lives and how much it may spend."""
+
+    state_dir: Path
+    max_epsilon: float  # 0 = no budget
+    delta: float
+    scope: BudgetScope = BudgetScope.DATASET
+
+    def __post_init__(self) -> None:
+        if self.max_epsilon < 0:
+            raise ConfigError(
+                f"Node config `max-epsilon` must be >= 0 (0 = no budget). Found "
+                f"{self.max_epsilon}."
+            )
+        if not 0 < self.delta < 1:
+            raise ConfigError(
+                f"Node config `delta` must be in (0, 1). Found {self.delta}."
+            )
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        node_config: dict[str, Any],
+        train_config: dict[str, Any],
+        run_config: dict[str, Any],
+        site: str,
+        run_delta: float,
+    ) -> SiteBudget:
+        """The site's own settings from its node config; in simulation, where
+        sites have no node config of their own, ``simulation.site-max-epsilon``
+        from the run config stands in for ``max-epsilon``."""
+        simulated = "partition-id" in node_config
+        if "state-dir" in node_config:
+            state_dir = Path(str(node_config["state-dir"])).expanduser()
+        elif simulated and train_config.get("out-dir"):
+            state_dir = Path(str(train_config["out-dir"])) / "sites" / site
+        else:
+            state_dir = Path.home() / ".fedshield" / "sites" / site
+        max_epsilon = _node_float(node_config, "max-epsilon")
+        if max_epsilon is None and simulated:
+            max_epsilon = float(run_config.get("simulation.site-max-epsilon", 0.0))
+        delta = _node_float(node_config, "delta")
+        return cls(
+            state_dir=state_dir,
+            max_epsilon=max_epsilon or 0.0,
+            delta=run_delta if delta is None else delta,
+            scope=parse_enum(
+                BudgetScope,
+                "budget-scope",
+                str(node_config.get("budget-scope", BudgetScope.DATASET.value)),
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Released:
+    """The round trained and its release is on the ledger."""
+
+    result: TrainResult
+    epsilon: float  # cumulative over the budget scope, at the budget's delta
+    run_epsilon: float  # this run only
+    check: BudgetCheck
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The round would have exceeded the budget; nothing was trained or sent."""
+
+    check: BudgetCheck
+
+    @property
+    def reason(self) -> str:
+        return self.check.reason()
+
+
+def release_round(
+    *,
+    budget: SiteBudget,
+    run_id: str,
+    server_round: int,
+    fingerprint: str,
+    planned: Release,
+    accountant: AccountantKind,
+    train: Callable[[], TrainResult],
+) -> Released | Refused:
+    """Check, train, record: see the module docstring for the order and why."""
+    with exclusive(budget.state_dir), SiteLedger(budget.state_dir) as ledger:
+        scope_fp = fingerprint if budget.scope is BudgetScope.DATASET else None
+        history = ledger.history(dataset_fingerprint=scope_fp)
+        check = check_budget(
+            history=history,
+            planned=planned,
+            max_epsilon=budget.max_epsilon,
+            delta=budget.delta,
+            accountant=accountant,
+        )
+        if not check.allowed:
+            logger.warning("Round %d refused: %s", server_round, check.reason())
+            return Refused(check)
+        result = train()
+        if result.release != planned:
+            raise RuntimeError(
+                f"Round {server_round}: training recorded {result.release} but "
+                f"{planned} was checked against the budget. The update is not sent; "
+                "report this as a bug."
+            )
+        run_history = [*ledger.history(dataset_fingerprint=scope_fp, run_id=run_id)]
+        run_epsilon = compose_epsilon(
+            [*run_history, planned], delta=budget.delta, accountant=accountant
+        )
+        composed = accountant_of(accountant, [*history, planned])
+        ledger.append(
+            LedgerEntry(
+                run_id=run_id,
+                server_round=server_round,
+                dataset_fingerprint=fingerprint,
+                mechanism=Mechanism.DP_SGD if planned.private else Mechanism.NON_PRIVATE,
+                noise_multiplier=planned.noise_multiplier,
+                sample_rate=planned.sample_rate,
+                steps=planned.steps,
+                delta=budget.delta,
+                accountant=accountant.value,
+                accountant_state=accountant_to_json(composed),
+                epsilon=check.after,
+                timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+                max_epsilon=budget.max_epsilon,
+            )
+        )
+    return Released(
+        result=result, epsilon=check.after, run_epsilon=run_epsilon, check=check
+    )
