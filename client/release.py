@@ -15,6 +15,8 @@ Node config keys (``flower-supernode --node-config "..."``):
 
 Order of one round, all under the site's budget lock (:func:`privacy.budget.exclusive`):
 
+0. verify the ledger (hashes, chain, signatures, signed head); a ledger that fails
+   is not trusted to say what was spent, so nothing trains;
 1. plan the release ``(sigma, q, steps)`` (fixed before training);
 2. compose the ledger's history in scope with it; refuse if epsilon would exceed
    ``max-epsilon`` (the update is never computed);
@@ -50,7 +52,7 @@ from privacy.budget import (
     exclusive,
 )
 from privacy.dp import AccountantKind, accountant_to_json
-from privacy.ledger import LedgerEntry, Mechanism, SiteLedger
+from privacy.ledger import LedgerEntry, LedgerError, Mechanism, SiteLedger
 
 from .trainer import TrainResult
 
@@ -177,6 +179,14 @@ def release_round(
 ) -> Released | Refused:
     """Check, train, record: see the module docstring for the order and why."""
     with exclusive(budget.state_dir), SiteLedger(budget.state_dir) as ledger:
+        report = ledger.verify()
+        if not report.ok:  # a deleted entry would hide spent budget
+            raise LedgerError(
+                f"The site's ledger in {budget.state_dir} fails verification: "
+                f"{'; '.join(report.problems)}. No round trains until it is restored "
+                "from a backup (check it with `fedshield ledger verify --site-dir "
+                f"{budget.state_dir}`)."
+            )
         scope_fp = fingerprint if budget.scope is BudgetScope.DATASET else None
         history = ledger.history(dataset_fingerprint=scope_fp)
         check = check_budget(

@@ -124,11 +124,14 @@ def secure_normal(shape: torch.Size, *, std: float) -> torch.Tensor:
     n = math.prod(shape)
     pairs = (n + 1) // 2
     raw = torch.frombuffer(bytearray(os.urandom(16 * pairs)), dtype=torch.int64)
-    # 53 random bits -> uniform in (0, 1), never 0: (k + 0.5) / 2^53
-    u = ((raw >> 11).to(torch.float64) + 0.5) * 2.0**-53  # (2 * pairs,)
+    # top 53 random bits (masked: >> is arithmetic on int64) -> uniform in (0, 1),
+    # never 0: (k + 0.5) / 2^53
+    bits = (raw >> 11) & ((1 << 53) - 1)
+    u = (bits.to(torch.float64) + 0.5) * 2.0**-53  # (2 * pairs,)
     u1, u2 = u[:pairs], u[pairs:]
     radius = torch.sqrt(-2.0 * torch.log(u1))
-    z = torch.cat([radius * torch.cos(2 * math.pi * u2), radius * torch.sin(2 * math.pi * u2)])
+    angle = 2 * math.pi * u2
+    z = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)])
     return (z[:n] * std).to(torch.float32).reshape(shape)
 
 

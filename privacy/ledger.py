@@ -45,12 +45,15 @@ from .budget import Release
 
 __all__ = [
     "GENESIS_HASH",
+    "Head",
     "LedgerEntry",
     "LedgerError",
     "Mechanism",
     "RecordedEntry",
     "SiteLedger",
     "VerifyReport",
+    "verify_chain",
+    "verify_export",
 ]
 
 GENESIS_HASH = "0" * 64
@@ -120,6 +123,15 @@ class RecordedEntry:
 
 
 @dataclass(frozen=True)
+class Head:
+    """The signed ``(seq, hash)`` of the last entry."""
+
+    seq: int
+    entry_hash: str
+    signature: bytes
+
+
+@dataclass(frozen=True)
 class VerifyReport:
     entries: int
     problems: tuple[str, ...]
@@ -138,6 +150,101 @@ def entry_hash(seq: int, prev_hash: str, entry: LedgerEntry) -> str:
 
 def _head_message(seq: int, head: str) -> bytes:
     return f"head:{seq}:{head}".encode()
+
+
+def verify_chain(
+    recorded: list[RecordedEntry], head: Head | None, public_key: Ed25519PublicKey
+) -> VerifyReport:
+    """Check hashes, links, signatures and the signed head of ``recorded``."""
+    problems: list[str] = []
+    prev, expected = GENESIS_HASH, 1
+    for rec in recorded:
+        if rec.seq != expected:
+            problems.append(
+                f"entries {expected}..{rec.seq - 1} are missing (deleted)"
+                if rec.seq > expected
+                else f"entry {rec.seq} is out of order"
+            )
+        if entry_hash(rec.seq, rec.prev_hash, rec.entry) != rec.entry_hash:
+            problems.append(f"entry {rec.seq} was edited (contents != its hash)")
+        if rec.prev_hash != prev:
+            problems.append(
+                f"entry {rec.seq} does not follow the entry before it "
+                "(an entry was deleted, inserted or reordered)"
+            )
+        try:
+            public_key.verify(rec.signature, bytes.fromhex(rec.entry_hash))
+        except (InvalidSignature, ValueError):
+            problems.append(f"entry {rec.seq} has an invalid signature")
+        prev, expected = rec.entry_hash, rec.seq + 1
+    last_seq = recorded[-1].seq if recorded else 0
+    if head is None:
+        if recorded:
+            problems.append("the signed head is missing (edited)")
+    else:
+        try:
+            public_key.verify(head.signature, _head_message(head.seq, head.entry_hash))
+        except InvalidSignature:
+            problems.append("the ledger head has an invalid signature")
+        if head.seq != last_seq or head.entry_hash != prev:
+            problems.append(
+                f"the signed head names entry {head.seq} but the ledger ends at entry "
+                f"{last_seq}: trailing entries were deleted or added"
+            )
+    return VerifyReport(entries=len(recorded), problems=tuple(problems))
+
+
+def verify_export(
+    doc: dict[str, Any], *, expected_key_sha256: str | None = None
+) -> VerifyReport:
+    """Verify an exported ledger (:meth:`SiteLedger.export`) with nothing else.
+
+    The export carries its own public key, so pin it: pass the fingerprint the site
+    published (``expected_key_sha256``); otherwise a forger could re-sign a
+    rewritten export with a key of their own.
+    """
+    try:
+        key = serialization.load_pem_public_key(doc["public_key_pem"].encode())
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError("not an Ed25519 key")
+        recorded = []
+        for item in doc["entries"]:
+            fields = {
+                k: v
+                for k, v in item.items()
+                if k not in ("seq", "prev_hash", "entry_hash", "signature")
+            }
+            recorded.append(
+                RecordedEntry(
+                    int(item["seq"]),
+                    LedgerEntry.from_canonical(fields),
+                    str(item["prev_hash"]),
+                    str(item["entry_hash"]),
+                    bytes.fromhex(item["signature"]),
+                )
+            )
+        raw_head = doc["head"]
+        head = (
+            None
+            if raw_head is None
+            else Head(
+                int(raw_head["seq"]),
+                str(raw_head["entry_hash"]),
+                bytes.fromhex(raw_head["signature"]),
+            )
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        return VerifyReport(0, (f"the export is malformed ({err!r})",))
+    problems: list[str] = []
+    raw_key = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    actual = hashlib.sha256(raw_key).hexdigest()
+    if expected_key_sha256 is not None and actual != expected_key_sha256.lower():
+        problems.append(
+            f"the export is signed by key {actual}, not the expected "
+            f"{expected_key_sha256}"
+        )
+    report = verify_chain(recorded, head, key)
+    return VerifyReport(report.entries, (*problems, *report.problems))
 
 
 def _load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
@@ -298,52 +405,44 @@ class SiteLedger:
             out.append(RecordedEntry(seq, entry, prev, digest, sig))
         return out
 
+    def head(self) -> Head | None:
+        row = self._db.execute("SELECT seq, entry_hash, signature FROM head").fetchone()
+        return Head(int(row[0]), str(row[1]), bytes(row[2])) if row else None
+
     def verify(self) -> VerifyReport:
         """Check every hash, link, signature and the signed head; name each problem."""
-        problems: list[str] = []
         try:
             recorded = self.entries()
         except (ValueError, TypeError, KeyError) as err:
             return VerifyReport(0, (f"an entry cannot be decoded ({err}): edited",))
-        prev, expected = GENESIS_HASH, 1
-        for rec in recorded:
-            if rec.seq != expected:
-                problems.append(
-                    f"entries {expected}..{rec.seq - 1} are missing (deleted)"
-                    if rec.seq > expected
-                    else f"entry {rec.seq} is out of order"
-                )
-            if entry_hash(rec.seq, rec.prev_hash, rec.entry) != rec.entry_hash:
-                problems.append(f"entry {rec.seq} was edited (contents != its hash)")
-            if rec.prev_hash != prev:
-                problems.append(
-                    f"entry {rec.seq} does not follow the entry before it "
-                    "(an entry was deleted, inserted or reordered)"
-                )
-            try:
-                self.public_key.verify(rec.signature, bytes.fromhex(rec.entry_hash))
-            except (InvalidSignature, ValueError):
-                problems.append(f"entry {rec.seq} has an invalid signature")
-            prev, expected = rec.entry_hash, rec.seq + 1
-        head = self._db.execute(
-            "SELECT seq, entry_hash, signature FROM head"
-        ).fetchone()
-        last_seq = recorded[-1].seq if recorded else 0
-        if head is None:
-            if recorded:
-                problems.append("the signed head is missing (edited)")
-        else:
-            seq, digest, sig = head
-            try:
-                self.public_key.verify(sig, _head_message(seq, digest))
-            except InvalidSignature:
-                problems.append("the ledger head has an invalid signature")
-            if seq != last_seq or digest != prev:
-                problems.append(
-                    f"the signed head names entry {seq} but the ledger ends at entry "
-                    f"{last_seq}: trailing entries were deleted or added"
-                )
-        return VerifyReport(entries=len(recorded), problems=tuple(problems))
+        return verify_chain(recorded, self.head(), self.public_key)
+
+    def export(self) -> dict[str, Any]:
+        """Everything an auditor needs to check the ledger offline
+        (:func:`verify_export`): entries with hashes and signatures, the signed
+        head and the public key."""
+        head = self.head()
+        return {
+            "format": "fedshield-ledger/1",
+            "public_key_pem": self.public_key.public_bytes(
+                serialization.Encoding.PEM,
+                serialization.PublicFormat.SubjectPublicKeyInfo,
+            ).decode(),
+            "public_key_sha256": self.public_key_fingerprint(),
+            "head": None
+            if head is None
+            else {"seq": head.seq, "entry_hash": head.entry_hash, "signature": head.signature.hex()},
+            "entries": [
+                {
+                    "seq": r.seq,
+                    "prev_hash": r.prev_hash,
+                    "entry_hash": r.entry_hash,
+                    "signature": r.signature.hex(),
+                    **r.entry.canonical(),
+                }
+                for r in self.entries()
+            ],
+        }
 
     def history(
         self, *, dataset_fingerprint: str | None, run_id: str | None = None

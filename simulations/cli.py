@@ -3,6 +3,7 @@
     fedshield simulate                       # default demo: 4 sites, MiniLM + LoRA, DP
     fedshield simulate --out runs/nodp --run-config "dp.enabled=false"
     fedshield simulate --out runs/nodp --run-config "resume=true num-server-rounds=5"
+    fedshield ledger show --site-dir runs/demo/sites/site-0    # see ledger_cli.py
 
 ``simulate`` runs the fedshield Flower app on Flower's simulation engine
 (``flwr run``), shows a progress display of rounds and sites, prints one table per
@@ -26,6 +27,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from server.report import round_table
 from server.rounds import RoundLog
 
+from .ledger_cli import ledger_app
 from .launcher import (
     LaunchError,
     check_local_superlink,
@@ -43,6 +45,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+app.add_typer(ledger_app, name="ledger")
 
 
 @app.callback()
@@ -130,6 +133,12 @@ def simulate(
         raise typer.Exit(130) from None
 
     summary = _read_json(out / "summary.json")
+    if summary and summary.get("status") == "aborted":
+        console.print(
+            f"[red]The run stopped: {summary.get('error')}[/red]\nFinished rounds are "
+            f"checkpointed in {out}. Full log: {log_path}"
+        )
+        raise typer.Exit(1)
     if proc.returncode != 0 or not summary or summary.get("status") != "completed":
         console.print(
             f"[red]The simulation did not complete (flwr exit code {proc.returncode})."
@@ -180,12 +189,27 @@ def _print_final(summary: dict[str, Any], out: Path) -> None:
         f"{final['round']} rounds (initial {summary['initial']['accuracy']:.4f})."
     )
     for name, site in summary["sites"].items():
-        eps = f"epsilon {site['epsilon']:.3f} at delta {site['delta']:g}"
+        if site.get("noise_multiplier", 0.0) == 0.0 or site["epsilon"] is None:
+            eps = "no DP (epsilon inf)"
+        else:
+            eps = f"epsilon {site['epsilon']:.3f} at delta {site['delta']:g}"
+            if site.get("max_epsilon"):
+                eps += f" (budget {site['max_epsilon']:g})"
+        refused = site.get("refused_rounds") or []
         console.print(
-            f"  {name}: {site['examples']} examples, {site['steps']} steps, "
-            + (eps if site["delta"] > 0 else "no DP")
+            f"  {name}: {site['examples']} examples, {site['steps']} steps, {eps}"
+            + (f"; refused round(s) {refused}" if refused else "")
         )
-    console.print(f"Summary: {out / 'summary.json'}")
+    client = summary.get("privacy", {}).get("client_level", {})
+    if client.get("enabled"):
+        console.print(
+            f"  client-level: epsilon {client['epsilon']:.3f} at delta "
+            f"{client['delta']:g} over {client['rounds']} round(s) (whole-site "
+            "neighbours)"
+        )
+    console.print(
+        f"Summary: {out / 'summary.json'}; ledgers: fedshield ledger show --run-dir {out}"
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point
