@@ -40,7 +40,6 @@ from models import (
     state_to_arrays,
     trainable_state,
 )
-
 from privacy.budget import plan_release
 from privacy.client_dp import clip_update
 from privacy.fingerprint import dataset_fingerprint
@@ -86,9 +85,7 @@ def _refusal_reply(msg: Message, site: SiteData, refused: Refused) -> Message:
             "delta": check.delta,
         }
     )
-    content = RecordDict(
-        {"refusal": record, "site": ConfigRecord({"name": site.name})}
-    )
+    content = RecordDict({"refusal": record, "site": ConfigRecord({"name": site.name})})
     return Message(content=content, reply_to=msg)
 
 
@@ -128,7 +125,9 @@ def train(msg: Message, context: Context) -> Message:
             dp_cfg=cfg.dp,
             mode=cfg.grad_sample_mode,
             noise_multiplier=planned.noise_multiplier,
-            seed=cfg.seed * 100_003 + server_round * 1_009 + context.node_id % 1_000_003,
+            seed=cfg.seed * 100_003
+            + server_round * 1_009
+            + context.node_id % 1_000_003,
             device=pick_device(),
         )
 

@@ -83,7 +83,7 @@ def _node_float(node_config: dict[str, Any], key: str) -> float | None:
     except (TypeError, ValueError):
         raise ConfigError(
             f"Node config `{key}` must be a number. Found {raw!r}. Set it in the "
-            f"SuperNode's --node-config, e.g. \"{key}=8.0\"."
+            f'SuperNode\'s --node-config, e.g. "{key}=8.0".'
         ) from None
     if not math.isfinite(value):
         raise ConfigError(f"Node config `{key}` must be finite. Found {raw!r}.")
@@ -216,7 +216,9 @@ def release_round(
                 run_id=run_id,
                 server_round=server_round,
                 dataset_fingerprint=fingerprint,
-                mechanism=Mechanism.DP_SGD if planned.private else Mechanism.NON_PRIVATE,
+                mechanism=Mechanism.DP_SGD
+                if planned.private
+                else Mechanism.NON_PRIVATE,
                 noise_multiplier=planned.noise_multiplier,
                 sample_rate=planned.sample_rate,
                 steps=planned.steps,

@@ -6,8 +6,8 @@ A *release* is one batch of subsampled Gaussian steps with fixed parameters
 noisy aggregate in one round (client-level). Composition is the accountant's
 (Opacus RDP or PRV), never our own math::
 
-    epsilon(delta) = Accountant(history = [(sigma_1, q_1, T_1), ..., (sigma_k, q_k, T_k)])
-                     .get_epsilon(delta)
+    eps(delta) = Accountant(history=[(sigma_1, q_1, T_1), ..., (sigma_k, q_k, T_k)])
+                         .get_epsilon(delta)
 
 RDP: the subsampled-Gaussian Renyi divergences of all steps add up, and the
 smallest conversion to (epsilon, delta) over the orders is reported (Mironov
@@ -172,9 +172,7 @@ def check_budget(
         )
     history = list(history)
     spent = compose_epsilon(history, delta=delta, accountant=accountant)
-    after = compose_epsilon(
-        [*history, planned], delta=delta, accountant=accountant
-    )
+    after = compose_epsilon([*history, planned], delta=delta, accountant=accountant)
     return BudgetCheck(spent=spent, after=after, max_epsilon=max_epsilon, delta=delta)
 
 
@@ -202,7 +200,9 @@ def exclusive(state_dir: Path, *, timeout: float = 3600.0) -> Iterator[None]:
                         "it; the lock is released when its process ends."
                     ) from None
                 if not waited:
-                    logger.info("Waiting for another run at this site to finish a round")
+                    logger.info(
+                        "Waiting for another run at this site to finish a round"
+                    )
                     waited = True
                 time.sleep(0.5)
         yield

@@ -95,7 +95,9 @@ class ClientDPConfig:
                 "turn it off."
             )
         if not 0 < self.delta < 1:
-            raise ConfigError(f"`client-dp.delta` must be in (0, 1). Found {self.delta}.")
+            raise ConfigError(
+                f"`client-dp.delta` must be in (0, 1). Found {self.delta}."
+            )
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> ClientDPConfig:
@@ -154,5 +156,6 @@ def noisy_mean(
     total = {k: torch.stack([u[k] for u in updates]).sum(0) for k in updates[0]}
     std = noise_multiplier * clip_norm
     return {
-        k: (v + secure_normal(v.shape, std=std)) / len(updates) for k, v in total.items()
+        k: (v + secure_normal(v.shape, std=std)) / len(updates)
+        for k, v in total.items()
     }

@@ -23,7 +23,9 @@ __all__ = ["dataset_fingerprint"]
 
 def dataset_fingerprint(texts: Sequence[str], labels: Sequence[int]) -> str:
     if len(texts) != len(labels):
-        raise ValueError(f"{len(texts)} texts but {len(labels)} labels; they must pair.")
+        raise ValueError(
+            f"{len(texts)} texts but {len(labels)} labels; they must pair."
+        )
     digests = sorted(
         hashlib.sha256(
             json.dumps([t, int(y)], ensure_ascii=False).encode("utf-8")

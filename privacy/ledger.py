@@ -236,7 +236,9 @@ def verify_export(
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         return VerifyReport(0, (f"the export is malformed ({err!r})",))
     problems: list[str] = []
-    raw_key = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raw_key = key.public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
     actual = hashlib.sha256(raw_key).hexdigest()
     if expected_key_sha256 is not None and actual != expected_key_sha256.lower():
         problems.append(
@@ -330,8 +332,9 @@ class SiteLedger:
         except sqlite3.DatabaseError as err:
             self._db.close()
             raise LedgerError(
-                f"{db_path} is not a readable ledger ({err}). Restore it from a "
-                "backup; the site's budget cannot be checked without it."
+                f"{db_path} is not a readable ledger ({err}). If it is a copy, copy "
+                f"{DB_NAME}-wal with it (recent entries live there until the site's "
+                "process closes the ledger); otherwise restore it from a backup."
             ) from err
 
     def _check_public_key_file(self) -> None:
@@ -431,7 +434,11 @@ class SiteLedger:
             "public_key_sha256": self.public_key_fingerprint(),
             "head": None
             if head is None
-            else {"seq": head.seq, "entry_hash": head.entry_hash, "signature": head.signature.hex()},
+            else {
+                "seq": head.seq,
+                "entry_hash": head.entry_hash,
+                "signature": head.signature.hex(),
+            },
             "entries": [
                 {
                     "seq": r.seq,
@@ -465,5 +472,6 @@ class SiteLedger:
         return [
             r.entry.release
             for r in self.entries()
-            if r.entry.mechanism is Mechanism.CLIENT_GAUSSIAN and r.entry.run_id == run_id
+            if r.entry.mechanism is Mechanism.CLIENT_GAUSSIAN
+            and r.entry.run_id == run_id
         ]

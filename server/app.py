@@ -31,6 +31,7 @@ from models import (
 )
 from models.config import ConfigError
 
+from .central_dp import ClientLevelAccountant
 from .checkpoint import (
     CHECKPOINT_NAME,
     Checkpoint,
@@ -39,7 +40,6 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .central_dp import ClientLevelAccountant
 from .config import ServerConfig
 from .evaluate import CentralEvaluator, central_test_data
 from .report import print_round, print_start

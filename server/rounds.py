@@ -213,7 +213,9 @@ def screen_replies(
             out.failures.append({"site": site, "reason": str(err)})
             continue
         if site in out.sites:
-            out.failures.append({"site": site, "reason": "duplicate reply in this round"})
+            out.failures.append(
+                {"site": site, "reason": "duplicate reply in this round"}
+            )
             continue
         out.sites[site] = values
         out.valid.append(reply)
@@ -230,7 +232,9 @@ def _aggregate(
     the noisy uniform mean of the clipped deltas."""
     if client_dp.enabled:
         deltas = [
-            arrays_to_state(next(iter(r.content.array_records.values())), what="An update")
+            arrays_to_state(
+                next(iter(r.content.array_records.values())), what="An update"
+            )
             for r in valid
         ]
         return noisy_mean(

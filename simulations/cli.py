@@ -27,7 +27,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from server.report import round_table
 from server.rounds import RoundLog
 
-from .ledger_cli import ledger_app
 from .launcher import (
     LaunchError,
     check_local_superlink,
@@ -36,6 +35,7 @@ from .launcher import (
     started_run_id,
     stop_run,
 )
+from .ledger_cli import ledger_app
 
 __all__ = ["app"]
 
@@ -208,7 +208,8 @@ def _print_final(summary: dict[str, Any], out: Path) -> None:
             "neighbours)"
         )
     console.print(
-        f"Summary: {out / 'summary.json'}; ledgers: fedshield ledger show --run-dir {out}"
+        f"Summary: {out / 'summary.json'}; ledgers: "
+        f"fedshield ledger show --run-dir {out}"
     )
 
 

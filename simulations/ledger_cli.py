@@ -76,7 +76,9 @@ def _ledger_dirs(site_dirs: list[Path] | None, run_dir: Path | None) -> list[Pat
             raise typer.Exit(2)
         dirs.extend(found)
     if not dirs:
-        console.print("[red]Name a ledger with --site-dir DIR (or --run-dir RUN).[/red]")
+        console.print(
+            "[red]Name a ledger with --site-dir DIR (or --run-dir RUN).[/red]"
+        )
         raise typer.Exit(2)
     return dirs
 
@@ -206,7 +208,9 @@ def verify(
         except (OSError, json.JSONDecodeError) as err:
             console.print(f"[red]Cannot read the export {export}: {err}[/red]")
             raise typer.Exit(2) from err
-        results.append((str(export), verify_export(doc, expected_key_sha256=key_sha256)))
+        results.append(
+            (str(export), verify_export(doc, expected_key_sha256=key_sha256))
+        )
     if site_dir or run_dir or export is None:
         for path in _ledger_dirs(site_dir, run_dir):
             with _open(path) as ledger:
@@ -238,7 +242,9 @@ def export(
     """Write ledgers as JSON for auditors: entries with hashes and signatures, the
     signed head, the public key and the verification result."""
     if out.exists():
-        console.print(f"[red]{out} exists; it is left untouched. Choose a new --out.[/red]")
+        console.print(
+            f"[red]{out} exists; it is left untouched. Choose a new --out.[/red]"
+        )
         raise typer.Exit(2)
     ledgers: dict[str, Any] = {}
     for path in _ledger_dirs(site_dir, run_dir):
@@ -262,7 +268,9 @@ def plot(
     """PNG of cumulative epsilon per site over its releases (rounds, across runs),
     with each site's budget as a dashed line."""
     if out.exists():
-        console.print(f"[red]{out} exists; it is left untouched. Choose a new --out.[/red]")
+        console.print(
+            f"[red]{out} exists; it is left untouched. Choose a new --out.[/red]"
+        )
         raise typer.Exit(2)
     series: dict[str, list[RecordedEntry]] = {}
     for path in _ledger_dirs(site_dir, run_dir):
@@ -288,7 +296,9 @@ def epsilon_png(series: dict[str, list[RecordedEntry]]) -> bytes:
         xs = list(range(1, len(recorded) + 1))
         ys = [r.entry.epsilon for r in recorded]
         finite = [y if math.isfinite(y) else float("nan") for y in ys]
-        client = bool(recorded) and recorded[0].entry.mechanism is Mechanism.CLIENT_GAUSSIAN
+        client = (
+            bool(recorded) and recorded[0].entry.mechanism is Mechanism.CLIENT_GAUSSIAN
+        )
         style = "--" if client else "-"
         ax.plot(xs, finite, style, marker="o", color=color, label=name)
         budgets = {r.entry.max_epsilon for r in recorded if r.entry.max_epsilon}

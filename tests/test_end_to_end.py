@@ -1,5 +1,7 @@
 """One end-to-end simulation through the real CLI, ``flwr run``, ClientApp and
-ServerApp: 3 sites, tiny BERT, 2 rounds, then a resumed third round."""
+ServerApp: 3 sites, tiny BERT, sample-level DP with a site budget of epsilon 9 and
+client-level DP, 2 rounds, then a resumed third round that two sites refuse
+because it would exceed their budget."""
 
 from __future__ import annotations
 
@@ -11,6 +13,11 @@ from pathlib import Path
 
 import pytest
 from opacus.accountants import RDPAccountant
+
+from privacy.ledger import SiteLedger
+
+BUDGET = 9.0
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _simulate(
@@ -41,7 +48,9 @@ def finished_run(tmp_path_factory, tiny_model_dir) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("e2e") / "run"
     overrides = (
         f"model.source='{tiny_model_dir}' model.max-length=16 train.batch-size=8 "
-        "data.train-examples=150 data.test-examples=40"
+        "data.train-examples=150 data.test-examples=40 min-train-sites=1 "
+        "client-dp.enabled=true client-dp.noise-multiplier=0.5 "
+        f"simulation.site-max-epsilon={BUDGET}"
     )
     proc = _simulate(out, f"{overrides} num-server-rounds=2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -59,8 +68,11 @@ def test_summary_has_finite_accuracy_and_epsilon_for_every_site(finished_run) ->
     for name, site in summary["sites"].items():
         assert math.isfinite(site["epsilon"]) and site["epsilon"] > 0, name
         assert site["delta"] == 1e-5 and site["examples"] > 0 and site["steps"] > 0
+        assert site["max_epsilon"] == BUDGET and site["refused_rounds"] == []
     r1, r2 = (r["sites"] for r in summary["rounds"])
     assert all(r2[s]["epsilon"] > r1[s]["epsilon"] for s in r1)
+    client = summary["privacy"]["client_level"]
+    assert client["enabled"] and client["rounds"] == 2 and client["epsilon"] > 0
     assert (out / "final_trainable.safetensors").is_file()
     assert (out / "adapter" / "adapter_config.json").is_file()
 
@@ -74,20 +86,97 @@ def test_existing_run_is_not_overwritten(finished_run) -> None:
     assert (out / "summary.json").read_bytes() == before
 
 
-def test_resume_continues_the_run_and_the_site_accountants(finished_run) -> None:
+def _ledger_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "simulations", "ledger", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
+@pytest.fixture(scope="module")
+def resumed_run(finished_run) -> Path:
     out, overrides = finished_run
     proc = _simulate(out, f"{overrides} num-server-rounds=3 resume=true")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
+    return out
+
+
+def _reference_epsilon(per_round: list[dict]) -> float:
+    acc = RDPAccountant()
+    for m in per_round:
+        for _ in range(int(m["steps"])):
+            acc.step(
+                noise_multiplier=m["noise-multiplier"], sample_rate=m["sample-rate"]
+            )
+    return acc.get_epsilon(1e-5)
+
+
+def test_resume_continues_and_sites_refuse_the_round_beyond_their_budget(
+    resumed_run,
+) -> None:
+    summary = json.loads((resumed_run / "summary.json").read_text())
+    assert summary["status"] == "completed"
     assert [r["round"] for r in summary["rounds"]] == [1, 2, 3]
+    third = summary["rounds"][2]
+    refused = sorted(r["site"] for r in third["refusals"])
+    assert refused == ["site-1", "site-2"], third
+    assert list(third["sites"]) == ["site-0"]
+    for r in third["refusals"]:
+        assert r["epsilon-spent"] <= BUDGET < r["epsilon-after"]
     for name, site in summary["sites"].items():
-        # epsilon after the restart covers all three rounds of this site
-        acc = RDPAccountant()
-        per_round = [r["sites"][name] for r in summary["rounds"]]
-        for m in per_round:
-            for _ in range(int(m["steps"])):
-                acc.step(
-                    noise_multiplier=m["noise-multiplier"], sample_rate=m["sample-rate"]
-                )
-        assert site["epsilon"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9), name
-        assert per_round[2]["epsilon"] > per_round[1]["epsilon"]
+        per_round = [r["sites"][name] for r in summary["rounds"] if name in r["sites"]]
+        assert len(per_round) == (3 if name == "site-0" else 2)
+        # epsilon after the restart covers every release of this site
+        assert site["epsilon"] == pytest.approx(_reference_epsilon(per_round), rel=1e-9)
+        assert site["epsilon"] <= BUDGET
+    assert summary["privacy"]["client_level"]["rounds"] == 3
+
+
+def test_summary_and_ledgers_agree_and_verify(resumed_run) -> None:
+    summary = json.loads((resumed_run / "summary.json").read_text())
+    for name, site in summary["sites"].items():
+        with SiteLedger(resumed_run / "sites" / name, writable=False) as ledger:
+            assert ledger.verify().ok
+            entries = [r.entry for r in ledger.entries()]
+        assert [e.server_round for e in entries] == site["rounds"]
+        assert {e.run_id for e in entries} == {summary["run_key"]}
+        assert entries[-1].epsilon == pytest.approx(site["epsilon"], rel=1e-12)
+        assert max(e.epsilon for e in entries) <= BUDGET
+    with SiteLedger(resumed_run / "ledger", writable=False) as server:
+        last = server.entries()[-1].entry
+    client = summary["privacy"]["client_level"]
+    assert last.epsilon == pytest.approx(client["epsilon"], rel=1e-12)
+    assert summary["rounds"][-1]["client_epsilon"] == pytest.approx(client["epsilon"])
+    proc = _ledger_cli("verify", "--run-dir", str(resumed_run))
+    assert proc.returncode == 0 and proc.stdout.count("OK") == 4, proc.stdout
+
+
+def test_ledger_commands_show_plot_and_export(resumed_run, tmp_path: Path) -> None:
+    shown = _ledger_cli(
+        "show", "--site-dir", str(resumed_run / "sites/site-1"), "--json"
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    doc = json.loads(shown.stdout)
+    (entries,) = [v["entries"] for v in doc.values()]
+    assert [e["server_round"] for e in entries] == [1, 2]
+    assert entries[-1]["budget_left"] == pytest.approx(BUDGET - entries[-1]["epsilon"])
+    png, export = tmp_path / "eps.png", tmp_path / "ledgers.json"
+    assert (
+        _ledger_cli("plot", "--run-dir", str(resumed_run), "--out", str(png)).returncode
+        == 0
+    )
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    args = (
+        "export",
+        "--site-dir",
+        str(resumed_run / "sites/site-0"),
+        "--out",
+        str(export),
+    )
+    assert _ledger_cli(*args).returncode == 0
+    assert _ledger_cli("verify", "--export", str(export)).returncode == 0
+    again = _ledger_cli(*args)  # never overwrites
+    assert again.returncode == 2 and "left untouched" in again.stdout

@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -8,14 +9,13 @@ from client.data import LabeledTexts, tokenize
 from client.trainer import TrainConfig, train_site
 from models import FinetuneMode, ModelConfig, load_model
 from models.config import ConfigError
+from privacy.budget import Release, accountant_of, compose_epsilon, plan_release
 from privacy.dp import (
     AccountantKind,
     DPConfig,
     GradSampleMode,
-    accountant_from_json,
     accountant_to_json,
     default_grad_sample_mode,
-    epsilon_of,
     noise_for_target_epsilon,
 )
 
@@ -24,29 +24,18 @@ RDP_REFERENCE_EPSILON = 2.1013652716430564
 
 
 def test_rdp_epsilon_matches_fixed_reference() -> None:
-    acc = accountant_from_json(
-        AccountantKind.RDP,
-        '{"mechanism": "rdp", "history": [[1.0, 0.01, 1000]]}',
+    eps = compose_epsilon(
+        [Release(1.0, 0.01, 1000)], delta=1e-5, accountant=AccountantKind.RDP
     )
-    assert epsilon_of(acc, 1e-5) == pytest.approx(RDP_REFERENCE_EPSILON, rel=1e-9)
+    assert eps == pytest.approx(RDP_REFERENCE_EPSILON, rel=1e-9)
 
 
-def test_accountant_json_round_trip_keeps_history() -> None:
-    acc = RDPAccountant()
-    acc.history = [(0.8, 0.2, 10), (1.1, 0.05, 7)]
-    back = accountant_from_json(AccountantKind.RDP, accountant_to_json(acc))
-    assert back.history == [(0.8, 0.2, 10), (1.1, 0.05, 7)]
-    assert epsilon_of(back, 1e-5) == pytest.approx(acc.get_epsilon(1e-5))
-
-
-def test_accountant_kind_mismatch_is_refused() -> None:
-    payload = '{"mechanism": "rdp", "history": [[1.0, 0.1, 3]]}'
-    with pytest.raises(ConfigError, match="same for the whole run"):
-        accountant_from_json(AccountantKind.PRV, payload)
-
-
-def test_no_steps_means_zero_epsilon() -> None:
-    assert epsilon_of(accountant_from_json(AccountantKind.RDP, None), 1e-5) == 0.0
+def test_accountant_json_keeps_the_composed_history() -> None:
+    acc = accountant_of(
+        AccountantKind.RDP, [Release(0.8, 0.2, 10), Release(1.1, 0.05, 7)]
+    )
+    state = json.loads(accountant_to_json(acc))
+    assert state == {"mechanism": "rdp", "history": [[0.8, 0.2, 10], [1.1, 0.05, 7]]}
 
 
 def test_target_epsilon_noise_meets_the_target_over_the_planned_run() -> None:
@@ -139,39 +128,30 @@ def _tiny_dataset(model_dir, n: int = 40):
     return loaded, tokenize(data, loaded.tokenizer, max_length=16)
 
 
-def test_site_accountant_persists_across_rounds_and_matches_opacus(
-    tiny_model_dir,
-) -> None:
-    """Round 2 starts from round 1's accountant: epsilon grows and equals an
-    independent Opacus accountant fed the same (sigma, q, steps) history."""
+def test_training_records_exactly_the_planned_release(tiny_model_dir) -> None:
+    """The accountant of a real DP-SGD round records the (sigma, q, steps) that
+    plan_release fixed before training, so the budget check holds for it."""
     dp = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5)
-    train = TrainConfig(local_epochs=1, batch_size=8, lr=1e-3)
-    history = None
-    epsilons, steps = [], []
-    for rnd in (1, 2):
-        loaded, dataset = _tiny_dataset(tiny_model_dir)
-        result = train_site(
-            model=loaded.model,
-            dataset=dataset,
-            train_cfg=train,
-            dp_cfg=dp,
-            mode=GradSampleMode.HOOKS,
-            accountant_json=history,
-            planned_rounds=2,
-            seed=rnd,
-            device=torch.device("cpu"),
-        )
-        history = result.accountant_json
-        epsilons.append(result.epsilon)
-        steps.append(result.steps)
-    assert epsilons[1] > epsilons[0] > 0
-    independent = RDPAccountant()
-    for _ in range(sum(steps)):
-        independent.step(noise_multiplier=1.0, sample_rate=8 / 40)
-    assert epsilons[1] == pytest.approx(independent.get_epsilon(1e-5), rel=1e-9)
+    train = TrainConfig(local_epochs=2, batch_size=8, lr=1e-3)
+    loaded, dataset = _tiny_dataset(tiny_model_dir)
+    planned = plan_release(
+        dp, num_examples=len(dataset), batch_size=8, local_epochs=2, planned_rounds=1
+    )
+    result = train_site(
+        model=loaded.model,
+        dataset=dataset,
+        train_cfg=train,
+        dp_cfg=dp,
+        mode=GradSampleMode.BOOKKEEPING,
+        noise_multiplier=planned.noise_multiplier,
+        seed=1,
+        device=torch.device("cpu"),
+    )
+    assert result.release == planned == Release(1.0, 8 / 40, 10)
+    assert math.isfinite(result.mean_loss)
 
 
-def test_non_private_training_reports_no_epsilon(tiny_model_dir) -> None:
+def test_non_private_training_records_a_non_private_release(tiny_model_dir) -> None:
     loaded, dataset = _tiny_dataset(tiny_model_dir)
     result = train_site(
         model=loaded.model,
@@ -179,10 +159,9 @@ def test_non_private_training_reports_no_epsilon(tiny_model_dir) -> None:
         train_cfg=TrainConfig(batch_size=8),
         dp_cfg=DPConfig(enabled=False),
         mode=GradSampleMode.HOOKS,
-        accountant_json=None,
-        planned_rounds=1,
+        noise_multiplier=0.0,
         seed=0,
         device=torch.device("cpu"),
     )
-    assert result.epsilon == 0.0 and result.accountant_json == ""
+    assert result.release == Release(0.0, 1 / 5, 5) and not result.release.private
     assert result.steps == 5 and math.isfinite(result.mean_loss)

@@ -1,17 +1,25 @@
+import json
+import math
+import shutil
 import sqlite3
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from opacus.accountants import RDPAccountant
 
+from privacy.budget import Release, compose_epsilon
+from privacy.dp import AccountantKind
 from privacy.ledger import (
     DB_NAME,
     KEY_NAME,
+    PUBLIC_KEY_NAME,
     LedgerEntry,
     LedgerError,
     Mechanism,
     SiteLedger,
+    verify_export,
 )
 
 
@@ -120,12 +128,74 @@ def test_history_composes_across_runs_on_the_same_dataset(tmp_path: Path) -> Non
         led.append(_entry("run-a", 2, 0.8))
         led.append(_entry("run-b", 1, 1.1))
         led.append(_entry("run-c", 1, 0.4, fp="other-data"))
-        history = led.history(dataset_fingerprint="fp-1", mechanism=Mechanism.DP_SGD)
-    assert history == [(1.0, 0.1, 10)] * 3
-    composed, single_run = RDPAccountant(), RDPAccountant()
-    composed.history = list(history)
-    single_run.history = history[:2]
-    assert composed.get_epsilon(1e-5) > single_run.get_epsilon(1e-5)
+        history = led.history(dataset_fingerprint="fp-1")
+        assert len(led.history(dataset_fingerprint=None)) == 4
+        assert len(led.history(dataset_fingerprint="fp-1", run_id="run-b")) == 1
+    assert history == [Release(1.0, 0.1, 10)] * 3
+    composed = compose_epsilon(history, delta=1e-5, accountant=AccountantKind.RDP)
     reference = RDPAccountant()
     reference.history = [(1.0, 0.1, 30)]
-    assert composed.get_epsilon(1e-5) == pytest.approx(reference.get_epsilon(1e-5))
+    assert composed == pytest.approx(reference.get_epsilon(1e-5), rel=1e-12)
+
+
+def test_client_level_entries_are_kept_apart_from_sample_level(tmp_path: Path) -> None:
+    with SiteLedger(tmp_path) as led:
+        led.append(_entry("run-a", 1, 0.5))
+        led.append(
+            replace(_entry("run-a", 1, 2.0), mechanism=Mechanism.CLIENT_GAUSSIAN)
+        )
+        assert len(led.history(dataset_fingerprint=None)) == 1
+        assert led.client_history(run_id="run-a") == [Release(1.0, 0.1, 10)]
+
+
+def test_non_private_entry_round_trips_with_infinite_epsilon(tmp_path: Path) -> None:
+    with SiteLedger(tmp_path) as led:
+        led.append(
+            replace(
+                _entry("run-a", 1, math.inf),
+                mechanism=Mechanism.NON_PRIVATE,
+                noise_multiplier=0.0,
+            )
+        )
+        (rec,) = led.entries()
+        assert math.isinf(rec.entry.epsilon) and led.verify().ok
+
+
+def test_read_only_opening_needs_no_private_key_and_creates_nothing(
+    ledger, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in (DB_NAME, f"{DB_NAME}-wal", PUBLIC_KEY_NAME):  # WAL: recent entries
+        shutil.copy(ledger.state_dir / name, copy / name)
+    with SiteLedger(copy, writable=False) as audit:
+        assert audit.verify().ok and len(audit.entries()) == 4
+        with pytest.raises(LedgerError, match="read-only"):
+            audit.append(_entry("run-z", 1, 9.0))
+    assert not (copy / KEY_NAME).exists()
+    with pytest.raises(LedgerError, match="No site ledger"):
+        SiteLedger(tmp_path / "missing", writable=False)
+
+
+def test_replaced_public_key_is_refused(tmp_path: Path) -> None:
+    SiteLedger(tmp_path).close()
+    other = tmp_path / "other"
+    SiteLedger(other).close()
+    shutil.copy(other / PUBLIC_KEY_NAME, tmp_path / PUBLIC_KEY_NAME)
+    with pytest.raises(LedgerError, match="does not match"):
+        SiteLedger(tmp_path)
+
+
+def test_export_verifies_offline_and_detects_edits_and_foreign_keys(ledger) -> None:
+    doc = json.loads(json.dumps(ledger.export()))  # through JSON, as an auditor gets it
+    pinned = ledger.public_key_fingerprint()
+    assert verify_export(doc, expected_key_sha256=pinned).ok
+    edited = json.loads(json.dumps(doc))
+    edited["entries"][1]["epsilon"] = 0.01
+    assert any("entry 2 was edited" in p for p in verify_export(edited).problems)
+    truncated = json.loads(json.dumps(doc))
+    del truncated["entries"][-1]
+    assert any("trailing" in p for p in verify_export(truncated).problems)
+    wrong = verify_export(doc, expected_key_sha256="00" * 32)
+    assert any("not the expected" in p for p in wrong.problems)
+    assert not verify_export({"entries": "nope"}).ok

@@ -41,36 +41,170 @@ def _reply(site: str, delta=None, metrics=None) -> Message:
 
 
 def test_valid_replies_pass_with_their_metrics() -> None:
-    valid, sites, failures = screen_replies([_reply("a"), _reply("b")], GLOBAL)
-    assert len(valid) == 2 and not failures
-    assert sites["a"]["epsilon"] == pytest.approx(1.2)
+    out = screen_replies([_reply("a"), _reply("b")], GLOBAL)
+    assert len(out.valid) == 2 and not out.failures and not out.refusals
+    assert out.sites["a"]["epsilon"] == pytest.approx(1.2)
 
 
 def test_nan_update_is_rejected_and_the_round_goes_on() -> None:
     bad = OrderedDict(w=torch.full((2, 3), float("nan")), b=torch.zeros(3))
-    valid, sites, failures = screen_replies([_reply("a"), _reply("bad", bad)], GLOBAL)
-    assert list(sites) == ["a"]
-    assert failures[0]["site"] == "bad" and "non-finite" in failures[0]["reason"]
+    out = screen_replies([_reply("a"), _reply("bad", bad)], GLOBAL)
+    assert list(out.sites) == ["a"]
+    assert out.failures[0]["site"] == "bad"
+    assert "non-finite" in out.failures[0]["reason"]
 
 
 def test_wrong_shape_is_rejected() -> None:
     bad = OrderedDict(w=torch.zeros(3, 3), b=torch.zeros(3))
-    _, _, failures = screen_replies([_reply("x", bad)], GLOBAL)
+    failures = screen_replies([_reply("x", bad)], GLOBAL).failures
     assert "shape" in failures[0]["reason"]
 
 
 def test_missing_metrics_are_rejected() -> None:
-    _, _, failures = screen_replies([_reply("x", metrics={"num-examples": 3})], GLOBAL)
-    assert "metrics lack" in failures[0]["reason"]
+    out = screen_replies([_reply("x", metrics={"num-examples": 3})], GLOBAL)
+    assert "metrics lack" in out.failures[0]["reason"]
 
 
 def test_error_reply_keeps_the_sites_reason() -> None:
     original = _reply("x")
     err = Message(Error(code=0, reason="SiteDataError: no rows"), reply_to=original)
-    _, _, failures = screen_replies([err], GLOBAL)
+    failures = screen_replies([err], GLOBAL).failures
     assert "no rows" in failures[0]["reason"]
 
 
 def test_duplicate_site_counts_once() -> None:
-    valid, _, failures = screen_replies([_reply("a"), _reply("a")], GLOBAL)
-    assert len(valid) == 1 and failures[0]["reason"].startswith("duplicate")
+    out = screen_replies([_reply("a"), _reply("a")], GLOBAL)
+    assert len(out.valid) == 1 and out.failures[0]["reason"].startswith("duplicate")
+
+
+def _refusal(site: str) -> Message:
+    record = ConfigRecord(
+        {
+            "reason": "the round would raise epsilon from 7.9 to 8.4",
+            "epsilon-spent": 7.9,
+            "epsilon-after": 8.4,
+            "max-epsilon": 8.0,
+            "delta": 1e-5,
+        }
+    )
+    return Message(
+        content=RecordDict({"refusal": record, "site": ConfigRecord({"name": site})}),
+        dst_node_id=0,
+        message_type="train",
+    )
+
+
+def test_refusal_is_reported_apart_from_failures() -> None:
+    out = screen_replies([_reply("a"), _refusal("b")], GLOBAL)
+    assert list(out.sites) == ["a"] and not out.failures
+    assert out.refusals == [
+        {
+            "site": "b",
+            "reason": "the round would raise epsilon from 7.9 to 8.4",
+            "epsilon-spent": 7.9,
+            "epsilon-after": 8.4,
+            "max-epsilon": 8.0,
+            "delta": 1e-5,
+        }
+    ]
+
+
+def test_non_private_release_may_report_infinite_epsilon_only() -> None:
+    nodp = dict(METRICS, epsilon=float("inf"), **{"noise-multiplier": 0.0})
+    assert list(screen_replies([_reply("a", metrics=nodp)], GLOBAL).sites) == ["a"]
+    lying = dict(METRICS, epsilon=float("inf"), **{"noise-multiplier": 0.8})
+    failures = screen_replies([_reply("a", metrics=lying)], GLOBAL).failures
+    assert "non-finite metric epsilon" in failures[0]["reason"]
+
+
+def test_unclipped_update_is_rejected_under_client_level_dp() -> None:
+    big = OrderedDict(w=torch.ones(2, 3), b=torch.zeros(3))  # norm sqrt(6)
+    out = screen_replies([_reply("a", big)], GLOBAL, clip_norm=1.0)
+    assert "did not clip" in out.failures[0]["reason"]
+    assert screen_replies([_reply("a", big)], GLOBAL, clip_norm=2.5).valid
+
+
+class FakeGrid:
+    """Answers each pushed message with ``answer(node_id, message)``."""
+
+    def __init__(self, nodes, answer) -> None:
+        self.nodes, self.answer, self.pending = list(nodes), answer, {}
+
+    def get_node_ids(self):
+        return self.nodes
+
+    def push_messages(self, messages):
+        ids = []
+        for i, msg in enumerate(messages):
+            msg.metadata.__dict__["_message_id"] = f"m{i}"
+            self.pending[f"m{i}"] = msg
+            ids.append(f"m{i}")
+        return ids
+
+    def pull_messages(self, ids):
+        out = []
+        for mid in ids:
+            msg = self.pending.pop(mid)
+            reply = self.answer(msg.metadata.dst_node_id, msg)
+            reply.metadata.__dict__["_reply_to_message_id"] = mid
+            out.append(reply)
+        return out
+
+
+def _run(grid, client_dp) -> tuple:
+    from flwr.serverapp.strategy import FedAvg
+
+    from server.rounds import run_round
+
+    return run_round(
+        grid=grid,
+        strategy=FedAvg(min_train_nodes=1, min_available_nodes=1),
+        train_config=ConfigRecord({"run-key": "k"}),
+        server_round=1,
+        global_state=GLOBAL,
+        min_sites=2,
+        timeout=5.0,
+        progress=lambda done, total: None,
+        client_dp=client_dp,
+    )
+
+
+def test_round_goes_on_without_the_site_that_refused() -> None:
+    from privacy.client_dp import ClientDPConfig
+
+    def answer(node: int, msg: Message) -> Message:
+        if node == 3:
+            return _refusal("site-3")
+        delta = OrderedDict(w=torch.full((2, 3), float(node)), b=torch.zeros(3))
+        return _reply(f"site-{node}", delta)
+
+    state, log = _run(FakeGrid([1, 2, 3], answer), ClientDPConfig())
+    assert log.sampled == 3 and log.available == 3
+    assert sorted(log.sites) == ["site-1", "site-2"]
+    assert [r["site"] for r in log.refusals] == ["site-3"]
+    assert torch.allclose(state["w"], torch.full((2, 3), 1.5))  # mean of 1 and 2
+
+
+def test_all_refusals_abort_the_round_with_every_reason() -> None:
+    from privacy.client_dp import ClientDPConfig
+    from server.rounds import RoundAborted
+
+    grid = FakeGrid([1, 2], lambda node, msg: _refusal(f"site-{node}"))
+    with pytest.raises(RoundAborted, match="site-1: the round would raise"):
+        _run(grid, ClientDPConfig())
+
+
+def test_client_level_dp_adds_noise_to_the_uniform_mean() -> None:
+    from privacy.client_dp import ClientDPConfig
+
+    def answer(node: int, msg: Message) -> Message:
+        delta = OrderedDict(w=torch.full((2, 3), 0.1 * node), b=torch.zeros(3))
+        metrics = dict(METRICS, **{"num-examples": 10 * node})  # ignored: uniform
+        return _reply(f"site-{node}", delta, metrics)
+
+    cdp = ClientDPConfig(enabled=True, clip_norm=1.0, noise_multiplier=1e-6)
+    state, log = _run(FakeGrid([1, 2], answer), cdp)
+    assert torch.allclose(state["w"], torch.full((2, 3), 0.15), atol=1e-4)
+    noisy = ClientDPConfig(enabled=True, clip_norm=1.0, noise_multiplier=1.0)
+    state, _ = _run(FakeGrid([1, 2], answer), noisy)
+    assert not torch.allclose(state["b"], torch.zeros(3), atol=1e-3)

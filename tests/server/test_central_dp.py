@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+from opacus.accountants import RDPAccountant
+
+from privacy.client_dp import ClientDPConfig
+from privacy.dp import AccountantKind
+from privacy.ledger import Mechanism, SiteLedger
+from server.central_dp import SERVER_LEDGER_DIR, ClientLevelAccountant
+
+
+def _accountant(out: Path, run: str = "run-1") -> ClientLevelAccountant:
+    return ClientLevelAccountant(
+        out_dir=out,
+        run_id=run,
+        config=ClientDPConfig(enabled=True, clip_norm=0.5, noise_multiplier=1.2),
+        accountant=AccountantKind.RDP,
+    )
+
+
+def test_client_level_epsilon_composes_rounds_with_the_site_sampling_rate(
+    tmp_path: Path,
+) -> None:
+    acc = _accountant(tmp_path)
+    eps = [acc.record_round(server_round=r, sampled=5, available=10) for r in (1, 2)]
+    # a restart (resume) opens the same ledger and keeps composing
+    eps.append(
+        _accountant(tmp_path).record_round(server_round=3, sampled=5, available=10)
+    )
+    reference = RDPAccountant()
+    for _ in range(3):
+        reference.step(noise_multiplier=1.2, sample_rate=0.5)
+    assert eps[2] == pytest.approx(reference.get_epsilon(1e-5), rel=1e-12)
+    assert eps[0] < eps[1] < eps[2]
+    # another run in the same out-dir does not inherit this run's epsilon
+    other = _accountant(tmp_path, run="run-2")
+    assert other.record_round(server_round=1, sampled=5, available=10) == eps[0]
+
+
+def test_summary_reads_the_same_epsilon_as_the_server_ledger(tmp_path: Path) -> None:
+    acc = _accountant(tmp_path)
+    for r in (1, 2):
+        acc.record_round(server_round=r, sampled=3, available=3)
+    summary = acc.summary()
+    with SiteLedger(tmp_path / SERVER_LEDGER_DIR, writable=False) as ledger:
+        entries = ledger.entries()
+        assert ledger.verify().ok
+    assert [e.entry.mechanism for e in entries] == [Mechanism.CLIENT_GAUSSIAN] * 2
+    assert summary["epsilon"] == entries[-1].entry.epsilon
+    assert summary["rounds"] == 2 and summary["delta"] == 1e-5
+
+
+def test_impossible_sampling_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sampling rate"):
+        _accountant(tmp_path).record_round(server_round=1, sampled=4, available=3)
