@@ -1,4 +1,4 @@
-"""Sample-level DP-SGD for one site: configuration, Opacus setup, the site accountant.
+"""Sample-level DP-SGD for one site: configuration, Opacus setup, noise calibration.
 
 Mechanism (Abadi et al. 2016). Each step draws a Poisson-sampled batch B (every
 record of the site's n records is included independently with rate q = 1/ceil(n/b)),
@@ -7,14 +7,16 @@ clips each per-sample gradient to L2 norm C, adds Gaussian noise and averages::
     g = (sum_{i in B} g_i * min(1, C / ||g_i||) + N(0, sigma^2 C^2 I)) / (q n)
 
 Sensitivity of the clipped sum to adding/removing one record is C, so each step is a
-subsampled Gaussian mechanism with noise multiplier sigma. The site's *accountant*
-(Opacus RDP or PRV) composes every step the site ever takes in this run; its state
-is kept across rounds (never a new accountant per round), so the epsilon it reports
-after round r covers rounds 1..r.
+subsampled Gaussian mechanism with noise multiplier sigma. Each round's steps are one
+*release* ``(sigma, q, steps)``; the site's ledger (:mod:`privacy.ledger`) keeps
+every release, and :mod:`privacy.budget` composes them with an Opacus accountant
+(RDP or PRV) over every round of every run on the same data, never resetting per
+round or per run.
 
 What epsilon means here: (epsilon, delta)-DP at the *record* level under the
-add/remove-one-record neighbouring relation on the site's dataset. It does not
-protect the site's participation as a whole; client-level DP does that.
+add/remove-one-record neighbouring relation on the site's dataset, with delta the
+site's (node config ``delta``, else ``dp.delta``). It does not protect the site's
+participation as a whole; client-level DP (:mod:`privacy.client_dp`) does that.
 
 Per-sample gradient modes (chosen by measurement, see benchmarks/dp_overhead.py):
 book-keeping clipping (ours, one backward pass, norms via the ghost-norm identity)
