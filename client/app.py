@@ -1,5 +1,9 @@
 """The fedshield ClientApp (Flower Message API): one per data-owning site.
 
+Secure aggregation (``secagg.enabled``) is the client mod :mod:`client.secagg_mod`
+around ``train``: the update computed here is masked at the site and never sent in
+the clear.
+
 ``train``: plan the round's DP-SGD release, check it against the site's budget in
 its ledger (refusing the round if it would exceed ``max-epsilon``), load the
 global trainable state, train, record the release in the site's signed ledger,
@@ -18,7 +22,10 @@ aggregate metrics are released without DP noise; keep ``fraction-evaluate`` at 0
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
+import secrets
 
 import torch
 from flwr.app import (
@@ -48,6 +55,7 @@ from .config import ClientConfig
 from .data import tokenize
 from .evaluate import evaluate_model
 from .release import Refused, SiteBudget, release_round
+from .secagg_mod import secagg_mod
 from .site import SiteData, load_site
 from .trainer import TrainResult, pick_device, train_site
 
@@ -57,7 +65,7 @@ State = dict[str, torch.Tensor]
 
 logger = logging.getLogger(__name__)
 
-app = ClientApp()
+app = ClientApp(mods=[secagg_mod])  # secure aggregation wraps @app.train
 
 
 def _global_model(msg: Message, cfg: ClientConfig) -> tuple[LoadedModel, State]:
@@ -72,6 +80,17 @@ def _global_model(msg: Message, cfg: ClientConfig) -> tuple[LoadedModel, State]:
     global_state = arrays_to_state(record, what="The global model")
     load_trainable_state(loaded.model, global_state)
     return loaded, global_state
+
+
+def training_seed(cfg: ClientConfig, site: str, server_round: int) -> int:
+    """The seed of a site's round: Poisson sampling and DP noise must be unknown to
+    the server, so under DP it is 63 bits from the OS CSPRNG (a seed derived from
+    the run config, round and node id would let the server regenerate the noise).
+    Non-private runs are reproducible: a hash of (seed, site, round)."""
+    if cfg.dp.enabled:
+        return secrets.randbits(63)
+    digest = hashlib.sha256(f"{cfg.seed}/{site}/{server_round}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def _refusal_reply(msg: Message, site: SiteData, refused: Refused) -> Message:
@@ -125,9 +144,7 @@ def train(msg: Message, context: Context) -> Message:
             dp_cfg=cfg.dp,
             mode=cfg.grad_sample_mode,
             noise_multiplier=planned.noise_multiplier,
-            seed=cfg.seed * 100_003
-            + server_round * 1_009
-            + context.node_id % 1_000_003,
+            seed=training_seed(cfg, site.name, server_round),
             device=pick_device(),
         )
 
@@ -146,7 +163,12 @@ def train(msg: Message, context: Context) -> Message:
     result = outcome.result
     delta = state_delta(trainable_state(loaded.model), global_state)
     if cfg.client_dp.enabled:  # client-level DP: bound the site's whole update
-        delta, norm = clip_update(delta, clip_norm=cfg.client_dp.clip_norm)
+        bound = cfg.client_dp.clip_norm
+        if cfg.secagg.enabled:  # leave room for the stochastic rounding of secagg
+            q = cfg.secagg.quantizer
+            numel = sum(t.numel() for t in delta.values())
+            bound = max(bound - math.sqrt(numel) * 2 * q.clip_range / q.levels, 0.0)
+        delta, norm = clip_update(delta, clip_norm=bound)
         logger.info(
             "%s round %d: update norm %.4g clipped to %g",
             site.name,

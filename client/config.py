@@ -9,6 +9,7 @@ from models import ModelConfig
 from models.config import ConfigError, require
 from privacy.client_dp import ClientDPConfig
 from privacy.dp import DPConfig, GradSampleMode, default_grad_sample_mode
+from privacy.secagg import SecAggConfig
 
 from .data import SiteDataConfig
 from .trainer import TrainConfig
@@ -22,6 +23,7 @@ class ClientConfig:
     train: TrainConfig
     dp: DPConfig
     client_dp: ClientDPConfig
+    secagg: SecAggConfig
     data: SiteDataConfig
     num_rounds: int
     seed: int
@@ -40,6 +42,7 @@ class ClientConfig:
             train=TrainConfig.from_run_config(run_config),
             dp=DPConfig.from_run_config(run_config),
             client_dp=ClientDPConfig.from_run_config(run_config),
+            secagg=SecAggConfig.from_run_config(run_config),
             data=SiteDataConfig.from_run_config(run_config),
             num_rounds=rounds,
             seed=require(run_config, "seed", int),

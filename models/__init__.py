@@ -14,10 +14,12 @@ from .state import (
     add_delta,
     arrays_to_state,
     check_same_layout,
+    flatten_state,
     load_trainable_state,
     state_delta,
     state_to_arrays,
     trainable_state,
+    unflatten_state,
     unwrap,
 )
 from .tiny import write_tiny_bert
@@ -34,6 +36,7 @@ __all__ = [
     "TaskKind",
     "add_delta",
     "arrays_to_state",
+    "flatten_state",
     "check_same_layout",
     "forward_inputs",
     "is_head_parameter",
@@ -43,6 +46,7 @@ __all__ = [
     "state_delta",
     "state_to_arrays",
     "trainable_state",
+    "unflatten_state",
     "unwrap",
     "write_tiny_bert",
 ]

@@ -22,10 +22,12 @@ __all__ = [
     "add_delta",
     "arrays_to_state",
     "check_same_layout",
+    "flatten_state",
     "load_trainable_state",
     "state_delta",
     "state_to_arrays",
     "trainable_state",
+    "unflatten_state",
     "unwrap",
 ]
 
@@ -128,3 +130,26 @@ def add_delta(state: State, delta: State, *, scale: float = 1.0) -> State:
     check_same_layout(state, delta, "The aggregated delta")
     _check_finite(delta, "The aggregated delta")
     return OrderedDict((k, state[k] + scale * delta[k]) for k in state)
+
+
+def flatten_state(state: State) -> torch.Tensor:
+    """All tensors of ``state`` as one float32 vector, in sorted-name order (the
+    layout secure aggregation masks; :func:`unflatten_state` inverts it)."""
+    return torch.cat([state[k].detach().reshape(-1).float() for k in sorted(state)])
+
+
+def unflatten_state(vector: torch.Tensor, template: State) -> State:
+    """Split ``vector`` into tensors with ``template``'s names and shapes."""
+    total = sum(t.numel() for t in template.values())
+    if vector.shape != (total,):
+        raise StateMismatchError(
+            f"A flat update has {tuple(vector.shape)} values; the model's trainable "
+            f"state has {total}."
+        )
+    out: State = {}
+    offset = 0
+    for name in sorted(template):
+        t = template[name]
+        out[name] = vector[offset : offset + t.numel()].reshape(t.shape).to(t.dtype)
+        offset += t.numel()
+    return OrderedDict((k, out[k]) for k in template)

@@ -208,6 +208,7 @@ def main(grid: Grid, context: Context) -> None:
                 timeout=cfg.round_timeout,
                 progress=progress,
                 client_dp=client_cfg.client_dp,
+                secagg=client_cfg.secagg,
             )
         except RoundAborted as err:
             summary("aborted", error=str(err))  # earlier rounds stay checkpointed

@@ -34,6 +34,13 @@ def print_start(
         if dp.enabled
         else "NO differential privacy (comparison run)"
     )
+    sa = client.secagg
+    privacy += (
+        f"; secure aggregation (SecAgg+, shares {sa.num_shares}, threshold "
+        f"{sa.threshold}, {sa.quantization_bits}-bit, range ±{sa.clip_range:g})"
+        if sa.enabled
+        else "; NO secure aggregation (the server sees each update)"
+    )
     cdp = client.client_dp
     if cdp.enabled:
         privacy += (
@@ -62,6 +69,8 @@ def round_table(log: RoundLog, num_rounds: int) -> Table:
         if log.client_epsilon is not None
         else ""
     )
+    if log.saturated:
+        client += f", {log.saturated} update values clipped by secagg"
     table = Table(
         title=f"Round {log.server_round}/{num_rounds}: "
         f"test accuracy {log.accuracy:.4f}, "

@@ -14,6 +14,10 @@ weights, because example-count weights would break the sensitivity bound S.
 
 A site whose budget would be exceeded replies with a ``refusal`` record instead of
 an update; it is reported in the round's log and the round goes on without it.
+
+With secure aggregation (:mod:`server.secagg`) the training replies carry metrics
+and public keys only; the updates are summed under masks in three more exchanges,
+and the server sees their sum, never one of them.
 """
 
 from __future__ import annotations
@@ -37,7 +41,10 @@ from models import (
     check_same_layout,
     state_to_arrays,
 )
-from privacy.client_dp import ClientDPConfig, l2_norm, noisy_mean
+from privacy.client_dp import ClientDPConfig, add_noise_to_sum, l2_norm, noisy_mean
+from privacy.secagg import SecAggAborted, SecAggConfig
+
+from .secagg import prepare_setup, secure_sum
 
 __all__ = [
     "RoundAborted",
@@ -73,6 +80,7 @@ class RoundLog:
     train_loss: float = float("nan")
     seconds: float = 0.0
     client_epsilon: float | None = None  # run's client-level epsilon after the round
+    saturated: int | None = None  # secagg: update values clipped to clip-range
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoundLog:
@@ -88,6 +96,7 @@ class RoundLog:
             train_loss=d["train_loss"],
             seconds=d["seconds"],
             client_epsilon=d.get("client_epsilon"),
+            saturated=d.get("saturated"),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -100,6 +109,7 @@ class RoundLog:
             "sampled": self.sampled,
             "available": self.available,
             "client_epsilon": self.client_epsilon,
+            "saturated": self.saturated,
             "sites": self.sites,
             "failures": self.failures,
             "refusals": self.refusals,
@@ -171,14 +181,20 @@ def _check_metrics(metrics: dict[str, float]) -> None:
 
 
 def screen_replies(
-    replies: list[Message], global_state: State, *, clip_norm: float | None = None
+    replies: list[Message],
+    global_state: State,
+    *,
+    clip_norm: float | None = None,
+    secure: bool = False,
 ) -> Screened:
     """Sort replies into valid updates, failures (with reasons) and refusals.
 
     A reply is valid when it carries no error, exactly one ArrayRecord that decodes
     to finite tensors with the global state's names and shapes (and, with
     ``clip_norm``, an L2 norm within it), and a MetricRecord with every required
-    metric, all finite (epsilon may be inf for a non-private release).
+    metric, all finite (epsilon may be inf for a non-private release). With
+    ``secure``, the reply must carry no update at all (it stays masked at the site)
+    and a ``secagg`` record instead.
     """
     out = Screened(valid=[], sites={}, failures=[], refusals=[])
     for reply in replies:
@@ -193,19 +209,24 @@ def screen_replies(
                 raise ValueError(f"the site reported an error: {reply.error.reason}")
             arrays = list(reply.content.array_records.values())
             metrics = list(reply.content.metric_records.values())
-            if len(arrays) != 1 or len(metrics) != 1:
+            if len(arrays) != (0 if secure else 1) or len(metrics) != 1:
                 raise ValueError(
-                    f"expected one ArrayRecord and one MetricRecord, found "
-                    f"{len(arrays)} and {len(metrics)}"
+                    f"expected {0 if secure else 1} ArrayRecord and one MetricRecord, "
+                    f"found {len(arrays)} and {len(metrics)}"
                 )
-            what = f"The update of {site}"
-            delta = arrays_to_state(arrays[0], what=what)  # finite values
-            check_same_layout(global_state, delta, what)  # names and shapes
-            if clip_norm is not None and l2_norm(delta) > clip_norm * (1 + 1e-4):
+            if secure and "secagg" not in reply.content.config_records:
                 raise ValueError(
-                    f"its update has L2 norm {l2_norm(delta):.6g}, above "
-                    f"client-dp.clip-norm={clip_norm}: the site did not clip it"
+                    "no secagg record: the site does not run the fedshield secagg mod"
                 )
+            if not secure:
+                what = f"The update of {site}"
+                delta = arrays_to_state(arrays[0], what=what)  # finite values
+                check_same_layout(global_state, delta, what)  # names and shapes
+                if clip_norm is not None and l2_norm(delta) > clip_norm * (1 + 1e-4):
+                    raise ValueError(
+                        f"its update has L2 norm {l2_norm(delta):.6g}, above "
+                        f"client-dp.clip-norm={clip_norm}: the site did not clip it"
+                    )
             values = {k: float(metrics[0][k]) for k in metrics[0]}  # type: ignore[arg-type]
             _check_metrics(values)
         except (ValueError, StateMismatchError) as err:
@@ -259,6 +280,7 @@ def run_round(
     timeout: float,
     progress: Progress,
     client_dp: ClientDPConfig,
+    secagg: SecAggConfig,
 ) -> tuple[State, RoundLog]:
     """One training round; returns the new global state and the round's log.
 
@@ -276,11 +298,22 @@ def run_round(
         )
     )
     log.sampled = len(messages)
+    params = None
+    try:
+        if secagg.enabled:
+            messages, params = prepare_setup(
+                messages, cfg=secagg, global_state=global_state
+            )
+    except SecAggAborted as err:
+        raise RoundAborted(f"Round {server_round}: {err}") from err
     replies = collect_replies(grid, messages, timeout=timeout, progress=progress)
     screened = screen_replies(
         replies,
         global_state,
-        clip_norm=client_dp.clip_norm if client_dp.enabled else None,
+        clip_norm=client_dp.clip_norm
+        if client_dp.enabled and not secagg.enabled
+        else None,
+        secure=secagg.enabled,
     )
     log.sites, log.failures, log.refusals = (
         screened.sites,
@@ -297,7 +330,54 @@ def run_round(
             f"The global model is unchanged. Failures and refusals: "
             f"{reasons or 'none (timeouts)'}"
         )
-    update = _aggregate(strategy, server_round, screened.valid, client_dp)
+    if params is None:
+        update = _aggregate(strategy, server_round, screened.valid, client_dp)
+    else:
+        names = {r.metadata.src_node_id: _site_of(r) for r in screened.valid}
+        weights = {
+            r.metadata.src_node_id: 1.0
+            if client_dp.enabled
+            else log.sites[names[r.metadata.src_node_id]]["num-examples"]
+            for r in screened.valid
+        }
+        try:
+            result = secure_sum(
+                setup_replies=screened.valid,
+                params=params,
+                node_ids=[m.metadata.dst_node_id for m in messages],
+                weights=weights,
+                collect=lambda msgs: collect_replies(
+                    grid, msgs, timeout=timeout, progress=lambda done, total: None
+                ),
+                group=str(server_round),
+                template=global_state,
+            )
+        except SecAggAborted as err:
+            raise RoundAborted(
+                f"Round {server_round}: {err} The global model is unchanged."
+            ) from err
+        in_sum = {names[n] for n in result.survivors}
+        for node, reason in result.dropped:
+            log.failures.append(
+                {"site": names.get(node, f"node-{node}"), "reason": reason}
+            )
+        log.sites = {k: v for k, v in log.sites.items() if k in in_sum}
+        log.saturated = result.saturated
+        if len(in_sum) < min_sites:
+            raise RoundAborted(
+                f"Round {server_round}: {len(in_sum)} site(s) finished secure "
+                f"aggregation, but min-train-sites is {min_sites}. The global model "
+                "is unchanged."
+            )
+        if client_dp.enabled:  # noise on the sum the server never saw in parts
+            noisy = add_noise_to_sum(
+                result.total,
+                clip_norm=client_dp.clip_norm,
+                noise_multiplier=client_dp.noise_multiplier,
+            )
+            update = {k: v / len(in_sum) for k, v in noisy.items()}
+        else:
+            update = {k: v / result.weight for k, v in result.total.items()}
     new_state = add_delta(global_state, update)
     total = sum(s["num-examples"] for s in log.sites.values())
     log.train_loss = sum(

@@ -3,6 +3,7 @@ HKDF / ChaCha20-Poly1305 / ChaCha20 mask expansion, fixed-point quantization, an
 client and server state machines. No Flower imports; see ``server/secagg.py`` and
 ``client/secagg_mod.py`` for the transport."""
 
+from .config import SecAggConfig
 from .protocol import (
     ClientSession,
     ProtocolError,
@@ -19,6 +20,7 @@ __all__ = [
     "ProtocolError",
     "Quantizer",
     "SecAggAborted",
+    "SecAggConfig",
     "SecAggParams",
     "ServerSession",
     "modulus_bits",

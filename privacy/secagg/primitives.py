@@ -103,10 +103,10 @@ def expand_mask(seed: bytes, length: int, *, bits: int) -> np.ndarray:
     nbytes = length * np.dtype(dtype).itemsize
     encryptor = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
     stream = encryptor.update(bytes(nbytes))
-    values = np.frombuffer(stream, dtype=np.dtype(dtype).newbyteorder("<")).astype(
-        dtype
-    )
+    values: np.ndarray = np.frombuffer(
+        stream, dtype=np.dtype(dtype).newbyteorder("<")
+    ).astype(dtype)
     width = np.dtype(dtype).itemsize * 8
     if bits < width:
-        values &= dtype((1 << bits) - 1)
+        values = np.bitwise_and(values, dtype((1 << bits) - 1))
     return values

@@ -1,0 +1,241 @@
+"""The site half of secure aggregation: a Flower client mod around ``@app.train``.
+
+Every stage arrives as a ``train`` message carrying a ``secagg`` ConfigRecord whose
+``stage`` says what to do (the server half is :mod:`server.secagg`; the protocol is
+:mod:`privacy.secagg.protocol`):
+
+``setup``
+    The message is a normal train message (global model, config) plus the round's
+    protocol parameters and this site's participant index. The mod lets the train
+    handler run (budget check, DP-SGD, ledger entry, client-level clipping); a
+    refusal or error goes back unchanged. Otherwise the mod keeps the update *on
+    the site* (``context.state``), and replies with the metrics and two fresh
+    public keys; the update itself is not sent.
+``share-keys``
+    Shamir shares of this site's self-mask seed and mask key, encrypted to each
+    holder.
+``masked-input``
+    The weighted update ``w * delta``, quantized, plus all masks mod 2^k.
+``unmask``
+    Shares that let the server remove the masks from the *sum*; then the site
+    forgets the round's secrets and update.
+
+A train message without a ``secagg`` record while the run says
+``secagg.enabled=true`` is refused: the site does not send its update in the clear.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    RecordDict,
+)
+from flwr.clientapp.typing import ClientAppCallable
+
+from models import arrays_to_state, flatten_state
+from models.records import (
+    read_bytes_list,
+    read_float,
+    read_int,
+    read_int_list,
+)
+from privacy.secagg import (
+    ClientSession,
+    ProtocolError,
+    SecAggAborted,
+    SecAggConfig,
+    SecAggParams,
+)
+
+__all__ = ["STAGES", "secagg_mod"]
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("setup", "share-keys", "masked-input", "unmask")
+_SESSION = "secagg-session"
+_INPUT = "secagg-input"
+ERROR_CODE = 7301  # fedshield secure aggregation
+
+
+def _error(msg: Message, reason: str) -> Message:
+    return Message(Error(code=ERROR_CODE, reason=reason), reply_to=msg)
+
+
+def _reply(msg: Message, **records: ConfigRecord | ArrayRecord) -> Message:
+    return Message(content=RecordDict(dict(records)), reply_to=msg)
+
+
+def _forget(context: Context) -> None:
+    context.state.config_records.pop(_SESSION, None)
+    context.state.array_records.pop(_INPUT, None)
+
+
+def _session(context: Context, record: ConfigRecord) -> ClientSession:
+    stored = context.state.config_records.get(_SESSION)
+    if stored is None:
+        raise ProtocolError(
+            "no secure-aggregation round is open at this site (the setup message "
+            "never arrived, or the site restarted mid-round)"
+        )
+    session = ClientSession.from_json(str(stored["json"]))
+    if bytes.fromhex(str(record.get("session", ""))) != session.params.session:
+        raise ProtocolError(
+            "the message belongs to another secure-aggregation round (replayed?)"
+        )
+    return session
+
+
+def _save(context: Context, session: ClientSession) -> None:
+    context.state.config_records[_SESSION] = ConfigRecord({"json": session.to_json()})
+
+
+def _setup(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    record = msg.content.config_records["secagg"]
+    params = SecAggParams.from_json(str(record["params"]))
+    index = read_int(record, "index")
+    _forget(context)  # a new round replaces any half-finished one
+    reply = call_next(msg, context)
+    if reply.has_error() or "refusal" in reply.content.config_records:
+        return reply  # not taking part: nothing to mask
+    arrays = list(reply.content.array_records.values())
+    if len(arrays) != 1:
+        return _error(msg, f"the train handler returned {len(arrays)} ArrayRecords")
+    vector = flatten_state(arrays_to_state(arrays[0], what="This site's update"))
+    if vector.numel() != params.vector_length:
+        return _error(
+            msg,
+            f"this site's update has {vector.numel()} values, the round expects "
+            f"{params.vector_length}: site and server run different models",
+        )
+    session = ClientSession(index, params)
+    c_pk, s_pk = session.advertise()
+    _save(context, session)
+    context.state.array_records[_INPUT] = ArrayRecord(
+        {"x": Array(vector.numpy().astype(np.float32))}
+    )
+    content = {
+        k: v for k, v in reply.content.items() if k not in reply.content.array_records
+    }
+    content["secagg"] = ConfigRecord({"stage": "setup", "c-pk": c_pk, "s-pk": s_pk})
+    return Message(content=RecordDict(content), reply_to=msg)
+
+
+def _share_keys(msg: Message, context: Context) -> Message:
+    record = msg.content.config_records["secagg"]
+    session = _session(context, record)
+    nodes = read_int_list(record, "nodes")
+    c_keys = read_bytes_list(record, "c-pk")
+    s_keys = read_bytes_list(record, "s-pk")
+    if not len(nodes) == len(c_keys) == len(s_keys):
+        raise ProtocolError("the roster's node and key lists differ in length")
+    roster = {
+        n: (bytes(c), bytes(s)) for n, c, s in zip(nodes, c_keys, s_keys, strict=True)
+    }
+    ciphertexts = session.share_keys(roster)
+    _save(context, session)
+    dests = sorted(ciphertexts)
+    return _reply(
+        msg,
+        secagg=ConfigRecord(
+            {
+                "stage": "share-keys",
+                "dest": dests,
+                "ct": [ciphertexts[d] for d in dests],
+            }
+        ),
+    )
+
+
+def _masked_input(msg: Message, context: Context) -> Message:
+    record = msg.content.config_records["secagg"]
+    session = _session(context, record)
+    sources = read_int_list(record, "src")
+    cts = read_bytes_list(record, "ct")
+    if len(sources) != len(cts) or len(set(sources)) != len(sources):
+        raise ProtocolError("the inbox's sender and ciphertext lists do not pair")
+    weight = read_float(record, "weight")
+    if not 0 < weight <= 1:
+        raise ProtocolError(f"the aggregation weight must be in (0, 1]; got {weight}")
+    stored = context.state.array_records.get(_INPUT)
+    if stored is None:
+        raise ProtocolError("this site's update for the round is missing")
+    x = stored["x"].numpy().astype(np.float64) * weight
+    p = session.params
+    encoded = p.quantizer.encode(x, modulus=p.modulus_bits)
+    masked = session.masked_input(dict(zip(sources, cts, strict=True)), encoded.values)
+    _save(context, session)
+    if encoded.saturated:
+        logger.warning(
+            "%d of %d update values exceeded secagg.clip-range=%g and were clipped",
+            encoded.saturated,
+            x.size,
+            p.quantizer.clip_range,
+        )
+    return _reply(
+        msg,
+        masked=ArrayRecord({"y": Array(masked)}),
+        secagg=ConfigRecord({"stage": "masked-input", "saturated": encoded.saturated}),
+    )
+
+
+def _unmask(msg: Message, context: Context) -> Message:
+    record = msg.content.config_records["secagg"]
+    session = _session(context, record)
+    survivors = set(read_int_list(record, "survivors"))
+    dropped = set(read_int_list(record, "dropped"))
+    try:
+        b_shares, s_shares = session.unmask(survivors, dropped)
+    finally:
+        _forget(context)  # the round ends here for this site, whatever happens
+    return _reply(
+        msg,
+        secagg=ConfigRecord(
+            {
+                "stage": "unmask",
+                "b-owner": sorted(b_shares),
+                "b-share": [b_shares[u] for u in sorted(b_shares)],
+                "s-owner": sorted(s_shares),
+                "s-share": [s_shares[u] for u in sorted(s_shares)],
+            }
+        ),
+    )
+
+
+def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Run this site's part of the secure-aggregation stage the message names."""
+    if msg.metadata.message_type != "train":
+        return call_next(msg, context)
+    record = msg.content.config_records.get("secagg")
+    if record is None:
+        if SecAggConfig.from_run_config(dict(context.run_config)).enabled:
+            return _error(
+                msg,
+                "this run requires secure aggregation (secagg.enabled=true) but the "
+                "server sent a plain train message; the site does not send its "
+                "update in the clear. Run the fedshield ServerApp (server.app:app).",
+            )
+        return call_next(msg, context)
+    stage = str(record.get("stage", ""))
+    try:
+        if stage == "setup":
+            return _setup(msg, context, call_next)
+        if stage == "share-keys":
+            return _share_keys(msg, context)
+        if stage == "masked-input":
+            return _masked_input(msg, context)
+        if stage == "unmask":
+            return _unmask(msg, context)
+        raise ProtocolError(f"unknown secure-aggregation stage {stage!r}")
+    except (ProtocolError, SecAggAborted, KeyError, TypeError, ValueError) as err:
+        logger.warning("Secure aggregation stage %r failed: %s", stage, err)
+        if stage != "setup":
+            _forget(context)
+        return _error(msg, f"secure aggregation stage {stage!r}: {err}")

@@ -1,0 +1,248 @@
+"""The server half of secure aggregation: runs the SecAgg+ stages of
+:mod:`privacy.secagg.protocol` over the Flower Grid (Message API) and returns only
+the *sum* of the surviving sites' updates.
+
+Stages (each a round trip of ``train`` messages with a ``secagg`` ConfigRecord; the
+site half is :mod:`client.secagg_mod`):
+
+1. ``setup``: the train message itself (global model + config) with the round's
+   protocol parameters; sites train and reply with metrics and public keys, not
+   their update. Refusals and failures are screened as in a plain round.
+2. ``share-keys``: the roster of public keys out, encrypted shares back.
+3. ``masked-input``: each site's encrypted shares and its aggregation weight out,
+   masked quantized updates back.
+4. ``unmask``: survivors and dropouts out, shares back; the server removes the
+   masks from the sum.
+
+A site that fails, times out or sends a malformed message at any stage is dropped
+from the round with its reason; the round finishes while the threshold holds and
+otherwise raises :class:`server.rounds.RoundAborted` having unmasked nothing.
+
+Weights. Without client-level DP the update is FedAvg's example-weighted mean:
+each site masks ``w_k * delta_k`` with ``w_k = n_k / max_{j in U1} n_j`` (the largest
+weight is 1, for quantization precision) and the server divides the unmasked sum by
+``sum_{k in U2} w_k``. The example counts ``n_k``
+are the only per-site numbers the server sees in plaintext (with the train loss and
+the sample-level epsilon each site reports); the update vectors never are. With
+client-level DP all weights are 1 and the caller adds noise to the sum.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from models import unflatten_state
+from models.records import read_bytes, read_bytes_list, read_int, read_int_list
+from privacy.secagg import (
+    ProtocolError,
+    SecAggAborted,
+    SecAggConfig,
+    SecAggParams,
+    ServerSession,
+)
+
+__all__ = ["SecureSum", "prepare_setup", "secure_sum"]
+
+logger = logging.getLogger(__name__)
+
+State = dict[str, torch.Tensor]
+Collect = Callable[[list[Message]], list[Message]]
+
+
+@dataclass
+class SecureSum:
+    """The unmasked sum of the surviving sites' weighted updates."""
+
+    total: State  # sum_k w_k delta_k over U2 (float32, per parameter)
+    weight: float  # sum_k w_k over U2
+    survivors: list[int]  # node ids in the sum
+    saturated: int  # values clipped to secagg.clip-range, over all survivors
+    dropped: list[tuple[int, str]] = field(default_factory=list)  # (node, reason)
+
+
+def prepare_setup(
+    messages: list[Message], *, cfg: SecAggConfig, global_state: State
+) -> tuple[list[Message], SecAggParams]:
+    """The train messages with the round's protocol parameters and each site's
+    participant index added (new messages: strategies may share one content)."""
+    n = len(messages)
+    if n < 2:
+        raise SecAggAborted(
+            f"Secure aggregation needs at least 2 sampled sites; this round sampled "
+            f"{n}. Connect more sites or set secagg.enabled=false."
+        )
+    num_shares, threshold = cfg.counts(n)
+    params = SecAggParams(
+        session=os.urandom(16),
+        nodes=tuple(range(n)),
+        num_shares=num_shares,
+        threshold=threshold,
+        quantizer=cfg.quantizer,
+        vector_length=sum(t.numel() for t in global_state.values()),
+    )
+    out = []
+    for index, msg in enumerate(messages):
+        content = RecordDict(dict(msg.content.items()))
+        content["secagg"] = ConfigRecord(
+            {"stage": "setup", "params": params.to_json(), "index": index}
+        )
+        out.append(
+            Message(
+                content=content,
+                dst_node_id=msg.metadata.dst_node_id,
+                message_type=msg.metadata.message_type,
+                group_id=msg.metadata.group_id,
+            )
+        )
+    return out, params
+
+
+def _stage_message(node: int, record: dict[str, Any], group: str) -> Message:
+    return Message(
+        content=RecordDict({"secagg": ConfigRecord(record)}),
+        dst_node_id=node,
+        message_type="train",
+        group_id=group,
+    )
+
+
+def _record(reply: Message, stage: str) -> ConfigRecord:
+    if reply.has_error():
+        raise ProtocolError(f"the site reported an error: {reply.error.reason}")
+    record = reply.content.config_records.get("secagg")
+    if record is None or record.get("stage") != stage:
+        raise ProtocolError(f"the reply carries no {stage!r} secagg record")
+    return record
+
+
+def secure_sum(
+    *,
+    setup_replies: list[Message],
+    params: SecAggParams,
+    node_ids: list[int],
+    weights: dict[int, float],  # raw: example counts, or 1 for uniform
+    collect: Collect,
+    group: str,
+    template: State,
+) -> SecureSum:
+    """Stages 2-4 after the screened ``setup_replies``; ``node_ids[i]`` is the node
+    with participant index i, ``weights`` each node's aggregation weight."""
+    server = ServerSession(params)
+    index = {node: i for i, node in enumerate(node_ids)}
+    dropped: list[tuple[int, str]] = []
+
+    def exchange(
+        stage: str, payloads: dict[int, dict[str, Any]], receive: Callable[..., None]
+    ) -> None:
+        messages = [
+            _stage_message(node, {"stage": stage, **payload}, group)
+            for node, payload in payloads.items()
+        ]
+        answered = set()
+        for reply in collect(messages):
+            node = reply.metadata.src_node_id
+            answered.add(node)
+            try:
+                if node not in payloads:
+                    raise ProtocolError(
+                        f"a reply from node {node}, which was not asked"
+                    )
+                receive(node, _record(reply, stage), reply)
+            except (ProtocolError, KeyError, TypeError, ValueError) as err:
+                logger.warning("secagg %s: dropping node %d: %s", stage, node, err)
+                dropped.append((node, f"secure aggregation {stage}: {err}"))
+        for node in set(payloads) - answered:
+            dropped.append((node, f"secure aggregation {stage}: no reply in time"))
+
+    session_hex = params.session.hex()
+    for reply in setup_replies:  # stage 1 answers arrived with the training replies
+        node = reply.metadata.src_node_id
+        try:
+            record = _record(reply, "setup")
+            c_pk, s_pk = read_bytes(record, "c-pk"), read_bytes(record, "s-pk")
+            server.receive_keys(index[node], c_pk, s_pk)
+        except (ProtocolError, KeyError, TypeError, ValueError) as err:
+            dropped.append((node, f"secure aggregation setup: {err}"))
+
+    roster = server.roster()
+    order = sorted(roster)
+    roster_payload = {
+        "session": session_hex,
+        "nodes": order,
+        "c-pk": [roster[i][0] for i in order],
+        "s-pk": [roster[i][1] for i in order],
+    }
+
+    def on_shares(node: int, record: ConfigRecord, _reply: Message) -> None:
+        dests, cts = read_int_list(record, "dest"), read_bytes_list(record, "ct")
+        if len(dests) != len(cts):
+            raise ProtocolError("destination and ciphertext lists differ in length")
+        server.receive_shares(index[node], dict(zip(dests, cts, strict=True)))
+
+    exchange("share-keys", {node_ids[i]: roster_payload for i in order}, on_shares)
+
+    u1 = sorted(server.ciphertexts)
+    # scaled so the largest weight is 1: the most quantization precision
+    top = max(weights[node_ids[i]] for i in u1)
+    saturated = 0
+
+    def on_masked(node: int, record: ConfigRecord, reply: Message) -> None:
+        nonlocal saturated
+        arrays = reply.content.array_records.get("masked")
+        if arrays is None or "y" not in arrays:
+            raise ProtocolError("the reply carries no masked vector")
+        server.receive_masked(index[node], arrays["y"].numpy())
+        saturated += read_int(record, "saturated")
+
+    sent_weight: dict[int, float] = {}
+    inbox_payloads = {}
+    for i in u1:
+        inbox = server.inbox(i)
+        senders = sorted(inbox)
+        inbox_payloads[node_ids[i]] = {
+            "session": session_hex,
+            "src": senders,
+            "ct": [inbox[s] for s in senders],
+            "weight": sent_weight.setdefault(i, weights[node_ids[i]] / top),
+        }
+    exchange("masked-input", inbox_payloads, on_masked)
+
+    survivors, lost = server.unmask_request()
+
+    def on_unmask(node: int, record: ConfigRecord, _reply: Message) -> None:
+        shares = []
+        for kind in ("b", "s"):
+            owners = read_int_list(record, f"{kind}-owner")
+            values = read_bytes_list(record, f"{kind}-share")
+            if len(owners) != len(values):
+                raise ProtocolError(f"{kind}-owner and {kind}-share differ in length")
+            shares.append(dict(zip(owners, values, strict=True)))
+        server.receive_unmask(index[node], shares[0], shares[1])
+
+    unmask_payload = {
+        "session": session_hex,
+        "survivors": sorted(survivors),
+        "dropped": sorted(lost),
+    }
+    exchange(
+        "unmask", {node_ids[i]: unmask_payload for i in sorted(survivors)}, on_unmask
+    )
+
+    total, in_sum = server.aggregate()
+    decoded = params.quantizer.decode_sum(total, count=len(in_sum))
+    weight = sum(sent_weight[i] for i in in_sum)
+    return SecureSum(
+        total=unflatten_state(torch.from_numpy(decoded.astype(np.float32)), template),
+        weight=float(weight),
+        survivors=[node_ids[i] for i in sorted(in_sum)],
+        saturated=saturated,
+        dropped=dropped,
+    )
