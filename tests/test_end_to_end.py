@@ -1,7 +1,8 @@
-"""One end-to-end simulation through the real CLI, ``flwr run``, ClientApp and
-ServerApp: 3 sites, tiny BERT, sample-level DP with a site budget of epsilon 9 and
-client-level DP, 2 rounds, then a resumed third round that two sites refuse
-because it would exceed their budget."""
+"""End-to-end simulations through the real CLI, ``flwr run``, ClientApp and
+ServerApp with 3 sites and a tiny BERT: secure aggregation (the default), sample-level
+DP with a site budget of epsilon 9 and client-level DP, 2 rounds, then a resumed
+third round that two sites refuse because it would exceed their budget; and the
+same non-private run with secure aggregation on and off."""
 
 from __future__ import annotations
 
@@ -180,3 +181,29 @@ def test_ledger_commands_show_plot_and_export(resumed_run, tmp_path: Path) -> No
     assert _ledger_cli("verify", "--export", str(export)).returncode == 0
     again = _ledger_cli(*args)  # never overwrites
     assert again.returncode == 2 and "left untouched" in again.stdout
+
+
+def test_secure_aggregation_gives_the_plain_model_within_quantization_error(
+    tmp_path: Path, tiny_model_dir
+) -> None:
+    """Same run (non-private, so training is reproducible) with secagg on and off:
+    the final models differ by at most one quantization step per coordinate."""
+    from safetensors.torch import load_file
+
+    overrides = (
+        f"model.source='{tiny_model_dir}' model.max-length=16 train.batch-size=8 "
+        "data.train-examples=150 data.test-examples=40 num-server-rounds=2 "
+        "dp.enabled=false"
+    )
+    models = {}
+    for on in ("true", "false"):
+        out = tmp_path / f"secagg-{on}"
+        proc = _simulate(out, f"{overrides} secagg.enabled={on}")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        models[on] = load_file(str(out / "final_trainable.safetensors"))
+    quantum = 2 * 1.0 / (2**24 - 1)  # secagg.clip-range / quantization levels
+    for name, plain in models["false"].items():
+        diff = (models["true"][name] - plain).abs().max().item()
+        assert diff <= 4 * quantum, (name, diff)
+    summary = json.loads((tmp_path / "secagg-true" / "summary.json").read_text())
+    assert [r["saturated"] for r in summary["rounds"]] == [0, 0]

@@ -6,6 +6,7 @@ from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from models import state_to_arrays
+from privacy.secagg import SecAggConfig
 from server.rounds import screen_replies
 
 GLOBAL = OrderedDict(w=torch.zeros(2, 3), b=torch.zeros(3))
@@ -166,6 +167,7 @@ def _run(grid, client_dp) -> tuple:
         timeout=5.0,
         progress=lambda done, total: None,
         client_dp=client_dp,
+        secagg=SecAggConfig(enabled=False),
     )
 
 

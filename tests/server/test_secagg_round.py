@@ -1,0 +1,232 @@
+"""A round with secure aggregation through the real client mod and server half,
+over an in-memory grid (no Flower runtime)."""
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.secagg_mod import secagg_mod
+from models import state_to_arrays
+from privacy.client_dp import ClientDPConfig
+from privacy.secagg import SecAggConfig
+from server.rounds import RoundAborted, run_round
+
+GLOBAL = OrderedDict(w=torch.zeros(2, 3), b=torch.zeros(3))
+RUN_CONFIG = {
+    "secagg.enabled": True,
+    "secagg.num-shares": 1.0,
+    "secagg.threshold": 0.5,
+    "secagg.clip-range": 1.0,
+    "secagg.quantization-bits": 24,
+}
+SECAGG = SecAggConfig.from_run_config(RUN_CONFIG)
+NODES = [11, 22, 33, 44]
+
+
+@pytest.fixture(autouse=True)
+def _task_identity(monkeypatch):
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1, raising=False)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0, raising=False)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1, raising=False)
+
+
+def _delta(node: int) -> OrderedDict:
+    return OrderedDict(w=torch.full((2, 3), 0.01 * node), b=torch.full((3,), -0.5))
+
+
+def _train(msg: Message, context: Context) -> Message:
+    node = context.node_id
+    metrics = MetricRecord(
+        {
+            "num-examples": node,  # weights 11, 22, 33, 44
+            "train-loss": 0.5,
+            "steps": 3,
+            "epsilon": 1.0,
+            "delta": 1e-5,
+        }
+    )
+    return Message(
+        content=RecordDict(
+            {
+                "arrays": state_to_arrays(_delta(node)),
+                "metrics": metrics,
+                "site": ConfigRecord({"name": f"site-{node}"}),
+            }
+        ),
+        reply_to=msg,
+    )
+
+
+class SiteGrid:
+    """Delivers each message to its site's real secagg mod; ``fail[stage]`` lists
+    nodes that error at that stage, ``tamper`` may rewrite a reply."""
+
+    def __init__(self, nodes, fail=None, tamper=None) -> None:
+        self.nodes = list(nodes)
+        self.fail = fail or {}
+        self.tamper = tamper
+        self.contexts = {
+            n: Context(
+                run_id=1,
+                node_id=n,
+                node_config={},
+                state=RecordDict(),
+                run_config=dict(RUN_CONFIG),
+            )
+            for n in nodes
+        }
+        self.pending: dict[str, Message] = {}
+        self.seen_updates: list[ArrayRecord] = []
+
+    def get_node_ids(self):
+        return self.nodes
+
+    def push_messages(self, messages):
+        ids = []
+        for msg in messages:
+            mid = f"m{len(self.pending)}-{id(msg)}"
+            msg.metadata.__dict__["_message_id"] = mid
+            self.pending[mid] = msg
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, ids):
+        out = []
+        for mid in ids:
+            msg = self.pending.pop(mid)
+            node = msg.metadata.dst_node_id
+            stage = str(msg.content.config_records["secagg"]["stage"])
+            if node in self.fail.get(stage, ()):
+                reply = Message(Error(code=1, reason="site went away"), reply_to=msg)
+            else:
+                reply = secagg_mod(msg, self.contexts[node], _train)
+                if self.tamper is not None:
+                    reply = self.tamper(stage, node, reply, msg)
+            if reply.has_content():
+                self.seen_updates.extend(reply.content.array_records.values())
+            reply.metadata.__dict__["_src_node_id"] = node
+            reply.metadata.__dict__["_reply_to_message_id"] = mid
+            out.append(reply)
+        return out
+
+
+def _round(grid, client_dp=None, min_sites=2):
+    return run_round(
+        grid=grid,
+        strategy=FedAvg(min_train_nodes=1, min_available_nodes=1),
+        train_config=ConfigRecord({"run-key": "k"}),
+        server_round=1,
+        global_state=GLOBAL,
+        min_sites=min_sites,
+        timeout=5.0,
+        progress=lambda done, total: None,
+        client_dp=client_dp or ClientDPConfig(),
+        secagg=SECAGG,
+    )
+
+
+def _fedavg(nodes) -> torch.Tensor:
+    total = sum(nodes)
+    return sum(_delta(n)["w"] * n / total for n in nodes)
+
+
+def test_secure_round_gives_fedavg_of_the_sites_and_never_sees_an_update() -> None:
+    grid = SiteGrid(NODES)
+    state, log = _round(grid)
+    assert torch.allclose(state["w"], _fedavg(NODES), atol=1e-6)
+    assert torch.allclose(state["b"], torch.full((3,), -0.5), atol=1e-6)
+    assert sorted(log.sites) == [f"site-{n}" for n in NODES]
+    assert log.saturated == 0 and not log.failures
+    # the only arrays the server received are the masked vectors
+    assert [list(r) for r in grid.seen_updates] == [["y"]] * len(NODES)
+    for ctx in grid.contexts.values():  # the sites forgot the round's secrets
+        assert "secagg-session" not in ctx.state.config_records
+
+
+@pytest.mark.parametrize("stage", ["share-keys", "masked-input", "unmask"])
+def test_a_site_dropping_at_any_stage_is_left_out_and_the_round_goes_on(stage) -> None:
+    state, log = _round(SiteGrid(NODES, fail={stage: {33}}))
+    expected = NODES if stage == "unmask" else [11, 22, 44]
+    assert torch.allclose(state["w"], _fedavg(expected), atol=1e-6)
+    assert any(f["site"] == "site-33" and stage in f["reason"] for f in log.failures), (
+        log.failures
+    )
+
+
+def test_too_few_sites_abort_without_unmasking() -> None:
+    grid = SiteGrid(NODES, fail={"masked-input": {11, 22, 33}})
+    with pytest.raises(RoundAborted, match="below the threshold"):
+        _round(grid)
+
+
+def test_wrong_vector_length_drops_that_site_only() -> None:
+    def tamper(stage, node, reply, msg):
+        if stage == "masked-input" and node == 22:
+            y = reply.content.array_records["masked"]["y"].numpy()[:-1]
+            content = RecordDict(
+                {
+                    "masked": ArrayRecord({"y": Array(y)}),
+                    "secagg": reply.content.config_records["secagg"],
+                }
+            )
+            return Message(content=content, reply_to=msg)
+        return reply
+
+    state, log = _round(SiteGrid(NODES, tamper=tamper))
+    assert torch.allclose(state["w"], _fedavg([11, 33, 44]), atol=1e-6)
+    assert any(
+        "site-22" == f["site"] and "expected" in f["reason"] for f in log.failures
+    )
+
+
+def test_secure_round_with_client_level_dp_uses_uniform_weights() -> None:
+    tiny_noise = ClientDPConfig(enabled=True, clip_norm=10.0, noise_multiplier=1e-7)
+    state, _ = _round(SiteGrid(NODES), client_dp=tiny_noise)
+    uniform = sum(_delta(n)["w"] for n in NODES) / len(NODES)
+    assert torch.allclose(state["w"], uniform, atol=1e-5)
+
+
+def test_site_refuses_to_send_its_update_in_the_clear() -> None:
+    ctx = SiteGrid([11]).contexts[11]
+    plain = Message(
+        content=RecordDict({"config": ConfigRecord({"server-round": 1})}),
+        dst_node_id=11,
+        message_type="train",
+    )
+    reply = secagg_mod(plain, ctx, _train)
+    assert reply.has_error() and "in the clear" in reply.error.reason
+
+
+def test_replayed_stage_message_is_rejected_by_the_site() -> None:
+    grid = SiteGrid(NODES)
+    sent: list[Message] = []
+    original = grid.push_messages
+
+    def remember(messages):
+        sent.extend(messages)
+        return original(messages)
+
+    grid.push_messages = remember
+    _round(grid)
+    old = next(
+        m for m in sent if m.content.config_records["secagg"]["stage"] == "share-keys"
+    )
+    replay = Message(content=old.content, dst_node_id=11, message_type="train")
+    reply = secagg_mod(replay, grid.contexts[11], _train)
+    assert (
+        reply.has_error()
+        and "no secure-aggregation round is open" in reply.error.reason
+    )
