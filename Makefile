@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedshield-installed
 
-.PHONY: install demo test lint bench-dp clean-venv
+.PHONY: install demo test lint bench-dp bench-secagg clean-venv
 
 install: $(STAMP)
 
@@ -34,6 +34,9 @@ lint: install
 
 bench-dp: install
 	$(BIN)/python benchmarks/dp_overhead.py
+
+bench-secagg: install
+	PYTHONPATH=. $(BIN)/python benchmarks/secagg.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -124,13 +124,15 @@ def collect_replies(
     replies: list[Message] = []
     deadline = time.monotonic() + timeout
     progress(0, len(ids))
+    wait = 0.005  # poll fast at first (protocol stages are short), back off to 0.2 s
     while ids and time.monotonic() < deadline:
         for reply in grid.pull_messages(list(ids)):
             ids.discard(reply.metadata.reply_to_message_id)
             replies.append(reply)
             progress(len(replies), len(messages))
         if ids:
-            time.sleep(0.2)
+            time.sleep(wait)
+            wait = min(wait * 2, 0.2)
     if ids:
         logger.warning(
             "%d site(s) did not reply within round-timeout=%.0fs; the round goes on "

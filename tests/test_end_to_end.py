@@ -1,7 +1,7 @@
 """End-to-end simulations through the real CLI, ``flwr run``, ClientApp and
 ServerApp with 3 sites and a tiny BERT: secure aggregation (the default), sample-level
-DP with a site budget of epsilon 9 and client-level DP, 2 rounds, then a resumed
-third round that two sites refuse because it would exceed their budget; and the
+DP with a site budget of epsilon 9.5 and client-level DP, 2 rounds, then a resumed
+third round that one site refuses because it would exceed its budget; and the
 same non-private run with secure aggregation on and off."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from opacus.accountants import RDPAccountant
 
 from privacy.ledger import SiteLedger
 
-BUDGET = 9.0
+BUDGET = 9.5  # round 3 would take site-1 to 10.02: refused; site-2 to 9.39
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -123,13 +123,13 @@ def test_resume_continues_and_sites_refuse_the_round_beyond_their_budget(
     assert [r["round"] for r in summary["rounds"]] == [1, 2, 3]
     third = summary["rounds"][2]
     refused = sorted(r["site"] for r in third["refusals"])
-    assert refused == ["site-1", "site-2"], third
-    assert list(third["sites"]) == ["site-0"]
+    assert refused == ["site-1"], third
+    assert sorted(third["sites"]) == ["site-0", "site-2"]
     for r in third["refusals"]:
         assert r["epsilon-spent"] <= BUDGET < r["epsilon-after"]
     for name, site in summary["sites"].items():
         per_round = [r["sites"][name] for r in summary["rounds"] if name in r["sites"]]
-        assert len(per_round) == (3 if name == "site-0" else 2)
+        assert len(per_round) == (2 if name == "site-1" else 3)
         # epsilon after the restart covers every release of this site
         assert site["epsilon"] == pytest.approx(_reference_epsilon(per_round), rel=1e-9)
         assert site["epsilon"] <= BUDGET

@@ -1,0 +1,30 @@
+"""Smoke run of benchmarks/secagg.py: all three aggregations, tiny sizes, one file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_secagg_benchmark_writes_every_mode_and_the_headline(tmp_path: Path) -> None:
+    out = tmp_path / "secagg.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, str(REPO / "benchmarks" / "secagg.py")]
+    cmd += ["--sites", "3", "--size", "500", "--rounds", "2", "--out", str(out)]
+    done = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert set(doc["headline"]) == {"ours_vs_flower_n3", "ours_vs_plain_n3"}
+    modes = doc["results"]["n3"]
+    assert set(modes) == {"plain", "ours", "flower"}
+    for mode in modes.values():
+        assert len(mode["round_seconds"]) == 2 and mode["median_seconds"] > 0
+    # the secure sum decodes to the plain mean within quantization error
+    assert modes["ours"]["max_abs_error"] < 1e-6
