@@ -260,3 +260,28 @@ def test_modulus_is_chosen_so_the_sum_cannot_wrap() -> None:
     assert mean == pytest.approx(0.123, abs=2e-3)  # stochastic rounding is unbiased
     with pytest.raises(ValueError, match="NaN"):
         q.encode(np.array([np.nan]), modulus=10)
+
+
+def test_shares_and_threshold_take_counts_or_fractions_and_explain_bad_values() -> None:
+    from models.config import ConfigError
+    from privacy.secagg import SecAggConfig
+
+    assert SecAggConfig(num_shares=1.0, threshold=0.5).counts(4) == (4, 2)
+    assert SecAggConfig(num_shares=5, threshold=3).counts(20) == (5, 3)
+    assert SecAggConfig(num_shares=4, threshold=1.0).counts(20) == (4, 5)  # odd ring
+    with pytest.raises(ConfigError, match="secagg.threshold` resolves to 6"):
+        SecAggConfig(num_shares=5, threshold=6).counts(20)
+    with pytest.raises(ConfigError, match="as a fraction must be in"):
+        SecAggConfig(num_shares=1.5)
+    with pytest.raises(ConfigError, match="secagg.clip-range"):
+        SecAggConfig(clip_range=0.0)
+    with pytest.raises(ConfigError, match="must be a number"):
+        SecAggConfig.from_run_config(
+            {
+                "secagg.enabled": True,
+                "secagg.num-shares": "all",
+                "secagg.threshold": 0.5,
+                "secagg.clip-range": 1.0,
+                "secagg.quantization-bits": 24,
+            }
+        )
