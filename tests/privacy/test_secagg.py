@@ -91,6 +91,19 @@ def test_unmasked_sum_equals_plaintext_sum_under_random_dropouts(n, sparse, data
     assert np.array_equal(total.astype(np.uint64), exact)
 
 
+def _shared(n: int = 3, *, share: bool = False, **kw):
+    """Params, server and sites after key advertisement (and key sharing)."""
+    p = _params(n, **kw)
+    server = ServerSession(p)
+    clients = {u: ClientSession(u, p) for u in p.nodes}
+    for u in p.nodes:
+        server.receive_keys(u, *clients[u].advertise())
+    if share:
+        for u in p.nodes:
+            server.receive_shares(u, clients[u].share_keys(server.roster()))
+    return p, server, clients
+
+
 def test_too_few_survivors_abort_and_the_server_holds_no_unmasked_input() -> None:
     p = _params(5, t=4)
     xs = {u: np.full(p.vector_length, 7, dtype=p.dtype) for u in p.nodes}
@@ -99,13 +112,7 @@ def test_too_few_survivors_abort_and_the_server_holds_no_unmasked_input() -> Non
 
 
 def test_a_site_reveals_nothing_when_survivors_are_below_threshold() -> None:
-    p = _params(5, t=4)
-    server = ServerSession(p)
-    clients = {u: ClientSession(u, p) for u in p.nodes}
-    for u in p.nodes:
-        server.receive_keys(u, *clients[u].advertise())
-    for u in p.nodes:
-        server.receive_shares(u, clients[u].share_keys(server.roster()))
+    p, server, clients = _shared(5, share=True, t=4)
     xs = {u: np.arange(p.vector_length, dtype=p.dtype) * (u - 99) for u in p.nodes}
     for u in (100, 101, 102):
         server.receive_masked(u, clients[u].masked_input(server.inbox(u), xs[u]))
@@ -119,14 +126,8 @@ def test_a_site_reveals_nothing_when_survivors_are_below_threshold() -> None:
 
 
 def test_masked_vector_alone_is_indistinguishable_from_uniform() -> None:
-    p = _params(3, d=200_000)
+    p, server, clients = _shared(3, share=True, d=200_000)
     x = np.zeros(p.vector_length, dtype=p.dtype)  # the most structured input
-    server = ServerSession(p)
-    clients = {u: ClientSession(u, p) for u in p.nodes}
-    for u in p.nodes:
-        server.receive_keys(u, *clients[u].advertise())
-    for u in p.nodes:
-        server.receive_shares(u, clients[u].share_keys(server.roster()))
     y = clients[100].masked_input(server.inbox(100), x)
     bins = 64
     counts = np.bincount(
@@ -165,17 +166,8 @@ def test_fewer_than_threshold_shares_are_consistent_with_any_secret() -> None:
         combine([(1, b"\0" * (SHARE_BYTES - 1))])
 
 
-def _setup(n: int = 3):
-    p = _params(n)
-    server = ServerSession(p)
-    clients = {u: ClientSession(u, p) for u in p.nodes}
-    for u in p.nodes:
-        server.receive_keys(u, *clients[u].advertise())
-    return p, server, clients
-
-
 def test_replayed_duplicate_and_unknown_messages_are_rejected() -> None:
-    p, server, clients = _setup()
+    p, server, clients = _shared()
     with pytest.raises(ProtocolError, match="advertised twice"):
         server.receive_keys(100, os.urandom(32), os.urandom(32))
     with pytest.raises(ProtocolError, match="not in this round"):
@@ -192,7 +184,7 @@ def test_replayed_duplicate_and_unknown_messages_are_rejected() -> None:
 
 
 def test_shares_from_another_round_or_misaddressed_fail_authentication() -> None:
-    p, server, clients = _setup()
+    p, server, clients = _shared()
     roster = server.roster()
     for u in p.nodes:
         server.receive_shares(u, clients[u].share_keys(roster))
@@ -203,7 +195,7 @@ def test_shares_from_another_round_or_misaddressed_fail_authentication() -> None
     with pytest.raises(ProtocolError, match="fails authentication"):
         ClientSession.from_json(clients[100].to_json()).masked_input(misaddressed, x)
     # the same sites in a new round (new session id): old ciphertexts are useless
-    p2, server2, clients2 = _setup()
+    p2, server2, clients2 = _shared()
     with pytest.raises(ProtocolError):
         for u in p2.nodes:
             server2.receive_shares(u, clients2[u].share_keys(server2.roster()))
@@ -213,7 +205,7 @@ def test_shares_from_another_round_or_misaddressed_fail_authentication() -> None
 
 
 def test_wrong_vector_length_is_rejected_and_the_round_goes_on_without_it() -> None:
-    p, server, clients = _setup(4)
+    p, server, clients = _shared(4)
     roster = server.roster()
     for u in p.nodes:
         server.receive_shares(u, clients[u].share_keys(roster))
@@ -234,7 +226,7 @@ def test_wrong_vector_length_is_rejected_and_the_round_goes_on_without_it() -> N
 
 
 def test_a_site_never_reveals_both_shares_of_one_node() -> None:
-    p, server, clients = _setup(4)
+    p, server, clients = _shared(4)
     for u in p.nodes:
         server.receive_shares(u, clients[u].share_keys(server.roster()))
     x = np.zeros(p.vector_length, dtype=p.dtype)
