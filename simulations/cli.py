@@ -4,6 +4,7 @@
     fedshield simulate --out runs/nodp --run-config "dp.enabled=false"
     fedshield simulate --out runs/nodp --run-config "resume=true num-server-rounds=5"
     fedshield ledger show --site-dir runs/demo/sites/site-0    # see ledger_cli.py
+    fedshield scrub notes.csv --out notes.clean.csv            # see scrub_cli.py
 
 ``simulate`` runs the fedshield Flower app on Flower's simulation engine
 (``flwr run``), shows a progress display of rounds and sites, prints one table per
@@ -36,6 +37,7 @@ from .launcher import (
     stop_run,
 )
 from .ledger_cli import ledger_app
+from .scrub_cli import scrub
 
 __all__ = ["app"]
 
@@ -46,6 +48,7 @@ app = typer.Typer(
 )
 console = Console()
 app.add_typer(ledger_app, name="ledger")
+app.command()(scrub)
 
 
 @app.callback()

@@ -94,3 +94,89 @@ def test_bad_pii_settings_are_explained() -> None:
         PIIConfig(score_threshold=2.0)
     with pytest.raises(ConfigError, match="pii.entities"):
         PIIConfig(entities=("person",))
+
+
+def test_scrub_file_streams_csv_jsonl_and_text_and_never_touches_the_input(
+    tagger: Scrubber, tmp_path: Path
+) -> None:
+    from privacy.pii.files import scrub_file
+
+    csv_in = tmp_path / "in.csv"
+    csv_in.write_text('id,text\n1,"Email j.doe@example.org now"\n2,plain words\n')
+    before = csv_in.read_bytes()
+    rows = scrub_file(csv_in, tmp_path / "out.csv", scrubber=tagger)
+    assert rows == 2 and csv_in.read_bytes() == before
+    out = (tmp_path / "out.csv").read_text()
+    assert "<EMAIL_ADDRESS>" in out and "j.doe" not in out and "plain words" in out
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text('{"body": "Call (415) 555-2671", "label": 1}\n')
+    scrub_file(jsonl, tmp_path / "out.jsonl", scrubber=tagger, column="body")
+    assert '"Call <PHONE_NUMBER>"' in (tmp_path / "out.jsonl").read_text()
+    txt = tmp_path / "in.txt"
+    txt.write_text("Maria Garcia wrote.\nNothing here.\n")
+    assert scrub_file(txt, tmp_path / "out.txt", scrubber=tagger) == 2
+    assert (tmp_path / "out.txt").read_text() == "<PERSON> wrote.\nNothing here.\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "column", "message"),
+    [
+        ("id,body\n1,x\n", "a.csv", "text", "no column 'text'"),
+        ("", "a.csv", "text", "is empty"),
+        (b"\xff\xfe\x00bad", "a.txt", "text", "not UTF-8"),
+        ('{"other": 1}\n', "a.jsonl", "text", "has no field 'text'"),
+        ("x", "a.docx", "text", "unknown format"),
+    ],
+)
+def test_scrub_file_bad_inputs_are_explained(
+    tagger: Scrubber, tmp_path: Path, content, name, column, message
+) -> None:
+    from privacy.pii.files import scrub_file
+
+    src = tmp_path / name
+    if isinstance(content, bytes):
+        src.write_bytes(content)
+    else:
+        src.write_text(content)
+    with pytest.raises(PIIError, match=message):
+        scrub_file(src, tmp_path / f"out-{name}", scrubber=tagger, column=column)
+    assert not (tmp_path / f"out-{name}").exists()
+
+
+def test_scrub_file_refuses_to_overwrite_input_or_existing_output(
+    tagger: Scrubber, tmp_path: Path
+) -> None:
+    from privacy.pii.files import scrub_file
+
+    src = tmp_path / "in.txt"
+    src.write_text("Maria Garcia\n")
+    with pytest.raises(PIIError, match="is the input file"):
+        scrub_file(src, src, scrubber=tagger, overwrite=True)
+    existing = tmp_path / "out.txt"
+    existing.write_text("keep me")
+    with pytest.raises(PIIError, match="left untouched"):
+        scrub_file(src, existing, scrubber=tagger)
+    assert existing.read_text() == "keep me"
+    with pytest.raises(PIIError, match="does not exist"):
+        scrub_file(tmp_path / "missing.txt", tmp_path / "o.txt", scrubber=tagger)
+
+
+def test_scrub_command_prints_counts_and_explains_refusals(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from simulations.cli import app
+
+    src = tmp_path / "notes.csv"
+    src.write_text('text,label\n"Maria Garcia, j.doe@example.org",1\n')
+    runner = CliRunner()
+    done = runner.invoke(
+        app,
+        ["scrub", str(src), "--out", str(tmp_path / "clean.csv"), "--mode", "pseudonym",
+         "--state-dir", str(tmp_path / "state")],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "EMAIL_ADDRESS" in done.output and "PERSON" in done.output
+    assert "Maria Garcia" not in (tmp_path / "clean.csv").read_text()
+    assert (tmp_path / "state" / "pii_key").is_file()
+    again = runner.invoke(app, ["scrub", str(src), "--out", str(src)])
+    assert again.exit_code == 2 and "is the input file" in again.output
