@@ -55,6 +55,7 @@ from .config import ClientConfig
 from .data import tokenize
 from .evaluate import evaluate_model
 from .release import Refused, SiteBudget, release_round
+from .scrubbing import scrub_site
 from .secagg_mod import secagg_mod
 from .site import SiteData, load_site
 from .trainer import TrainResult, pick_device, train_site
@@ -122,6 +123,9 @@ def train(msg: Message, context: Context) -> Message:
         site=site.name,
         run_delta=cfg.dp.delta,
     )
+    # PII is removed before anything is tokenized; the ledger fingerprints the result
+    scrubbed = scrub_site(site, cfg=cfg.pii, state_dir=budget.state_dir)
+    site = scrubbed.site
     planned = plan_release(
         cfg.dp,
         num_examples=len(site.train),
@@ -197,6 +201,8 @@ def train(msg: Message, context: Context) -> Message:
             "max-epsilon": budget.max_epsilon,
             "noise-multiplier": release.noise_multiplier,
             "sample-rate": release.sample_rate,
+            # counts of findings per entity type, never the values
+            **{f"pii-{k}": v for k, v in scrubbed.counts.items()},
         }
     )
     content = RecordDict(
@@ -215,6 +221,15 @@ def evaluate(msg: Message, context: Context) -> Message:
     site = load_site(
         dict(context.node_config), dict(context.run_config), cfg, context.node_id
     )
+    config = msg.content.config_records.get("config")
+    state_dir = SiteBudget.resolve(
+        node_config=dict(context.node_config),
+        train_config=dict(config) if config is not None else {},
+        run_config=dict(context.run_config),
+        site=site.name,
+        run_delta=cfg.dp.delta,
+    ).state_dir
+    site = scrub_site(site, cfg=cfg.pii, state_dir=state_dir).site
     if site.eval is None:
         raise ValueError(
             f"Site {site.name!r} has no evaluation data. Set `eval-data-path` in its "

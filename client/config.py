@@ -9,6 +9,7 @@ from models import ModelConfig
 from models.config import ConfigError, require
 from privacy.client_dp import ClientDPConfig
 from privacy.dp import DPConfig, GradSampleMode, default_grad_sample_mode
+from privacy.pii import PIIConfig
 from privacy.secagg import SecAggConfig
 
 from .data import SiteDataConfig
@@ -24,6 +25,7 @@ class ClientConfig:
     dp: DPConfig
     client_dp: ClientDPConfig
     secagg: SecAggConfig
+    pii: PIIConfig
     data: SiteDataConfig
     num_rounds: int
     seed: int
@@ -43,6 +45,7 @@ class ClientConfig:
             dp=DPConfig.from_run_config(run_config),
             client_dp=ClientDPConfig.from_run_config(run_config),
             secagg=SecAggConfig.from_run_config(run_config),
+            pii=PIIConfig.from_run_config(run_config),
             data=SiteDataConfig.from_run_config(run_config),
             num_rounds=rounds,
             seed=require(run_config, "seed", int),

@@ -26,6 +26,7 @@ def _new_site() -> dict[str, Any]:
         "steps": 0,
         "rounds": [],
         "refused_rounds": [],
+        "pii": {},
     }
 
 
@@ -42,6 +43,7 @@ def _site_totals(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             s["examples"] = int(m["num-examples"])
             s["steps"] += int(m["steps"])
             s["noise_multiplier"] = m.get("noise-multiplier", 0.0)
+            s["pii"] = {k[4:]: int(v) for k, v in m.items() if k.startswith("pii-")}
             s["rounds"].append(rnd["round"])
         for refusal in rnd.get("refusals", []):
             s = sites.setdefault(refusal["site"], _new_site())

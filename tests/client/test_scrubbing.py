@@ -1,0 +1,44 @@
+"""A site's text is scrubbed once per dataset version and cached in its state dir."""
+
+from pathlib import Path
+
+from client.data import LabeledTexts
+from client.scrubbing import CACHE_DIR, scrub_site
+from client.site import SiteData
+from privacy.pii import PIIConfig, PIIMode
+
+
+def _site(texts: tuple[str, ...]) -> SiteData:
+    labels = tuple(i % 2 for i in range(len(texts)))
+    return SiteData(name="clinic", train=LabeledTexts(texts, labels), eval=None)
+
+
+def test_scrubbed_copy_is_cached_and_invalidated_when_the_data_changes(
+    tmp_path: Path,
+) -> None:
+    cfg = PIIConfig(mode=PIIMode.TAG)
+    site = _site(("Maria Garcia called.", "Email j.doe@example.org"))
+    first = scrub_site(site, cfg=cfg, state_dir=tmp_path)
+    assert not first.cached
+    assert first.site.train.texts == ("<PERSON> called.", "Email <EMAIL_ADDRESS>")
+    assert first.counts == {"EMAIL_ADDRESS": 1, "PERSON": 1}
+    again = scrub_site(site, cfg=cfg, state_dir=tmp_path)
+    assert again.cached and again.site == first.site and again.counts == first.counts
+    changed = scrub_site(
+        _site(("Maria Garcia called.", "Call (415) 555-2671")),
+        cfg=cfg,
+        state_dir=tmp_path,
+    )
+    assert not changed.cached and changed.counts == {"PERSON": 1, "PHONE_NUMBER": 1}
+    masked = scrub_site(site, cfg=PIIConfig(mode=PIIMode.MASK), state_dir=tmp_path)
+    assert not masked.cached  # other settings, another cache entry
+    assert len(list((tmp_path / CACHE_DIR).iterdir())) == 3
+    cached_text = "".join(p.read_text() for p in (tmp_path / CACHE_DIR).iterdir())
+    assert "Maria Garcia" not in cached_text and "j.doe" not in cached_text
+
+
+def test_pii_off_leaves_the_text_alone(tmp_path: Path) -> None:
+    site = _site(("Maria Garcia called.",))
+    out = scrub_site(site, cfg=PIIConfig(mode=PIIMode.OFF), state_dir=tmp_path)
+    assert out.site == site and out.counts == {}
+    assert not (tmp_path / CACHE_DIR).exists()
