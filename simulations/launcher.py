@@ -69,6 +69,19 @@ def check_local_superlink() -> None:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            interpreter = argv[0].decode(errors="replace")
+        except (OSError, IndexError):
+            interpreter = ""
+        prefix = str(Path(sys.prefix))
+        if interpreter and not interpreter.startswith(prefix + os.sep):
+            raise LaunchError(
+                f"A Flower SuperLink (pid {pid}) from another Python environment "
+                f"({interpreter}) is running; runs would execute with that "
+                f"environment's packages, not this one's ({prefix}). Stop it "
+                f"(`kill {pid}`) and run again."
+            )
         if f"{DISABLE_INSTALL}=1".encode() not in environ:
             raise LaunchError(
                 f"A Flower SuperLink (pid {pid}) is already running without "
