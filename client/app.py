@@ -202,7 +202,8 @@ def train(msg: Message, context: Context) -> Message:
             "noise-multiplier": release.noise_multiplier,
             "sample-rate": release.sample_rate,
             # counts of findings per entity type, never the values
-            **{f"pii-{k}": v for k, v in scrubbed.counts.items()},
+            # (every configured type, zeros included: FedAvg needs equal metric keys)
+            **{f"pii-{e}": scrubbed.counts.get(e, 0) for e in cfg.pii.entities},
         }
     )
     content = RecordDict(

@@ -144,7 +144,19 @@ def _analyzer(spacy_model: str, entities: tuple[str, ...]) -> Any:
     from .recognizers import custom_recognizers
 
     ner = NerModelConfiguration(
-        labels_to_ignore=["CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT"],
+        labels_to_ignore=[
+            "CARDINAL",
+            "ORDINAL",
+            "QUANTITY",
+            "MONEY",
+            "PERCENT",
+            "FAC",
+            "LAW",
+            "WORK_OF_ART",
+            "EVENT",
+            "PRODUCT",
+            "LANGUAGE",
+        ],  # fmt: skip
         low_score_entity_names=["ORG", "ORGANIZATION"],
         low_confidence_score_multiplier=0.4,
     )
