@@ -54,7 +54,7 @@ from privacy.fingerprint import dataset_fingerprint
 from .config import ClientConfig
 from .data import tokenize
 from .evaluate import evaluate_model
-from .release import Refused, SiteBudget, release_round
+from .release import Refused, SiteBudget, release_round, site_state_dir
 from .scrubbing import scrub_site
 from .secagg_mod import secagg_mod
 from .site import SiteData, load_site
@@ -223,13 +223,9 @@ def evaluate(msg: Message, context: Context) -> Message:
         dict(context.node_config), dict(context.run_config), cfg, context.node_id
     )
     config = msg.content.config_records.get("config")
-    state_dir = SiteBudget.resolve(
-        node_config=dict(context.node_config),
-        train_config=dict(config) if config is not None else {},
-        run_config=dict(context.run_config),
-        site=site.name,
-        run_delta=cfg.dp.delta,
-    ).state_dir
+    state_dir = site_state_dir(
+        dict(context.node_config), dict(config) if config is not None else {}, site.name
+    )
     site = scrub_site(site, cfg=cfg.pii, state_dir=state_dir).site
     if site.eval is None:
         raise ValueError(

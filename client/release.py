@@ -62,6 +62,7 @@ __all__ = [
     "Released",
     "SiteBudget",
     "release_round",
+    "site_state_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,19 @@ def _node_float(node_config: dict[str, Any], key: str) -> float | None:
     if not math.isfinite(value):
         raise ConfigError(f"Node config `{key}` must be finite. Found {raw!r}.")
     return value
+
+
+def site_state_dir(
+    node_config: dict[str, Any], train_config: dict[str, Any], site: str
+) -> Path:
+    """Where the site keeps its ledger, keys and scrub cache: node config
+    ``state-dir``; in simulation ``<out-dir>/sites/<site>``; else
+    ``~/.fedshield/sites/<site>``."""
+    if "state-dir" in node_config:
+        return Path(str(node_config["state-dir"])).expanduser()
+    if "partition-id" in node_config and train_config.get("out-dir"):
+        return Path(str(train_config["out-dir"])) / "sites" / site
+    return Path.home() / ".fedshield" / "sites" / site
 
 
 @dataclass(frozen=True)
@@ -124,12 +138,7 @@ class SiteBudget:
         sites have no node config of their own, ``simulation.site-max-epsilon``
         from the run config stands in for ``max-epsilon``."""
         simulated = "partition-id" in node_config
-        if "state-dir" in node_config:
-            state_dir = Path(str(node_config["state-dir"])).expanduser()
-        elif simulated and train_config.get("out-dir"):
-            state_dir = Path(str(train_config["out-dir"])) / "sites" / site
-        else:
-            state_dir = Path.home() / ".fedshield" / "sites" / site
+        state_dir = site_state_dir(node_config, train_config, site)
         max_epsilon = _node_float(node_config, "max-epsilon")
         if max_epsilon is None and simulated:
             max_epsilon = float(run_config.get("simulation.site-max-epsilon", 0.0))
