@@ -56,6 +56,7 @@ DEFAULT_ENTITIES = (
     "DATE_TIME",
     "AGE",
     "LOCATION",
+    "ORGANIZATION",
     "URL",
 )
 KEY_NAME = "pii_key"
@@ -270,25 +271,51 @@ class Scrubber:
             for entity in (*self.config.entities, "DEFAULT")
         }
 
-    def scrub(self, text: str) -> str:
-        """``text`` with every finding replaced; counts go to ``self.counts``."""
-        if self.config.mode is PIIMode.OFF or not text:
-            return text
-        from .recognizers import NOT_ORGANIZATIONS
+    def find(self, text: str) -> list[Any]:
+        """Presidio ``RecognizerResult``s to replace in ``text``: the configured
+        entities at or above the threshold; overlapping findings of one type are
+        merged into their union, then overlaps across types go to the
+        highest-scoring (then longest) finding."""
+        from presidio_analyzer import RecognizerResult
+
+        from .recognizers import NOT_ORGANIZATIONS, is_vague_date
 
         analyzer = _analyzer(self.config.spacy_model, self.config.entities)
+        # escaped line breaks ("\\n" in exported text) read as line breaks, same
+        # length so that the offsets stay those of ``text``
+        readable = text.replace("\\n", " \n").replace("\\t", " \t")
         results = analyzer.analyze(
-            text=text,
+            text=readable,
             language="en",
             entities=list(self.config.entities),
             score_threshold=self.config.score_threshold,
             allow_list=NOT_ORGANIZATIONS,
         )
-        # keep the highest-scoring, then longest, of overlapping findings
+        merged: list[Any] = []
+        for r in sorted(results, key=lambda r: (r.entity_type, r.start)):
+            if r.entity_type == "DATE_TIME" and is_vague_date(text[r.start : r.end]):
+                continue
+            last = merged[-1] if merged else None
+            if last and last.entity_type == r.entity_type and r.start < last.end:
+                merged[-1] = RecognizerResult(
+                    last.entity_type,
+                    last.start,
+                    max(last.end, r.end),
+                    max(last.score, r.score),
+                )
+            else:
+                merged.append(r)
         chosen: list[Any] = []
-        for r in sorted(results, key=lambda r: (-r.score, -(r.end - r.start), r.start)):
+        for r in sorted(merged, key=lambda r: (-r.score, -(r.end - r.start), r.start)):
             if all(r.end <= c.start or r.start >= c.end for c in chosen):
                 chosen.append(r)
+        return sorted(chosen, key=lambda r: r.start)
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every finding replaced; counts go to ``self.counts``."""
+        if self.config.mode is PIIMode.OFF or not text:
+            return text
+        chosen = self.find(text)
         if self._anonymizer is None:
             from presidio_anonymizer import AnonymizerEngine
 

