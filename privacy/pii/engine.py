@@ -158,7 +158,7 @@ def _analyzer(spacy_model: str, entities: tuple[str, ...]) -> Any:
             "PRODUCT",
             "LANGUAGE",
         ],  # fmt: skip
-        low_score_entity_names=["ORG", "ORGANIZATION"],
+        low_score_entity_names=[],
         low_confidence_score_multiplier=0.4,
     )
     folder = Path(spacy_model).expanduser()

@@ -25,9 +25,11 @@ spaCy calls a date is a phone number).
   numbers (078-05-1120) that still identify people in text.
 - ``CREDIT_CARD``: 12-19 digits, grouped or not, that pass the Luhn check;
   Presidio's recognizer misses issuer prefixes it does not list (JCB "2131...").
-- ``PHONE_NUMBER``: US formats, and international numbers of 8-15 digits in
-  groups, with a country code or trunk prefix; Presidio's ``phonenumbers``
-  recognizer scores 0.4 and its UK NHS recognizer tags phone numbers.
+- ``PHONE_NUMBER``: US formats (7-digit local ones too), international numbers
+  of 8-20 digits in groups or with a country code or trunk prefix, and any
+  number of 6-15 digits after "phone:", "tel", "mobile", "fax"; Presidio's
+  ``phonenumbers`` recognizer scores 0.4 and its UK NHS recognizer tags phone
+  numbers.
 
 :data:`NOT_ORGANIZATIONS` lists tokens the small spaCy model tags as ORGANIZATION
 ("SSN", "IBAN", "DOB", ...); they are passed to Presidio as an allow list.
@@ -125,11 +127,13 @@ _MILITARY = (
 _CONTINUATION = (
     r"(?:(?:\s*(?:,|" + _NL + r")\s*|\s+)" + _UNIT + r"|\s*(?:,|" + _NL + r")\s*"
     r"(?:" + _UP + r"(?:[ -]" + _UP + r"){0,3}(?:\s+\d{4,6}(?:-\d{3,4})?)?"
-    r"|\p{Lu}{2}(?:\s+\d{5}(?:-\d{4})?)?|\d{4,6}(?:-\d{3,4})?))*"
+    r"|\p{Lu}{2}(?:\s+\d{5}(?:-\d{4})?)?|\d{4,6}(?:-\d{3,4})?(?![ .-]?\d)))*"
 )
 
 _SALUTATION = r"\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Madam|Mme|Mlle|Herr|Frau)\.?\s+"
-_NAME = _UP + r"(?:\s+\p{Lu}(?:\.|(?=\s)))?(?:\s+" + _UP + r"){0,2}"
+_NAME_WORD = r"(?!(?:Apt|Suite|Unit|Phone|Fax|Email|Mobile)\b)\p{Lu}[\p{L}'’-]*"
+# names stay on one line and stop at a full stop: "Mr. Eric Laine. Who ..."
+_NAME = _NAME_WORD + r"(?:[ ]+\p{Lu}(?:\.|(?=[ ])))?(?:[ ]+" + _NAME_WORD + r"){0,2}"
 _MONTH = (
     r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|"
     r"Aug(?:ust)?|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
@@ -147,14 +151,24 @@ _ORG_SUFFIX = (
 
 
 _CALENDAR_WORD = regex.compile(
-    r"\d|\b(?:" + _MONTH + r"|Mon|Tue|Wed|Thu|Fri|Sat|Sun)", regex.IGNORECASE
+    r"\d|\b(?:" + _MONTH + r"|Mon|Tue|Wed|Thu|Fri|Sat|Sun)(?:day)?\b",
+    regex.IGNORECASE,
+)
+_DURATION = regex.compile(
+    r"(?:about |over |almost |nearly )?\d+(?:\.\d+)?\s*(?:-\s*)?"
+    r"(?:seconds?|minutes?|mins?|hours?|hrs?|days?|weeks?|months?|years?)",
+    regex.IGNORECASE,
 )
 
 
 def is_vague_date(text: str) -> bool:
     """A date expression that names no day, month or year ("next week", "a few
-    months ago", "this morning"): not PII, though spaCy calls it DATE/TIME."""
-    return _CALENDAR_WORD.search(text) is None
+    months ago", "this morning") or a duration ("128 minutes"): not PII, though
+    spaCy calls it DATE/TIME."""
+    return (
+        _CALENDAR_WORD.search(text) is None
+        or _DURATION.fullmatch(text.strip()) is not None
+    )
 
 
 def _luhn(value: str) -> bool:
@@ -192,6 +206,7 @@ class SpanPatternRecognizer(EntityRecognizer):  # type: ignore[misc]
     ) -> None:
         self._patterns = [(n, regex.compile(p, flags), s) for n, p, s in patterns]
         self._validate = validate
+        self._name = name
         super().__init__(
             supported_entities=[entity], name=name, supported_language="en"
         )
@@ -203,6 +218,7 @@ class SpanPatternRecognizer(EntityRecognizer):  # type: ignore[misc]
         self, text: str, entities: list[str], nlp_artifacts: Any = None
     ) -> list[RecognizerResult]:
         entity = self.supported_entities[0]
+        name, identifier = self._name, str(self.id)
         if entities and entity not in entities:
             return []
         found = []
@@ -221,8 +237,8 @@ class SpanPatternRecognizer(EntityRecognizer):  # type: ignore[misc]
                         end=end,
                         score=score,
                         recognition_metadata={
-                            RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
-                            RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+                            RecognizerResult.RECOGNIZER_NAME_KEY: name,
+                            RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: identifier,
                             "pattern": pattern_name,
                         },
                     )
@@ -262,7 +278,11 @@ def custom_recognizers() -> list[EntityRecognizer]:
                 ),
                 (
                     "first-initial-last",
-                    r"\b(?P<pii>" + _UP + r"\s+\p{Lu}\.?\s+" + _UP + r")\b",
+                    r"\b(?P<pii>"
+                    + _NAME_WORD
+                    + r"[ ]+\p{Lu}\.?[ ]+"
+                    + _NAME_WORD
+                    + r")\b",
                     0.86,
                 ),
             ],
@@ -364,14 +384,33 @@ def custom_recognizers() -> list[EntityRecognizer]:
                 ),
                 (
                     "grouped",
-                    r"(?<![\w+(.-]|\d[:.])(?!(?:19|20)\d{2}-[01]\d-[0-3]\d|\d{1,3}(?:\.\d{1,3}){3}(?!\d))"
+                    r"(?<![\w+(.-]|\d[:.])(?!(?:19|20)\d{2}-[01]\d-[0-3]\d|\d{1,3}(?:\.\d{1,3}){3}(?![\d.]))"
                     r"(?:\+\d{1,3}[ .-]?)?(?:\(0?\d{1,5}\)[ .-]?)?"
-                    r"\d{2,5}(?:[ .-]\d{2,8}){1,4}(?![\w-]|\.\d)",
+                    r"\d{2,5}(?:[ .-]\d{2,8}){1,4}(?:\s?(?:x|ext\.?)\s?\d{1,5})?"
+                    r"(?!\w|-\d|\.\d)",
                     0.9,
                 ),
                 ("compact", r"(?<![\w+])(?:\+|\b0)\d{9,13}\b", 0.9),
                 ("ten-digits", r"(?<![\w+])\d{10}\b", 0.6),
             ],
-            validate=_digits_between(8, 15),
+            validate=_digits_between(8, 20),
+        ),
+        SpanPatternRecognizer(
+            "PHONE_NUMBER",
+            "FedshieldPhoneLabelled",
+            [
+                (
+                    "labelled",
+                    r"(?i:\bphone|\btel|\bmobile|\bcell|\bfax)(?:\s*(?:no\.?|number))?"
+                    r"\s*:?\s*(?P<pii>\+?\(?\d[\d ()./-]{4,22}\d)",
+                    0.95,
+                ),
+                (
+                    "local",
+                    r"(?<![\w+(.-]|\d[:.])\d{3}[-. ]\d{4}(?!\w|[ .-]\d)",
+                    0.9,
+                ),
+            ],
+            validate=_digits_between(6, 15),
         ),
     ]

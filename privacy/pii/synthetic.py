@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["PIISpan", "SyntheticSentence", "synthetic_sentences", "template_lines"]
+__all__ = [
+    "PIISpan",
+    "SyntheticSentence",
+    "inject_pii",
+    "synthetic_sentences",
+    "template_lines",
+]
 
 # presidio-evaluator's template types -> the entity types our scrubber reports
 # (theirs: GPE for city/country/state, ZIP_CODE, DOMAIN_NAME). Types absent here
@@ -117,7 +123,9 @@ def synthetic_sentences(
                         start=s.start_position,
                         end=s.end_position,
                         entity_type=CANONICAL.get(s.entity_type, s.entity_type),
-                        value=s.entity_value,
+                        # the text, not s.entity_value: presidio-evaluator
+                        # lower-cases the latter where the text is not
+                        value=sample.full_text[s.start_position : s.end_position],
                     )
                     for s in sample.spans
                 ),
@@ -130,3 +138,31 @@ def synthetic_sentences(
             )
         )
     return out
+
+
+@lru_cache(maxsize=8)
+def _cached_sentences(n: int, seed: int) -> tuple[SyntheticSentence, ...]:
+    return tuple(synthetic_sentences(n, seed=seed))
+
+
+def inject_pii(
+    texts: Sequence[str], *, fraction: float, seed: int
+) -> tuple[list[str], dict[int, SyntheticSentence]]:
+    """``texts`` with a synthetic PII sentence appended to ``round(fraction * n)``
+    of them (chosen and generated from ``seed``), and which ones got what.
+
+    For simulations and tests only: it makes the embedded default data look like a
+    site's real text, so that scrubbing has something to remove."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be in [0, 1], found {fraction}.")
+    k = round(fraction * len(texts))
+    if k == 0:
+        return list(texts), {}
+    chosen = sorted(random.Random(seed).sample(range(len(texts)), k))
+    sentences = _cached_sentences(k, seed)
+    out = list(texts)
+    injected = {}
+    for index, sentence in zip(chosen, sentences, strict=True):
+        out[index] = f"{out[index]} {sentence.text}"
+        injected[index] = sentence
+    return out, injected

@@ -21,7 +21,27 @@ SAMPLES = {
     "US_ZIP_CODE": ("Springfield, IL 62704 is home.", "IL 62704"),
     "DATE_TIME": ("She was born on March 3rd, 1985.", "March 3rd, 1985"),
     "AGE": ("A 45-year-old man was admitted.", "45-year-old"),
+    "ORGANIZATION": ("She works for Vaxart Inc. in sales.", "Vaxart Inc."),
+    "LOCATION": ("We flew from Paris to Oslo.", "Oslo"),
+    "URL": ("See https://clinic.example.org/records now.", "clinic.example.org"),
 }
+
+# formats the benchmark showed Presidio's defaults miss (benchmarks/pii.py)
+HARDER = [
+    ("Emergency contact: Alexander Møller, 21 244 121 7352.", "21 244 121 7352"),
+    ("Fax: +41 (0)29 899 60 57 or desk +447700 086871", "+41 (0)29 899 60 57"),
+    ("Fax: +41 (0)29 899 60 57 or desk +447700 086871", "+447700 086871"),
+    ("Call 01.84.17.61.18 before noon.", "01.84.17.61.18"),
+    ("My card 213196030620271 is lost.", "213196030620271"),  # JCB, Luhn-valid
+    ("Send it to 2185 Søndergade 87, Bredsten, Denmark 20104.", "Søndergade 87"),
+    ("Send it to 2185 Søndergade 87, Bredsten, Denmark 20104.", "20104"),
+    ("PSC 3449, Box 7869\nAPO AE 63445", "PSC 3449"),
+    ("Hello, this is Mrs. Þórdís Sturluson speaking.", "Sturluson"),
+    ("Name: Augustyn Jaworski\\nPhone: 0240-4160056", "Jaworski"),
+    ("Name: Augustyn Jaworski\\nPhone: 0240-4160056", "0240-4160056"),
+    ("Logged 2011-07-12 06:42:44.022089 by the portal.", "06:42:44"),
+    ("My father retired at the age of 35.", "35"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +57,21 @@ def test_each_entity_type_is_found_and_replaced(tagger: Scrubber, entity: str) -
     assert value not in out
     assert f"<{entity}>" in out, out
     assert tagger.counts[entity] >= 1
+
+
+@pytest.mark.parametrize(("sentence", "value"), HARDER)
+def test_international_and_contextual_formats_are_removed(
+    tagger: Scrubber, sentence: str, value: str
+) -> None:
+    assert value not in tagger.scrub(sentence)
+
+
+def test_vague_dates_and_numbers_that_are_not_pii_stay(tagger: Scrubber) -> None:
+    for text in (
+        "I will be travelling next week, a few months after the premiere.",
+        "The sequel runs 128 minutes and cost 3 times as much.",
+    ):
+        assert tagger.scrub(text) == text
 
 
 def test_acronyms_are_not_organizations_and_plain_text_is_untouched(tagger) -> None:
@@ -180,3 +215,38 @@ def test_scrub_command_prints_counts_and_explains_refusals(tmp_path: Path) -> No
     assert (tmp_path / "state" / "pii_key").is_file()
     again = runner.invoke(app, ["scrub", str(src), "--out", str(src)])
     assert again.exit_code == 2 and "is the input file" in again.output
+
+
+def test_synthetic_sentences_are_reproducible_labelled_and_leave_global_rng_alone():
+    import random
+
+    import numpy as np
+
+    from privacy.pii.synthetic import inject_pii, synthetic_sentences
+
+    random.seed(5)
+    np.random.seed(5)
+    before = (random.random(), np.random.rand())
+    random.seed(5)
+    np.random.seed(5)
+    first = synthetic_sentences(30, seed=11)
+    assert (random.random(), np.random.rand()) == before  # global state restored
+    assert first == synthetic_sentences(30, seed=11)
+    assert first != synthetic_sentences(30, seed=12)
+    spans = [span for s in first for span in s.spans]
+    assert spans and all(
+        s.text[span.start : span.end] == span.value for s in first for span in s.spans
+    )
+    assert not {"GPE", "ZIP_CODE", "DOMAIN_NAME"} & {s.entity_type for s in spans}
+
+    texts = [f"review {i}" for i in range(40)]
+    out, injected = inject_pii(texts, fraction=0.25, seed=3)
+    assert len(out) == 40 and len(injected) == 10
+    for i, text in enumerate(out):
+        if i in injected:
+            assert text == f"review {i} {injected[i].text}"
+        else:
+            assert text == f"review {i}"
+    assert inject_pii(texts, fraction=0.25, seed=3) == (out, injected)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        inject_pii(texts, fraction=1.5, seed=3)
