@@ -12,7 +12,7 @@ config and seed, so no data has to be shipped: site k reads only its own share.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client.data import LabeledTexts
 from models.config import ConfigError, parse_enum, require
@@ -20,7 +20,10 @@ from models.config import ConfigError, parse_enum, require
 from .datasets import default_split
 from .partition import PartitionScheme, partition_indices
 
-__all__ = ["ScenarioConfig", "central_test_split", "simulated_site"]
+if TYPE_CHECKING:
+    from privacy.pii.synthetic import SyntheticSentence
+
+__all__ = ["ScenarioConfig", "central_test_split", "injected_pii", "simulated_site"]
 
 
 @dataclass(frozen=True)
@@ -93,15 +96,38 @@ def simulated_site(
     train = split.train.subset(train_parts[partition_id])
     held = split.test.subset(eval_parts[partition_id])
     if cfg.inject_pii > 0:  # make the shares look like a site's real text
-        train = _with_pii(train, cfg, seed=2 * partition_id)
-        held = _with_pii(held, cfg, seed=2 * partition_id + 1)
+        train, _ = _with_pii(train, cfg, seed=2 * partition_id)
+        held, _ = _with_pii(held, cfg, seed=2 * partition_id + 1)
     return train, held
 
 
-def _with_pii(texts: LabeledTexts, cfg: ScenarioConfig, *, seed: int) -> LabeledTexts:
+def injected_pii(
+    *, partition_id: int, num_partitions: int, run_config: dict[str, Any]
+) -> list[SyntheticSentence]:
+    """The synthetic PII sentences ``simulated_site`` put into that site's train
+    and eval shares (for canary checks)."""
+    cfg = ScenarioConfig.from_run_config(run_config)
+    if cfg.inject_pii == 0:
+        return []
+    plain = _replace_inject(run_config, 0.0)
+    train, held = simulated_site(
+        partition_id=partition_id, num_partitions=num_partitions, run_config=plain
+    )
+    _, a = _with_pii(train, cfg, seed=2 * partition_id)
+    _, b = _with_pii(held, cfg, seed=2 * partition_id + 1)
+    return [*a.values(), *b.values()]
+
+
+def _replace_inject(run_config: dict[str, Any], fraction: float) -> dict[str, Any]:
+    return {**run_config, "data.inject-pii": fraction}
+
+
+def _with_pii(
+    texts: LabeledTexts, cfg: ScenarioConfig, *, seed: int
+) -> tuple[LabeledTexts, dict[int, SyntheticSentence]]:
     from privacy.pii.synthetic import inject_pii
 
-    injected, _ = inject_pii(
+    injected, which = inject_pii(
         texts.texts, fraction=cfg.inject_pii, seed=cfg.seed * 1_000_003 + seed
     )
-    return LabeledTexts(texts=tuple(injected), labels=texts.labels)
+    return LabeledTexts(texts=tuple(injected), labels=texts.labels), which

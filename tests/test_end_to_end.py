@@ -207,3 +207,45 @@ def test_secure_aggregation_gives_the_plain_model_within_quantization_error(
         assert diff <= 4 * quantum, (name, diff)
     summary = json.loads((tmp_path / "secagg-true" / "summary.json").read_text())
     assert [r["saturated"] for r in summary["rounds"]] == [0, 0]
+
+
+STRUCTURED = {
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "US_SSN",
+    "IBAN_CODE",
+    "IP_ADDRESS",
+}
+
+
+def test_injected_pii_is_in_no_file_the_run_writes(finished_run, default_run_config):
+    """The sites' shares carry synthetic PII (data.inject-pii); the structured
+    values among it appear nowhere under the run directory (summary, logs,
+    checkpoints, ledgers, scrub caches)."""
+    from simulations.scenario import injected_pii
+
+    out, overrides = finished_run
+    run_config = {
+        **default_run_config,
+        "data.train-examples": 150,
+        "data.test-examples": 40,
+    }
+    canaries = {
+        span.value
+        for site in range(3)
+        for sentence in injected_pii(
+            partition_id=site, num_partitions=3, run_config=run_config
+        )
+        for span in sentence.spans
+        if span.entity_type in STRUCTURED
+    }
+    assert len(canaries) >= 3, canaries
+    summary = json.loads((out / "summary.json").read_text())
+    assert sum(sum(s["pii"].values()) for s in summary["sites"].values()) > 0
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any("pii-cache" in str(p) for p in files)
+    for path in files:
+        blob = path.read_bytes()
+        leaked = [c for c in canaries if c.encode() in blob]
+        assert leaked == [], f"{path} holds {leaked}"

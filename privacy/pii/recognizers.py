@@ -23,6 +23,8 @@ spaCy calls a date is a phone number).
   postal codes.
 - ``US_SSN``: ddd-dd-dddd; Presidio's recognizer invalidates well-known sample
   numbers (078-05-1120) that still identify people in text.
+- ``EMAIL_ADDRESS`` on any domain: Presidio's recognizer drops addresses whose
+  top-level domain is not on the public-suffix list ("@ward7.hospital.local").
 - ``CREDIT_CARD``: 12-19 digits, grouped or not, that pass the Luhn check;
   Presidio's recognizer misses issuer prefixes it does not list (JCB "2131...").
 - ``PHONE_NUMBER``: US formats (7-digit local ones too), international numbers
@@ -362,6 +364,11 @@ def custom_recognizers() -> list[EntityRecognizer]:
                     0.95,
                 ),
             ],
+        ),
+        SpanPatternRecognizer(
+            "EMAIL_ADDRESS",
+            "FedshieldEmail",
+            [("email", r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+", 0.95)],
         ),
         SpanPatternRecognizer(
             "CREDIT_CARD",
