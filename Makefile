@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedshield-installed
 
-.PHONY: install demo test lint bench-dp bench-secagg clean-venv
+.PHONY: install demo test lint bench-dp bench-secagg bench-pii clean-venv
 
 install: $(STAMP)
 
@@ -37,6 +37,9 @@ bench-dp: install
 
 bench-secagg: install
 	PYTHONPATH=. $(BIN)/python benchmarks/secagg.py
+
+bench-pii: install
+	PYTHONPATH=. $(BIN)/python benchmarks/pii.py
 
 clean-venv:
 	rm -rf $(VENV)

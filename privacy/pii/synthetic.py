@@ -27,6 +27,7 @@ __all__ = [
     "PIISpan",
     "SyntheticSentence",
     "inject_pii",
+    "stable_template_lines",
     "synthetic_sentences",
     "template_lines",
 ]
@@ -72,6 +73,13 @@ def template_lines() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def stable_template_lines() -> list[str]:
+    """The templates whose output depends only on the seed: ``{{date_time}}``
+    gives Faker's "now"-relative timestamps (microseconds), which would make each
+    process of a simulation generate different text."""
+    return [t for t in template_lines() if "{{date_time}}" not in t]
+
+
 @lru_cache(maxsize=2)
 def _person_records() -> Any:
     from presidio_evaluator.data_generator.faker_extensions.datasets import (
@@ -89,8 +97,10 @@ def synthetic_sentences(
     templates: Sequence[str] | None = None,
     lower_case_ratio: float = 0.05,
 ) -> list[SyntheticSentence]:
-    """``n`` sentences, the same for the same (n, seed, templates), each with the
-    spans of the PII it contains (types mapped by :data:`CANONICAL`)."""
+    """``n`` sentences, each with the spans of the PII it contains (types mapped by
+    :data:`CANONICAL`). The default templates are :func:`stable_template_lines`, for
+    which the same (n, seed) gives the same sentences (``{{date_of_birth}}`` is
+    relative to today's date, so they may differ across midnight)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, found {n}.")
     if n == 0:
@@ -108,7 +118,9 @@ def synthetic_sentences(
         faker = PresidioSentenceFaker(
             locale="en_US",
             lower_case_ratio=lower_case_ratio,
-            sentence_templates=list(templates) if templates else template_lines(),
+            sentence_templates=list(templates)
+            if templates
+            else stable_template_lines(),
             entity_providers=providers,
             base_records=_person_records().copy(),
             random_seed=seed,
