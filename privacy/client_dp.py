@@ -57,10 +57,10 @@ from models.config import ConfigError, require
 
 __all__ = [
     "ClientDPConfig",
-    "add_noise_to_sum",
     "clip_update",
     "l2_norm",
     "noisy_mean",
+    "noisy_mean_of_sum",
     "secure_normal",
 ]
 
@@ -155,16 +155,16 @@ def noisy_mean(
                 f"update {i} has L2 norm {norm:.6g} > client-dp.clip-norm={clip_norm}"
             )
     total = {k: torch.stack([u[k] for u in updates]).sum(0) for k in updates[0]}
-    noisy = add_noise_to_sum(
-        total, clip_norm=clip_norm, noise_multiplier=noise_multiplier
+    return noisy_mean_of_sum(
+        total, len(updates), clip_norm=clip_norm, noise_multiplier=noise_multiplier
     )
-    return {k: v / len(updates) for k, v in noisy.items()}
 
 
-def add_noise_to_sum(
-    total: State, *, clip_norm: float, noise_multiplier: float
+def noisy_mean_of_sum(
+    total: State, count: int, *, clip_norm: float, noise_multiplier: float
 ) -> State:
-    """``total + N(0, (z S)^2 I)``: the mechanism on a sum of clipped updates (also
-    the securely aggregated sum, which the server never sees in parts)."""
+    """``(total + N(0, (z S)^2 I)) / count``: the mechanism on a sum of ``count``
+    clipped updates (also the securely aggregated sum, which the server never sees
+    in parts)."""
     std = noise_multiplier * clip_norm
-    return {k: v + secure_normal(v.shape, std=std) for k, v in total.items()}
+    return {k: (v + secure_normal(v.shape, std=std)) / count for k, v in total.items()}

@@ -41,7 +41,12 @@ from models import (
     check_same_layout,
     state_to_arrays,
 )
-from privacy.client_dp import ClientDPConfig, add_noise_to_sum, l2_norm, noisy_mean
+from privacy.client_dp import (
+    ClientDPConfig,
+    l2_norm,
+    noisy_mean,
+    noisy_mean_of_sum,
+)
 from privacy.secagg import SecAggAborted, SecAggConfig
 
 from .secagg import prepare_setup, secure_sum
@@ -372,12 +377,12 @@ def run_round(
                 "is unchanged."
             )
         if client_dp.enabled:  # noise on the sum the server never saw in parts
-            noisy = add_noise_to_sum(
+            update = noisy_mean_of_sum(
                 result.total,
+                len(in_sum),
                 clip_norm=client_dp.clip_norm,
                 noise_multiplier=client_dp.noise_multiplier,
             )
-            update = {k: v / len(in_sum) for k, v in noisy.items()}
         else:
             update = {k: v / result.weight for k, v in result.total.items()}
     new_state = add_delta(global_state, update)
