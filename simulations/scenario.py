@@ -73,6 +73,21 @@ def simulated_site(
     *, partition_id: int, num_partitions: int, run_config: dict[str, Any]
 ) -> tuple[LabeledTexts, LabeledTexts]:
     """(train share, eval share) of simulated site ``partition_id``."""
+    train, held, _ = _site_shares(partition_id, num_partitions, run_config)
+    return train, held
+
+
+def injected_pii(
+    *, partition_id: int, num_partitions: int, run_config: dict[str, Any]
+) -> list[SyntheticSentence]:
+    """The synthetic PII sentences ``simulated_site`` put into that site's train
+    and eval shares (for canary checks)."""
+    return _site_shares(partition_id, num_partitions, run_config)[2]
+
+
+def _site_shares(
+    partition_id: int, num_partitions: int, run_config: dict[str, Any]
+) -> tuple[LabeledTexts, LabeledTexts, list[SyntheticSentence]]:
     cfg = ScenarioConfig.from_run_config(run_config)
     split = default_split(
         seed=cfg.seed,
@@ -95,31 +110,12 @@ def simulated_site(
     )
     train = split.train.subset(train_parts[partition_id])
     held = split.test.subset(eval_parts[partition_id])
-    if cfg.inject_pii > 0:  # make the shares look like a site's real text
-        train, _ = _with_pii(train, cfg, seed=2 * partition_id)
-        held, _ = _with_pii(held, cfg, seed=2 * partition_id + 1)
-    return train, held
-
-
-def injected_pii(
-    *, partition_id: int, num_partitions: int, run_config: dict[str, Any]
-) -> list[SyntheticSentence]:
-    """The synthetic PII sentences ``simulated_site`` put into that site's train
-    and eval shares (for canary checks)."""
-    cfg = ScenarioConfig.from_run_config(run_config)
     if cfg.inject_pii == 0:
-        return []
-    plain = _replace_inject(run_config, 0.0)
-    train, held = simulated_site(
-        partition_id=partition_id, num_partitions=num_partitions, run_config=plain
-    )
-    _, a = _with_pii(train, cfg, seed=2 * partition_id)
-    _, b = _with_pii(held, cfg, seed=2 * partition_id + 1)
-    return [*a.values(), *b.values()]
-
-
-def _replace_inject(run_config: dict[str, Any], fraction: float) -> dict[str, Any]:
-    return {**run_config, "data.inject-pii": fraction}
+        return train, held, []
+    # make the shares look like a site's real text
+    train, in_train = _with_pii(train, cfg, seed=2 * partition_id)
+    held, in_held = _with_pii(held, cfg, seed=2 * partition_id + 1)
+    return train, held, [*in_train.values(), *in_held.values()]
 
 
 def _with_pii(

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random BERT on disk and the app's default run config."""
+"""Shared fixtures: a tiny random BERT on disk, the app's default run config, and
+the task identity that building a Flower ``Message`` outside a runtime needs."""
 
 from __future__ import annotations
 
@@ -55,3 +56,14 @@ def tiny_run_config(
         }
     )
     return cfg
+
+
+@pytest.fixture()
+def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower stamps messages with the running task's ids; tests that build
+    messages without a Flower runtime set them."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1, raising=False)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0, raising=False)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1, raising=False)

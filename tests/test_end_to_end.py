@@ -209,20 +209,11 @@ def test_secure_aggregation_gives_the_plain_model_within_quantization_error(
     assert [r["saturated"] for r in summary["rounds"]] == [0, 0]
 
 
-STRUCTURED = {
-    "EMAIL_ADDRESS",
-    "PHONE_NUMBER",
-    "CREDIT_CARD",
-    "US_SSN",
-    "IBAN_CODE",
-    "IP_ADDRESS",
-}
-
-
 def test_injected_pii_is_in_no_file_the_run_writes(finished_run, default_run_config):
     """The sites' shares carry synthetic PII (data.inject-pii); the structured
     values among it appear nowhere under the run directory (summary, logs,
     checkpoints, ledgers, scrub caches)."""
+    from privacy.pii import STRUCTURED_ENTITIES
     from simulations.scenario import injected_pii
 
     out, overrides = finished_run
@@ -238,7 +229,7 @@ def test_injected_pii_is_in_no_file_the_run_writes(finished_run, default_run_con
             partition_id=site, num_partitions=3, run_config=run_config
         )
         for span in sentence.spans
-        if span.entity_type in STRUCTURED
+        if span.entity_type in STRUCTURED_ENTITIES
     }
     assert len(canaries) >= 3, canaries
     summary = json.loads((out / "summary.json").read_text())

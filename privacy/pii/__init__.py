@@ -2,6 +2,7 @@
 
 from .engine import (
     DEFAULT_ENTITIES,
+    STRUCTURED_ENTITIES,
     PIIConfig,
     PIIError,
     PIIMode,
@@ -11,6 +12,7 @@ from .engine import (
 
 __all__ = [
     "DEFAULT_ENTITIES",
+    "STRUCTURED_ENTITIES",
     "PIIConfig",
     "PIIError",
     "PIIMode",

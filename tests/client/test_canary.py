@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common.serde import message_to_proto
-from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import train
 from models import load_model, state_to_arrays, trainable_state
@@ -56,11 +55,7 @@ TEMPLATES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1, raising=False)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0, raising=False)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1, raising=False)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _site_file(path: Path) -> None:

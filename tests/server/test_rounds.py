@@ -3,7 +3,6 @@ from collections import OrderedDict
 import pytest
 import torch
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from models import state_to_arrays
 from privacy.secagg import SecAggConfig
@@ -19,11 +18,7 @@ METRICS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1, raising=False)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0, raising=False)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1, raising=False)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _reply(site: str, delta=None, metrics=None) -> Message:

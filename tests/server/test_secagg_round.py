@@ -16,7 +16,6 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from client.secagg_mod import secagg_mod
 from models import state_to_arrays
@@ -36,11 +35,7 @@ SECAGG = SecAggConfig.from_run_config(RUN_CONFIG)
 NODES = [11, 22, 33, 44]
 
 
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1, raising=False)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0, raising=False)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1, raising=False)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _delta(node: int) -> OrderedDict:
