@@ -77,12 +77,10 @@ def scrub_site(site: SiteData, *, cfg: PIIConfig, state_dir: Path) -> ScrubbedSi
             pass
         logger.warning("Scrub cache %s is unreadable; scrubbing again", path)
     scrubber = Scrubber(cfg, key=key)
-    train = tuple(scrubber.scrub(t) for t in site.train.texts)
+    train = tuple(scrubber.scrub_many(site.train.texts))
     train_counts = Counter(scrubber.counts)
     held = (
-        tuple(scrubber.scrub(t) for t in site.eval.texts)
-        if site.eval is not None
-        else None
+        tuple(scrubber.scrub_many(site.eval.texts)) if site.eval is not None else None
     )
     counts = dict(sorted(train_counts.items()))
     atomic_write_json(

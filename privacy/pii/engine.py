@@ -22,7 +22,8 @@ import hashlib
 import hmac
 import os
 import re
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
@@ -237,6 +238,50 @@ _SURROGATES: dict[str, str] = {
 }
 
 
+_WORD = re.compile(r"\w")
+
+
+def _resolve_overlaps(text: str, findings: list[Any]) -> list[Any]:
+    """Non-overlapping findings that together cover every character of
+    ``findings`` (a scrubber must not leave part of a finding in the text).
+
+    Precedence, for the type a character gets: a structured type first (its
+    recognizers validate: an IP address over spaCy's reading of it as a date, of
+    "IP 10.1.2.3" as an organisation, or of a piece of an IPv6 address as a
+    name), then the higher score, then the longer finding. A finding that
+    overlaps ones of higher precedence keeps the pieces outside them that hold
+    a word character (less surrounding space): "45" (AGE, 0.9) inside "45-year-old" (DATE_TIME, 0.85)
+    leaves "-year-old" tagged as a date, where keeping only the best finding
+    would leave it in the text.
+    """
+    from presidio_analyzer import RecognizerResult
+
+    def precedence(r: Any) -> tuple[bool, float, int, int]:
+        structured = r.entity_type in STRUCTURED_ENTITIES
+        return (not structured, -r.score, -(r.end - r.start), r.start)
+
+    chosen: list[Any] = []
+    for r in sorted(findings, key=precedence):
+        pieces = [(r.start, r.end)]
+        for c in chosen:
+            pieces = [
+                part
+                for a, b in pieces
+                for part in ((a, min(b, c.start)), (max(a, c.end), b))
+                if part[0] < part[1]
+            ]
+        for a, b in pieces:
+            if (a, b) == (r.start, r.end):
+                chosen.append(r)
+            elif _WORD.search(text, a, b):
+                while text[a].isspace():
+                    a += 1
+                while text[b - 1].isspace():
+                    b -= 1
+                chosen.append(RecognizerResult(r.entity_type, a, b, r.score))
+    return sorted(chosen, key=lambda r: r.start)
+
+
 @dataclass
 class Scrubber:
     """Find PII with the offline analyzer and replace it according to the mode."""
@@ -284,54 +329,83 @@ class Scrubber:
     def find(self, text: str) -> list[Any]:
         """Presidio ``RecognizerResult``s to replace in ``text``: the configured
         entities at or above the threshold; overlapping findings of one type are
-        merged into their union, then overlaps across types go to the
-        highest-scoring (then longest) finding."""
+        merged into their union, then overlaps across types are resolved by
+        :func:`_resolve_overlaps`, which never leaves found text in place."""
+        return next(self.find_many([text], batch_size=1))
+
+    def find_many(
+        self, texts: Iterable[str], batch_size: int = 64
+    ) -> Iterator[list[Any]]:
+        """:meth:`find` for each of ``texts``, in order, lazily. spaCy's
+        ``pipe`` runs the NER over ``batch_size`` texts at a time, which is
+        faster per text than one call each and gives the same entities."""
         from presidio_analyzer import RecognizerResult
 
         from .recognizers import NOT_ORGANIZATIONS, is_vague_date
 
         analyzer = _analyzer(self.config.spacy_model, self.config.entities)
         # escaped line breaks ("\\n" in exported text) read as line breaks, same
-        # length so that the offsets stay those of ``text``
-        readable = text.replace("\\n", " \n").replace("\\t", " \t")
-        results = analyzer.analyze(
-            text=readable,
-            language="en",
-            entities=list(self.config.entities),
-            score_threshold=self.config.score_threshold,
-            allow_list=NOT_ORGANIZATIONS,
+        # length so that the offsets stay those of the text
+        readable = (t.replace("\\n", " \n").replace("\\t", " \t") for t in texts)
+        batches = analyzer.nlp_engine.process_batch(
+            readable, language="en", batch_size=batch_size
         )
-        merged: list[Any] = []
-        for r in sorted(results, key=lambda r: (r.entity_type, r.start)):
-            if r.entity_type == "DATE_TIME" and is_vague_date(text[r.start : r.end]):
-                continue
-            last = merged[-1] if merged else None
-            if last and last.entity_type == r.entity_type and r.start < last.end:
-                merged[-1] = RecognizerResult(
-                    last.entity_type,
-                    last.start,
-                    max(last.end, r.end),
-                    max(last.score, r.score),
-                )
-            else:
-                merged.append(r)
-        chosen: list[Any] = []
-        for r in sorted(merged, key=lambda r: (-r.score, -(r.end - r.start), r.start)):
-            if all(r.end <= c.start or r.start >= c.end for c in chosen):
-                chosen.append(r)
-        return sorted(chosen, key=lambda r: r.start)
+        for text, artifacts in batches:
+            results = analyzer.analyze(
+                text=text,
+                language="en",
+                entities=list(self.config.entities),
+                score_threshold=self.config.score_threshold,
+                allow_list=NOT_ORGANIZATIONS,
+                nlp_artifacts=artifacts,
+            )
+            merged: list[Any] = []
+            for r in sorted(results, key=lambda r: (r.entity_type, r.start)):
+                if r.entity_type == "DATE_TIME" and is_vague_date(
+                    text[r.start : r.end]
+                ):
+                    continue
+                last = merged[-1] if merged else None
+                if last and last.entity_type == r.entity_type and r.start < last.end:
+                    merged[-1] = RecognizerResult(
+                        last.entity_type,
+                        last.start,
+                        max(last.end, r.end),
+                        max(last.score, r.score),
+                    )
+                else:
+                    merged.append(r)
+            yield _resolve_overlaps(text, merged)
 
     def scrub(self, text: str) -> str:
         """``text`` with every finding replaced; counts go to ``self.counts``."""
-        if self.config.mode is PIIMode.OFF or not text:
-            return text
-        chosen = self.find(text)
+        return next(self.scrub_many([text], batch_size=1))
+
+    def scrub_many(self, texts: Iterable[str], batch_size: int = 64) -> Iterator[str]:
+        """:meth:`scrub` for each of ``texts``, in order, lazily, the analysis
+        batched as in :meth:`find_many`."""
+        if self.config.mode is PIIMode.OFF:
+            yield from texts
+            return
         if self._anonymizer is None:
             from presidio_anonymizer import AnonymizerEngine
 
             self._anonymizer = AnonymizerEngine()
-        result = self._anonymizer.anonymize(
-            text=text, analyzer_results=chosen, operators=self._operators()
-        )
-        self.counts.update(item.entity_type for item in result.items)
-        return str(result.text)
+        operators = self._operators()
+        originals: deque[str] = deque()
+
+        def remembered() -> Iterator[str]:
+            for t in texts:
+                originals.append(t)
+                yield t
+
+        for found in self.find_many(remembered(), batch_size=batch_size):
+            text = originals.popleft()
+            if not found:
+                yield text
+                continue
+            result = self._anonymizer.anonymize(
+                text=text, analyzer_results=found, operators=operators
+            )
+            self.counts.update(item.entity_type for item in result.items)
+            yield str(result.text)

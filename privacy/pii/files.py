@@ -1,7 +1,8 @@
 """Scrub a whole file (CSV/TSV, JSONL or plain text), streaming, written atomically.
 
-The input is opened read-only and never modified. Rows are read and written one
-at a time, so files of any size stream through constant memory; the output goes to
+The input is opened read-only and never modified. Rows are read, scrubbed (one batch
+of the analyzer per chunk of rows) and written a chunk at a time, so files of
+any size stream through bounded memory; the output goes to
 a temporary file beside it and is renamed into place only when every row is done,
 so an interrupted run leaves no partial output. An existing output is never
 overwritten unless asked, and the input never is.
@@ -10,12 +11,13 @@ overwritten unless asked, and the input never is.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypeVar
 
 from .engine import PIIError, Scrubber
 
@@ -23,6 +25,8 @@ __all__ = ["FORMATS", "scrub_file"]
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".txt": "txt"}
 Progress = Callable[[int], None]  # bytes read so far
+CHUNK = 256  # rows scrubbed in one batch
+T = TypeVar("T")
 
 
 def _lines(f: IO[str], progress: Progress | None) -> Iterator[str]:
@@ -32,6 +36,14 @@ def _lines(f: IO[str], progress: Progress | None) -> Iterator[str]:
         if progress is not None:
             progress(done)
         yield line
+
+
+def _chunks(items: Iterable[T], size: int = CHUNK) -> Iterator[list[T]]:
+    """``items`` in lists of ``size``: the scrubber analyses a chunk in one
+    batch, and memory stays bounded by the chunk whatever the file's size."""
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
 
 
 def _check_paths(src: Path, dst: Path, overwrite: bool) -> str:
@@ -77,10 +89,12 @@ def _scrub_table(
     writer = csv.DictWriter(dst, fieldnames=fields, delimiter=delimiter)
     writer.writeheader()
     rows = 0
-    for row in reader:
-        row[column] = scrubber.scrub(row[column] or "")
-        writer.writerow(row)
-        rows += 1
+    for chunk in _chunks(reader):
+        texts = scrubber.scrub_many([row[column] or "" for row in chunk])
+        for row, text in zip(chunk, texts, strict=True):
+            row[column] = text
+            writer.writerow(row)
+        rows += len(chunk)
     return rows
 
 
@@ -94,6 +108,18 @@ def _scrub_jsonl(
     name: str,
 ) -> int:
     rows = 0
+    for chunk in _chunks(_records(src, column=column, progress=progress, name=name)):
+        texts = scrubber.scrub_many([str(record[column]) for record in chunk])
+        for record, text in zip(chunk, texts, strict=True):
+            record[column] = text
+            dst.write(json.dumps(record, ensure_ascii=False) + "\n")
+        rows += len(chunk)
+    return rows
+
+
+def _records(
+    src: IO[str], *, column: str, progress: Progress | None, name: str
+) -> Iterator[dict[str, Any]]:
     for number, line in enumerate(_lines(src, progress), start=1):
         if not line.strip():
             continue
@@ -105,10 +131,7 @@ def _scrub_jsonl(
             raise PIIError(
                 f"{name} line {number} has no field {column!r}. Pass --column NAME."
             )
-        record[column] = scrubber.scrub(str(record[column]))
-        dst.write(json.dumps(record, ensure_ascii=False) + "\n")
-        rows += 1
-    return rows
+        yield record
 
 
 def scrub_file(
@@ -142,10 +165,11 @@ def scrub_file(
                 )  # fmt: skip
             else:
                 rows = 0
-                for line in _lines(fin, progress):
-                    end = "\n" if line.endswith("\n") else ""
-                    fout.write(scrubber.scrub(line.rstrip("\n")) + end)
-                    rows += 1
+                for chunk in _chunks(_lines(fin, progress)):
+                    texts = scrubber.scrub_many([line.rstrip("\n") for line in chunk])
+                    for line, text in zip(chunk, texts, strict=True):
+                        fout.write(text + ("\n" if line.endswith("\n") else ""))
+                    rows += len(chunk)
             fout.flush()
             os.fsync(fout.fileno())
         os.replace(tmp, dst)

@@ -76,9 +76,12 @@ def test_pii_benchmark_writes_both_systems_and_the_headline(tmp_path: Path) -> N
         "any_precision",
         "structured_min_recall",
         "throughput_vs_presidio",
+        "throughput_batched_vs_presidio_batched",
     }
     assert set(doc["systems"]) == {"presidio_default", "fedshield"}
     for system in doc["systems"].values():
         assert 0 <= system["any_pii"]["recall"] <= 1
         assert system["sentences_per_second"] > 0
+        assert system["sentences_per_second_batched"] > 0
+        assert 0 <= system["batched_same_findings"] <= 1
     assert doc["config"]["sentences"] == 40

@@ -17,10 +17,13 @@ def test_scrubbed_copy_is_cached_and_invalidated_when_the_data_changes(
     tmp_path: Path,
 ) -> None:
     cfg = PIIConfig(mode=PIIMode.TAG)
-    site = _site(("Maria Garcia called.", "Email j.doe@example.org"))
+    site = _site(("Maria Garcia called.", "Write to j.doe@example.org today."))
     first = scrub_site(site, cfg=cfg, state_dir=tmp_path)
     assert not first.cached
-    assert first.site.train.texts == ("<PERSON> called.", "Email <EMAIL_ADDRESS>")
+    assert first.site.train.texts == (
+        "<PERSON> called.",
+        "Write to <EMAIL_ADDRESS> today.",
+    )
     assert first.counts == {"EMAIL_ADDRESS": 1, "PERSON": 1}
     again = scrub_site(site, cfg=cfg, state_dir=tmp_path)
     assert again.cached and again.site == first.site and again.counts == first.counts

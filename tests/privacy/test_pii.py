@@ -66,6 +66,71 @@ def test_international_and_contextual_formats_are_removed(
     assert value not in tagger.scrub(sentence)
 
 
+@pytest.mark.parametrize(
+    ("sentence", "value"),
+    [  # spaCy reads a piece of each as a name, a date or an organisation
+        (
+            "Suspicious access from cc79:1fd1:2730:4fcf:54ae:b2f3:efb2:ba9e today.",
+            "cc79:1fd1:2730:4fcf:54ae:b2f3:efb2:ba9e",
+        ),
+        ("Login attempts from 138.7.17.56 were blocked.", "138.7.17.56"),
+        ("The session came from IP 138.167.67.26.", "138.167.67.26"),
+    ],
+)
+def test_ip_addresses_win_over_what_the_ner_sees_inside_them(
+    tagger: Scrubber, sentence: str, value: str
+) -> None:
+    out = tagger.scrub(sentence)
+    assert "<IP_ADDRESS>" in out, out
+    for piece in value.replace(":", ".").split("."):
+        assert piece not in out.split(), out
+
+
+def test_overlapping_findings_of_different_types_leave_nothing_behind() -> None:
+    from presidio_analyzer import RecognizerResult as R
+
+    from privacy.pii.engine import _resolve_overlaps
+
+    text = "from cc79:1fd1:2730 to Jake Johnston, Ohio now"
+
+    def spans(found: list) -> list[tuple[int, int, str]]:
+        return [(r.start, r.end, r.entity_type) for r in found]
+
+    # a structured finding beats a longer or higher-scored one over the same text
+    ip = R("IP_ADDRESS", 5, 19, 0.6)
+    assert spans(_resolve_overlaps(text, [R("PERSON", 10, 14, 0.85), ip])) == [
+        (5, 19, "IP_ADDRESS")
+    ]
+    assert spans(_resolve_overlaps(text, [R("ORGANIZATION", 0, 19, 0.85), ip])) == [
+        (0, 4, "ORGANIZATION"),
+        (5, 19, "IP_ADDRESS"),
+    ]
+    # otherwise the higher score wins and the other keeps what lies outside it
+    person = R("PERSON", 23, 36, 0.85)
+    place = R("LOCATION", 28, 42, 0.9)
+    assert spans(_resolve_overlaps(text, [person, place])) == [
+        (23, 27, "PERSON"),  # the space between is not kept
+        (28, 42, "LOCATION"),
+    ]
+    age = R("AGE", 23, 27, 0.9)
+    assert spans(_resolve_overlaps(text, [R("DATE_TIME", 23, 36, 0.85), age])) == [
+        (23, 27, "AGE"),
+        (28, 36, "DATE_TIME"),
+    ]
+    # a remainder of punctuation or space alone is not kept as a finding
+    assert spans(_resolve_overlaps(text, [R("LOCATION", 23, 37, 0.6), person])) == [
+        (23, 36, "PERSON")
+    ]
+
+
+def test_batched_scrubbing_matches_one_text_at_a_time() -> None:
+    texts = [s for s, _ in SAMPLES.values()] + [s for s, _ in HARDER] + ["", "plain"]
+    one, many = Scrubber(PIIConfig()), Scrubber(PIIConfig())
+    assert list(many.scrub_many(texts, batch_size=4)) == [one.scrub(t) for t in texts]
+    assert many.counts == one.counts
+    assert list(Scrubber(PIIConfig(mode=PIIMode.OFF)).scrub_many(texts)) == texts
+
+
 def test_vague_dates_and_numbers_that_are_not_pii_stay(tagger: Scrubber) -> None:
     for text in (
         "I will be travelling next week, a few months after the premiere.",
