@@ -5,6 +5,8 @@
     fedshield simulate --out runs/nodp --run-config "resume=true num-server-rounds=5"
     fedshield ledger show --site-dir runs/demo/sites/site-0    # see ledger_cli.py
     fedshield scrub notes.csv --out notes.clean.csv            # see scrub_cli.py
+    fedshield simulate --out runs/audited --audit             # + canaries, audit report
+    fedshield audit runs/demo                                  # see audit_cli.py
 
 ``simulate`` runs the fedshield Flower app on Flower's simulation engine
 (``flwr run``), shows a progress display of rounds and sites, prints one table per
@@ -28,6 +30,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from server.report import round_table
 from server.rounds import RoundLog
 
+from .audit import AuditError
+from .audit_cli import VIOLATION_EXIT, audit, write_audit
 from .launcher import (
     LaunchError,
     check_local_superlink,
@@ -49,6 +53,8 @@ app = typer.Typer(
 console = Console()
 app.add_typer(ledger_app, name="ledger")
 app.command()(scrub)
+app.command()(audit)
+DEFAULT_AUDIT_CANARIES = 100
 
 
 @app.callback()
@@ -95,10 +101,25 @@ def simulate(
     sites: Annotated[
         int, typer.Option("--sites", min=1, help="Number of simulated sites.")
     ] = 4,
+    run_audit: Annotated[
+        bool,
+        typer.Option(
+            "--audit",
+            help="Plant canaries at each site (audit.canaries, default "
+            f"{DEFAULT_AUDIT_CANARIES} unless given) and run `fedshield audit` on the "
+            "finished run (report in OUT/audit).",
+        ),
+    ] = False,
 ) -> None:
     """Run a federated simulation and write OUT/summary.json."""
     overrides = list(run_config or [])
     values = _override_values(overrides)
+    if run_audit and "audit.canaries" not in values:
+        overrides.append(f"audit.canaries={DEFAULT_AUDIT_CANARIES}")
+        console.print(
+            f"--audit: planting audit.canaries={DEFAULT_AUDIT_CANARIES} canaries per "
+            "site (each included with probability 1/2)."
+        )
     if "out-dir" in values:
         raise typer.BadParameter("Give the output directory with --out, not out-dir.")
     out = out.expanduser().resolve()
@@ -149,6 +170,14 @@ def simulate(
         )
         raise typer.Exit(1)
     _print_final(summary, out)
+    if run_audit:
+        try:
+            audited = write_audit(out, out / "audit")
+        except AuditError as err:
+            console.print(f"[red]The audit failed: {err}[/red]")
+            raise typer.Exit(2) from err
+        if audited["violations"]:
+            raise typer.Exit(VIOLATION_EXIT)
 
 
 def _follow(proc: subprocess.Popen[bytes], out: Path) -> None:

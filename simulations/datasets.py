@@ -57,10 +57,13 @@ def rotten_tomatoes() -> LabeledTexts:
 
 @dataclass(frozen=True)
 class DefaultSplit:
-    """A seeded split of the default dataset into a train pool and a test set."""
+    """A seeded split of the default dataset into a test set, the train pool the
+    simulated sites share, and the population: the rest, which no site trains on
+    (canaries and the audit's reference models draw from it)."""
 
     train: LabeledTexts
     test: LabeledTexts
+    population: LabeledTexts
 
 
 @lru_cache(maxsize=4)
@@ -68,7 +71,8 @@ def default_split(
     *, seed: int, train_examples: int, test_examples: int
 ) -> DefaultSplit:
     """Shuffle with ``seed``; the first ``test_examples`` rows are the central test
-    split, the next ``train_examples`` the pool the simulated sites share."""
+    split, the next ``train_examples`` the pool the simulated sites share, the
+    remaining rows the population."""
     data = rotten_tomatoes()
     if train_examples < 1 or test_examples < 1:
         raise SiteDataError(
@@ -85,4 +89,5 @@ def default_split(
     return DefaultSplit(
         test=data.subset(order[:test_examples]),
         train=data.subset(order[test_examples : test_examples + train_examples]),
+        population=data.subset(order[test_examples + train_examples :]),
     )

@@ -5,6 +5,11 @@ gets a synthetic PII sentence (names, emails, cards, addresses ... from
 presidio-evaluator, seeded by the run seed and the site) appended, so the demo's
 sites hold text like a real site's and scrubbing has something to remove.
 
+With ``audit.canaries`` = m > 0 each site also gets m canary records
+(:mod:`privacy.audit.canaries`), each included in its training share with
+probability 1/2; ``fedshield audit`` regenerates them (and which were included)
+from the same config to run the one-run audit.
+
 Every process (server, each simulated site) derives the same split from the run
 config and seed, so no data has to be shipped: site k reads only its own share.
 """
@@ -16,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from client.data import LabeledTexts
 from models.config import ConfigError, parse_enum, require
+from privacy.audit import AuditConfig, Canaries, make_canaries
 
 from .datasets import default_split
 from .partition import PartitionScheme, partition_indices
@@ -23,7 +29,14 @@ from .partition import PartitionScheme, partition_indices
 if TYPE_CHECKING:
     from privacy.pii.synthetic import SyntheticSentence
 
-__all__ = ["ScenarioConfig", "central_test_split", "injected_pii", "simulated_site"]
+__all__ = [
+    "ScenarioConfig",
+    "central_test_split",
+    "injected_pii",
+    "reference_population",
+    "simulated_site",
+    "site_canaries",
+]
 
 
 @dataclass(frozen=True)
@@ -110,12 +123,70 @@ def _site_shares(
     )
     train = split.train.subset(train_parts[partition_id])
     held = split.test.subset(eval_parts[partition_id])
-    if cfg.inject_pii == 0:
-        return train, held, []
-    # make the shares look like a site's real text
-    train, in_train = _with_pii(train, cfg, seed=2 * partition_id)
-    held, in_held = _with_pii(held, cfg, seed=2 * partition_id + 1)
-    return train, held, [*in_train.values(), *in_held.values()]
+    injected: list[SyntheticSentence] = []
+    if cfg.inject_pii > 0:  # make the shares look like a site's real text
+        train, in_train = _with_pii(train, cfg, seed=2 * partition_id)
+        held, in_held = _with_pii(held, cfg, seed=2 * partition_id + 1)
+        injected = [*in_train.values(), *in_held.values()]
+    canaries = site_canaries(
+        partition_id=partition_id, num_partitions=num_partitions, run_config=run_config
+    )
+    if canaries is not None:
+        texts, labels = canaries.included_records()
+        train = LabeledTexts(train.texts + texts, train.labels + labels)
+    return train, held, injected
+
+
+def site_canaries(
+    *, partition_id: int, num_partitions: int, run_config: dict[str, Any]
+) -> Canaries | None:
+    """The ``audit.canaries`` canaries of a simulated site (None when 0): for
+    mislabelled ones, the site's own slice of the population, so that no two sites
+    and no reference model share a canary."""
+    audit = AuditConfig.from_run_config(run_config)
+    if audit.canaries == 0:
+        return None
+    cfg = ScenarioConfig.from_run_config(run_config)
+    population = _population(cfg)
+    m = audit.canaries
+    if len(population) < num_partitions * m:
+        raise ConfigError(
+            f"`audit.canaries` = {m} per site for {num_partitions} sites needs "
+            f"{num_partitions * m} population records; the default dataset has "
+            f"{len(population)} beyond data.train-examples + data.test-examples. "
+            "Lower one of them."
+        )
+    own = range(partition_id * m, (partition_id + 1) * m)
+    return make_canaries(
+        kind=audit.canary_kind,
+        count=m,
+        num_labels=require(run_config, "model.num-labels", int),
+        seed=cfg.seed * 1_000_003 + 7919 * (partition_id + 1),
+        population=[(population.texts[i], population.labels[i]) for i in own],
+    )
+
+
+def reference_population(
+    *, num_partitions: int, run_config: dict[str, Any]
+) -> LabeledTexts:
+    """Population records no site trains on and no canary comes from, with PII
+    injected as into the sites' shares: what LiRA's reference models train on."""
+    cfg = ScenarioConfig.from_run_config(run_config)
+    audit = AuditConfig.from_run_config(run_config)
+    population = _population(cfg)
+    start = num_partitions * audit.canaries
+    rest = population.subset(list(range(start, len(population))))
+    if cfg.inject_pii > 0:
+        rest, _ = _with_pii(rest, cfg, seed=-1)
+    return rest
+
+
+def _population(cfg: ScenarioConfig) -> LabeledTexts:
+    return default_split(
+        seed=cfg.seed,
+        train_examples=cfg.train_examples,
+        test_examples=cfg.test_examples,
+    ).population
 
 
 def _with_pii(

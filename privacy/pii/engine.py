@@ -250,9 +250,9 @@ def _resolve_overlaps(text: str, findings: list[Any]) -> list[Any]:
     "IP 10.1.2.3" as an organisation, or of a piece of an IPv6 address as a
     name), then the higher score, then the longer finding. A finding that
     overlaps ones of higher precedence keeps the pieces outside them that hold
-    a word character (less surrounding space): "45" (AGE, 0.9) inside "45-year-old" (DATE_TIME, 0.85)
-    leaves "-year-old" tagged as a date, where keeping only the best finding
-    would leave it in the text.
+    a word character (less surrounding space): "45" (AGE, 0.9) inside
+    "45-year-old" (DATE_TIME, 0.85) leaves "-year-old" tagged as a date, where
+    keeping only the best finding would leave it in the text.
     """
     from presidio_analyzer import RecognizerResult
 

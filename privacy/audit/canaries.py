@@ -1,0 +1,92 @@
+"""Canary records for the one-run audit (:mod:`.one_run`), and which are included.
+
+Each of a site's m canaries is included in its training data independently with
+probability 1/2, drawn from a seed. The auditor who knows the seed knows the
+inclusion bits; the server does not see them (it never sees the data). Kinds
+(:class:`CanaryKind`):
+
+- ``mislabelled``: real texts the site never trains on otherwise (the
+  population), each given a wrong label chosen at random. A model that
+  memorises a record predicts its (wrong) label, so inclusion shows in the loss.
+- ``crafted``: strings of random word-pieces with a random label; they need no
+  population data (any site can plant them) and sit far from the real text, the
+  strongest signal for a black-box auditor.
+
+Canaries are neither PII nor real records: they may be stored and reported.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = ["Canaries", "CanaryKind", "make_canaries"]
+
+# a fixed vocabulary of short lower-case syllables for crafted canaries
+_SYLLABLES = tuple(
+    c + v for c in "bdfgklmnprstvz" for v in ("a", "e", "i", "o", "u", "ai", "ou")
+)
+
+
+class CanaryKind(StrEnum):
+    MISLABELLED = "mislabelled"
+    CRAFTED = "crafted"
+
+
+@dataclass(frozen=True)
+class Canaries:
+    """m canaries (text, label) and whether each is in the training data."""
+
+    kind: CanaryKind
+    texts: tuple[str, ...]
+    labels: tuple[int, ...]
+    included: tuple[bool, ...]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def included_records(self) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        keep = [i for i, inc in enumerate(self.included) if inc]
+        return tuple(self.texts[i] for i in keep), tuple(self.labels[i] for i in keep)
+
+
+def make_canaries(
+    *,
+    kind: CanaryKind,
+    count: int,
+    num_labels: int,
+    seed: int,
+    population: Sequence[tuple[str, int]] = (),
+) -> Canaries:
+    """``count`` canaries of ``kind``, reproducible from ``seed``. Mislabelled
+    canaries take ``count`` records of ``population`` (text, true label)."""
+    if count < 1:
+        raise ValueError(f"The canary count must be >= 1; found {count}.")
+    if num_labels < 2:
+        raise ValueError(f"Canaries need >= 2 classes; found {num_labels}.")
+    rng = random.Random(seed)
+    if kind is CanaryKind.MISLABELLED:
+        if len(population) < count:
+            raise ValueError(
+                f"{count} mislabelled canaries need {count} population records "
+                f"that no site trains on; found {len(population)}. Lower "
+                '`audit.canaries` or use `audit.canary-kind="crafted"`.'
+            )
+        chosen = rng.sample(list(population), count)
+        texts = tuple(text for text, _ in chosen)
+        labels = tuple(
+            (label + rng.randrange(1, num_labels)) % num_labels for _, label in chosen
+        )
+    else:
+        texts = tuple(
+            " ".join(
+                "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3)))
+                for _ in range(rng.randint(8, 14))
+            )
+            for _ in range(count)
+        )
+        labels = tuple(rng.randrange(num_labels) for _ in range(count))
+    included = tuple(rng.random() < 0.5 for _ in range(count))
+    return Canaries(kind=kind, texts=texts, labels=labels, included=included)

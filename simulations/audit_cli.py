@@ -1,0 +1,109 @@
+"""``fedshield audit``: attack a finished simulation and write its audit report.
+
+    fedshield audit runs/demo                      # -> runs/demo/audit/report.html
+    fedshield audit runs/demo --out audits/demo    # + audit.json (same numbers)
+    fedshield simulate --audit                     # plants canaries, audits at the end
+
+See :mod:`simulations.audit` for what is attacked and how. An existing report is
+never overwritten: choose another ``--out`` (or remove the old one). The command
+exits with code 3 when an empirical epsilon exceeds a claimed one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from privacy.audit.report import render_html, report_json
+from privacy.ledger import DB_NAME, LedgerError, RecordedEntry, SiteLedger
+from privacy.storage import atomic_write_bytes, atomic_write_json
+
+from .audit import AuditError, audit_run
+from .ledger_cli import epsilon_png
+
+__all__ = ["VIOLATION_EXIT", "audit", "write_audit"]
+
+console = Console(soft_wrap=True)
+VIOLATION_EXIT = 3
+REPORT, NUMBERS = "report.html", "audit.json"
+
+
+def _ledgers(run_dir: Path) -> dict[str, list[RecordedEntry]]:
+    series: dict[str, list[RecordedEntry]] = {}
+    for path in sorted(run_dir.glob(f"sites/*/{DB_NAME}")):
+        try:
+            with SiteLedger(path.parent, writable=False) as ledger:
+                series[path.parent.name] = ledger.entries()
+        except LedgerError as err:
+            raise AuditError(f"The ledger of {path.parent.name}: {err}") from err
+    return series
+
+
+def write_audit(run_dir: Path, out: Path) -> dict[str, Any]:
+    """Audit ``run_dir`` into ``out`` (report.html + audit.json); returns the
+    JSON document. Refuses to replace an existing report."""
+    for name in (REPORT, NUMBERS):
+        if (out / name).exists():
+            raise AuditError(
+                f"{out / name} exists and is left untouched. Choose another --out."
+            )
+    with console.status("auditing") as status:
+        result = audit_run(run_dir, progress=lambda msg: status.update(msg))
+    series = _ledgers(run_dir)
+    html = render_html(
+        result,
+        epsilon_png=epsilon_png(series) if series else None,
+        ledger_epsilon={n: e[-1].entry.epsilon for n, e in series.items() if e},
+    )
+    doc = report_json(result)
+    atomic_write_json(out / NUMBERS, doc)
+    atomic_write_bytes(out / REPORT, html.encode("utf-8"))
+    _print(result, out)
+    return doc
+
+
+def _print(result: dict[str, Any], out: Path) -> None:
+    table = Table(title="Membership inference and canary audit")
+    for col in ("site", "loss AUC", "LiRA AUC", "TPR@1%FPR", "emp. eps", "claimed"):
+        table.add_column(col)
+    for s in result["sites"]:
+        best = s["lira"] or s["loss_attack"]
+        emp = (s["canaries"] or {}).get("empirical_epsilon")
+        table.add_row(
+            s["site"],
+            f"{s['loss_attack']['auc']:.3f}",
+            f"{s['lira']['auc']:.3f}" if s["lira"] else "-",
+            f"{best['tpr_at_0.01_fpr']:.3f}",
+            "-" if emp is None else f"{emp:.3f}",
+            f"{s['claimed_epsilon']:.3f}",
+        )
+    console.print(table)
+    for s in result["sites"]:
+        style = "bold red" if s["violation"] else "green"
+        console.print(f"[{style}]{s['site']}: {s['verdict']}[/{style}]")
+    console.print(f"Report: {out / REPORT}; numbers: {out / NUMBERS}")
+
+
+def audit(
+    run_dir: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR", help="A finished simulation's --out.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Directory for the report (default RUN_DIR/audit)."),
+    ] = None,
+) -> None:
+    """Attack a finished run's final model and score its canaries; write an HTML
+    report and the same numbers as JSON."""
+    run_dir = run_dir.expanduser().resolve()
+    try:
+        result = write_audit(run_dir, (out or run_dir / "audit").expanduser())
+    except AuditError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from err
+    if result["violations"]:
+        raise typer.Exit(VIOLATION_EXIT)
