@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedshield-installed
 
-.PHONY: install demo test lint bench-dp bench-secagg bench-pii clean-venv
+.PHONY: install demo test lint bench-dp bench-secagg bench-pii bench-audit clean-venv
 
 install: $(STAMP)
 
@@ -40,6 +40,9 @@ bench-secagg: install
 
 bench-pii: install
 	PYTHONPATH=. $(BIN)/python benchmarks/pii.py
+
+bench-audit: install
+	PYTHONPATH=. $(BIN)/python benchmarks/audit.py
 
 clean-venv:
 	rm -rf $(VENV)
