@@ -15,9 +15,10 @@ For each simulated site, with the run's own config (``summary.json``):
   this run from its ledger.
 
 Everything is regenerated from the run config and seed (site shares, canaries,
-which canaries were included), so the audit needs no file a site would not keep;
-it reads the sites' scrub caches under the run directory and never writes there
-except the report (``--out``, default ``RUN_DIR/audit``). Deployed runs, whose data
+which canaries were included), so the audit needs no file a site would not keep.
+It reads the sites' scrub caches under the run directory (scrubbing again into the
+cache only if one is missing); the report goes to ``--out`` (default
+``RUN_DIR/audit``). Deployed runs, whose data
 stays at the sites, are out of scope: the auditor would need the site's records.
 """
 
