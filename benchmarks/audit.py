@@ -11,7 +11,8 @@ Smoke run (tiny random BERT, a few minutes): ``--quick --out /tmp/audit.json``.
 Setup (both runs, through the real CLI, Flower simulation engine, secure
 aggregation on): the packaged all-MiniLM-L6-v2, full fine-tuning, sequence length
 32, 2 sites with ``data.train-examples`` = 200 review snippets (IID, ~100 per
-site: small, so that a non-private model can overfit), 4 rounds x 5 local epochs,
+site: small, so that a non-private model can overfit; secure aggregation needs
+both), 4 rounds x 5 local epochs,
 batch 16, encoder lr 1e-4, head lr 1e-3. Each site plants 200 mislabelled canaries,
 each included with probability 1/2; the auditor guesses on 20 % of them (20 "in", 20
 "out"). 2 reference models for offline LiRA, 300 population records each, trained
@@ -56,6 +57,7 @@ COMMON = {
     "data.test-examples": 200,
     "data.inject-pii": 0.0,
     "min-train-sites": 2,
+    "secagg.threshold": 1.0,  # 2 sites: both shares needed (the minimum is 2)
     "audit.canaries": 200,
     "audit.guess-fraction": 0.2,
     "audit.lira-references": 2,

@@ -7,6 +7,7 @@ from .canaries import Canaries, CanaryKind, make_canaries
 from .config import AuditConfig
 from .one_run import OneRunAudit, audit_guesses, empirical_epsilon, p_value
 from .roc import REPORTED_FPRS, RocCurve, roc
+from .verdict import SiteAudit
 
 __all__ = [
     "REPORTED_FPRS",
@@ -15,6 +16,7 @@ __all__ = [
     "CanaryKind",
     "OneRunAudit",
     "RocCurve",
+    "SiteAudit",
     "audit_guesses",
     "empirical_epsilon",
     "lira_offline_scores",

@@ -12,6 +12,7 @@ from models.config import ConfigError
 from privacy.audit import (
     AuditConfig,
     CanaryKind,
+    SiteAudit,
     audit_guesses,
     empirical_epsilon,
     lira_offline_scores,
@@ -176,3 +177,37 @@ def test_audit_config_explains_bad_values_and_splits_the_guesses() -> None:
         AuditConfig(guess_fraction=0.0)
     with pytest.raises(ConfigError, match="audit.confidence"):
         AuditConfig(confidence=1.0)
+
+
+def test_a_violation_is_reported_loudly_and_config_values_are_escaped() -> None:
+    from privacy.audit.report import SECTIONS, render_html, report_json
+
+    curve = roc([0.9, 0.8, 0.3], [0.7, 0.2, 0.1, 0.05])
+    canaries = audit_guesses(
+        [5.0] * 20 + [-5.0] * 20, [True] * 20 + [False] * 20,
+        k_plus=20, k_minus=20, delta=1e-5,
+    )  # fmt: skip
+    bad = SiteAudit("site-0", curve, None, canaries, claimed_epsilon=1.0, delta=1e-5)
+    ok = SiteAudit("site-1", curve, curve, None, claimed_epsilon=2.0, delta=1e-5)
+    assert bad.violation and bad.verdict().startswith("VIOLATION")
+    assert not ok.violation and "no canaries" in ok.verdict()
+    audit = {
+        "run_dir": "runs/x",
+        "summary": {
+            "config": {"model.source": "<script>alert(1)</script>"},
+            "initial": {"accuracy": 0.5, "loss": 0.7},
+            "rounds": [{"round": 1, "accuracy": 0.6, "loss": 0.65}],
+            "sites": {"site-0": {"run_epsilon": 1.0, "pii": {"PERSON": 3}}},
+        },
+        "audit_config": {"confidence": 0.95},
+        "sites": [bad.to_dict(), ok.to_dict()],
+        "violations": ["site-0"],
+        "curves": {"site-0": {"loss": curve}, "site-1": {"loss": curve, "lira": curve}},
+    }
+    page = render_html(audit, epsilon_png=None, ledger_epsilon={"site-0": 1.0})
+    assert "PRIVACY VIOLATION at site-0" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert all(f"<h2>{s}</h2>" in page for s in SECTIONS)
+    doc = report_json(audit)
+    assert doc["violations"] == ["site-0"] and doc["sites"][0]["violation"]
+    assert doc["roc"]["site-1"]["lira"]["tpr"][-1] == 1.0
