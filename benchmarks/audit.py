@@ -13,9 +13,11 @@ aggregation on): the packaged all-MiniLM-L6-v2, full fine-tuning, sequence lengt
 32, 2 sites with ``data.train-examples`` = 200 review snippets (IID, ~100 per
 site: small, so that a non-private model can overfit; secure aggregation needs
 both), 4 rounds x 5 local epochs,
-batch 16, encoder lr 1e-4, head lr 1e-3. Each site plants 200 mislabelled canaries,
-each included with probability 1/2; the auditor guesses on 20 % of them (20 "in", 20
-"out"). 2 reference models for offline LiRA, 300 population records each, trained
+batch 16, encoder lr 1e-4, head lr 1e-3. Each site plants 50 mislabelled canaries,
+each included with probability 1/2 (about 25 beside its ~100 real records); the
+auditor guesses on 60 % of them, fixed in advance: "in" for the 15 lowest losses,
+"out" for the 15 highest (with all 30 right the bound can reach 2.25 at most). 2
+reference models for offline LiRA, 300 population records each, trained
 the same way. No PII injection (``data.inject-pii=0``): the attacks compare
 members with the sites' held-out records and nothing else should differ.
 
@@ -58,8 +60,8 @@ COMMON = {
     "data.inject-pii": 0.0,
     "min-train-sites": 2,
     "secagg.threshold": 1.0,  # 2 sites: both shares needed (the minimum is 2)
-    "audit.canaries": 200,
-    "audit.guess-fraction": 0.2,
+    "audit.canaries": 50,
+    "audit.guess-fraction": 0.6,
     "audit.lira-references": 2,
     "audit.reference-examples": 300,
 }

@@ -58,6 +58,7 @@ from privacy.audit import (
     roc,
 )
 from privacy.pii import PIIMode, Scrubber
+from privacy.pii.engine import KEY_NAME
 
 from .scenario import reference_population, simulated_site, site_canaries
 
@@ -186,9 +187,14 @@ def _train_reference(
     return loaded
 
 
-def audit_run(run_dir: Path, *, progress: Progress | None = None) -> dict[str, Any]:
+def audit_run(
+    run_dir: Path, *, num_sites: int | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
     """Run the configured attacks on the finished run in ``run_dir``; returns the
-    report's data (JSON-safe except the ``RocCurve``s under ``"curves"``)."""
+    report's data (JSON-safe except the ``RocCurve``s under ``"curves"``).
+    ``num_sites``: how many sites the simulation had (default: one more than the
+    highest site-<k> in the summary; a site that never reported would make that
+    guess wrong, which the check of every site's record count catches)."""
     say = progress or (lambda _msg: None)
     summary = _read_summary(run_dir)
     run_config = {**AUDIT_DEFAULTS, **summary["config"]}
@@ -201,7 +207,15 @@ def audit_run(run_dir: Path, *, progress: Progress | None = None) -> dict[str, A
     if not sites:
         raise AuditError(f"{run_dir}/summary.json lists no sites: nothing to audit.")
     names = sorted(sites, key=_site_index)
-    num_partitions = max(_site_index(n) for n in names) + 1
+    num_partitions = num_sites or max(_site_index(n) for n in names) + 1
+    if cfg.pii.mode is PIIMode.PSEUDONYM:
+        for name in names:
+            if not (run_dir / "sites" / name / KEY_NAME).is_file():
+                raise AuditError(
+                    f"{run_dir}/sites/{name}/{KEY_NAME} is missing: the audit needs "
+                    "the site's pseudonym key to see the text training saw. Restore "
+                    "it (a new key would give other surrogates)."
+                )
 
     say("loading the final global model")
     final = _final_model(run_dir, summary, cfg)
@@ -211,18 +225,27 @@ def audit_run(run_dir: Path, *, progress: Progress | None = None) -> dict[str, A
     for name in names:
         k = _site_index(name)
         say(f"{name}: regenerating its records")
-        train, held = simulated_site(
-            partition_id=k, num_partitions=num_partitions, run_config=run_config
-        )
+        try:
+            train, held = simulated_site(
+                partition_id=k, num_partitions=num_partitions, run_config=run_config
+            )
+            canaries = site_canaries(
+                partition_id=k, num_partitions=num_partitions, run_config=run_config
+            )
+        except (ConfigError, ValueError) as err:
+            raise AuditError(f"Regenerating {name}'s records: {err}") from err
+        if len(train) != int(sites[name].get("examples", -1)):
+            raise AuditError(
+                f"{name} trained on {sites[name].get('examples')} records, but "
+                f"regenerating its share for {num_partitions} sites gives "
+                f"{len(train)}. Pass the run's number of sites (--sites N)."
+            )
         site = scrub_site(
             SiteData(name=name, train=train, eval=held),
             cfg=cfg.pii,
             state_dir=run_dir / "sites" / name,
         ).site
         assert site.eval is not None
-        canaries = site_canaries(
-            partition_id=k, num_partitions=num_partitions, run_config=run_config
-        )
         planted = sum(canaries.included) if canaries else 0
         members[name] = site.train.subset(list(range(len(site.train) - planted)))
         others[name] = site.eval

@@ -43,7 +43,9 @@ def _ledgers(run_dir: Path) -> dict[str, list[RecordedEntry]]:
     return series
 
 
-def write_audit(run_dir: Path, out: Path) -> dict[str, Any]:
+def write_audit(
+    run_dir: Path, out: Path, *, num_sites: int | None = None
+) -> dict[str, Any]:
     """Audit ``run_dir`` into ``out`` (report.html + audit.json); returns the
     JSON document. Refuses to replace an existing report."""
     for name in (REPORT, NUMBERS):
@@ -52,7 +54,9 @@ def write_audit(run_dir: Path, out: Path) -> dict[str, Any]:
                 f"{out / name} exists and is left untouched. Choose another --out."
             )
     with console.status("auditing") as status:
-        result = audit_run(run_dir, progress=lambda msg: status.update(msg))
+        result = audit_run(
+            run_dir, num_sites=num_sites, progress=lambda msg: status.update(msg)
+        )
     series = _ledgers(run_dir)
     html = render_html(
         result,
@@ -96,12 +100,22 @@ def audit(
         Path | None,
         typer.Option("--out", help="Directory for the report (default RUN_DIR/audit)."),
     ] = None,
+    sites: Annotated[
+        int | None,
+        typer.Option(
+            "--sites",
+            min=1,
+            help="The run's number of simulated sites (default: from its summary).",
+        ),
+    ] = None,
 ) -> None:
     """Attack a finished run's final model and score its canaries; write an HTML
     report and the same numbers as JSON."""
     run_dir = run_dir.expanduser().resolve()
     try:
-        result = write_audit(run_dir, (out or run_dir / "audit").expanduser())
+        result = write_audit(
+            run_dir, (out or run_dir / "audit").expanduser(), num_sites=sites
+        )
     except AuditError as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from err

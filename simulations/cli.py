@@ -172,7 +172,7 @@ def simulate(
     _print_final(summary, out)
     if run_audit:
         try:
-            audited = write_audit(out, out / "audit")
+            audited = write_audit(out, out / "audit", num_sites=sites)
         except AuditError as err:
             console.print(f"[red]The audit failed: {err}[/red]")
             raise typer.Exit(2) from err

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from client.data import LabeledTexts
 from models.config import ConfigError, parse_enum, require
-from privacy.audit import AuditConfig, Canaries, make_canaries
+from privacy.audit import AuditConfig, Canaries, CanaryKind, make_canaries
 
 from .datasets import default_split
 from .partition import PartitionScheme, partition_indices
@@ -142,13 +142,19 @@ def site_canaries(
 ) -> Canaries | None:
     """The ``audit.canaries`` canaries of a simulated site (None when 0): for
     mislabelled ones, the site's own slice of the population, so that no two sites
-    and no reference model share a canary."""
+    and no reference model share a canary; crafted ones need no population."""
     audit = AuditConfig.from_run_config(run_config)
     if audit.canaries == 0:
         return None
     cfg = ScenarioConfig.from_run_config(run_config)
-    population = _population(cfg)
+    num_labels = require(run_config, "model.num-labels", int)
+    seed = cfg.seed * 1_000_003 + 7919 * (partition_id + 1)
     m = audit.canaries
+    if audit.canary_kind is CanaryKind.CRAFTED:
+        return make_canaries(
+            kind=audit.canary_kind, count=m, num_labels=num_labels, seed=seed
+        )
+    population = _population(cfg)
     if len(population) < num_partitions * m:
         raise ConfigError(
             f"`audit.canaries` = {m} per site for {num_partitions} sites needs "
@@ -160,8 +166,8 @@ def site_canaries(
     return make_canaries(
         kind=audit.canary_kind,
         count=m,
-        num_labels=require(run_config, "model.num-labels", int),
-        seed=cfg.seed * 1_000_003 + 7919 * (partition_id + 1),
+        num_labels=num_labels,
+        seed=seed,
         population=[(population.texts[i], population.labels[i]) for i in own],
     )
 
@@ -174,7 +180,8 @@ def reference_population(
     cfg = ScenarioConfig.from_run_config(run_config)
     audit = AuditConfig.from_run_config(run_config)
     population = _population(cfg)
-    start = num_partitions * audit.canaries
+    mislabelled = audit.canary_kind is CanaryKind.MISLABELLED
+    start = num_partitions * audit.canaries if mislabelled else 0
     rest = population.subset(list(range(start, len(population))))
     if cfg.inject_pii > 0:
         rest, _ = _with_pii(rest, cfg, seed=-1)

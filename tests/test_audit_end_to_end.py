@@ -109,6 +109,10 @@ def test_audit_refuses_to_overwrite_and_explains_bad_run_dirs(
     assert again.returncode == 2 and "left untouched" in again.stdout
     missing = _fedshield("audit", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "summary.json does not exist" in missing.stdout
+    wrong = _fedshield(
+        "audit", str(audited_run), "--sites", "2", "--out", str(tmp_path)
+    )
+    assert wrong.returncode == 2 and "number of sites" in wrong.stdout
     running = tmp_path / "running"
     running.mkdir()
     (running / "summary.json").write_text(json.dumps({"status": "running"}))

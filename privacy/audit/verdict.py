@@ -34,8 +34,8 @@ class SiteAudit:
         emp, claimed = self.canaries.empirical_epsilon, self.claimed_epsilon
         if math.isinf(claimed):
             return (
-                f"no DP: nothing is claimed; the canaries alone prove epsilon >= "
-                f"{emp:.3f}"
+                "no sample-level DP: nothing is claimed for one record; the canaries "
+                f"alone prove epsilon >= {emp:.3f}"
             )
         if self.violation:
             return (

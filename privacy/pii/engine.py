@@ -239,6 +239,7 @@ _SURROGATES: dict[str, str] = {
 
 
 _WORD = re.compile(r"\w")
+PIECE_OF = "fedshield_piece_of"  # metadata of a piece: the span it was cut from
 
 
 def _resolve_overlaps(text: str, findings: list[Any]) -> list[Any]:
@@ -278,8 +279,19 @@ def _resolve_overlaps(text: str, findings: list[Any]) -> list[Any]:
                     a += 1
                 while text[b - 1].isspace():
                     b -= 1
-                chosen.append(RecognizerResult(r.entity_type, a, b, r.score))
+                piece = RecognizerResult(r.entity_type, a, b, r.score)
+                piece.recognition_metadata = {PIECE_OF: (r.start, r.end)}
+                chosen.append(piece)
     return sorted(chosen, key=lambda r: r.start)
+
+
+def _found_once(found: list[Any]) -> list[str]:
+    """The entity type of each finding, a finding cut into pieces counted once."""
+    origins = {
+        (r.entity_type, (r.recognition_metadata or {}).get(PIECE_OF, (r.start, r.end)))
+        for r in found
+    }
+    return [entity for entity, _ in origins]
 
 
 @dataclass
@@ -407,5 +419,5 @@ class Scrubber:
             result = self._anonymizer.anonymize(
                 text=text, analyzer_results=found, operators=operators
             )
-            self.counts.update(item.entity_type for item in result.items)
+            self.counts.update(_found_once(found))
             yield str(result.text)

@@ -211,3 +211,29 @@ def test_a_violation_is_reported_loudly_and_config_values_are_escaped() -> None:
     doc = report_json(audit)
     assert doc["violations"] == ["site-0"] and doc["sites"][0]["violation"]
     assert doc["roc"]["site-1"]["lira"]["tpr"][-1] == 1.0
+
+
+def test_simulated_sites_get_disjoint_canaries_and_crafted_ones_need_no_population(
+    tiny_run_config: dict,
+) -> None:
+    from simulations.scenario import reference_population, site_canaries
+
+    cfg = {**tiny_run_config, "audit.canaries": 25}
+    a = site_canaries(partition_id=0, num_partitions=2, run_config=cfg)
+    b = site_canaries(partition_id=1, num_partitions=2, run_config=cfg)
+    assert a is not None and b is not None and not set(a.texts) & set(b.texts)
+    refs = reference_population(num_partitions=2, run_config=cfg)
+    assert not set(refs.texts) & (set(a.texts) | set(b.texts))
+    many = {**cfg, "audit.canaries": 50_000, "audit.canary-kind": "crafted"}
+    crafted = site_canaries(partition_id=0, num_partitions=2, run_config=many)
+    assert crafted is not None and len(crafted) == 50_000
+    with pytest.raises(ConfigError, match="population records"):
+        site_canaries(
+            partition_id=0,
+            num_partitions=2,
+            run_config={**many, "audit.canary-kind": "mislabelled"},
+        )
+    assert (
+        site_canaries(partition_id=0, num_partitions=2, run_config=tiny_run_config)
+        is None
+    )

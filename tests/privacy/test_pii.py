@@ -117,6 +117,12 @@ def test_overlapping_findings_of_different_types_leave_nothing_behind() -> None:
         (23, 27, "AGE"),
         (28, 36, "DATE_TIME"),
     ]
+    # the two pieces of the date around the age count as one finding
+    from privacy.pii.engine import _found_once
+
+    split = R("DATE_TIME", 20, 36, 0.85)
+    found = _resolve_overlaps(text, [split, R("AGE", 23, 27, 0.9)])
+    assert len(found) == 3 and sorted(_found_once(found)) == ["AGE", "DATE_TIME"]
     # a remainder of punctuation or space alone is not kept as a finding
     assert spans(_resolve_overlaps(text, [R("LOCATION", 23, 37, 0.6), person])) == [
         (23, 36, "PERSON")
