@@ -2,7 +2,7 @@
 overfit, and the same run with DP-SGD at epsilon ~ 8, each attacked by
 ``fedshield simulate --audit``.
 
-Run (about 30-40 minutes on 2 CPU cores; writes benchmarks/results/audit.json):
+Run (about 35-50 minutes on 2 CPU cores; writes benchmarks/results/audit.json):
 
     cd /work/main && PYTHONPATH=. .venv/bin/python benchmarks/audit.py
 
