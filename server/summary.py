@@ -7,9 +7,10 @@ release, an accuracy not yet measured) are written as null."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
+
+from privacy.storage import json_safe
 
 from .checkpoint import atomic_write_json
 
@@ -51,16 +52,6 @@ def _site_totals(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return dict(sorted(sites.items()))
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def build_summary(
     *,
     run_config: dict[str, Any],
@@ -96,7 +87,7 @@ def build_summary(
         },
         "weights": weights or {},
     }
-    return _json_safe(summary)
+    return json_safe(summary)
 
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:

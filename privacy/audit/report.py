@@ -16,6 +16,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ..storage import json_safe
 from .roc import REPORTED_FPRS, RocCurve
 
 __all__ = ["SECTIONS", "render_html", "report_json", "roc_png"]
@@ -95,15 +96,6 @@ def report_json(audit: Mapping[str, Any]) -> dict[str, Any]:
     """The report's numbers, JSON-safe: infinite epsilons as null, ROC points
     included."""
 
-    def safe(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, Mapping):
-            return {k: safe(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [safe(v) for v in value]
-        return value
-
     summary = audit["summary"]
     doc = {k: v for k, v in audit.items() if k not in ("curves", "summary")}
     doc["run"] = {
@@ -125,7 +117,7 @@ def report_json(audit: Mapping[str, Any]) -> dict[str, Any]:
         }
         for site, by_attack in audit["curves"].items()
     }
-    return dict(safe(doc))
+    return dict(json_safe(doc))
 
 
 def render_html(
