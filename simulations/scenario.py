@@ -23,7 +23,7 @@ from client.data import LabeledTexts
 from models.config import ConfigError, parse_enum, require
 from privacy.audit import AuditConfig, Canaries, CanaryKind, make_canaries
 
-from .datasets import default_split
+from .datasets import DefaultSplit, default_split
 from .partition import PartitionScheme, partition_indices
 
 if TYPE_CHECKING:
@@ -47,6 +47,15 @@ class ScenarioConfig:
     test_examples: int
     seed: int
     inject_pii: float = 0.0
+
+    def split(self) -> DefaultSplit:
+        """The default dataset's test set, site pool and population for this
+        seed and these sizes (cached by ``default_split``)."""
+        return default_split(
+            seed=self.seed,
+            train_examples=self.train_examples,
+            test_examples=self.test_examples,
+        )
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> ScenarioConfig:
@@ -75,11 +84,7 @@ class ScenarioConfig:
 
 def central_test_split(run_config: dict[str, Any]) -> LabeledTexts:
     cfg = ScenarioConfig.from_run_config(run_config)
-    return default_split(
-        seed=cfg.seed,
-        train_examples=cfg.train_examples,
-        test_examples=cfg.test_examples,
-    ).test
+    return cfg.split().test
 
 
 def simulated_site(
@@ -102,11 +107,7 @@ def _site_shares(
     partition_id: int, num_partitions: int, run_config: dict[str, Any]
 ) -> tuple[LabeledTexts, LabeledTexts, list[SyntheticSentence]]:
     cfg = ScenarioConfig.from_run_config(run_config)
-    split = default_split(
-        seed=cfg.seed,
-        train_examples=cfg.train_examples,
-        test_examples=cfg.test_examples,
-    )
+    split = cfg.split()
     train_parts = partition_indices(
         split.train.labels,
         num_sites=num_partitions,
@@ -154,7 +155,7 @@ def site_canaries(
         return make_canaries(
             kind=audit.canary_kind, count=m, num_labels=num_labels, seed=seed
         )
-    population = _population(cfg)
+    population = cfg.split().population
     if len(population) < num_partitions * m:
         raise ConfigError(
             f"`audit.canaries` = {m} per site for {num_partitions} sites needs "
@@ -179,21 +180,13 @@ def reference_population(
     injected as into the sites' shares: what LiRA's reference models train on."""
     cfg = ScenarioConfig.from_run_config(run_config)
     audit = AuditConfig.from_run_config(run_config)
-    population = _population(cfg)
+    population = cfg.split().population
     mislabelled = audit.canary_kind is CanaryKind.MISLABELLED
     start = num_partitions * audit.canaries if mislabelled else 0
     rest = population.subset(list(range(start, len(population))))
     if cfg.inject_pii > 0:
         rest, _ = _with_pii(rest, cfg, seed=-1)
     return rest
-
-
-def _population(cfg: ScenarioConfig) -> LabeledTexts:
-    return default_split(
-        seed=cfg.seed,
-        train_examples=cfg.train_examples,
-        test_examples=cfg.test_examples,
-    ).population
 
 
 def _with_pii(
