@@ -303,6 +303,7 @@ def audit_run(
             )
             lira = lira_offline_scores(phi, ref_phi)
             lira_curve = roc(lira[: ins.phi.size], lira[ins.phi.size :])
+        delta = float(sites[name].get("delta") or cfg.dp.delta)
         one_run = None
         if name in canary_data:
             data, included = canary_data[name]
@@ -312,7 +313,7 @@ def audit_run(
                 included,
                 k_plus=k_plus,
                 k_minus=k_minus,
-                delta=float(sites[name].get("delta") or cfg.dp.delta),
+                delta=delta,
                 confidence=audit.confidence,
             )
         claimed = sites[name].get("run_epsilon")
@@ -323,7 +324,7 @@ def audit_run(
             lira=lira_curve,
             canaries=one_run,
             claimed_epsilon=float(claimed) if dp and claimed is not None else math.inf,
-            delta=float(sites[name].get("delta") or cfg.dp.delta),
+            delta=delta,
         )
         if result.violation:
             logger.error("%s: %s", name, result.verdict())
