@@ -214,7 +214,8 @@ def test_per_sample_norms_match_reference(make_model) -> None:
     )
 
 
-def test_step_adds_noise_and_divides_by_expected_batch_size() -> None:
+def test_step_applies_the_clipped_sum_divided_by_expected_batch_size() -> None:
+    """sigma = 0 isolates the division (the noise is measured in test_dp_noise)."""
     model = _tiny_bert()
     inputs, labels = _batch(4, 8)
     want, _ = _reference(model, inputs, labels, clip=0.5)
@@ -304,10 +305,36 @@ def test_unsupported_trainable_module_raises_naming_it(module, names) -> None:
         assert name in str(err.value)
 
 
-def test_frozen_unsupported_module_is_fine() -> None:
-    module = _WithConv()
+class _ConvThenLinear(_WithConv):
+    def forward(self, x: Tensor) -> Tensor:  # (B, 4, 1) -> (B, 4)
+        return self.fc(self.conv(x).squeeze(-1))
+
+
+def test_frozen_unsupported_module_is_accepted_and_the_rest_is_clipped() -> None:
+    """A frozen Conv1d needs no per-sample gradient: wrapping succeeds, the conv
+    gets no gradient, and the trainable Linear gets the per-sample clipped sum."""
+    module = _ConvThenLinear().double()
     module.conv.requires_grad_(False)
-    _private(module, clip=1.0).remove()
+    gen = torch.Generator().manual_seed(4)
+    x = 10 * torch.randn(6, 4, 1, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (6,), generator=gen)
+    clip = 0.3
+    params = [module.fc.weight, module.fc.bias]
+    want = [torch.zeros_like(p) for p in params]
+    for i in range(6):  # the per-sample loop, before any hook is attached
+        grads = torch.autograd.grad(
+            F.cross_entropy(module(x[i : i + 1]), y[i : i + 1]), params
+        )
+        factor = min(1.0, clip / (_norm(grads).item() + 1e-6))
+        assert factor < 1.0  # every sample is clipped: the bound is doing the work
+        for acc, g in zip(want, grads, strict=True):
+            acc += factor * g
+    private = _private(module, clip=clip)
+    private.optimizer.zero_grad(set_to_none=True)
+    private.backward(F.cross_entropy(module(x), y, reduction="none"))
+    _assert_close([_grad(p) for p in params], want)
+    assert module.conv.weight.grad is None
+    private.remove()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,163 @@
+"""Client-level DP noise, measured at the server, with secure aggregation on and off.
+
+The server applies ``(sum_k clip(delta_k) + N(0, z^2 S^2 I)) / m``. Each test runs
+one real round (``server.rounds.run_round``; with secure aggregation through the
+sites' real secagg mod) on m = 4 sites whose clipped deltas are known, over a
+100,000-coordinate model, and compares the applied update with the exact uniform
+mean. The difference must be Gaussian noise of std z S / m: with 10^5 samples the
+std estimate's relative standard error is 0.22 %, so the 4 % tolerance is 18
+standard errors (the noise comes from ``os.urandom`` and cannot be seeded; a false
+failure is below 1e-60). Too little noise, no noise, or noise on the mean instead
+of the sum each fail.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from client.secagg_mod import secagg_mod
+from models import state_to_arrays
+from privacy.client_dp import ClientDPConfig, clip_update
+from privacy.secagg import SecAggConfig
+from server.rounds import run_round
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+NODES = [11, 22, 33, 44]
+CLIP, Z = 0.5, 1.7
+GLOBAL = OrderedDict(w=torch.zeros(100, 1000))
+SECAGG_CONFIG = {
+    "secagg.enabled": True,
+    "secagg.num-shares": 1.0,
+    "secagg.threshold": 0.5,
+    "secagg.clip-range": 1.0,
+    "secagg.quantization-bits": 24,
+}
+
+
+def _delta(node: int) -> OrderedDict:
+    """A fixed delta per site, clipped to S as the site's train handler clips it
+    (client/app.py), with example counts that differ: uniform weights must win."""
+    g = torch.Generator().manual_seed(node)
+    raw = OrderedDict(w=torch.randn(100, 1000, generator=g))
+    return OrderedDict(clip_update(raw, clip_norm=CLIP)[0])
+
+
+def _train(msg: Message, context: Context) -> Message:
+    node = context.node_id
+    metrics = MetricRecord(
+        {"num-examples": node, "train-loss": 0.5, "steps": 3, "epsilon": 1.0}
+    )
+    metrics["delta"] = 1e-5
+    return Message(
+        content=RecordDict(
+            {
+                "arrays": state_to_arrays(_delta(node)),
+                "metrics": metrics,
+                "site": ConfigRecord({"name": f"site-{node}"}),
+            }
+        ),
+        reply_to=msg,
+    )
+
+
+class Sites:
+    """An in-memory grid: each message goes to its site's handler (through the
+    real secagg mod when secure aggregation is on); ``arrays`` collects every
+    array record the server receives."""
+
+    def __init__(self, *, secure: bool) -> None:
+        self.secure = secure
+        self.contexts = {
+            n: Context(
+                run_id=1,
+                node_id=n,
+                node_config={},
+                state=RecordDict(),
+                run_config=dict(SECAGG_CONFIG),
+            )
+            for n in NODES
+        }
+        self.pending: dict[str, Message] = {}
+        self.arrays: list[ArrayRecord] = []
+
+    def get_node_ids(self) -> list[int]:
+        return NODES
+
+    def push_messages(self, messages):
+        ids = []
+        for msg in messages:
+            mid = f"m{len(self.pending)}-{id(msg)}"
+            msg.metadata.__dict__["_message_id"] = mid
+            self.pending[mid] = msg
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, ids):
+        out = []
+        for mid in ids:
+            msg = self.pending.pop(mid)
+            node = msg.metadata.dst_node_id
+            ctx = self.contexts[node]
+            reply = secagg_mod(msg, ctx, _train) if self.secure else _train(msg, ctx)
+            self.arrays.extend(reply.content.array_records.values())
+            reply.metadata.__dict__["_src_node_id"] = node
+            reply.metadata.__dict__["_reply_to_message_id"] = mid
+            out.append(reply)
+        return out
+
+
+def _applied_noise(*, secure: bool, client_dp: ClientDPConfig) -> torch.Tensor:
+    """One round; the applied update minus the exact uniform mean of the deltas."""
+    sites = Sites(secure=secure)
+    state, log = run_round(
+        grid=sites,
+        strategy=FedAvg(min_train_nodes=1, min_available_nodes=1),
+        train_config=ConfigRecord({"run-key": "k"}),
+        server_round=1,
+        global_state=GLOBAL,
+        min_sites=2,
+        timeout=5.0,
+        progress=lambda done, total: None,
+        client_dp=client_dp,
+        secagg=SecAggConfig.from_run_config(
+            {**SECAGG_CONFIG, "secagg.enabled": secure}
+        ),
+    )
+    assert sorted(log.sites) == [f"site-{n}" for n in NODES] and not log.failures
+    if secure:  # the server only ever received masked vectors
+        assert all(list(rec) == ["y"] for rec in sites.arrays)
+    exact = sum(_delta(n)["w"] for n in NODES) / len(NODES)
+    return state["w"] - exact
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
+def test_server_adds_client_level_noise_of_std_z_s_over_m(secure: bool) -> None:
+    noise = _applied_noise(
+        secure=secure,
+        client_dp=ClientDPConfig(enabled=True, clip_norm=CLIP, noise_multiplier=Z),
+    )
+    m = len(NODES)
+    assert float(noise.mean()) == pytest.approx(0.0, abs=0.02 * Z * CLIP / m)
+    assert float(noise.std()) == pytest.approx(Z * CLIP / m, rel=0.04)
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
+def test_without_client_level_dp_the_mean_is_exact_and_example_weighted(
+    secure: bool,
+) -> None:
+    """The control: the same round without client-level DP has no noise (only
+    24-bit quantization error under secure aggregation), and weights sites by
+    their example counts, which the uniform mean above does not."""
+    noise = _applied_noise(secure=secure, client_dp=ClientDPConfig(enabled=False))
+    weighted = sum(_delta(n)["w"] * n for n in NODES) / sum(NODES)
+    uniform = sum(_delta(n)["w"] for n in NODES) / len(NODES)
+    got = noise + uniform
+    assert torch.allclose(got, weighted, atol=1e-5)
+    assert float((weighted - uniform).abs().max()) > 1e-3  # weights do differ
