@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedshield-installed
 
-.PHONY: install demo test lint bench-dp bench-secagg bench-pii bench-audit clean-venv
+.PHONY: install demo test lint mutants bench-dp bench-secagg bench-pii bench-audit clean-venv
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check client models privacy server simulations tests benchmarks
 	$(BIN)/mypy client models privacy server simulations
+
+# Break each privacy mechanism on purpose (benchmarks/mutants/*.toml), one at a time
+# in a temporary copy; its tests must fail. Not part of `make test` (it is slow).
+mutants: install
+	$(BIN)/python benchmarks/mutants.py
 
 bench-dp: install
 	$(BIN)/python benchmarks/dp_overhead.py
