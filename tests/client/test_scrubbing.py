@@ -45,3 +45,39 @@ def test_pii_off_leaves_the_text_alone(tmp_path: Path) -> None:
     out = scrub_site(site, cfg=PIIConfig(mode=PIIMode.OFF), state_dir=tmp_path)
     assert out.site == site and out.counts == {}
     assert not (tmp_path / CACHE_DIR).exists()
+
+
+def test_a_cached_copy_is_never_reused_under_other_pii_settings(
+    tmp_path: Path,
+) -> None:
+    """A copy scrubbed for fewer types, a higher threshold or another site key is
+    another cache entry: reusing it would train on what those settings left in."""
+    site = _site(
+        ("Maria Garcia wrote from 10.213.77.41.", "Write to j.doe@example.org today.")
+    )
+
+    def scrubbed(cfg: PIIConfig, state: Path) -> tuple[bool, str]:
+        out = scrub_site(site, cfg=cfg, state_dir=state)
+        return out.cached, " ".join(out.site.train.texts)
+
+    fewer = PIIConfig(mode=PIIMode.TAG, entities=("PERSON",))
+    assert scrubbed(fewer, tmp_path / "a") == (
+        False,
+        "<PERSON> wrote from 10.213.77.41. Write to j.doe@example.org today.",
+    )
+    cached, text = scrubbed(PIIConfig(mode=PIIMode.TAG), tmp_path / "a")
+    assert "10.213.77.41" not in text and "j.doe" not in text and not cached
+
+    strict = PIIConfig(mode=PIIMode.TAG, score_threshold=0.95)
+    assert "10.213.77.41" in scrubbed(strict, tmp_path / "b")[1]  # IP scores < 0.95
+    cached, text = scrubbed(PIIConfig(mode=PIIMode.TAG), tmp_path / "b")
+    assert "10.213.77.41" not in text and not cached
+
+    pseudonyms = PIIConfig(mode=PIIMode.PSEUDONYM)
+    cached, old = scrubbed(pseudonyms, tmp_path / "c")
+    assert not cached and "Maria Garcia" not in old
+    assert scrubbed(pseudonyms, tmp_path / "c") == (True, old)
+    key = tmp_path / "c" / "pii_key"
+    key.write_bytes(bytes(32))  # the site rotates its key
+    cached, new = scrubbed(pseudonyms, tmp_path / "c")
+    assert "Maria Garcia" not in new and new != old and not cached

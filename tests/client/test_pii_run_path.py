@@ -1,0 +1,348 @@
+"""PII planted in a site's own file never reaches its tokenizer, in the real run path.
+
+A deployed-style site (``data-path`` to its CSV) runs the real ``@app.train`` and
+``@app.evaluate`` handlers on a Flower ``Message`` built as the server sends it. Every
+text handed to the tokenizer is recorded at the tokenizer class itself (the fast
+backend's ``_encode_plus`` and ``tokenize``, which every way of calling a Hugging
+Face tokenizer goes through), so a refactor that trains on the raw text, on a stale
+cache entry or on a copy scrubbed with fewer entity types is caught however it
+reaches the model.
+
+The ledger's dataset fingerprint is the fingerprint of the *scrubbed* records, i.e.
+of exactly what the trainer tokenized (client/scrubbing.py, privacy/fingerprint.py,
+docs/pii.md). ARCHITECTURE.md's target is the fingerprint of the *raw* records, so
+that no run setting can change the budget's scope; the strict xfail below shows the
+attack that the current choice allows (a coordinator restarts a site's composition
+by changing ``pii.mode``).
+
+The coordinator's run config also decides the scrubbing today (``pii.mode=off``, a
+shorter ``pii.entities`` or a high ``pii.score-threshold`` are followed); those
+attacks are strict xfails until the scrubbing policy moves to the site.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+from client.app import evaluate, train
+from models import load_model, state_to_arrays, trainable_state
+from models.config import ConfigError, ModelConfig
+from privacy.fingerprint import dataset_fingerprint
+from privacy.ledger import SiteLedger
+from privacy.pii import DEFAULT_ENTITIES, STRUCTURED_ENTITIES
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+# entity type -> (planted value, pieces of it that must not reach the tokenizer)
+PLANTED: dict[str, tuple[str, tuple[str, ...]]] = {
+    "PERSON": ("Hedda Brunvoll", ("hedda", "brunvoll")),
+    "EMAIL_ADDRESS": ("ivar.lund@fjordpost.example", ("ivar.lund", "fjordpost")),
+    "US_SSN": ("512-38-7261", ("512387261",)),
+    "CREDIT_CARD": ("4532015112830366", ("4532015112830366",)),  # Luhn-valid
+    "PHONE_NUMBER": ("+44 7700 900123", ("447700900123",)),
+    "IBAN_CODE": ("GB33BUKB20201555555555", ("bukb", "3320201555555555")),
+    "IP_ADDRESS": ("10.213.77.41", ("10213", "77.41")),
+    "STREET_ADDRESS": ("17 Birchwood Lane", ("birchwood",)),
+}
+# each planted sentence: its template and the part of it that is no PII and must
+# reach the tokenizer unchanged (else the test could pass by tokenizing nothing)
+SENTENCES = [
+    ("My name is {PERSON} and the film bored me.", "and the film bored me."),
+    ("Loved it. Write to {EMAIL_ADDRESS} about the sequel.", "about the sequel."),
+    ("Refund my ticket: SSN {US_SSN}, card {CREDIT_CARD}.", "Refund my ticket"),
+    ("Call {PHONE_NUMBER} if the screening moves.", "if the screening moves."),
+    ("Wire the refund to IBAN {IBAN_CODE}, please.", "Wire the refund to"),
+    ("Posted from {IP_ADDRESS}: a tedious, overlong mess.", "a tedious, overlong"),
+    ("Send the DVD to {STREET_ADDRESS}, it was great.", ", it was great."),
+]
+PLAIN = [f"plain review number {i}, fine acting" for i in range(17)]
+
+
+def _rows() -> list[tuple[str, int]]:
+    values = {k: v for k, (v, _) in PLANTED.items()}
+    planted = [t.format(**values) for t, _ in SENTENCES]
+    return [(text, i % 2) for i, text in enumerate(planted + PLAIN)]
+
+
+def _write_site_file(path: Path) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(_rows())
+    return path
+
+
+def _leaks(texts: list[str]) -> list[str]:
+    """The planted entity types any of ``texts`` still holds a piece of."""
+    found = []
+    for kind, (value, pieces) in PLANTED.items():
+        for text in texts:
+            folded = text.casefold()
+            digits = re.sub(r"\D", "", text)
+            if value in text or any(
+                p in (digits if p.isdigit() else folded) for p in pieces
+            ):
+                found.append(kind)
+                break
+    return found
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+@pytest.fixture()
+def tokenized(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every text the process hands a (fast) tokenizer while the test runs."""
+    seen: list[str] = []
+
+    def recorder(name: str) -> Any:
+        original = getattr(TokenizersBackend, name)
+
+        def record(self: Any, text: Any, *args: Any, **kwargs: Any) -> Any:
+            seen.extend(_strings(text))
+            for pair in (*args[:1], kwargs.get("text_pair"), kwargs.get("pair")):
+                seen.extend(_strings(pair))
+            return original(self, text, *args, **kwargs)
+
+        return record
+
+    for name in ("_encode_plus", "tokenize"):
+        monkeypatch.setattr(TokenizersBackend, name, recorder(name))
+    return seen
+
+
+@pytest.fixture()
+def site_file(tmp_path: Path) -> Path:
+    return _write_site_file(tmp_path / "site.csv")
+
+
+def _global_arrays(run_config: dict[str, Any]) -> Any:
+    loaded = load_model(ModelConfig.from_run_config(run_config))
+    return state_to_arrays(trainable_state(loaded.model))
+
+
+def _context(run_config: dict[str, Any], node_config: dict[str, Any]) -> Context:
+    return Context(
+        run_id=1,
+        node_id=7,
+        node_config=node_config,
+        state=RecordDict(),
+        run_config=run_config,
+    )
+
+
+def _send_train(
+    run_config: dict[str, Any],
+    *,
+    data: Path,
+    state: Path,
+    server_round: int = 1,
+    max_epsilon: float = 50.0,
+) -> Message:
+    """The site's reply to the server's train message for ``server_round``."""
+    msg = Message(
+        content=RecordDict(
+            {
+                "arrays": _global_arrays(run_config),
+                "config": ConfigRecord(
+                    {"server-round": server_round, "run-key": "pii-run"}
+                ),
+            }
+        ),
+        dst_node_id=7,
+        message_type="train",
+    )
+    node_config = {
+        "data-path": str(data),
+        "state-dir": str(state),
+        "max-epsilon": max_epsilon,
+        "site-name": "pii-site",
+    }
+    return train(msg, _context(run_config, node_config))
+
+
+@pytest.fixture()
+def run_config(tiny_run_config: dict[str, Any]) -> dict[str, Any]:
+    # secure aggregation off: the handler is called without its client mod
+    return {**tiny_run_config, "secagg.enabled": False, "pii.mode": "tag"}
+
+
+def _ledger_fingerprints(state: Path) -> list[str]:
+    with SiteLedger(state, writable=False) as ledger:
+        return [r.entry.dataset_fingerprint for r in ledger.entries()]
+
+
+def test_the_trainer_tokenizes_only_scrubbed_text_and_the_ledger_fingerprints_it(
+    tmp_path: Path, site_file: Path, run_config: dict[str, Any], tokenized: list[str]
+) -> None:
+    rows = _rows()
+    labels = [y for _, y in rows]
+    state = tmp_path / "state"
+    fingerprints = []
+    for server_round in (1, 2):  # round 2 reads the site's scrub cache
+        tokenized.clear()
+        reply = _send_train(
+            run_config, data=site_file, state=state, server_round=server_round
+        )
+        assert "arrays" in reply.content.array_records, reply.content
+        assert _leaks(tokenized) == [], tokenized
+        # every record was tokenized once, the non-PII part of each planted one
+        # unchanged: the scrubber removed the values, not the sentences
+        assert len(tokenized) == len(rows)
+        for _, kept in SENTENCES:
+            assert any(kept in text for text in tokenized), (kept, tokenized)
+        assert all(text in tokenized for text in PLAIN)
+        # each planted type was found as itself (a count per type, never a value)
+        metrics = reply.content.metric_records["metrics"]
+        for kind in PLANTED:
+            assert metrics[f"pii-{kind}"] >= 1, kind
+        fingerprints.append(dataset_fingerprint(tokenized, labels))
+
+    # the ledger scopes the site's budget to exactly what was trained on
+    assert fingerprints[0] == fingerprints[1]
+    assert _ledger_fingerprints(state) == fingerprints
+    assert list((state / "pii-cache").iterdir())  # round 2 had a cache to reuse
+
+
+def test_evaluation_tokenizes_only_scrubbed_text(
+    tmp_path: Path, site_file: Path, run_config: dict[str, Any], tokenized: list[str]
+) -> None:
+    msg = Message(
+        content=RecordDict(
+            {
+                "arrays": _global_arrays(run_config),
+                "config": ConfigRecord({"server-round": 1}),
+            }
+        ),
+        dst_node_id=7,
+        message_type="evaluate",
+    )
+    node_config = {
+        "data-path": str(site_file),
+        "eval-data-path": str(site_file),
+        "state-dir": str(tmp_path / "state"),
+        "site-name": "pii-site",
+    }
+    reply = evaluate(msg, _context(run_config, node_config))
+    assert reply.content.metric_records["metrics"]["num-examples"] == len(_rows())
+    assert len(tokenized) == len(_rows())
+    assert _leaks(tokenized) == [], tokenized
+    assert any("and the film bored me." in text for text in tokenized)
+
+
+def test_the_run_configs_default_pii_entities_are_the_library_defaults(
+    default_run_config: dict[str, Any],
+) -> None:
+    """The app's defaults (pyproject) and ``PIIConfig()`` (``fedshield scrub``)
+    scrub the same types, and every structured identifier is among them."""
+    listed = default_run_config["pii.entities"].split(",")
+    assert default_run_config["pii.mode"] == "tag"
+    assert sorted(listed) == sorted(DEFAULT_ENTITIES)
+    assert set(STRUCTURED_ENTITIES) <= set(DEFAULT_ENTITIES)
+    assert set(PLANTED) <= set(DEFAULT_ENTITIES)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"pii.entities": ""}, {"pii.entities": " , "}, {"pii.mode": "none"}],
+)
+def test_an_unreadable_pii_setting_stops_the_round_before_anything_is_tokenized(
+    tmp_path: Path,
+    site_file: Path,
+    run_config: dict[str, Any],
+    tokenized: list[str],
+    setting: dict[str, str],
+) -> None:
+    state = tmp_path / "state"
+    with pytest.raises(ConfigError, match=r"pii\.(entities|mode)"):
+        _send_train({**run_config, **setting}, data=site_file, state=state)
+    assert tokenized == []
+    assert not (state / "pii-cache").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="the site follows the run config's pii.* settings: a coordinator can "
+    "switch scrubbing off or weaken it (ARCHITECTURE.md: a run config may tighten "
+    "a site's policy, never loosen it; a later issue moves the policy to the site)",
+)
+@pytest.mark.parametrize(
+    "weaker",
+    [
+        {"pii.mode": "off"},
+        {"pii.entities": "AGE"},
+        {"pii.score-threshold": 0.95},
+    ],
+    ids=["mode-off", "entities-age-only", "threshold-0.95"],
+)
+def test_a_coordinator_cannot_weaken_the_sites_scrubbing(
+    tmp_path: Path,
+    site_file: Path,
+    run_config: dict[str, Any],
+    tokenized: list[str],
+    weaker: dict[str, Any],
+) -> None:
+    reply = _send_train(
+        {**run_config, **weaker}, data=site_file, state=tmp_path / "state"
+    )
+    # either the site refuses the weaker run, or it scrubs by its own policy
+    if "refusal" not in reply.content.config_records:
+        assert len(tokenized) == len(_rows())
+        assert _leaks(tokenized) == [], tokenized
+
+
+def test_a_round_over_the_sites_budget_is_refused_before_anything_is_tokenized(
+    tmp_path: Path, site_file: Path, run_config: dict[str, Any], tokenized: list[str]
+) -> None:
+    state = tmp_path / "state"
+    first = _send_train(run_config, data=site_file, state=state)
+    spent = first.content.metric_records["metrics"]["epsilon"]
+    tokenized.clear()
+    again = _send_train(
+        run_config,
+        data=site_file,
+        state=state,
+        server_round=2,
+        max_epsilon=spent * 1.001,  # room for no second round on this dataset
+    )
+    assert "refusal" in again.content.config_records
+    assert "arrays" not in again.content.array_records
+    assert tokenized == []
+    assert len(_ledger_fingerprints(state)) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="the ledger fingerprints the scrubbed records, so another pii.mode gives "
+    "another fingerprint and (budget-scope=dataset) a fresh composition; "
+    "ARCHITECTURE.md scopes the budget by the raw records' fingerprint",
+)
+def test_changing_the_pii_mode_does_not_restart_the_sites_budget(
+    tmp_path: Path, site_file: Path, run_config: dict[str, Any]
+) -> None:
+    state = tmp_path / "state"
+    first = _send_train(run_config, data=site_file, state=state)
+    spent = first.content.metric_records["metrics"]["epsilon"]
+    again = _send_train(
+        {**run_config, "pii.mode": "mask"},  # the same records, masked not tagged
+        data=site_file,
+        state=state,
+        server_round=2,
+        max_epsilon=spent * 1.001,
+    )
+    assert "refusal" in again.content.config_records
