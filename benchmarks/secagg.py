@@ -4,15 +4,17 @@ Run (a few minutes on 2 CPU cores; writes benchmarks/results/secagg.json):
 
     cd /work/main && PYTHONPATH=. .venv/bin/python benchmarks/secagg.py
 
-Smoke run (seconds of work, plus Ray start-up per configuration):
+Smoke run (seconds of work, plus Ray start-up per configuration; 3 sites is the
+fewest a threshold of 0.5 allows, one actor imports the ClientApp once):
 
-    PYTHONPATH=. .venv/bin/python benchmarks/secagg.py --sites 3 --size 1000 \\
-        --rounds 1 --out /tmp/secagg.json
+    PYTHONPATH=. .venv/bin/python benchmarks/secagg.py --sites 3 --size 10 \\
+        --rounds 1 --actors 1 --out /tmp/secagg.json
 
 Workload: each of n sites (``--sites``, default 10 and 20) returns a fixed update of
 ``--size`` float32 values (default 1,000,000) drawn uniformly from [-0.5, 0.5]; the
 server aggregates it ``--rounds`` times (default 4). All three run on Flower's
-simulation engine (``run_simulation``, Ray, one CPU per ClientApp) in this process:
+simulation engine (``run_simulation``, Ray, one CPU per ClientApp; ``--actors``
+caps the actors, default one per CPU core) in this process:
 
 - ``plain``: our Message-API round without secure aggregation (train messages out,
   updates back, weighted mean).
@@ -46,6 +48,8 @@ import torch
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 from flwr.app import (
+    Array,
+    ArrayRecord,
     ConfigRecord,
     Context,
     Message,
@@ -76,11 +80,12 @@ def _update(node_id: int, size: int) -> np.ndarray:
 
 
 def _train(msg: Message, context: Context) -> Message:
+    # numpy and flwr only: a Ray actor running the plain ClientApp need not import
+    # torch or our models package (seconds per actor)
     size = int(str(msg.content.config_records["config"]["size"]))
-    update = {"w": torch.from_numpy(_update(context.node_id, size))}
     content = RecordDict(
         {
-            "arrays": state_to_arrays(update),
+            "arrays": ArrayRecord({"w": Array(_update(context.node_id, size))}),
             "metrics": MetricRecord({"num-examples": 100}),
             "site": ConfigRecord({"name": f"node-{context.node_id}"}),
         }
@@ -210,7 +215,9 @@ def _flower_apps() -> tuple[Any, Any]:
     return server, client
 
 
-def measure(mode: str, *, sites: int, size: int, rounds: int) -> dict[str, Any]:
+def measure(
+    mode: str, *, sites: int, size: int, rounds: int, actors: int | None = None
+) -> dict[str, Any]:
     from flwr.simulation import run_simulation
 
     SETTINGS.clear()
@@ -220,11 +227,14 @@ def measure(mode: str, *, sites: int, size: int, rounds: int) -> dict[str, Any]:
         server, client = _flower_apps()
     else:
         server, client = message_server, ours_client if mode == "ours" else plain_client
+    backend: dict[str, Any] = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
+    if actors is not None:  # Ray gets this many CPUs: one actor each
+        backend["init_args"] = {"num_cpus": actors}
     run_simulation(
         server_app=server,
         client_app=client,
         num_supernodes=sites,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+        backend_config=backend,
     )
     if len(TIMES) != rounds:
         raise RuntimeError(f"{mode}: {len(TIMES)} of {rounds} rounds finished")
@@ -241,6 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sites", type=int, nargs="+", default=[10, 20])
     parser.add_argument("--size", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--actors", type=int, default=None, help="Ray actors (default: one per core)"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     results: dict[str, dict[str, Any]] = {}
@@ -248,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         for mode in ("plain", "ours", "flower"):
             print(f"n={n} {mode} ...", flush=True)
             results.setdefault(f"n{n}", {})[mode] = measure(
-                mode, sites=n, size=args.size, rounds=args.rounds
+                mode, sites=n, size=args.size, rounds=args.rounds, actors=args.actors
             )
             print(f"  {results[f'n{n}'][mode]}", flush=True)
     headline: dict[str, float] = {}
@@ -266,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
             "size": args.size,
             "rounds": args.rounds,
             "cpus": os.cpu_count(),
+            "actors": args.actors,  # None: Ray's default, one per CPU it detects
             "ours": "SecAgg+ complete graph, threshold 0.5, 24-bit, ChaCha20 masks",
             "flower": "SecAggPlusWorkflow(num_shares=1.0, "
             "reconstruction_threshold=0.5)",

@@ -3,6 +3,7 @@ over an in-memory grid (no Flower runtime)."""
 
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import (
@@ -18,7 +19,7 @@ from flwr.app import (
 from flwr.serverapp.strategy import FedAvg
 
 from client.secagg_mod import secagg_mod
-from models import state_to_arrays
+from models import flatten_state, state_to_arrays
 from privacy.client_dp import ClientDPConfig
 from privacy.secagg import SecAggConfig
 from server.rounds import RoundAborted, run_round
@@ -65,9 +66,39 @@ def _train(msg: Message, context: Context) -> Message:
     )
 
 
+def _update_views(node: int) -> list[tuple[np.ndarray, float]]:
+    """What ``node``'s update looks like in any form a leak could take, each with
+    its tolerance: the float delta times its aggregation weight (FedAvg's
+    n_k / max n, or 1 under client-level DP), and the quantized value u the site
+    masks (it encodes floor(u) or floor(u) + 1)."""
+    q = SECAGG.quantizer
+    delta = flatten_state(_delta(node)).double().numpy()
+    views = []
+    for weight in (node / max(NODES), 1.0):
+        x = delta * weight
+        u = (np.clip(x, -q.clip_range, q.clip_range) / q.clip_range + 1) / 2 * q.levels
+        views += [(x, 1e-6), (u, 1.0)]
+    return views
+
+
+def _assert_no_update_in(reply: Message) -> None:
+    """No array in ``reply`` is, even in part, a site's update. A masked value is
+    uniform mod 2^27 and lands within 1 of a given u with probability 3 / 2^27, so
+    3 matches among the 9 values never happen by chance."""
+    for record in reply.content.array_records.values():
+        y = np.concatenate([record[k].numpy().ravel() for k in sorted(record)])
+        for node in NODES:
+            for view, tol in _update_views(node):
+                n = min(len(y), len(view))
+                near = np.abs(y[:n].astype(np.float64) - view[:n]) <= tol
+                assert np.count_nonzero(near) <= 2, (node, y)
+
+
 class SiteGrid:
     """Delivers each message to its site's real secagg mod; ``fail[stage]`` lists
-    nodes that error at that stage, ``tamper`` may rewrite a reply."""
+    nodes that error at that stage, ``tamper`` may rewrite a reply. Every reply the
+    server gets passes :func:`_assert_no_update_in` first, whatever then happens to
+    the round."""
 
     def __init__(self, nodes, fail=None, tamper=None) -> None:
         self.nodes = list(nodes)
@@ -84,7 +115,7 @@ class SiteGrid:
             for n in nodes
         }
         self.pending: dict[str, Message] = {}
-        self.seen_updates: list[ArrayRecord] = []
+        self.seen_updates: list[ArrayRecord] = []  # every array the server received
 
     def get_node_ids(self):
         return self.nodes
@@ -111,6 +142,7 @@ class SiteGrid:
                 if self.tamper is not None:
                     reply = self.tamper(stage, node, reply, msg)
             if reply.has_content():
+                _assert_no_update_in(reply)
                 self.seen_updates.extend(reply.content.array_records.values())
             reply.metadata.__dict__["_src_node_id"] = node
             reply.metadata.__dict__["_reply_to_message_id"] = mid
@@ -138,6 +170,25 @@ def _fedavg(nodes) -> torch.Tensor:
     return sum(_delta(n)["w"] * n / total for n in nodes)
 
 
+def test_the_leak_check_catches_a_plain_or_a_quantized_update() -> None:
+    delta = _delta(22)
+    plain = Message(
+        content=RecordDict({"arrays": state_to_arrays(delta)}),
+        dst_node_id=22,
+        message_type="train",
+    )
+    weighted = flatten_state(delta).double().numpy() * 22 / max(NODES)
+    encoded = SECAGG.quantizer.encode(weighted, modulus=27).values
+    quantized = Message(
+        content=RecordDict({"masked": ArrayRecord({"y": Array(encoded)})}),
+        dst_node_id=22,
+        message_type="train",
+    )
+    for reply in (plain, quantized):
+        with pytest.raises(AssertionError):
+            _assert_no_update_in(reply)
+
+
 def test_secure_round_gives_fedavg_of_the_sites_and_never_sees_an_update() -> None:
     grid = SiteGrid(NODES)
     state, log = _round(grid)
@@ -145,7 +196,8 @@ def test_secure_round_gives_fedavg_of_the_sites_and_never_sees_an_update() -> No
     assert torch.allclose(state["b"], torch.full((3,), -0.5), atol=1e-6)
     assert sorted(log.sites) == [f"site-{n}" for n in NODES]
     assert log.saturated == 0 and not log.failures
-    # the only arrays the server received are the masked vectors
+    # the only arrays the server received are the masked vectors, and none of them
+    # is, even in part, a site's update (SiteGrid checks every reply)
     assert [list(r) for r in grid.seen_updates] == [["y"]] * len(NODES)
     for ctx in grid.contexts.values():  # the sites forgot the round's secrets
         assert "secagg-session" not in ctx.state.config_records
@@ -188,6 +240,8 @@ def test_wrong_vector_length_drops_that_site_only() -> None:
 
 
 def test_secure_round_with_client_level_dp_uses_uniform_weights() -> None:
+    """Weights only: noise z = 1e-7 makes the uniform mean visible. The noise itself
+    is measured at realistic z in tests/server/test_client_level_noise.py."""
     tiny_noise = ClientDPConfig(enabled=True, clip_norm=10.0, noise_multiplier=1e-7)
     state, _ = _round(SiteGrid(NODES), client_dp=tiny_noise)
     uniform = sum(_delta(n)["w"] for n in NODES) / len(NODES)
@@ -216,10 +270,34 @@ def test_replayed_stage_message_is_rejected_by_the_site() -> None:
 
     grid.push_messages = remember
     _round(grid)
-    old = next(
-        m for m in sent if m.content.config_records["secagg"]["stage"] == "share-keys"
+
+    def first(stage: str) -> Message:
+        return next(
+            m for m in sent if m.content.config_records["secagg"]["stage"] == stage
+        )
+
+    # the classic attack: the unmask request again, now calling a site that uploaded
+    # dropped, for the shares of its mask key on top of those of its self mask
+    record = first("unmask").content.config_records["secagg"]
+    survivors = list(record["survivors"])
+    forged = ConfigRecord(
+        {
+            "stage": "unmask",
+            "session": record["session"],
+            "survivors": survivors[:-1],
+            "dropped": survivors[-1:],
+        }
     )
-    replay = Message(content=old.content, dst_node_id=11, message_type="train")
+    second = Message(
+        content=RecordDict({"secagg": forged}), dst_node_id=11, message_type="train"
+    )
+    reply = secagg_mod(second, grid.contexts[11], _train)
+    assert reply.has_error() and not reply.has_content()
+    assert "no secure-aggregation round is open" in reply.error.reason
+    # an earlier stage's message, replayed
+    replay = Message(
+        content=first("share-keys").content, dst_node_id=11, message_type="train"
+    )
     reply = secagg_mod(replay, grid.contexts[11], _train)
     assert (
         reply.has_error()
