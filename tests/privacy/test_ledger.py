@@ -3,10 +3,12 @@ import math
 import shutil
 import sqlite3
 import stat
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from opacus.accountants import RDPAccountant
 
 from privacy.budget import Release, compose_epsilon
@@ -19,6 +21,7 @@ from privacy.ledger import (
     LedgerError,
     Mechanism,
     SiteLedger,
+    entry_hash,
     verify_export,
 )
 
@@ -50,6 +53,210 @@ def ledger(tmp_path: Path):
 
 def _raw(ledger: SiteLedger) -> sqlite3.Connection:
     return sqlite3.connect(ledger.state_dir / DB_NAME, isolation_level=None)
+
+
+def _head_message(seq: int, digest: str) -> bytes:
+    """What the site signs for its head, as an attacker who read ledger.py would
+    build it (spelled out here so a change of the format is a visible change)."""
+    return f"head:{seq}:{digest}".encode()
+
+
+# The attacker's own key: anything it signs must not verify as the site's.
+FORGER = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+
+
+# How a forger without the site's key signs a head for (seq, hash), given the
+# genuine signatures it can read: entry ``seq``'s and the old head's.
+Forgery = Callable[[int, str, bytes, bytes], bytes]
+HEAD_FORGERIES: dict[str, Forgery] = {
+    "zero-signature": lambda seq, digest, entry_sig, head_sig: bytes(64),
+    "garbage-signature": lambda seq, digest, entry_sig, head_sig: b"not a signature",
+    "empty-signature": lambda seq, digest, entry_sig, head_sig: b"",
+    # the site's genuine signature of the old head (4, h4), reused for (3, h3)
+    "old-head-signature": lambda seq, digest, entry_sig, head_sig: head_sig,
+    # the site's genuine signature over h3, from entry 3 itself: a head must not
+    # verify with an entry's signature
+    "entry-signature-as-head": lambda seq, digest, entry_sig, head_sig: entry_sig,
+    "signed-by-another-key": lambda seq, digest, entry_sig, head_sig: FORGER.sign(
+        _head_message(seq, digest)
+    ),
+}
+
+
+def _drop_tail_and_rewrite_head(ledger: SiteLedger, forge: Forgery | None) -> None:
+    """The budget-reset attack without the site's key, on the database file:
+    delete the last entry (the newest spend) and point the head at the new last
+    entry with a forged signature (``forge=None``: remove the head instead)."""
+    db = _raw(ledger)
+    seq, digest, entry_sig = db.execute(
+        "SELECT seq, entry_hash, signature FROM entries WHERE seq = 3"
+    ).fetchone()
+    (head_sig,) = db.execute("SELECT signature FROM head").fetchone()
+    db.execute("DELETE FROM entries WHERE seq = 4")
+    if forge is None:
+        db.execute("DELETE FROM head")
+    else:
+        db.execute(
+            "UPDATE head SET seq = ?, entry_hash = ?, signature = ?",
+            (seq, digest, forge(seq, digest, entry_sig, head_sig)),
+        )
+    db.close()
+
+
+@pytest.mark.parametrize("forgery", sorted(HEAD_FORGERIES))
+def test_deleted_tail_with_a_rewritten_head_is_caught(ledger, forgery: str) -> None:
+    _drop_tail_and_rewrite_head(ledger, HEAD_FORGERIES[forgery])
+    head, entries = ledger.head(), ledger.entries()
+    assert head is not None and head.seq == 3 and len(entries) == 3  # attack landed
+    assert head.entry_hash == entries[-1].entry_hash  # only the signature is wrong
+    assert ledger.verify().problems == ("the ledger head has an invalid signature",)
+
+
+@pytest.mark.parametrize("forgery", sorted(HEAD_FORGERIES))
+def test_deleted_tail_with_a_rewritten_head_is_caught_in_an_export(
+    ledger, forgery: str
+) -> None:
+    doc = json.loads(json.dumps(ledger.export()))  # as an auditor receives it
+    dropped = doc["entries"].pop()
+    last = doc["entries"][-1]
+    forge = HEAD_FORGERIES[forgery]
+    signature = forge(
+        last["seq"],
+        last["entry_hash"],
+        bytes.fromhex(last["signature"]),
+        bytes.fromhex(doc["head"]["signature"]),
+    )
+    doc["head"] = {
+        "seq": last["seq"],
+        "entry_hash": last["entry_hash"],
+        "signature": signature.hex(),
+    }
+    assert dropped["seq"] == 4
+    report = verify_export(doc, expected_key_sha256=ledger.public_key_fingerprint())
+    assert report.problems == ("the ledger head has an invalid signature",)
+
+
+def test_deleted_tail_with_the_head_removed_is_caught(ledger) -> None:
+    _drop_tail_and_rewrite_head(ledger, None)
+    assert ledger.head() is None and len(ledger.entries()) == 3
+    assert ledger.verify().problems == ("the signed head is missing (edited)",)
+
+
+def test_head_recomputed_without_the_key_over_a_forged_tail_is_caught(ledger) -> None:
+    """Rewrite the last entry to spend less, re-hash it and sign the entry and the
+    head with the attacker's key: only the signatures can tell."""
+    db = _raw(ledger)
+    prev = db.execute("SELECT entry_hash FROM entries WHERE seq = 3").fetchone()[0]
+    (rec,) = [r for r in ledger.entries() if r.seq == 4]
+    cheaper = replace(rec.entry, epsilon=0.01, steps=1)
+    digest = entry_hash(4, prev, cheaper)
+    db.execute(
+        "UPDATE entries SET body = ?, entry_hash = ?, signature = ? WHERE seq = 4",
+        (
+            json.dumps(cheaper.canonical(), sort_keys=True),
+            digest,
+            FORGER.sign(bytes.fromhex(digest)),
+        ),
+    )
+    db.execute(
+        "UPDATE head SET entry_hash = ?, signature = ?",
+        (digest, FORGER.sign(_head_message(4, digest))),
+    )
+    assert ledger.entries()[-1].entry.steps == 1  # the attack landed
+    assert set(ledger.verify().problems) == {
+        "entry 4 has an invalid signature",
+        "the ledger head has an invalid signature",
+    }
+
+
+def test_rehashed_history_signed_with_another_key_is_caught_entry_by_entry(
+    ledger,
+) -> None:
+    """Edit entry 2 and re-chain 2..4 and the head with the attacker's key: every
+    hash and link is consistent, only the entry signatures name the forgery."""
+    db = _raw(ledger)
+    prev = db.execute("SELECT entry_hash FROM entries WHERE seq = 1").fetchone()[0]
+    for rec in ledger.entries()[1:]:
+        entry = replace(rec.entry, steps=1) if rec.seq == 2 else rec.entry
+        digest = entry_hash(rec.seq, prev, entry)
+        db.execute(
+            "UPDATE entries SET body = ?, prev_hash = ?, entry_hash = ?, "
+            "signature = ? WHERE seq = ?",
+            (
+                json.dumps(entry.canonical(), sort_keys=True),
+                prev,
+                digest,
+                FORGER.sign(bytes.fromhex(digest)),
+                rec.seq,
+            ),
+        )
+        prev = digest
+    db.execute(
+        "UPDATE head SET entry_hash = ?, signature = ?",
+        (prev, FORGER.sign(_head_message(4, prev))),
+    )
+    problems = ledger.verify().problems
+    assert [p for p in problems if "entry" in p and "head" not in p] == [
+        f"entry {k} has an invalid signature" for k in (2, 3, 4)
+    ]
+
+
+def _fork(ledger: SiteLedger, tmp_path: Path, keep: int) -> SiteLedger:
+    """A second ledger with the site's own key and the first ``keep`` entries (a
+    backup, or a copy the site kept running elsewhere), then different entries:
+    every row it holds is genuinely signed by the site."""
+    fork_dir = tmp_path / "fork"
+    fork_dir.mkdir()
+    for name in (KEY_NAME, PUBLIC_KEY_NAME):
+        shutil.copy2(ledger.state_dir / name, fork_dir / name)
+    fork = SiteLedger(fork_dir)
+    for rec in ledger.entries()[:keep]:
+        fork.append(rec.entry)
+    for rnd in range(keep + 1, 5):
+        fork.append(replace(_entry("run-a", rnd, 0.01 * rnd), steps=1))
+    return fork
+
+
+def _copy_row(src: SiteLedger, dst: SiteLedger, seq: int) -> None:
+    row = (
+        _raw(src)
+        .execute(
+            "SELECT body, prev_hash, entry_hash, signature FROM entries WHERE seq = ?",
+            (seq,),
+        )
+        .fetchone()
+    )
+    _raw(dst).execute(
+        "UPDATE entries SET body = ?, prev_hash = ?, entry_hash = ?, signature = ? "
+        "WHERE seq = ?",
+        (*row, seq),
+    )
+
+
+def test_entry_spliced_in_from_a_fork_with_the_sites_key_breaks_the_chain(
+    ledger, tmp_path: Path
+) -> None:
+    """Entry 3 swapped for the fork's genuinely signed, cheaper entry 3: its hash
+    and signature are valid, only the link from entry 4 exposes it."""
+    with _fork(ledger, tmp_path, keep=2) as fork:
+        _copy_row(fork, ledger, 3)
+    assert ledger.entries()[2].entry.steps == 1  # the attack landed
+    assert ledger.verify().problems == (
+        "entry 4 does not follow the entry before it (an entry was deleted, "
+        "inserted or reordered)",
+    )
+
+
+def test_last_entry_swapped_for_a_forks_is_caught_by_the_head_hash(
+    ledger, tmp_path: Path
+) -> None:
+    """Entry 4 swapped for the fork's entry 4 (same seq, valid link and
+    signature): the signed head still names the real entry 4's hash."""
+    with _fork(ledger, tmp_path, keep=3) as fork:
+        _copy_row(fork, ledger, 4)
+    assert ledger.entries()[3].entry.steps == 1  # the attack landed
+    problems = ledger.verify().problems
+    assert len(problems) == 1 and "trailing entries" in problems[0]
 
 
 def test_untouched_ledger_verifies(ledger) -> None:
