@@ -174,7 +174,7 @@ def verify_chain(
             )
         try:
             public_key.verify(rec.signature, bytes.fromhex(rec.entry_hash))
-        except (InvalidSignature, ValueError):
+        except (InvalidSignature, TypeError, ValueError):  # TypeError: not bytes
             problems.append(f"entry {rec.seq} has an invalid signature")
         prev, expected = rec.entry_hash, rec.seq + 1
     last_seq = recorded[-1].seq if recorded else 0
@@ -184,7 +184,7 @@ def verify_chain(
     else:
         try:
             public_key.verify(head.signature, _head_message(head.seq, head.entry_hash))
-        except InvalidSignature:
+        except (InvalidSignature, TypeError):  # TypeError: a signature stored as text
             problems.append("the ledger head has an invalid signature")
         if head.seq != last_seq or head.entry_hash != prev:
             problems.append(
@@ -410,7 +410,10 @@ class SiteLedger:
 
     def head(self) -> Head | None:
         row = self._db.execute("SELECT seq, entry_hash, signature FROM head").fetchone()
-        return Head(int(row[0]), str(row[1]), bytes(row[2])) if row else None
+        if row is None:
+            return None
+        sig = row[2]  # a BLOB; text written by someone else fails verification
+        return Head(int(row[0]), str(row[1]), sig if isinstance(sig, bytes) else b"")
 
     def verify(self) -> VerifyReport:
         """Check every hash, link, signature and the signed head; name each problem."""

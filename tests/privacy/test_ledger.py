@@ -406,3 +406,16 @@ def test_export_verifies_offline_and_detects_edits_and_foreign_keys(ledger) -> N
     wrong = verify_export(doc, expected_key_sha256="00" * 32)
     assert any("not the expected" in p for p in wrong.problems)
     assert not verify_export({"entries": "nope"}).ok
+
+
+def test_signatures_stored_as_text_are_reported_not_a_crash(ledger) -> None:
+    """An attacker who writes a signature as TEXT (SQLite keeps the type it is
+    given) gets a named verification problem, not a TypeError traceback."""
+    db = _raw(ledger)
+    db.execute("UPDATE head SET signature = 'forged'")
+    db.execute("UPDATE entries SET signature = 'forged' WHERE seq = 2")
+    db.close()
+    assert ledger.verify().problems == (
+        "entry 2 has an invalid signature",
+        "the ledger head has an invalid signature",
+    )
