@@ -10,55 +10,26 @@ the update it hands on: to the server in the clear, or to the secagg mod.
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any
 
 import pytest
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+import torch
 
-from client.app import train
-from models import arrays_to_state, load_model, state_to_arrays, trainable_state
-from models.config import ModelConfig
-from privacy.client_dp import l2_norm
 from privacy.secagg import SecAggConfig
+
+from .site_round import reply_update, train_reply
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
 
-def _update_norm(tmp_path: Path, run_config: dict[str, Any]) -> tuple[float, int]:
-    """L2 norm and size of the delta the site's train handler produces."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    data = tmp_path / "site.csv"
-    with data.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        writer.writerows(
-            (f"review {i}, {'great' if i % 2 else 'dull'}", i % 2) for i in range(24)
-        )
-    loaded = load_model(ModelConfig.from_run_config(run_config))
-    msg = Message(
-        content=RecordDict(
-            {
-                "arrays": state_to_arrays(trainable_state(loaded.model)),
-                "config": ConfigRecord({"server-round": 1, "run-key": "clip"}),
-            }
-        ),
-        dst_node_id=7,
-        message_type="train",
-    )
-    context = Context(
-        run_id=1,
-        node_id=7,
-        node_config={"data-path": str(data), "state-dir": str(tmp_path / "state")},
-        state=RecordDict(),
-        run_config=run_config,
-    )
-    reply = train(msg, context)
-    assert reply.has_content() and "refusal" not in reply.content.config_records
-    delta = arrays_to_state(reply.content.array_records["arrays"], what="update")
-    return l2_norm(delta), sum(t.numel() for t in delta.values())
+def _update_norm(site_dir: Path, run_config: dict[str, Any]) -> tuple[float, int]:
+    """L2 norm (computed here, not by the code under test) and size of the update
+    the site's train handler produces."""
+    delta = reply_update(train_reply(site_dir, run_config))
+    flat = torch.cat([t.flatten().double() for t in delta.values()])
+    return float(flat.norm()), flat.numel()
 
 
 @pytest.fixture()

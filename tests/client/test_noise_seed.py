@@ -11,19 +11,16 @@ same data and compares the updates, and tries every seed it could derive.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from client.app import train, training_seed
+from client.app import training_seed
 from client.config import ClientConfig
-from models import arrays_to_state, load_model, state_to_arrays, trainable_state
-from models.config import ModelConfig
+
+from .site_round import reply_update, train_reply
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -50,39 +47,6 @@ def test_non_private_seed_is_reproducible_per_site_and_round(tiny_run_config) ->
     assert training_seed(cfg, "site-a", 1) != training_seed(cfg, "site-a", 2)
 
 
-def _update(tmp_path: Path, run_config: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The update the real train handler sends for round 1 on a fixed file."""
-    tmp_path.mkdir(parents=True)
-    data = tmp_path / "site.csv"
-    with data.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        writer.writerows(
-            (f"review {i}: {'fine' if i % 2 else 'dull'}", i % 2) for i in range(24)
-        )
-    torch.manual_seed(0)  # the same global model for both calls
-    loaded = load_model(ModelConfig.from_run_config(run_config))
-    msg = Message(
-        content=RecordDict(
-            {
-                "arrays": state_to_arrays(trainable_state(loaded.model)),
-                "config": ConfigRecord({"server-round": 1, "run-key": "replay"}),
-            }
-        ),
-        dst_node_id=3,
-        message_type="train",
-    )
-    context = Context(
-        run_id=1,
-        node_id=3,
-        node_config={"data-path": str(data), "state-dir": str(tmp_path / "state")},
-        state=RecordDict(),
-        run_config=run_config,
-    )
-    reply = train(msg, context)
-    return arrays_to_state(reply.content.array_records["arrays"], what="update")
-
-
 @pytest.mark.parametrize("dp", [True, False], ids=["dp", "non-private"])
 def test_replaying_a_round_reproduces_the_update_only_without_dp(
     tmp_path: Path, tiny_run_config, dp: bool
@@ -93,7 +57,15 @@ def test_replaying_a_round_reproduces_the_update_only_without_dp(
         "secagg.enabled": False,
         "pii.mode": "off",
     }
-    first = _update(tmp_path / "first", cfg)
-    second = _update(tmp_path / "second", cfg)
+    first = reply_update(train_reply(tmp_path / "first", cfg))
+    second = reply_update(train_reply(tmp_path / "second", cfg))
     same = all(torch.equal(first[k], second[k]) for k in first)
     assert same is not dp
+
+
+def test_dp_seed_has_the_full_63_bits(tiny_run_config) -> None:
+    """A short seed is a small search for the coordinator. Of 8 seeds of 63 random
+    bits, all stay below 2^56 with probability 2^-56."""
+    cfg = ClientConfig.from_run_config(tiny_run_config)
+    seeds = [training_seed(cfg, "site-a", 1) for _ in range(8)]
+    assert max(s.bit_length() for s in seeds) > 56

@@ -130,11 +130,16 @@ def test_plan_release_fixes_rate_and_steps_before_training() -> None:
     assert off == Release(0.0, 1 / 3, 3) and not off.private
 
 
-def test_plan_release_with_target_epsilon_reaches_it_after_planned_rounds() -> None:
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_plan_release_with_target_epsilon_reaches_it_after_planned_rounds(
+    epochs: int,
+) -> None:
+    """sigma covers every step of the planned run: rounds x local epochs x batches."""
     dp = DPConfig(target_epsilon=4.0)
     r = plan_release(
-        dp, num_examples=200, batch_size=10, local_epochs=1, planned_rounds=3
+        dp, num_examples=200, batch_size=10, local_epochs=epochs, planned_rounds=3
     )
+    assert r.steps == 20 * epochs
     eps = compose_epsilon([r] * 3, delta=1e-5, accountant=RDP)
     assert eps <= 4.0 and eps == pytest.approx(4.0, abs=0.05)
 
