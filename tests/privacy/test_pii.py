@@ -129,6 +129,115 @@ def test_overlapping_findings_of_different_types_leave_nothing_behind() -> None:
     ]
 
 
+# texts exported with escaped line breaks and tabs (a backslash and a letter, as in
+# CSV dumps), before, between and after findings; each with what was planted in it
+ESCAPED = [
+    (
+        r"Callback request\n\nNumber: (212) 555-0148\nEmail: k.lund@postbox.net\n",
+        [("(212) 555-0148", "PHONE_NUMBER"), ("k.lund@postbox.net", "EMAIL_ADDRESS")],
+    ),
+    (
+        r"col1\tcol2\tfax 303-555-0199\tcard 4111 1111 1111 1111\tend",
+        [("303-555-0199", "PHONE_NUMBER"), ("4111 1111 1111 1111", "CREDIT_CARD")],
+    ),
+    (
+        r"Summary\n\nSSN on file 219-09-9999.\nLogin from 10.20.30.40 flagged\n"
+        r"\tIBAN GB82WEST12345698765432\nclosed",
+        [
+            ("219-09-9999", "US_SSN"),
+            ("10.20.30.40", "IP_ADDRESS"),
+            ("GB82WEST12345698765432", "IBAN_CODE"),
+        ],
+    ),
+    (  # the first finding comes before any escape
+        r"alex.moreno@example.com wrote\n\nBackup: 617-555-0123\n\n",
+        [
+            ("alex.moreno@example.com", "EMAIL_ADDRESS"),
+            ("617-555-0123", "PHONE_NUMBER"),
+        ],
+    ),
+    (  # escapes only after the findings
+        r"Reach priya.n@example.net or (646) 555-0199 today.\n\n\t",
+        [("priya.n@example.net", "EMAIL_ADDRESS"), ("(646) 555-0199", "PHONE_NUMBER")],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "planted"), ESCAPED)
+def test_escaped_line_breaks_do_not_shift_what_is_replaced(
+    tagger: Scrubber, text: str, planted: list[tuple[str, str]]
+) -> None:
+    # a finding replaced even one character off leaves the value's last characters
+    expected, masked = text, text
+    for value, entity in planted:
+        assert text.count(value) == 1
+        expected = expected.replace(value, f"<{entity}>")
+        masked = masked.replace(value, "*" * len(value))
+    out = tagger.scrub(text)
+    for value, _ in planted:
+        runs = {value[i : i + 4] for i in range(len(value) - 3)}
+        assert not {r for r in runs if r in out and r not in expected}, out
+    assert out == expected  # the escapes and the words around are intact
+    assert Scrubber(PIIConfig(mode=PIIMode.MASK)).scrub(text) == masked
+
+
+@pytest.mark.parametrize(
+    ("outer", "inner"),
+    [
+        ((0, 20), (5, 9)),  # nested in the middle, scored higher
+        ((0, 20), (0, 4)),  # nested at the start
+        ((2, 20), (0, 6)),  # an earlier, overlapping one, then a nested one
+    ],
+)
+def test_a_same_type_finding_nested_in_another_leaves_nothing_of_the_outer(
+    monkeypatch: pytest.MonkeyPatch, outer: tuple[int, int], inner: tuple[int, int]
+) -> None:
+    from types import SimpleNamespace
+
+    from presidio_analyzer import RecognizerResult as R
+
+    from privacy.pii import engine
+
+    text = "Alberta Quinn-Ravelo said hi."
+    found = [R("PERSON", *outer, 0.6), R("PERSON", *inner, 0.9)]
+    if inner[0] < outer[0]:
+        found.append(R("PERSON", 7, 11, 0.95))  # nested in the union of the two
+    analyzer = SimpleNamespace(
+        nlp_engine=SimpleNamespace(
+            process_batch=lambda texts, **_: ((t, None) for t in texts)
+        ),
+        analyze=lambda text, **_: list(found),
+    )
+    monkeypatch.setattr(engine, "_analyzer", lambda *_: analyzer)
+    start, end = min(outer[0], inner[0]), max(outer[1], inner[1])
+    spans = [(r.start, r.end) for r in Scrubber(PIIConfig()).find(text)]
+    assert spans == [(start, end)]
+    masked = Scrubber(PIIConfig(mode=PIIMode.MASK)).scrub(text)
+    assert masked == text[:start] + "*" * (end - start) + text[end:]
+
+
+@pytest.mark.parametrize(
+    ("before", "address", "after"),
+    [  # the unit line is a finding of its own, inside the whole address
+        ("Ship to ", "12 Buissons 386\n Suite 559\n Runkelen\n Belgium 65601", " now."),
+        ("Send the forms to ", "14 Lindenhof 22\n Suite 7\n Aalst\n Belgium 9300", "."),
+        (
+            "Return it to ",
+            r"5 Vista Alegre 190\n Suite 402\n Coimbra\n Portugal 30005",
+            "",
+        ),
+    ],
+)
+def test_an_address_with_a_unit_line_is_replaced_whole(
+    tagger: Scrubber, before: str, address: str, after: str
+) -> None:
+    out = tagger.scrub(before + address + after)
+    for word in address.replace("\\n", " ").split():
+        if word != "Suite":
+            assert word not in out, out
+    assert out == f"{before}<STREET_ADDRESS>{after}"
+
+
 def test_batched_scrubbing_matches_one_text_at_a_time() -> None:
     texts = [s for s, _ in SAMPLES.values()] + [s for s, _ in HARDER] + ["", "plain"]
     one, many = Scrubber(PIIConfig()), Scrubber(PIIConfig())
