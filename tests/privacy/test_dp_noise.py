@@ -194,11 +194,13 @@ def test_non_private_round_adds_no_noise(tiny_model_dir, monkeypatch) -> None:
 
 
 def _noise_of_a_round(model_dir, monkeypatch, *, seed: int, mode: GradSampleMode):
-    """The gradients (noise-dominated, ~1M coordinates) of a round at ``seed``."""
+    """The gradients (noise-dominated, ~1M coordinates) of a 3-step round at
+    ``seed``, with q = 1 (8 records, batch 8): every batch holds every record, so
+    nothing but the seed can make two rounds' random streams differ."""
     loaded = load_model(ModelConfig(source=str(model_dir), finetune=FinetuneMode.FULL))
-    texts = tuple(f"review {i} was {'great' if i % 2 else 'awful'}" for i in range(40))
+    texts = tuple(f"review {i} was {'great' if i % 2 else 'awful'}" for i in range(8))
     dataset = tokenize(
-        LabeledTexts(texts=texts, labels=tuple(i % 2 for i in range(40))),
+        LabeledTexts(texts=texts, labels=tuple(i % 2 for i in range(8))),
         loaded.tokenizer,
         max_length=16,
     )
@@ -206,7 +208,7 @@ def _noise_of_a_round(model_dir, monkeypatch, *, seed: int, mode: GradSampleMode
     train_site(
         model=loaded.model,
         dataset=dataset,
-        train_cfg=TrainConfig(batch_size=8),
+        train_cfg=TrainConfig(batch_size=8, local_epochs=3),
         dp_cfg=DPConfig(noise_multiplier=SIGMA, max_grad_norm=CLIP),
         mode=mode,
         noise_multiplier=SIGMA,
@@ -229,7 +231,7 @@ def test_the_noise_follows_the_rounds_secret_seed_and_nothing_else(
     mode = GradSampleMode.BOOKKEEPING
     first = _noise_of_a_round(tiny_model_dir, monkeypatch, seed=11, mode=mode)
     second = _noise_of_a_round(tiny_model_dir, monkeypatch, seed=12, mode=mode)
-    assert len(first) == len(second) == 5
+    assert len(first) == len(second) == 3
     for a, b in zip(first, second, strict=True):
         corr = torch.corrcoef(torch.stack([a, b]))[0, 1]
         assert abs(float(corr)) < 0.02
