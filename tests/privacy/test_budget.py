@@ -49,7 +49,8 @@ def test_cross_run_composition_matches_dp_accounting_rdp_and_pld() -> None:
     assert DP_ACCOUNTING_PLD_CROSS_RUN <= prv <= DP_ACCOUNTING_PLD_CROSS_RUN * 1.01
 
 
-def test_cross_run_composition_equals_the_rdp_sum_of_all_releases() -> None:
+def _rdp_of_cross_run() -> tuple[list[float], object]:
+    """Opacus' RDP curve of every release in CROSS_RUN, summed, and its orders."""
     orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
     rdp = sum(
         opacus_rdp.compute_rdp(
@@ -60,6 +61,11 @@ def test_cross_run_composition_equals_the_rdp_sum_of_all_releases() -> None:
         )
         for r in CROSS_RUN
     )
+    return orders, rdp
+
+
+def test_cross_run_composition_equals_the_rdp_sum_of_all_releases() -> None:
+    orders, rdp = _rdp_of_cross_run()
     reference, _ = opacus_rdp.get_privacy_spent(orders=orders, rdp=rdp, delta=1e-5)
     ours = compose_epsilon(CROSS_RUN, delta=1e-5, accountant=RDP)
     assert ours == pytest.approx(float(reference), rel=1e-9)
@@ -187,16 +193,7 @@ def test_site_lock_excludes_a_second_holder_until_released(tmp_path: Path) -> No
 def test_epsilon_is_reported_at_the_budgets_delta() -> None:
     """A budget at delta=1e-7 is stricter than at 1e-3: the same releases must
     compose to the epsilon the accountant gives at each delta, not at a default."""
-    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
-    rdp = sum(
-        opacus_rdp.compute_rdp(
-            q=r.sample_rate,
-            noise_multiplier=r.noise_multiplier,
-            steps=r.steps,
-            orders=orders,
-        )
-        for r in CROSS_RUN
-    )
+    orders, rdp = _rdp_of_cross_run()
     eps = {}
     for delta in (1e-3, 1e-7):
         reference, _ = opacus_rdp.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)

@@ -101,6 +101,18 @@ def test_clipped_signal_is_bounded_by_c_per_sample_beside_the_noise() -> None:
     private.close()
 
 
+def _full_model_and_data(model_dir, n: int):
+    """The tiny BERT, fully trainable (~1M coordinates), and n labelled reviews."""
+    loaded = load_model(ModelConfig(source=str(model_dir), finetune=FinetuneMode.FULL))
+    texts = tuple(f"review {i} was {'great' if i % 2 else 'awful'}" for i in range(n))
+    dataset = tokenize(
+        LabeledTexts(texts=texts, labels=tuple(i % 2 for i in range(n))),
+        loaded.tokenizer,
+        max_length=16,
+    )
+    return loaded, dataset
+
+
 def _record_applied_gradients(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
     """Every gradient AdamW is asked to apply, flattened, one tensor per step."""
     seen: list[torch.Tensor] = []
@@ -131,16 +143,8 @@ def test_site_training_round_adds_the_noise_its_ledger_release_claims(
     sigma of the release the round reports (the one its ledger entry gets).
     The clipped signal (norm <= B C / E) adds at most (B C / E)^2 / d to the
     variance, under 0.01 % here."""
-    loaded = load_model(
-        ModelConfig(source=str(tiny_model_dir), finetune=FinetuneMode.FULL)
-    )
     n, batch = 40, 8
-    texts = tuple(f"review {i} was {'great' if i % 2 else 'awful'}" for i in range(n))
-    dataset = tokenize(
-        LabeledTexts(texts=texts, labels=tuple(i % 2 for i in range(n))),
-        loaded.tokenizer,
-        max_length=16,
-    )
+    loaded, dataset = _full_model_and_data(tiny_model_dir, n)
     dp = DPConfig(noise_multiplier=SIGMA, max_grad_norm=CLIP)
     planned = plan_release(
         dp, num_examples=n, batch_size=batch, local_epochs=1, planned_rounds=1
@@ -170,15 +174,7 @@ def test_non_private_round_adds_no_noise(tiny_model_dir, monkeypatch) -> None:
     """The control for the test above: without DP the applied gradient is the plain
     mean gradient: its std over all coordinates (most of them embedding rows no
     text uses) stays far below sigma C / E (measured: under a tenth of it)."""
-    loaded = load_model(
-        ModelConfig(source=str(tiny_model_dir), finetune=FinetuneMode.FULL)
-    )
-    texts = tuple(f"review {i}" for i in range(16))
-    dataset = tokenize(
-        LabeledTexts(texts=texts, labels=tuple(i % 2 for i in range(16))),
-        loaded.tokenizer,
-        max_length=16,
-    )
+    loaded, dataset = _full_model_and_data(tiny_model_dir, 16)
     seen = _record_applied_gradients(monkeypatch)
     train_site(
         model=loaded.model,
@@ -197,13 +193,7 @@ def _noise_of_a_round(model_dir, monkeypatch, *, seed: int, mode: GradSampleMode
     """The gradients (noise-dominated, ~1M coordinates) of a 3-step round at
     ``seed``, with q = 1 (8 records, batch 8): every batch holds every record, so
     nothing but the seed can make two rounds' random streams differ."""
-    loaded = load_model(ModelConfig(source=str(model_dir), finetune=FinetuneMode.FULL))
-    texts = tuple(f"review {i} was {'great' if i % 2 else 'awful'}" for i in range(8))
-    dataset = tokenize(
-        LabeledTexts(texts=texts, labels=tuple(i % 2 for i in range(8))),
-        loaded.tokenizer,
-        max_length=16,
-    )
+    loaded, dataset = _full_model_and_data(model_dir, 8)
     seen = _record_applied_gradients(monkeypatch)
     train_site(
         model=loaded.model,
@@ -249,15 +239,7 @@ def test_site_training_draws_poisson_batches(
     independently with rate q. Fixed-size shuffled batches would void the
     amplification the epsilon counts on. 40 records at q = 1/5 over 3 epochs: 15
     batches; all of size 8 has probability 0.156^15 < 1e-12 under Poisson."""
-    loaded = load_model(
-        ModelConfig(source=str(tiny_model_dir), finetune=FinetuneMode.FULL)
-    )
-    texts = tuple(f"review {i}" for i in range(40))
-    dataset = tokenize(
-        LabeledTexts(texts=texts, labels=tuple(i % 2 for i in range(40))),
-        loaded.tokenizer,
-        max_length=16,
-    )
+    loaded, dataset = _full_model_and_data(tiny_model_dir, 40)
     sizes: list[int] = []
 
     def record(_module, _args, kwargs):

@@ -33,6 +33,8 @@ from privacy.client_dp import ClientDPConfig, clip_update
 from privacy.secagg import SecAggConfig
 from server.rounds import run_round
 
+from .grid import InMemoryGrid
+
 pytestmark = pytest.mark.usefixtures("task_identity")
 
 NODES = [11, 22, 33, 44]
@@ -73,50 +75,21 @@ def _train(msg: Message, context: Context) -> Message:
     )
 
 
-class Sites:
-    """An in-memory grid: each message goes to its site's handler (through the
-    real secagg mod when secure aggregation is on); ``arrays`` collects every
-    array record the server receives."""
+class Sites(InMemoryGrid):
+    """Each message goes to its site's handler, through the real secagg mod when
+    secure aggregation is on; ``arrays`` collects every array record the server
+    receives."""
 
     def __init__(self, *, secure: bool) -> None:
+        super().__init__(NODES, SECAGG_CONFIG)
         self.secure = secure
-        self.contexts = {
-            n: Context(
-                run_id=1,
-                node_id=n,
-                node_config={},
-                state=RecordDict(),
-                run_config=dict(SECAGG_CONFIG),
-            )
-            for n in NODES
-        }
-        self.pending: dict[str, Message] = {}
         self.arrays: list[ArrayRecord] = []
 
-    def get_node_ids(self) -> list[int]:
-        return NODES
-
-    def push_messages(self, messages):
-        ids = []
-        for msg in messages:
-            mid = f"m{len(self.pending)}-{id(msg)}"
-            msg.metadata.__dict__["_message_id"] = mid
-            self.pending[mid] = msg
-            ids.append(mid)
-        return ids
-
-    def pull_messages(self, ids):
-        out = []
-        for mid in ids:
-            msg = self.pending.pop(mid)
-            node = msg.metadata.dst_node_id
-            ctx = self.contexts[node]
-            reply = secagg_mod(msg, ctx, _train) if self.secure else _train(msg, ctx)
-            self.arrays.extend(reply.content.array_records.values())
-            reply.metadata.__dict__["_src_node_id"] = node
-            reply.metadata.__dict__["_reply_to_message_id"] = mid
-            out.append(reply)
-        return out
+    def reply(self, msg: Message, node: int) -> Message:
+        ctx = self.contexts[node]
+        reply = secagg_mod(msg, ctx, _train) if self.secure else _train(msg, ctx)
+        self.arrays.extend(reply.content.array_records.values())
+        return reply
 
 
 def _applied_noise(*, secure: bool, client_dp: ClientDPConfig) -> torch.Tensor:

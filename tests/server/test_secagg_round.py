@@ -24,6 +24,8 @@ from privacy.client_dp import ClientDPConfig
 from privacy.secagg import SecAggConfig
 from server.rounds import RoundAborted, run_round
 
+from .grid import InMemoryGrid
+
 GLOBAL = OrderedDict(w=torch.zeros(2, 3), b=torch.zeros(3))
 RUN_CONFIG = {
     "secagg.enabled": True,
@@ -94,60 +96,29 @@ def _assert_no_update_in(reply: Message) -> None:
                 assert np.count_nonzero(near) <= 2, (node, y)
 
 
-class SiteGrid:
+class SiteGrid(InMemoryGrid):
     """Delivers each message to its site's real secagg mod; ``fail[stage]`` lists
     nodes that error at that stage, ``tamper`` may rewrite a reply. Every reply the
     server gets passes :func:`_assert_no_update_in` first, whatever then happens to
     the round."""
 
     def __init__(self, nodes, fail=None, tamper=None) -> None:
-        self.nodes = list(nodes)
+        super().__init__(nodes, RUN_CONFIG)
         self.fail = fail or {}
         self.tamper = tamper
-        self.contexts = {
-            n: Context(
-                run_id=1,
-                node_id=n,
-                node_config={},
-                state=RecordDict(),
-                run_config=dict(RUN_CONFIG),
-            )
-            for n in nodes
-        }
-        self.pending: dict[str, Message] = {}
         self.seen_updates: list[ArrayRecord] = []  # every array the server received
 
-    def get_node_ids(self):
-        return self.nodes
-
-    def push_messages(self, messages):
-        ids = []
-        for msg in messages:
-            mid = f"m{len(self.pending)}-{id(msg)}"
-            msg.metadata.__dict__["_message_id"] = mid
-            self.pending[mid] = msg
-            ids.append(mid)
-        return ids
-
-    def pull_messages(self, ids):
-        out = []
-        for mid in ids:
-            msg = self.pending.pop(mid)
-            node = msg.metadata.dst_node_id
-            stage = str(msg.content.config_records["secagg"]["stage"])
-            if node in self.fail.get(stage, ()):
-                reply = Message(Error(code=1, reason="site went away"), reply_to=msg)
-            else:
-                reply = secagg_mod(msg, self.contexts[node], _train)
-                if self.tamper is not None:
-                    reply = self.tamper(stage, node, reply, msg)
-            if reply.has_content():
-                _assert_no_update_in(reply)
-                self.seen_updates.extend(reply.content.array_records.values())
-            reply.metadata.__dict__["_src_node_id"] = node
-            reply.metadata.__dict__["_reply_to_message_id"] = mid
-            out.append(reply)
-        return out
+    def reply(self, msg: Message, node: int) -> Message:
+        stage = str(msg.content.config_records["secagg"]["stage"])
+        if node in self.fail.get(stage, ()):
+            return Message(Error(code=1, reason="site went away"), reply_to=msg)
+        reply = secagg_mod(msg, self.contexts[node], _train)
+        if self.tamper is not None:
+            reply = self.tamper(stage, node, reply, msg)
+        if reply.has_content():
+            _assert_no_update_in(reply)
+            self.seen_updates.extend(reply.content.array_records.values())
+        return reply
 
 
 def _round(grid, client_dp=None, min_sites=2):
