@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedshield-installed
 
-.PHONY: install demo test lint mutants bench-dp bench-secagg bench-pii bench-audit clean-venv
+.PHONY: install demo test test-fast lint mutants bench-dp bench-secagg bench-pii bench-audit clean-venv
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# the inner loop: everything but whole simulations and benchmark runs (-m slow)
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

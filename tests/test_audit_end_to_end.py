@@ -15,6 +15,8 @@ import pytest
 from privacy.audit.one_run import empirical_epsilon
 from privacy.audit.report import SECTIONS
 
+pytestmark = pytest.mark.slow  # a whole run (make test-fast skips it)
+
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = {"data.train-examples": 150, "data.test-examples": 40}
 # Claimed run epsilon 2 per site, 30 guesses on 60 canaries: all 30 right would

@@ -18,6 +18,8 @@ from opacus.accountants import RDPAccountant
 
 from privacy.ledger import SiteLedger
 
+pytestmark = pytest.mark.slow  # whole simulations (make test-fast skips them)
+
 BUDGET = 9.5  # round 3 would take site-1 to 10.02: refused; site-2 to 9.39
 ROOT = Path(__file__).resolve().parent.parent
 

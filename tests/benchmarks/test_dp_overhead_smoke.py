@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a whole run (make test-fast skips it)
+
 REPO = Path(__file__).resolve().parents[2]
 HEADLINE_KEYS = {
     "lora_step_ratio",
@@ -26,7 +30,9 @@ def test_quick_benchmark_writes_every_config_and_the_headline(tmp_path: Path) ->
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, str(REPO / "benchmarks" / "dp_overhead.py"), "--quick"]
     cmd += ["--warmup", "0", "--steps", "1", "--out", str(out)]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
     result = json.loads(out.read_text())

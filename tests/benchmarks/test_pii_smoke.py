@@ -61,6 +61,7 @@ def test_token_scores_count_hits_misses_wrong_types_and_unscored_gold() -> None:
     assert f_beta(1.0, 0.5, 2.0) == pytest.approx(5 * 0.5 / (4 + 0.5))
 
 
+@pytest.mark.slow  # the benchmark script end to end (make test-fast skips it)
 def test_pii_benchmark_writes_both_systems_and_the_headline(tmp_path: Path) -> None:
     out = tmp_path / "pii.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
