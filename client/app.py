@@ -234,7 +234,9 @@ def evaluate(msg: Message, context: Context) -> Message:
         )
     loaded, _ = _global_model(msg, cfg)
     dataset = tokenize(site.eval, loaded.tokenizer, max_length=cfg.model.max_length)
-    result = evaluate_model(loaded.model, dataset, batch_size=64, device=pick_device())
+    result = evaluate_model(
+        loaded.model, dataset, batch_size=cfg.eval_batch_size, device=pick_device()
+    )
     metrics = MetricRecord(
         {"num-examples": len(dataset), "accuracy": result.accuracy, "loss": result.loss}
     )

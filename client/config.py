@@ -29,6 +29,7 @@ class ClientConfig:
     data: SiteDataConfig
     num_rounds: int
     seed: int
+    eval_batch_size: int  # federated evaluation at the site (``eval.batch-size``)
 
     @property
     def grad_sample_mode(self) -> GradSampleMode:
@@ -49,4 +50,12 @@ class ClientConfig:
             data=SiteDataConfig.from_run_config(run_config),
             num_rounds=rounds,
             seed=require(run_config, "seed", int),
+            eval_batch_size=_eval_batch_size(run_config),
         )
+
+
+def _eval_batch_size(run_config: dict[str, Any]) -> int:
+    size = require(run_config, "eval.batch-size", int)
+    if size < 1:
+        raise ConfigError(f"`eval.batch-size` must be >= 1. Found {size}.")
+    return size
