@@ -1,7 +1,7 @@
-"""One round of the real ``@app.train`` handler at a deployed-style site, as the
-server would send it: a CSV of short labelled reviews at ``data-path``, a state dir,
-the global model's trainable state in the message. Shared by the client tests that
-read what a site sends."""
+"""What the server sends a deployed-style site, and one round of the real
+``@app.train`` handler there: a CSV of short labelled reviews at ``data-path``, a
+state dir, the global model's trainable state in the message. Shared by the client
+tests that read what a site sends."""
 
 from __future__ import annotations
 
@@ -17,6 +17,42 @@ from models import arrays_to_state, load_model, state_to_arrays, trainable_state
 from models.config import ModelConfig
 
 
+def server_message(
+    run_config: dict[str, Any],
+    *,
+    message_type: str,
+    config: dict[str, Any],
+    node_id: int,
+) -> Message:
+    """A ``train``/``evaluate`` message as the server builds it: the trainable state
+    of the run config's model (the same tiny model on every call) and ``config``."""
+    torch.manual_seed(0)
+    loaded = load_model(ModelConfig.from_run_config(run_config))
+    return Message(
+        content=RecordDict(
+            {
+                "arrays": state_to_arrays(trainable_state(loaded.model)),
+                "config": ConfigRecord(config),
+            }
+        ),
+        dst_node_id=node_id,
+        message_type=message_type,
+    )
+
+
+def site_context(
+    run_config: dict[str, Any], node_config: dict[str, Any], *, node_id: int
+) -> Context:
+    """The site's Flower context: its own node config, the run's config."""
+    return Context(
+        run_id=1,
+        node_id=node_id,
+        node_config=node_config,
+        state=RecordDict(),
+        run_config=run_config,
+    )
+
+
 def train_reply(
     site_dir: Path, run_config: dict[str, Any], *, records: int = 24
 ) -> Message:
@@ -30,26 +66,14 @@ def train_reply(
             (f"review {i}: {'fine' if i % 2 else 'dull'}", i % 2)
             for i in range(records)
         )
-    torch.manual_seed(0)  # the same global model for every call
-    loaded = load_model(ModelConfig.from_run_config(run_config))
-    msg = Message(
-        content=RecordDict(
-            {
-                "arrays": state_to_arrays(trainable_state(loaded.model)),
-                "config": ConfigRecord({"server-round": 1, "run-key": "test"}),
-            }
-        ),
-        dst_node_id=3,
+    msg = server_message(
+        run_config,
         message_type="train",
-    )
-    context = Context(
-        run_id=1,
+        config={"server-round": 1, "run-key": "test"},
         node_id=3,
-        node_config={"data-path": str(data), "state-dir": str(site_dir / "state")},
-        state=RecordDict(),
-        run_config=run_config,
     )
-    return train(msg, context)
+    node_config = {"data-path": str(data), "state-dir": str(site_dir / "state")}
+    return train(msg, site_context(run_config, node_config, node_id=3))
 
 
 def reply_update(reply: Message) -> dict[str, torch.Tensor]:

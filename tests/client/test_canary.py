@@ -13,12 +13,11 @@ import csv
 from pathlib import Path
 
 import pytest
-from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common.serde import message_to_proto
 
 from client.app import train
-from models import load_model, state_to_arrays, trainable_state
-from models.config import ModelConfig
+
+from .site_round import server_message, site_context
 
 
 def _luhn_complete(prefix: str) -> str:
@@ -87,29 +86,19 @@ def test_no_canary_reaches_the_server_or_the_sites_files(
         "secagg.enabled": False,
         "pii.mode": "tag",
     }
-    loaded = load_model(ModelConfig.from_run_config(run_config))
-    msg = Message(
-        content=RecordDict(
-            {
-                "arrays": state_to_arrays(trainable_state(loaded.model)),
-                "config": ConfigRecord({"server-round": 1, "run-key": "canary"}),
-            }
-        ),
-        dst_node_id=7,
+    msg = server_message(
+        run_config,
         message_type="train",
-    )
-    context = Context(
-        run_id=1,
+        config={"server-round": 1, "run-key": "canary"},
         node_id=7,
-        node_config={
-            "data-path": str(data),
-            "state-dir": str(state),
-            "max-epsilon": 50.0,
-            "site-name": "canary-site",
-        },
-        state=RecordDict(),
-        run_config=run_config,
     )
+    node_config = {
+        "data-path": str(data),
+        "state-dir": str(state),
+        "max-epsilon": 50.0,
+        "site-name": "canary-site",
+    }
+    context = site_context(run_config, node_config, node_id=7)
     reply = train(msg, context)
     assert reply.has_content() and "arrays" in reply.content.array_records
     metrics = reply.content.metric_records["metrics"]

@@ -7,12 +7,13 @@ import csv
 from pathlib import Path
 
 import pytest
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Message
 
 import client.app
 from client.evaluate import EvalResult
-from models import load_model, state_to_arrays, trainable_state
-from models.config import ConfigError, ModelConfig
+from models.config import ConfigError
+
+from .site_round import server_message, site_context
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -23,29 +24,15 @@ def _evaluate(tmp_path: Path, run_config: dict) -> Message:
         csv.writer(f).writerows(
             [("text", "label"), *((f"r {i}", i % 2) for i in range(6))]
         )
-    loaded = load_model(ModelConfig.from_run_config(run_config))
-    msg = Message(
-        content=RecordDict(
-            {
-                "arrays": state_to_arrays(trainable_state(loaded.model)),
-                "config": ConfigRecord({"server-round": 1}),
-            }
-        ),
-        dst_node_id=5,
-        message_type="evaluate",
+    msg = server_message(
+        run_config, message_type="evaluate", config={"server-round": 1}, node_id=5
     )
     node_config = {
         "data-path": str(data),
         "eval-data-path": str(data),
         "state-dir": str(tmp_path / "state"),
     }
-    context = Context(
-        run_id=1,
-        node_id=5,
-        node_config=node_config,
-        state=RecordDict(),
-        run_config=run_config,
-    )
+    context = site_context(run_config, node_config, node_id=5)
     return client.app.evaluate(msg, context)
 
 

@@ -29,15 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Message
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
 from client.app import evaluate, train
-from models import load_model, state_to_arrays, trainable_state
-from models.config import ConfigError, ModelConfig
+from models.config import ConfigError
 from privacy.fingerprint import dataset_fingerprint
 from privacy.ledger import SiteLedger
 from privacy.pii import DEFAULT_ENTITIES, STRUCTURED_ENTITIES
+
+from .site_round import server_message, site_context
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -129,21 +130,6 @@ def site_file(tmp_path: Path) -> Path:
     return _write_site_file(tmp_path / "site.csv")
 
 
-def _global_arrays(run_config: dict[str, Any]) -> Any:
-    loaded = load_model(ModelConfig.from_run_config(run_config))
-    return state_to_arrays(trainable_state(loaded.model))
-
-
-def _context(run_config: dict[str, Any], node_config: dict[str, Any]) -> Context:
-    return Context(
-        run_id=1,
-        node_id=7,
-        node_config=node_config,
-        state=RecordDict(),
-        run_config=run_config,
-    )
-
-
 def _send_train(
     run_config: dict[str, Any],
     *,
@@ -153,17 +139,11 @@ def _send_train(
     max_epsilon: float = 50.0,
 ) -> Message:
     """The site's reply to the server's train message for ``server_round``."""
-    msg = Message(
-        content=RecordDict(
-            {
-                "arrays": _global_arrays(run_config),
-                "config": ConfigRecord(
-                    {"server-round": server_round, "run-key": "pii-run"}
-                ),
-            }
-        ),
-        dst_node_id=7,
+    msg = server_message(
+        run_config,
         message_type="train",
+        config={"server-round": server_round, "run-key": "pii-run"},
+        node_id=7,
     )
     node_config = {
         "data-path": str(data),
@@ -171,7 +151,7 @@ def _send_train(
         "max-epsilon": max_epsilon,
         "site-name": "pii-site",
     }
-    return train(msg, _context(run_config, node_config))
+    return train(msg, site_context(run_config, node_config, node_id=7))
 
 
 @pytest.fixture()
@@ -220,15 +200,8 @@ def test_the_trainer_tokenizes_only_scrubbed_text_and_the_ledger_fingerprints_it
 def test_evaluation_tokenizes_only_scrubbed_text(
     tmp_path: Path, site_file: Path, run_config: dict[str, Any], tokenized: list[str]
 ) -> None:
-    msg = Message(
-        content=RecordDict(
-            {
-                "arrays": _global_arrays(run_config),
-                "config": ConfigRecord({"server-round": 1}),
-            }
-        ),
-        dst_node_id=7,
-        message_type="evaluate",
+    msg = server_message(
+        run_config, message_type="evaluate", config={"server-round": 1}, node_id=7
     )
     node_config = {
         "data-path": str(site_file),
@@ -236,7 +209,7 @@ def test_evaluation_tokenizes_only_scrubbed_text(
         "state-dir": str(tmp_path / "state"),
         "site-name": "pii-site",
     }
-    reply = evaluate(msg, _context(run_config, node_config))
+    reply = evaluate(msg, site_context(run_config, node_config, node_id=7))
     assert reply.content.metric_records["metrics"]["num-examples"] == len(_rows())
     assert len(tokenized) == len(_rows())
     assert _leaks(tokenized) == [], tokenized

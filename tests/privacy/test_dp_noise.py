@@ -113,6 +113,20 @@ def _full_model_and_data(model_dir, n: int):
     return loaded, dataset
 
 
+def _dp_round(loaded, dataset, *, mode: GradSampleMode, seed: int, epochs: int = 1):
+    """One real DP-SGD round of ``train_site`` at sigma SIGMA, C CLIP, BATCH."""
+    return train_site(
+        model=loaded.model,
+        dataset=dataset,
+        train_cfg=TrainConfig(batch_size=BATCH, local_epochs=epochs),
+        dp_cfg=DPConfig(noise_multiplier=SIGMA, max_grad_norm=CLIP),
+        mode=mode,
+        noise_multiplier=SIGMA,
+        seed=seed,
+        device=torch.device("cpu"),
+    )
+
+
 def _record_applied_gradients(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
     """Every gradient AdamW is asked to apply, flattened, one tensor per step."""
     seen: list[torch.Tensor] = []
@@ -143,23 +157,15 @@ def test_site_training_round_adds_the_noise_its_ledger_release_claims(
     sigma of the release the round reports (the one its ledger entry gets).
     The clipped signal (norm <= B C / E) adds at most (B C / E)^2 / d to the
     variance, under 0.01 % here."""
-    n, batch = 40, 8
+    n = 40
     loaded, dataset = _full_model_and_data(tiny_model_dir, n)
     dp = DPConfig(noise_multiplier=SIGMA, max_grad_norm=CLIP)
     planned = plan_release(
-        dp, num_examples=n, batch_size=batch, local_epochs=1, planned_rounds=1
+        dp, num_examples=n, batch_size=BATCH, local_epochs=1, planned_rounds=1
     )
     seen = _record_applied_gradients(monkeypatch)
-    result = train_site(
-        model=loaded.model,
-        dataset=dataset,
-        train_cfg=TrainConfig(batch_size=batch),
-        dp_cfg=dp,
-        mode=mode,
-        noise_multiplier=planned.noise_multiplier,
-        seed=5,
-        device=torch.device("cpu"),
-    )
+    assert planned.noise_multiplier == SIGMA  # what _dp_round trains with
+    result = _dp_round(loaded, dataset, mode=mode, seed=5)
     assert result.release == planned and result.release.noise_multiplier == SIGMA
     expected_batch = int(n / 5)  # q = 1 / len(loader) = 1/5
     assert len(seen) == result.steps == 5
@@ -195,16 +201,7 @@ def _noise_of_a_round(model_dir, monkeypatch, *, seed: int, mode: GradSampleMode
     nothing but the seed can make two rounds' random streams differ."""
     loaded, dataset = _full_model_and_data(model_dir, 8)
     seen = _record_applied_gradients(monkeypatch)
-    train_site(
-        model=loaded.model,
-        dataset=dataset,
-        train_cfg=TrainConfig(batch_size=8, local_epochs=3),
-        dp_cfg=DPConfig(noise_multiplier=SIGMA, max_grad_norm=CLIP),
-        mode=mode,
-        noise_multiplier=SIGMA,
-        seed=seed,
-        device=torch.device("cpu"),
-    )
+    _dp_round(loaded, dataset, mode=mode, seed=seed, epochs=3)
     monkeypatch.undo()
     return seen
 
@@ -246,16 +243,7 @@ def test_site_training_draws_poisson_batches(
         sizes.append(int(kwargs["input_ids"].shape[0]))
 
     handle = loaded.model.register_forward_pre_hook(record, with_kwargs=True)
-    result = train_site(
-        model=loaded.model,
-        dataset=dataset,
-        train_cfg=TrainConfig(batch_size=8, local_epochs=3),
-        dp_cfg=DPConfig(noise_multiplier=SIGMA, max_grad_norm=CLIP),
-        mode=mode,
-        noise_multiplier=SIGMA,
-        seed=3,
-        device=torch.device("cpu"),
-    )
+    result = _dp_round(loaded, dataset, mode=mode, seed=3, epochs=3)
     handle.remove()
     assert result.steps == 15 and result.release.sample_rate == 1 / 5
     assert len(sizes) <= 15  # an empty Poisson batch has no forward
