@@ -85,7 +85,7 @@ def _best(pooled: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def _run(name: str, values: dict[str, Any], work: Path) -> dict[str, Any]:
     out = work / name
-    cmd = [sys.executable, "-m", "simulations", "simulate", "--audit"]
+    cmd = [sys.executable, "-m", "fedshield.cli", "simulate", "--audit"]
     cmd += [
         "--out",
         str(out),
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     work = args.work or Path(tempfile.mkdtemp(prefix="fedshield-audit-"))
     common = dict(COMMON)
     if args.quick:
-        from models import write_tiny_bert
+        from fedshield.models import write_tiny_bert
 
         tiny = write_tiny_bert(work / "tiny-bert")
         common.update(

@@ -162,11 +162,10 @@ def _make_step(method: Method, model, batch, labels, work: Workload):
     """Return (module, step) where step() -> (forward_s, backward_s, optimizer_s)."""
     import torch
     import torch.nn.functional as F
+    from fedshield.models import forward_inputs
+    from fedshield.privacy.bookkeeping import make_private_bookkeeping
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
-
-    from models import forward_inputs
-    from privacy.bookkeeping import make_private_bookkeeping
 
     inputs = forward_inputs(batch)  # contiguous (B, T) position ids for Opacus
     params = [p for p in model.parameters() if p.requires_grad]
@@ -312,8 +311,8 @@ def summarize(runs: list[RunResult], work: Workload) -> dict:
 
     # Report the mode the training code really uses (privacy.dp), so the headline
     # can never drift from the run path; also record which mode measured fastest.
-    from models.config import FinetuneMode
-    from privacy.dp import GradSampleMode, default_grad_sample_mode
+    from fedshield.models.config import FinetuneMode
+    from fedshield.privacy.dp import GradSampleMode, default_grad_sample_mode
 
     as_method = {
         GradSampleMode.HOOKS: Method.OPACUS_HOOKS,

@@ -31,10 +31,11 @@ silently testing nothing.
 How a mutant is run: the repository's source (without ``.git``, ``.venv``,
 ``runs``) is copied once per worker into a temporary folder; the mutant is applied
 there, never in the working tree, and pytest runs the mutant's tests from that copy
-with ``PYTHONPATH`` pointing at it (a subprocess a test starts imports the mutated
-copy too). Before any mutant, every listed test is run unmutated and must pass: a
-test that fails on the real code kills nothing. A mutant is **killed** when pytest
-reports a failure (exit 1), **survived** when its tests pass; any other exit
+with ``PYTHONPATH`` pointing at it, through a link tree ``.namespace/fedshield/<pkg>``
+that mirrors pyproject's package-dir mapping (a subprocess a test starts imports the
+mutated copy too). Before any mutant, every listed test is run unmutated and must
+pass: a test that fails on the real code kills nothing. A mutant is **killed** when
+pytest reports a failure (exit 1), **survived** when its tests pass; any other exit
 (collection error, crash) or a timeout is reported as such and counts as neither.
 """
 
@@ -57,7 +58,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG = ROOT / "benchmarks" / "mutants"
 OUT = ROOT / "benchmarks" / "results" / "mutants.json"
-SKIP = {".git", ".venv", "runs", "__pycache__", ".pytest_cache", ".hypothesis"}
+SKIP = {
+    ".git",
+    ".venv",
+    "runs",
+    "build",
+    "__pycache__",
+    ".pytest_cache",
+    ".hypothesis",
+    ".mypy_cache",
+    ".ruff_cache",
+}
 SKIP |= {".ruff_cache", ".mypy_cache", "build"}
 
 
@@ -138,14 +149,32 @@ def copy_source(dest: Path) -> Path:
         return {n for n in names if n in SKIP or n.endswith(".egg-info")}
 
     shutil.copytree(ROOT, dest, ignore=ignore)
+    _link_namespace(dest)
     return dest
+
+
+NAMESPACE_DIR = ".namespace"
+
+
+def _link_namespace(root: Path) -> None:
+    """``root/.namespace/fedshield/<pkg>`` -> the copy's folders (.ci/namespace.py):
+    with ``.namespace`` first on ``PYTHONPATH``, ``fedshield.privacy`` is the copy's."""
+    subprocess.run(
+        [sys.executable, str(root / ".ci" / "namespace.py"), str(root / NAMESPACE_DIR)],
+        check=True,
+    )
+
+
+def _env(root: Path) -> dict[str, str]:
+    path = os.pathsep.join([str(root / NAMESPACE_DIR), str(root)])
+    return dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
 
 
 def run_tests(
     root: Path, tests: Iterable[str], timeout: float
 ) -> tuple[int | None, float, str]:
     """pytest on ``tests`` from ``root``: (exit code or None on timeout, s, tail)."""
-    env = dict(os.environ, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
+    env = _env(root)
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
     cmd += ["-p", "no:randomly", *tests]
     start = time.perf_counter()
@@ -161,8 +190,11 @@ def run_tests(
 
 def check_imports_from(root: Path) -> None:
     """Refuse to run if pytest in the copy would import the working tree instead."""
-    env = dict(os.environ, PYTHONPATH=str(root))
-    probe = "import privacy, server, client; print(privacy.__file__)"
+    env = _env(root)
+    probe = (
+        "import fedshield.privacy, fedshield.server, fedshield.client; "
+        "print(fedshield.privacy.__file__)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=root,

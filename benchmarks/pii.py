@@ -65,8 +65,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from privacy.pii import STRUCTURED_ENTITIES, PIIConfig, Scrubber  # noqa: E402
-from privacy.pii.synthetic import (  # noqa: E402
+from fedshield.privacy.pii import STRUCTURED_ENTITIES, PIIConfig, Scrubber  # noqa: E402
+from fedshield.privacy.pii.synthetic import (  # noqa: E402
     SyntheticSentence,
     synthetic_sentences,
     template_lines,

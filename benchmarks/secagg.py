@@ -63,11 +63,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from client.secagg_mod import secagg_mod  # noqa: E402
-from models import arrays_to_state, state_to_arrays  # noqa: E402
-from privacy.secagg import SecAggConfig  # noqa: E402
-from server.rounds import collect_replies  # noqa: E402
-from server.secagg import prepare_setup, secure_sum  # noqa: E402
+from fedshield.client.secagg_mod import secagg_mod  # noqa: E402
+from fedshield.models import arrays_to_state, state_to_arrays  # noqa: E402
+from fedshield.privacy.secagg import SecAggConfig  # noqa: E402
+from fedshield.server.rounds import collect_replies  # noqa: E402
+from fedshield.server.secagg import prepare_setup, secure_sum  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "secagg.json"
 SETTINGS: dict[str, Any] = {}  # filled by main() before each simulation

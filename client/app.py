@@ -28,6 +28,18 @@ import math
 import secrets
 
 import torch
+from fedshield.models import (
+    LoadedModel,
+    arrays_to_state,
+    load_model,
+    load_trainable_state,
+    state_delta,
+    state_to_arrays,
+    trainable_state,
+)
+from fedshield.privacy.budget import plan_release
+from fedshield.privacy.client_dp import clip_update
+from fedshield.privacy.fingerprint import dataset_fingerprint
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -37,19 +49,6 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
-
-from models import (
-    LoadedModel,
-    arrays_to_state,
-    load_model,
-    load_trainable_state,
-    state_delta,
-    state_to_arrays,
-    trainable_state,
-)
-from privacy.budget import plan_release
-from privacy.client_dp import clip_update
-from privacy.fingerprint import dataset_fingerprint
 
 from .config import ClientConfig
 from .data import tokenize

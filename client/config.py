@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from models import ModelConfig
-from models.config import ConfigError, require
-from privacy.client_dp import ClientDPConfig
-from privacy.dp import DPConfig, GradSampleMode, default_grad_sample_mode
-from privacy.pii import PIIConfig
-from privacy.secagg import SecAggConfig
+from fedshield.models import ModelConfig
+from fedshield.models.config import ConfigError, require
+from fedshield.privacy.client_dp import ClientDPConfig
+from fedshield.privacy.dp import DPConfig, GradSampleMode, default_grad_sample_mode
+from fedshield.privacy.pii import PIIConfig
+from fedshield.privacy.secagg import SecAggConfig
 
 from .data import SiteDataConfig
 from .trainer import TrainConfig

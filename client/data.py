@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fedshield.models.config import ConfigError, require
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
-
-from models.config import ConfigError, require
 
 __all__ = [
     "LabeledTexts",

@@ -42,8 +42,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from models.config import ConfigError, parse_enum
-from privacy.budget import (
+from fedshield.models.config import ConfigError, parse_enum
+from fedshield.privacy.budget import (
     BudgetCheck,
     Release,
     accountant_of,
@@ -51,8 +51,8 @@ from privacy.budget import (
     compose_epsilon,
     exclusive,
 )
-from privacy.dp import AccountantKind, accountant_to_json
-from privacy.ledger import LedgerEntry, LedgerError, Mechanism, SiteLedger
+from fedshield.privacy.dp import AccountantKind, accountant_to_json
+from fedshield.privacy.ledger import LedgerEntry, LedgerError, Mechanism, SiteLedger
 
 from .trainer import TrainResult
 

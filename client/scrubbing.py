@@ -17,9 +17,9 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from privacy.fingerprint import dataset_fingerprint
-from privacy.pii import PIIConfig, PIIMode, Scrubber, load_site_key
-from privacy.storage import atomic_write_json
+from fedshield.privacy.fingerprint import dataset_fingerprint
+from fedshield.privacy.pii import PIIConfig, PIIMode, Scrubber, load_site_key
+from fedshield.privacy.storage import atomic_write_json
 
 from .data import LabeledTexts
 from .site import SiteData

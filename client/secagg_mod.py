@@ -29,6 +29,20 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from fedshield.models import arrays_to_state, flatten_state
+from fedshield.models.records import (
+    read_bytes_list,
+    read_float,
+    read_int,
+    read_int_list,
+)
+from fedshield.privacy.secagg import (
+    ClientSession,
+    ProtocolError,
+    SecAggAborted,
+    SecAggConfig,
+    SecAggParams,
+)
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -39,21 +53,6 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp.typing import ClientAppCallable
-
-from models import arrays_to_state, flatten_state
-from models.records import (
-    read_bytes_list,
-    read_float,
-    read_int,
-    read_int_list,
-)
-from privacy.secagg import (
-    ClientSession,
-    ProtocolError,
-    SecAggAborted,
-    SecAggConfig,
-    SecAggParams,
-)
 
 __all__ = ["STAGES", "secagg_mod"]
 

@@ -55,7 +55,7 @@ def load_site(
         )
     if "partition-id" in node_config and "num-partitions" in node_config:
         # Simulation only: the embedded default dataset stands in for site files.
-        from simulations.scenario import simulated_site
+        from fedshield.simulations.scenario import simulated_site
 
         train, evaluation = simulated_site(
             partition_id=int(node_config["partition-id"]),

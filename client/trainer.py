@@ -14,19 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from opacus import PrivacyEngine
-from torch.utils.data import DataLoader
-
-from models import forward_inputs, is_head_parameter
-from models.config import ConfigError, require
-from privacy.budget import Release
-from privacy.dp import (
+from fedshield.models import forward_inputs, is_head_parameter
+from fedshield.models.config import ConfigError, require
+from fedshield.privacy.budget import Release
+from fedshield.privacy.dp import (
     DPConfig,
     GradSampleMode,
     PrivateTraining,
     make_non_private,
     make_private,
 )
+from opacus import PrivacyEngine
+from torch.utils.data import DataLoader
 
 from .data import TokenizedTexts
 

@@ -52,8 +52,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from models.config import ConfigError, require
+from fedshield.models.config import ConfigError, require
 
 __all__ = [
     "ClientDPConfig",

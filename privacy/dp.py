@@ -36,12 +36,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from fedshield.models.config import ConfigError, FinetuneMode, parse_enum, require
 from opacus import PrivacyEngine
 from opacus.accountants.accountant import IAccountant
 from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader
-
-from models.config import ConfigError, FinetuneMode, parse_enum, require
 
 __all__ = [
     "AccountantKind",

@@ -18,18 +18,17 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord, Context
-from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
-
-from client.config import ClientConfig
-from models import (
+from fedshield.client.config import ClientConfig
+from fedshield.models import (
     FinetuneMode,
     MeanPoolingClassifier,
     load_trainable_state,
     trainable_state,
 )
-from models.config import ConfigError
+from fedshield.models.config import ConfigError
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
 
 from .central_dp import ClientLevelAccountant
 from .checkpoint import (

@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from privacy.budget import Release, accountant_of, compose_epsilon
-from privacy.client_dp import ClientDPConfig
-from privacy.dp import AccountantKind, accountant_to_json
-from privacy.ledger import LedgerEntry, Mechanism, SiteLedger
+from fedshield.privacy.budget import Release, accountant_of, compose_epsilon
+from fedshield.privacy.client_dp import ClientDPConfig
+from fedshield.privacy.dp import AccountantKind, accountant_to_json
+from fedshield.privacy.ledger import LedgerEntry, Mechanism, SiteLedger
 
 __all__ = ["ClientLevelAccountant", "SERVER_LEDGER_DIR"]
 

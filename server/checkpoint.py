@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from privacy.storage import atomic_write_bytes, atomic_write_json
+from fedshield.privacy.storage import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "CHECKPOINT_NAME",

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models import ModelConfig
-from models.config import ConfigError, require
+from fedshield.models import ModelConfig
+from fedshield.models.config import ConfigError, require
 
 __all__ = ["ServerConfig"]
 

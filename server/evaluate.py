@@ -6,11 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from client.data import LabeledTexts, SiteDataConfig, read_labeled_file, tokenize
-from client.evaluate import EvalResult, evaluate_model
-from client.trainer import pick_device
-from models import LoadedModel, load_model, load_trainable_state
+from fedshield.client.data import (
+    LabeledTexts,
+    SiteDataConfig,
+    read_labeled_file,
+    tokenize,
+)
+from fedshield.client.evaluate import EvalResult, evaluate_model
+from fedshield.client.trainer import pick_device
+from fedshield.models import LoadedModel, load_model, load_trainable_state
 
 from .config import ServerConfig
 
@@ -23,7 +27,7 @@ def central_test_data(cfg: ServerConfig, run_config: dict[str, Any]) -> LabeledT
         return read_labeled_file(
             Path(cfg.test_path), SiteDataConfig.from_run_config(run_config)
         )
-    from simulations.scenario import central_test_split
+    from fedshield.simulations.scenario import central_test_split
 
     return central_test_split(run_config)
 

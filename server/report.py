@@ -5,10 +5,9 @@ epsilon when client-level DP is on."""
 
 from __future__ import annotations
 
+from fedshield.client.config import ClientConfig
 from rich.console import Console
 from rich.table import Table
-
-from client.config import ClientConfig
 
 from .config import ServerConfig
 from .rounds import RoundLog

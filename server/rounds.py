@@ -30,24 +30,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Message
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
-
-from models import (
+from fedshield.models import (
     StateMismatchError,
     add_delta,
     arrays_to_state,
     check_same_layout,
     state_to_arrays,
 )
-from privacy.client_dp import (
+from fedshield.privacy.client_dp import (
     ClientDPConfig,
     l2_norm,
     noisy_mean,
     noisy_mean_of_sum,
 )
-from privacy.secagg import SecAggAborted, SecAggConfig
+from fedshield.privacy.secagg import SecAggAborted, SecAggConfig
+from flwr.app import ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
 from .secagg import prepare_setup, secure_sum
 

@@ -37,17 +37,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Message, RecordDict
-
-from models import unflatten_state
-from models.records import read_bytes, read_bytes_list, read_int, read_int_list
-from privacy.secagg import (
+from fedshield.models import unflatten_state
+from fedshield.models.records import (
+    read_bytes,
+    read_bytes_list,
+    read_int,
+    read_int_list,
+)
+from fedshield.privacy.secagg import (
     ProtocolError,
     SecAggAborted,
     SecAggConfig,
     SecAggParams,
     ServerSession,
 )
+from flwr.app import ConfigRecord, Message, RecordDict
 
 __all__ = ["SecureSum", "prepare_setup", "secure_sum"]
 

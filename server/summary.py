@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from privacy.storage import json_safe
+from fedshield.privacy.storage import json_safe
 
 from .checkpoint import atomic_write_json
 

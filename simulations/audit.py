@@ -38,16 +38,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
-
-from client.config import ClientConfig
-from client.data import LabeledTexts, tokenize
-from client.scrubbing import scrub_site
-from client.site import SiteData
-from client.trainer import batch_inputs, pick_device, train_site
-from models import LoadedModel, load_model, load_trainable_state
-from models.config import ConfigError
-from privacy.audit import (
+from fedshield.client.config import ClientConfig
+from fedshield.client.data import LabeledTexts, tokenize
+from fedshield.client.scrubbing import scrub_site
+from fedshield.client.site import SiteData
+from fedshield.client.trainer import batch_inputs, pick_device, train_site
+from fedshield.models import LoadedModel, load_model, load_trainable_state
+from fedshield.models.config import ConfigError
+from fedshield.privacy.audit import (
     AuditConfig,
     RocCurve,
     SiteAudit,
@@ -57,8 +55,9 @@ from privacy.audit import (
     loss_threshold_scores,
     roc,
 )
-from privacy.pii import PIIMode, Scrubber
-from privacy.pii.engine import KEY_NAME
+from fedshield.privacy.pii import PIIMode, Scrubber
+from fedshield.privacy.pii.engine import KEY_NAME
+from torch.utils.data import DataLoader
 
 from .scenario import reference_population, simulated_site, site_canaries
 
@@ -370,7 +369,7 @@ def _pooled(
 
 
 def _scrubber(cfg: ClientConfig, state_dir: Path) -> Scrubber:
-    from privacy.pii import load_site_key
+    from fedshield.privacy.pii import load_site_key
 
     if cfg.pii.mode is PIIMode.PSEUDONYM:
         return Scrubber(cfg.pii, key=load_site_key(state_dir))

@@ -18,8 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-
-from client.data import LabeledTexts, SiteDataError
+from fedshield.client.data import LabeledTexts, SiteDataError
 
 __all__ = ["DefaultSplit", "default_split", "rotten_tomatoes", "rotten_tomatoes_path"]
 

@@ -19,15 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from client.data import LabeledTexts
-from models.config import ConfigError, parse_enum, require
-from privacy.audit import AuditConfig, Canaries, CanaryKind, make_canaries
+from fedshield.client.data import LabeledTexts
+from fedshield.models.config import ConfigError, parse_enum, require
+from fedshield.privacy.audit import AuditConfig, Canaries, CanaryKind, make_canaries
 
 from .datasets import DefaultSplit, default_split
 from .partition import PartitionScheme, partition_indices
 
 if TYPE_CHECKING:
-    from privacy.pii.synthetic import SyntheticSentence
+    from fedshield.privacy.pii.synthetic import SyntheticSentence
 
 __all__ = [
     "ScenarioConfig",
@@ -192,7 +192,7 @@ def reference_population(
 def _with_pii(
     texts: LabeledTexts, cfg: ScenarioConfig, *, seed: int
 ) -> tuple[LabeledTexts, dict[int, SyntheticSentence]]:
-    from privacy.pii.synthetic import inject_pii
+    from fedshield.privacy.pii.synthetic import inject_pii
 
     injected, which = inject_pii(
         texts.texts, fraction=cfg.inject_pii, seed=cfg.seed * 1_000_003 + seed

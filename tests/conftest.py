@@ -36,7 +36,7 @@ def default_run_config() -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models import write_tiny_bert
+    from fedshield.models import write_tiny_bert
 
     return write_tiny_bert(tmp_path_factory.mktemp("tiny") / "bert")
 

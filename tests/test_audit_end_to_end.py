@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from privacy.audit.one_run import empirical_epsilon
-from privacy.audit.report import SECTIONS
+from fedshield.privacy.audit.one_run import empirical_epsilon
+from fedshield.privacy.audit.report import SECTIONS
 
 pytestmark = pytest.mark.slow  # a whole run (make test-fast skips it)
 
@@ -35,7 +35,7 @@ AUDIT = {
 
 def _fedshield(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "simulations", *args],
+        [sys.executable, "-m", "fedshield.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -96,7 +96,7 @@ def test_every_site_is_attacked_and_its_empirical_epsilon_stays_below_the_claim(
 def test_report_has_every_section_and_no_raw_record_or_pii(
     audited_run: Path, default_run_config: dict[str, Any]
 ) -> None:
-    from simulations.scenario import injected_pii, site_canaries
+    from fedshield.simulations.scenario import injected_pii, site_canaries
 
     report = (audited_run / "audit" / "report.html").read_text()
     numbers = (audited_run / "audit" / "audit.json").read_text()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from opacus.accountants import RDPAccountant
 
-from privacy.ledger import SiteLedger
+from fedshield.privacy.ledger import SiteLedger
 
 pytestmark = pytest.mark.slow  # whole simulations (make test-fast skips them)
 
@@ -31,7 +31,7 @@ def _simulate(
         [
             sys.executable,
             "-m",
-            "simulations",
+            "fedshield.cli",
             "simulate",
             "--out",
             str(out),
@@ -94,7 +94,7 @@ def test_existing_run_is_not_overwritten(finished_run) -> None:
 
 def _ledger_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "simulations", "ledger", *args],
+        [sys.executable, "-m", "fedshield.cli", "ledger", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -192,8 +192,8 @@ def test_injected_pii_is_in_no_file_the_run_writes(finished_run, default_run_con
     """The sites' shares carry synthetic PII (data.inject-pii); the structured
     values among it appear nowhere under the run directory (summary, logs,
     checkpoints, ledgers, scrub caches)."""
-    from privacy.pii import STRUCTURED_ENTITIES
-    from simulations.scenario import injected_pii
+    from fedshield.privacy.pii import STRUCTURED_ENTITIES
+    from fedshield.simulations.scenario import injected_pii
 
     out, overrides = finished_run
     run_config = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from models.config import ConfigError, parse_enum, require
+from fedshield.models.config import ConfigError, parse_enum, require
 
 from .canaries import CanaryKind
 

@@ -32,7 +32,7 @@ from typing import Any
 
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
-from models.config import ConfigError, parse_enum, require  # noqa: E402
+from fedshield.models.config import ConfigError, parse_enum, require  # noqa: E402
 
 __all__ = [
     "DEFAULT_ENTITIES",

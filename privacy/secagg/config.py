@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from models.config import ConfigError, require
+from fedshield.models.config import ConfigError, require
 
 from .protocol import resolve_count
 from .quantize import Quantizer

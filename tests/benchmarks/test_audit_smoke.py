@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.subprocess_env import subprocess_env
 
 pytestmark = pytest.mark.slow  # a whole run (make test-fast skips it)
 
@@ -19,7 +20,7 @@ def test_audit_benchmark_writes_both_runs_and_the_headline(tmp_path: Path) -> No
     out = tmp_path / "audit.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "audit.py"), "--quick"]
     cmd += ["--out", str(out), "--work", str(tmp_path / "runs")]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = subprocess_env()
     done = subprocess.run(
         cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200
     )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.subprocess_env import subprocess_env
 
 pytestmark = pytest.mark.slow  # a whole run (make test-fast skips it)
 
@@ -27,7 +28,7 @@ def test_quick_benchmark_writes_every_config_and_the_headline(tmp_path: Path) ->
     out = tmp_path / "nested" / "dp_overhead.json"
     default = REPO / "benchmarks" / "results" / "dp_overhead.json"
     before = default.stat().st_mtime_ns if default.exists() else None
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = subprocess_env()
     cmd = [sys.executable, str(REPO / "benchmarks" / "dp_overhead.py"), "--quick"]
     cmd += ["--warmup", "0", "--steps", "1", "--out", str(out)]
     done = subprocess.run(

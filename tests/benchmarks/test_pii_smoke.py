@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from fedshield.privacy.pii.synthetic import PIISpan, SyntheticSentence
 
-from privacy.pii.synthetic import PIISpan, SyntheticSentence
+from tests.subprocess_env import subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -64,7 +64,7 @@ def test_token_scores_count_hits_misses_wrong_types_and_unscored_gold() -> None:
 @pytest.mark.slow  # the benchmark script end to end (make test-fast skips it)
 def test_pii_benchmark_writes_both_systems_and_the_headline(tmp_path: Path) -> None:
     out = tmp_path / "pii.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = subprocess_env()
     cmd = [sys.executable, str(REPO / "benchmarks" / "pii.py")]
     cmd += ["--sentences", "40", "--seed", "3", "--out", str(out)]
     done = subprocess.run(

@@ -5,12 +5,13 @@ Flower's SecAgg+), each one round of 10 values at 3 sites (the fewest a threshol
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.subprocess_env import subprocess_env
 
 pytestmark = pytest.mark.slow  # a whole run (make test-fast skips it)
 
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_secagg_benchmark_writes_every_mode_and_the_headline(tmp_path: Path) -> None:
     out = tmp_path / "secagg.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = subprocess_env()
     cmd = [sys.executable, str(REPO / "benchmarks" / "secagg.py"), "--out", str(out)]
     cmd += ["--sites", "3", "--size", "10", "--rounds", "1", "--actors", "1"]
     done = subprocess.run(

@@ -6,8 +6,8 @@ Run by ``tests/client/test_release.py`` as a script::
         KILL_ROUND KILL_POINT LOG
 
 It runs rounds ``FIRST_ROUND, FIRST_ROUND + 1, ...`` through the real
-:func:`client.release.release_round` (real ledger, real budget lock, real Opacus
-RDP accountant) until the budget refuses. In round ``KILL_ROUND`` it SIGKILLs
+:func:`fedshield.client.release.release_round` (real ledger, real budget lock, real
+Opacus RDP accountant) until the budget refuses. In round ``KILL_ROUND`` it SIGKILLs
 itself at ``KILL_POINT`` (:data:`POINTS`), as abruptly as an outside ``kill -9``:
 no ``finally``, no ``atexit``, no SQLite rollback. Points inside the ledger's
 transaction are hit through SQLite's trace callback, which fires when a statement
@@ -21,9 +21,9 @@ on the ledger: an update that left before its entry was durable is reported as
 
 No torch: the site's real release path imports torch only through package
 ``__init__`` files and two torch modules whose torch-free names it uses
-(``privacy.dp.AccountantKind``, ``privacy.dp.accountant_to_json``,
-``client.trainer.TrainResult``). :func:`_install_torch_free_imports` loads those
-names from the real source files (by their ``ast``) and lets every other module
+(``fedshield.privacy.dp.AccountantKind``, ``accountant_to_json``,
+``fedshield.client.trainer.TrainResult``). :func:`_install_torch_free_imports` loads
+those names from the real source files (by their ``ast``) and lets every other module
 load unchanged, so a mutant of any of them is what this process runs. The child
 prints ``READY torch=False`` once imported; the test checks it.
 """
@@ -40,8 +40,6 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # The release of every round (sigma, q, steps): q = 1 composes in closed form, so
 # the accountant costs microseconds and the test's time is the kills'.
@@ -77,6 +75,12 @@ def _package(name: str) -> None:
     sys.modules[name] = module
 
 
+def _source(package: str, file: str) -> Path:
+    """The real file ``file`` of ``package`` (wherever it is imported from: the
+    working tree, or a mutant's copy on ``PYTHONPATH``)."""
+    return Path(sys.modules[package].__path__[0]) / file
+
+
 def _module_from_source(name: str, path: Path, keep: set[str], env: dict) -> None:
     """Module ``name`` holding only the top-level definitions ``keep`` of the real
     file at ``path``, compiled as that file is (postponed annotations)."""
@@ -107,19 +111,23 @@ def _install_torch_free_imports() -> None:
     from dataclasses import dataclass
     from enum import StrEnum
 
-    for name in ("opacus", "privacy", "models", "client"):
+    for name in (
+        "opacus",
+        "fedshield.privacy",
+        "fedshield.models",
+        "fedshield.client",
+    ):
         _package(name)
     # opacus.accountants.accountant imports DPOptimizer only for an optimizer hook
     optimizers = types.ModuleType("opacus.optimizers")
     optimizers.DPOptimizer = type("DPOptimizer", (), {})  # type: ignore[attr-defined]
     sys.modules["opacus.optimizers"] = optimizers
+    from fedshield.models.config import ConfigError, require
     from opacus.accountants.utils import get_noise_multiplier
 
-    from models.config import ConfigError, require
-
     _module_from_source(
-        "privacy.dp",
-        ROOT / "privacy" / "dp.py",
+        "fedshield.privacy.dp",
+        _source("fedshield.privacy", "dp.py"),
         {
             "AccountantKind",
             "DPConfig",
@@ -135,11 +143,11 @@ def _install_torch_free_imports() -> None:
             "get_noise_multiplier": get_noise_multiplier,
         },
     )
-    from privacy.budget import Release
+    from fedshield.privacy.budget import Release
 
     _module_from_source(
-        "client.trainer",
-        ROOT / "client" / "trainer.py",
+        "fedshield.client.trainer",
+        _source("fedshield.client", "trainer.py"),
         {"TrainResult"},
         {"dataclass": dataclass, "Release": Release},
     )
@@ -169,11 +177,11 @@ def main(argv: list[str]) -> int:
     if kill_point not in (*POINTS, "none"):
         raise SystemExit(f"unknown kill point {kill_point!r}; one of {POINTS}")
     _install_torch_free_imports()
-    from client.release import Refused, SiteBudget, release_round
-    from client.trainer import TrainResult
-    from privacy.budget import Release
-    from privacy.dp import AccountantKind
-    from privacy.ledger import SiteLedger
+    from fedshield.client.release import Refused, SiteBudget, release_round
+    from fedshield.client.trainer import TrainResult
+    from fedshield.privacy.budget import Release
+    from fedshield.privacy.dp import AccountantKind
+    from fedshield.privacy.ledger import SiteLedger
 
     planned = Release(*PLANNED)
     budget = SiteBudget(Path(state), max_epsilon=float(max_eps), delta=1e-5)

@@ -10,11 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fedshield.client.app import train
+from fedshield.models import (
+    arrays_to_state,
+    load_model,
+    state_to_arrays,
+    trainable_state,
+)
+from fedshield.models.config import ModelConfig
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-
-from client.app import train
-from models import arrays_to_state, load_model, state_to_arrays, trainable_state
-from models.config import ModelConfig
 
 
 def server_message(

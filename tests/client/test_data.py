@@ -2,8 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from client.data import SiteDataConfig, SiteDataError, read_labeled_file
+from fedshield.client.data import SiteDataConfig, SiteDataError, read_labeled_file
 
 CFG = SiteDataConfig(
     text_column="text", label_column="label", label_names=("neg", "pos")
@@ -88,7 +87,7 @@ def test_unsupported_extension(tmp_path: Path) -> None:
 
 
 def test_label_names_must_match_num_labels(default_run_config) -> None:
-    from models.config import ConfigError
+    from fedshield.models.config import ConfigError
 
     cfg = dict(default_run_config, **{"data.label-names": "a,b,c"})
     with pytest.raises(ConfigError, match="must list 2 non-empty names"):

@@ -7,11 +7,10 @@ import csv
 from pathlib import Path
 
 import pytest
+from fedshield.client import app as client_app
+from fedshield.client.evaluate import EvalResult
+from fedshield.models.config import ConfigError
 from flwr.app import Message
-
-import client.app
-from client.evaluate import EvalResult
-from models.config import ConfigError
 
 from .site_round import server_message, site_context
 
@@ -33,7 +32,7 @@ def _evaluate(tmp_path: Path, run_config: dict) -> Message:
         "state-dir": str(tmp_path / "state"),
     }
     context = site_context(run_config, node_config, node_id=5)
-    return client.app.evaluate(msg, context)
+    return client_app.evaluate(msg, context)
 
 
 def test_site_evaluation_uses_the_configured_batch_size(
@@ -45,7 +44,7 @@ def test_site_evaluation_uses_the_configured_batch_size(
         sizes.append(batch_size)
         return EvalResult(accuracy=0.5, loss=0.7, num_examples=len(dataset))
 
-    monkeypatch.setattr(client.app, "evaluate_model", record)
+    monkeypatch.setattr(client_app, "evaluate_model", record)
     cfg = {**tiny_run_config, "pii.mode": "off", "eval.batch-size": 3}
     reply = _evaluate(tmp_path, cfg)
     assert sizes == [3]

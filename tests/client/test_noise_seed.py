@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from client.app import training_seed
-from client.config import ClientConfig
+from fedshield.client.app import training_seed
+from fedshield.client.config import ClientConfig
 
 from .site_round import reply_update, train_reply
 

@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fedshield.client.app import evaluate, train
+from fedshield.models.config import ConfigError
+from fedshield.privacy.fingerprint import dataset_fingerprint
+from fedshield.privacy.ledger import SiteLedger
+from fedshield.privacy.pii import DEFAULT_ENTITIES, STRUCTURED_ENTITIES
 from flwr.app import Message
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
-
-from client.app import evaluate, train
-from models.config import ConfigError
-from privacy.fingerprint import dataset_fingerprint
-from privacy.ledger import SiteLedger
-from privacy.pii import DEFAULT_ENTITIES, STRUCTURED_ENTITIES
 
 from .site_round import server_message, site_context
 

@@ -1,7 +1,6 @@
 """The guarded release: budget check before training, ledger entry before the update
 leaves, composition across runs, and no overspending across kills and restarts."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,13 +10,20 @@ import types
 from pathlib import Path
 
 import pytest
+from fedshield.client.release import (
+    BudgetScope,
+    Refused,
+    Released,
+    SiteBudget,
+    release_round,
+)
+from fedshield.client.trainer import TrainResult
+from fedshield.models.config import ConfigError
+from fedshield.privacy.budget import Release, compose_epsilon
+from fedshield.privacy.dp import AccountantKind
+from fedshield.privacy.ledger import DB_NAME, LedgerError, SiteLedger
 
-from client.release import BudgetScope, Refused, Released, SiteBudget, release_round
-from client.trainer import TrainResult
-from models.config import ConfigError
-from privacy.budget import Release, compose_epsilon
-from privacy.dp import AccountantKind
-from privacy.ledger import DB_NAME, LedgerError, SiteLedger
+from tests.subprocess_env import subprocess_env
 
 from . import release_child
 
@@ -229,7 +235,7 @@ def test_a_second_run_cannot_spend_the_budget_a_running_round_has_claimed(
         time.sleep(0.01)
 
     monkeypatch.setattr(
-        "privacy.budget.time",
+        "fedshield.privacy.budget.time",
         types.SimpleNamespace(monotonic=time.monotonic, sleep=waiting),
     )
 
@@ -292,7 +298,7 @@ def _life(state: Path, log: Path, max_eps: float, first: int, kill: int, point: 
         capture_output=True,
         text=True,
         timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=subprocess_env(),
     )
     assert child.stdout.startswith("READY torch=False"), child.stdout + child.stderr
     if child.returncode == 0:  # a life that ran to the end imported no torch later

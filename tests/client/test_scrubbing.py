@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from client.data import LabeledTexts
-from client.scrubbing import CACHE_DIR, scrub_site
-from client.site import SiteData
-from privacy.pii import PIIConfig, PIIMode
+from fedshield.client.data import LabeledTexts
+from fedshield.client.scrubbing import CACHE_DIR, scrub_site
+from fedshield.client.site import SiteData
+from fedshield.privacy.pii import PIIConfig, PIIMode
 
 
 def _site(texts: tuple[str, ...]) -> SiteData:

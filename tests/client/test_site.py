@@ -1,10 +1,9 @@
 from pathlib import Path
 
 import pytest
-
-from client.config import ClientConfig
-from client.data import SiteDataError
-from client.site import load_site
+from fedshield.client.config import ClientConfig
+from fedshield.client.data import SiteDataError
+from fedshield.client.site import load_site
 
 
 def test_deployed_site_reads_its_own_files(tmp_path: Path, default_run_config) -> None:

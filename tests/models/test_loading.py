@@ -2,8 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from models import (
+from fedshield.models import (
     FinetuneMode,
     ModelConfig,
     ModelLoadError,
@@ -11,7 +10,7 @@ from models import (
     load_model,
     trainable_state,
 )
-from models.config import ConfigError
+from fedshield.models.config import ConfigError
 
 
 @pytest.mark.parametrize("mode", [FinetuneMode.LORA, FinetuneMode.FULL])
@@ -89,7 +88,7 @@ def test_mean_pooling_ignores_padding(tiny_model_dir: Path) -> None:
 
 
 def test_cls_pooling_uses_the_hugging_face_head(tiny_model_dir: Path) -> None:
-    from models import Pooling
+    from fedshield.models import Pooling
 
     cfg = ModelConfig(source=str(tiny_model_dir), pooling=Pooling.CLS, lora_r=4)
     names = list(trainable_state(load_model(cfg).model))
@@ -100,7 +99,7 @@ def test_cls_pooling_uses_the_hugging_face_head(tiny_model_dir: Path) -> None:
 
 
 def test_head_parameters_are_exactly_the_classifier(tiny_model_dir: Path) -> None:
-    from models import is_head_parameter
+    from fedshield.models import is_head_parameter
 
     model = load_model(ModelConfig(source=str(tiny_model_dir), lora_r=4)).model
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]

@@ -2,9 +2,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from opacus import GradSampleModule
-
-from models import (
+from fedshield.models import (
     FinetuneMode,
     ModelConfig,
     StateMismatchError,
@@ -16,6 +14,7 @@ from models import (
     state_to_arrays,
     trainable_state,
 )
+from opacus import GradSampleModule
 
 
 def test_arrays_round_trip_is_lossless(tiny_model_dir) -> None:

@@ -5,11 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import brentq
-from scipy.stats import binom, norm
-
-from models.config import ConfigError
-from privacy.audit import (
+from fedshield.models.config import ConfigError
+from fedshield.privacy.audit import (
     AuditConfig,
     CanaryKind,
     SiteAudit,
@@ -21,6 +18,8 @@ from privacy.audit import (
     p_value,
     roc,
 )
+from scipy.optimize import brentq
+from scipy.stats import binom, norm
 
 
 def test_roc_auc_and_tpr_at_fpr_on_a_hand_computed_case() -> None:
@@ -180,7 +179,7 @@ def test_audit_config_explains_bad_values_and_splits_the_guesses() -> None:
 
 
 def test_a_violation_is_reported_loudly_and_config_values_are_escaped() -> None:
-    from privacy.audit.report import SECTIONS, render_html, report_json
+    from fedshield.privacy.audit.report import SECTIONS, render_html, report_json
 
     curve = roc([0.9, 0.8, 0.3], [0.7, 0.2, 0.1, 0.05])
     canaries = audit_guesses(
@@ -216,7 +215,7 @@ def test_a_violation_is_reported_loudly_and_config_values_are_escaped() -> None:
 def test_simulated_sites_get_disjoint_canaries_and_crafted_ones_need_no_population(
     tiny_run_config: dict,
 ) -> None:
-    from simulations.scenario import reference_population, site_canaries
+    from fedshield.simulations.scenario import reference_population, site_canaries
 
     cfg = {**tiny_run_config, "audit.canaries": 25}
     a = site_canaries(partition_id=0, num_partitions=2, run_config=cfg)

@@ -16,9 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from opacus.accountants.analysis import rdp as opacus_rdp
-
-from privacy.budget import (
+from fedshield.privacy.budget import (
     Release,
     accountant_of,
     check_budget,
@@ -26,8 +24,9 @@ from privacy.budget import (
     exclusive,
     plan_release,
 )
-from privacy.dp import AccountantKind, DPConfig
-from privacy.fingerprint import dataset_fingerprint
+from fedshield.privacy.dp import AccountantKind, DPConfig
+from fedshield.privacy.fingerprint import dataset_fingerprint
+from opacus.accountants.analysis import rdp as opacus_rdp
 
 RDP = AccountantKind.RDP
 # Two runs on one dataset: run A = 2 rounds of (0.8, 0.1, 10), run B = (1.1, 0.05, 40)

@@ -2,11 +2,8 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from models.config import ConfigError
-from privacy.client_dp import (
+from fedshield.models.config import ConfigError
+from fedshield.privacy.client_dp import (
     ClientDPConfig,
     clip_update,
     l2_norm,
@@ -14,6 +11,8 @@ from privacy.client_dp import (
     noisy_mean_of_sum,
     secure_normal,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def _update(scale: float, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -3,14 +3,17 @@ import math
 
 import pytest
 import torch
-from opacus.accountants import RDPAccountant
-
-from client.data import LabeledTexts, tokenize
-from client.trainer import TrainConfig, train_site
-from models import FinetuneMode, ModelConfig, load_model
-from models.config import ConfigError
-from privacy.budget import Release, accountant_of, compose_epsilon, plan_release
-from privacy.dp import (
+from fedshield.client.data import LabeledTexts, tokenize
+from fedshield.client.trainer import TrainConfig, train_site
+from fedshield.models import FinetuneMode, ModelConfig, load_model
+from fedshield.models.config import ConfigError
+from fedshield.privacy.budget import (
+    Release,
+    accountant_of,
+    compose_epsilon,
+    plan_release,
+)
+from fedshield.privacy.dp import (
     AccountantKind,
     DPConfig,
     GradSampleMode,
@@ -18,6 +21,7 @@ from privacy.dp import (
     default_grad_sample_mode,
     noise_for_target_epsilon,
 )
+from opacus.accountants import RDPAccountant
 
 # Opacus 1.6 RDPAccountant, sigma=1.0, q=0.01, 1000 steps, delta=1e-5.
 RDP_REFERENCE_EPSILON = 2.1013652716430564
@@ -74,10 +78,9 @@ def test_default_modes_follow_the_measurements() -> None:
 
 
 def _toy_private(model: torch.nn.Module, mode: GradSampleMode, n: int = 16):
+    from fedshield.privacy.dp import make_private
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
-
-    from privacy.dp import make_private
 
     data = TensorDataset(torch.randn(n, 4), torch.randint(0, 2, (n,)))
     engine = PrivacyEngine(accountant="rdp")
@@ -107,7 +110,7 @@ def test_unsupported_layer_falls_back_to_opacus_ghost() -> None:
 
 
 def test_empty_poisson_batch_is_a_noise_only_step_that_is_accounted() -> None:
-    from client.trainer import _empty_step
+    from fedshield.client.trainer import _empty_step
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 2))
     engine, private = _toy_private(model, GradSampleMode.BOOKKEEPING)

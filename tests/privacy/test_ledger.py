@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from opacus.accountants import RDPAccountant
-
-from privacy.budget import Release, compose_epsilon
-from privacy.dp import AccountantKind
-from privacy.ledger import (
+from fedshield.privacy.budget import Release, compose_epsilon
+from fedshield.privacy.dp import AccountantKind
+from fedshield.privacy.ledger import (
     DB_NAME,
     KEY_NAME,
     PUBLIC_KEY_NAME,
@@ -24,6 +22,7 @@ from privacy.ledger import (
     entry_hash,
     verify_export,
 )
+from opacus.accountants import RDPAccountant
 
 
 def _entry(run: str, rnd: int, eps: float, fp: str = "fp-1") -> LedgerEntry:

@@ -5,9 +5,8 @@ import stat
 from pathlib import Path
 
 import pytest
-
-from models.config import ConfigError
-from privacy.pii import PIIConfig, PIIError, PIIMode, Scrubber, load_site_key
+from fedshield.models.config import ConfigError
+from fedshield.privacy.pii import PIIConfig, PIIError, PIIMode, Scrubber, load_site_key
 
 SAMPLES = {
     "PERSON": ("Please ask Maria Garcia about it.", "Maria Garcia"),
@@ -87,9 +86,8 @@ def test_ip_addresses_win_over_what_the_ner_sees_inside_them(
 
 
 def test_overlapping_findings_of_different_types_leave_nothing_behind() -> None:
+    from fedshield.privacy.pii.engine import _resolve_overlaps
     from presidio_analyzer import RecognizerResult as R
-
-    from privacy.pii.engine import _resolve_overlaps
 
     text = "from cc79:1fd1:2730 to Jake Johnston, Ohio now"
 
@@ -118,7 +116,7 @@ def test_overlapping_findings_of_different_types_leave_nothing_behind() -> None:
         (28, 36, "DATE_TIME"),
     ]
     # the two pieces of the date around the age count as one finding
-    from privacy.pii.engine import _found_once
+    from fedshield.privacy.pii.engine import _found_once
 
     split = R("DATE_TIME", 20, 36, 0.85)
     found = _resolve_overlaps(text, [split, R("AGE", 23, 27, 0.9)])
@@ -194,9 +192,8 @@ def test_a_same_type_finding_nested_in_another_leaves_nothing_of_the_outer(
 ) -> None:
     from types import SimpleNamespace
 
+    from fedshield.privacy.pii import engine
     from presidio_analyzer import RecognizerResult as R
-
-    from privacy.pii import engine
 
     text = "Alberta Quinn-Ravelo said hi."
     found = [R("PERSON", *outer, 0.6), R("PERSON", *inner, 0.9)]
@@ -314,7 +311,7 @@ def test_bad_pii_settings_are_explained() -> None:
 def test_scrub_file_streams_csv_jsonl_and_text_and_never_touches_the_input(
     tagger: Scrubber, tmp_path: Path
 ) -> None:
-    from privacy.pii.files import scrub_file
+    from fedshield.privacy.pii.files import scrub_file
 
     csv_in = tmp_path / "in.csv"
     csv_in.write_text('id,text\n1,"Email j.doe@example.org now"\n2,plain words\n')
@@ -346,7 +343,7 @@ def test_scrub_file_streams_csv_jsonl_and_text_and_never_touches_the_input(
 def test_scrub_file_bad_inputs_are_explained(
     tagger: Scrubber, tmp_path: Path, content, name, column, message
 ) -> None:
-    from privacy.pii.files import scrub_file
+    from fedshield.privacy.pii.files import scrub_file
 
     src = tmp_path / name
     if isinstance(content, bytes):
@@ -361,7 +358,7 @@ def test_scrub_file_bad_inputs_are_explained(
 def test_scrub_file_refuses_to_overwrite_input_or_existing_output(
     tagger: Scrubber, tmp_path: Path
 ) -> None:
-    from privacy.pii.files import scrub_file
+    from fedshield.privacy.pii.files import scrub_file
 
     src = tmp_path / "in.txt"
     src.write_text("Maria Garcia\n")
@@ -377,9 +374,8 @@ def test_scrub_file_refuses_to_overwrite_input_or_existing_output(
 
 
 def test_scrub_command_prints_counts_and_explains_refusals(tmp_path: Path) -> None:
+    from fedshield.cli.main import app
     from typer.testing import CliRunner
-
-    from simulations.cli import app
 
     src = tmp_path / "notes.csv"
     src.write_text('text,label\n"Maria Garcia, j.doe@example.org",1\n')
@@ -401,8 +397,7 @@ def test_synthetic_sentences_are_reproducible_labelled_and_leave_global_rng_alon
     import random
 
     import numpy as np
-
-    from privacy.pii.synthetic import inject_pii, synthetic_sentences
+    from fedshield.privacy.pii.synthetic import inject_pii, synthetic_sentences
 
     random.seed(5)
     np.random.seed(5)

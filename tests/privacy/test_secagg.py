@@ -15,11 +15,7 @@ import secrets
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
-from scipy import stats
-
-from privacy.secagg import (
+from fedshield.privacy.secagg import (
     ClientSession,
     ProtocolError,
     Quantizer,
@@ -29,8 +25,11 @@ from privacy.secagg import (
     modulus_bits,
     protocol,
 )
-from privacy.secagg.primitives import KeyPair, expand_mask, private_from_bytes
-from privacy.secagg.shamir import PRIME, SHARE_BYTES, combine, split
+from fedshield.privacy.secagg.primitives import KeyPair, expand_mask, private_from_bytes
+from fedshield.privacy.secagg.shamir import PRIME, SHARE_BYTES, combine, split
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from scipy import stats
 
 STAGES = ("advertise", "share", "mask", "unmask")
 QUANT = Quantizer(clip_range=1.0, bits=16)
@@ -489,8 +488,8 @@ def test_modulus_is_chosen_so_the_sum_cannot_wrap() -> None:
 
 
 def test_shares_and_threshold_take_counts_or_fractions_and_explain_bad_values() -> None:
-    from models.config import ConfigError
-    from privacy.secagg import SecAggConfig
+    from fedshield.models.config import ConfigError
+    from fedshield.privacy.secagg import SecAggConfig
 
     assert SecAggConfig(num_shares=1.0, threshold=0.5).counts(4) == (4, 2)
     assert SecAggConfig(num_shares=5, threshold=3).counts(20) == (5, 3)

@@ -28,11 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
     X25519PublicKey,
 )
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from flwr.app import Message, RecordDict
-from flwr.serverapp import Grid
-
-from models import flatten_state, state_to_arrays
-from privacy.secagg import (
+from fedshield.models import flatten_state, state_to_arrays
+from fedshield.privacy.secagg import (
     ClientSession,
     ProtocolError,
     Quantizer,
@@ -43,7 +40,7 @@ from privacy.secagg import (
     modulus_bits,
     protocol,
 )
-from privacy.secagg.primitives import (
+from fedshield.privacy.secagg.primitives import (
     DecryptionError,
     agree,
     decrypt,
@@ -51,9 +48,12 @@ from privacy.secagg.primitives import (
     expand_mask,
     new_keypair,
 )
-from privacy.secagg.shamir import PRIME, combine, split
-from server.rounds import collect_replies
-from server.secagg import SecureSum, prepare_setup, secure_sum
+from fedshield.privacy.secagg.shamir import PRIME, combine, split
+from fedshield.server.rounds import collect_replies
+from fedshield.server.secagg import SecureSum, prepare_setup, secure_sum
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
 from tests.server.test_secagg_round import GLOBAL, NODES, SECAGG, SiteGrid, _delta
 
 QUANT = Quantizer(clip_range=1.0, bits=16)

@@ -1,12 +1,11 @@
 from pathlib import Path
 
 import pytest
+from fedshield.privacy.client_dp import ClientDPConfig
+from fedshield.privacy.dp import AccountantKind
+from fedshield.privacy.ledger import Mechanism, SiteLedger
+from fedshield.server.central_dp import SERVER_LEDGER_DIR, ClientLevelAccountant
 from opacus.accountants import RDPAccountant
-
-from privacy.client_dp import ClientDPConfig
-from privacy.dp import AccountantKind
-from privacy.ledger import Mechanism, SiteLedger
-from server.central_dp import SERVER_LEDGER_DIR, ClientLevelAccountant
 
 
 def _accountant(out: Path, run: str = "run-1") -> ClientLevelAccountant:

@@ -2,15 +2,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from server.app import _check_resumable, _prepare_out_dir
-from server.checkpoint import (
+from fedshield.server.app import _check_resumable, _prepare_out_dir
+from fedshield.server.checkpoint import (
     Checkpoint,
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
 )
-from server.config import ServerConfig
+from fedshield.server.config import ServerConfig
 
 
 def test_checkpoint_round_trip_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -60,12 +59,11 @@ def test_new_run_never_overwrites_an_existing_one(
 
 @pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_final_weights_reload_into_a_fresh_model(tmp_path, tiny_run_config, finetune):
+    from fedshield.models import load_model, load_trainable_state, trainable_state
+    from fedshield.server.app import _save_final_weights
+    from fedshield.server.evaluate import CentralEvaluator
+    from fedshield.simulations.scenario import central_test_split
     from safetensors.torch import load_file
-
-    from models import load_model, load_trainable_state, trainable_state
-    from server.app import _save_final_weights
-    from server.evaluate import CentralEvaluator
-    from simulations.scenario import central_test_split
 
     run_config = dict(
         tiny_run_config, **{"out-dir": str(tmp_path), "model.finetune": finetune}

@@ -2,11 +2,10 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from fedshield.models import state_to_arrays
+from fedshield.privacy.secagg import SecAggConfig
+from fedshield.server.rounds import screen_replies
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
-
-from models import state_to_arrays
-from privacy.secagg import SecAggConfig
-from server.rounds import screen_replies
 
 GLOBAL = OrderedDict(w=torch.zeros(2, 3), b=torch.zeros(3))
 METRICS = {
@@ -148,9 +147,8 @@ class FakeGrid:
 
 
 def _run(grid, client_dp) -> tuple:
+    from fedshield.server.rounds import run_round
     from flwr.serverapp.strategy import FedAvg
-
-    from server.rounds import run_round
 
     return run_round(
         grid=grid,
@@ -167,7 +165,7 @@ def _run(grid, client_dp) -> tuple:
 
 
 def test_round_goes_on_without_the_site_that_refused() -> None:
-    from privacy.client_dp import ClientDPConfig
+    from fedshield.privacy.client_dp import ClientDPConfig
 
     def answer(node: int, msg: Message) -> Message:
         if node == 3:
@@ -183,8 +181,8 @@ def test_round_goes_on_without_the_site_that_refused() -> None:
 
 
 def test_all_refusals_abort_the_round_with_every_reason() -> None:
-    from privacy.client_dp import ClientDPConfig
-    from server.rounds import RoundAborted
+    from fedshield.privacy.client_dp import ClientDPConfig
+    from fedshield.server.rounds import RoundAborted
 
     grid = FakeGrid([1, 2], lambda node, msg: _refusal(f"site-{node}"))
     with pytest.raises(RoundAborted, match="site-1: the round would raise"):
@@ -192,7 +190,7 @@ def test_all_refusals_abort_the_round_with_every_reason() -> None:
 
 
 def test_client_level_dp_adds_noise_to_the_uniform_mean() -> None:
-    from privacy.client_dp import ClientDPConfig
+    from fedshield.privacy.client_dp import ClientDPConfig
 
     def answer(node: int, msg: Message) -> Message:
         delta = OrderedDict(w=torch.full((2, 3), 0.1 * node), b=torch.zeros(3))

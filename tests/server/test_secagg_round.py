@@ -6,6 +6,11 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from fedshield.client.secagg_mod import secagg_mod
+from fedshield.models import flatten_state, state_to_arrays
+from fedshield.privacy.client_dp import ClientDPConfig
+from fedshield.privacy.secagg import SecAggConfig
+from fedshield.server.rounds import RoundAborted, run_round
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -17,12 +22,6 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp.strategy import FedAvg
-
-from client.secagg_mod import secagg_mod
-from models import flatten_state, state_to_arrays
-from privacy.client_dp import ClientDPConfig
-from privacy.secagg import SecAggConfig
-from server.rounds import RoundAborted, run_round
 
 from .grid import InMemoryGrid
 

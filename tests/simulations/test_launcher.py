@@ -5,8 +5,7 @@ import subprocess
 import sys
 
 import pytest
-
-from simulations import launcher
+from fedshield.simulations import launcher
 
 
 def test_superlink_from_another_environment_is_refused(monkeypatch) -> None:

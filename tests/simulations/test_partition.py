@@ -1,9 +1,12 @@
 import pytest
+from fedshield.simulations.datasets import default_split, rotten_tomatoes
+from fedshield.simulations.partition import (
+    PartitionError,
+    PartitionScheme,
+    partition_indices,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from simulations.datasets import default_split, rotten_tomatoes
-from simulations.partition import PartitionError, PartitionScheme, partition_indices
 
 
 @settings(max_examples=40, deadline=None)

@@ -22,10 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
-from privacy.ledger import (
+from fedshield.privacy.ledger import (
     DB_NAME,
     LedgerError,
     Mechanism,
@@ -33,7 +30,9 @@ from privacy.ledger import (
     SiteLedger,
     verify_export,
 )
-from privacy.storage import atomic_write_bytes, atomic_write_json
+from fedshield.privacy.storage import atomic_write_bytes, atomic_write_json
+from rich.console import Console
+from rich.table import Table
 
 __all__ = ["ledger_app"]
 

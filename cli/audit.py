@@ -15,15 +15,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from fedshield.privacy.audit.report import render_html, report_json
+from fedshield.privacy.ledger import DB_NAME, LedgerError, RecordedEntry, SiteLedger
+from fedshield.privacy.storage import atomic_write_bytes, atomic_write_json
+from fedshield.simulations.audit import AuditError, audit_run
 from rich.console import Console
 from rich.table import Table
 
-from privacy.audit.report import render_html, report_json
-from privacy.ledger import DB_NAME, LedgerError, RecordedEntry, SiteLedger
-from privacy.storage import atomic_write_bytes, atomic_write_json
-
-from .audit import AuditError, audit_run
-from .ledger_cli import epsilon_png
+from .ledger import epsilon_png
 
 __all__ = ["VIOLATION_EXIT", "audit", "write_audit"]
 

@@ -3,10 +3,10 @@
     fedshield simulate                       # default demo: 4 sites, MiniLM + LoRA, DP
     fedshield simulate --out runs/nodp --run-config "dp.enabled=false"
     fedshield simulate --out runs/nodp --run-config "resume=true num-server-rounds=5"
-    fedshield ledger show --site-dir runs/demo/sites/site-0    # see ledger_cli.py
-    fedshield scrub notes.csv --out notes.clean.csv            # see scrub_cli.py
+    fedshield ledger show --site-dir runs/demo/sites/site-0    # see ledger.py
+    fedshield scrub notes.csv --out notes.clean.csv            # see scrub.py
     fedshield simulate --out runs/audited --audit             # + canaries, audit report
-    fedshield audit runs/demo                                  # see audit_cli.py
+    fedshield audit runs/demo                                  # see audit.py
 
 ``simulate`` runs the fedshield Flower app on Flower's simulation engine
 (``flwr run``), shows a progress display of rounds and sites, prints one table per
@@ -24,15 +24,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-from server.report import round_table
-from server.rounds import RoundLog
-
-from .audit import AuditError
-from .audit_cli import VIOLATION_EXIT, audit, write_audit
-from .launcher import (
+from fedshield.server.report import round_table
+from fedshield.server.rounds import RoundLog
+from fedshield.simulations.audit import AuditError
+from fedshield.simulations.launcher import (
     LaunchError,
     check_local_superlink,
     flwr_command,
@@ -40,8 +35,12 @@ from .launcher import (
     started_run_id,
     stop_run,
 )
-from .ledger_cli import ledger_app
-from .scrub_cli import scrub
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .audit import VIOLATION_EXIT, audit, write_audit
+from .ledger import ledger_app
+from .scrub import scrub
 
 __all__ = ["app"]
 

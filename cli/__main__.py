@@ -1,0 +1,5 @@
+"""``python -m fedshield.cli`` == the ``fedshield`` command."""
+
+from .main import main
+
+main()

@@ -1,5 +1,0 @@
-"""``python -m simulations`` == the ``fedshield`` command."""
-
-from .cli import main
-
-main()
