@@ -162,10 +162,11 @@ def _make_step(method: Method, model, batch, labels, work: Workload):
     """Return (module, step) where step() -> (forward_s, backward_s, optimizer_s)."""
     import torch
     import torch.nn.functional as F
-    from fedshield.models import forward_inputs
-    from fedshield.privacy.bookkeeping import make_private_bookkeeping
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
+
+    from fedshield.models import forward_inputs
+    from fedshield.privacy.bookkeeping import make_private_bookkeeping
 
     inputs = forward_inputs(batch)  # contiguous (B, T) position ids for Opacus
     params = [p for p in model.parameters() if p.requires_grad]

@@ -4,7 +4,8 @@
     fedshield audit runs/demo --out audits/demo    # + audit.json (same numbers)
     fedshield simulate --audit                     # plants canaries, audits at the end
 
-See :mod:`simulations.audit` for what is attacked and how. An existing report is
+See :mod:`fedshield.simulations.audit` for what is attacked and how; this module
+renders its :class:`~fedshield.simulations.audit.AuditResult`. An existing report is
 never overwritten: choose another ``--out`` (or remove the old one). The command
 exits with code 3 when an empirical epsilon exceeds a claimed one.
 """
@@ -15,12 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from fedshield.privacy.audit.report import render_html, report_json
-from fedshield.privacy.ledger import DB_NAME, LedgerError, RecordedEntry, SiteLedger
-from fedshield.privacy.storage import atomic_write_bytes, atomic_write_json
-from fedshield.simulations.audit import AuditError, audit_run
 from rich.console import Console
 from rich.table import Table
+
+from fedshield.common.layout import AuditLayout, RunLayout
+from fedshield.common.storage import atomic_write_bytes, atomic_write_json
+from fedshield.privacy.audit.report import render_html, report_json
+from fedshield.privacy.ledger import DB_NAME, LedgerError, LedgerReader, RecordedEntry
+from fedshield.simulations.audit import AuditError, AuditResult, audit_run
 
 from .ledger import epsilon_png
 
@@ -28,14 +31,13 @@ __all__ = ["VIOLATION_EXIT", "audit", "write_audit"]
 
 console = Console(soft_wrap=True)
 VIOLATION_EXIT = 3
-REPORT, NUMBERS = "report.html", "audit.json"
 
 
 def _ledgers(run_dir: Path) -> dict[str, list[RecordedEntry]]:
     series: dict[str, list[RecordedEntry]] = {}
-    for path in sorted(run_dir.glob(f"sites/*/{DB_NAME}")):
+    for path in sorted(RunLayout(run_dir).sites.glob(f"*/{DB_NAME}")):
         try:
-            with SiteLedger(path.parent, writable=False) as ledger:
+            with LedgerReader(path.parent) as ledger:
                 series[path.parent.name] = ledger.entries()
         except LedgerError as err:
             raise AuditError(f"The ledger of {path.parent.name}: {err}") from err
@@ -46,49 +48,52 @@ def write_audit(
     run_dir: Path, out: Path, *, num_sites: int | None = None
 ) -> dict[str, Any]:
     """Audit ``run_dir`` into ``out`` (report.html + audit.json); returns the
-    JSON document. Refuses to replace an existing report."""
-    for name in (REPORT, NUMBERS):
-        if (out / name).exists():
+    JSON document (its ``"violations"`` name the sites whose empirical epsilon
+    exceeds the claim). Refuses to replace an existing report."""
+    layout = AuditLayout(out)
+    for path in layout.outputs():
+        if path.exists():
             raise AuditError(
-                f"{out / name} exists and is left untouched. Choose another --out."
+                f"{path} exists and is left untouched. Choose another --out."
             )
     with console.status("auditing") as status:
         result = audit_run(
             run_dir, num_sites=num_sites, progress=lambda msg: status.update(msg)
         )
     series = _ledgers(run_dir)
+    report = result.to_report()
     html = render_html(
-        result,
+        report,
         epsilon_png=epsilon_png(series) if series else None,
         ledger_epsilon={n: e[-1].entry.epsilon for n, e in series.items() if e},
     )
-    doc = report_json(result)
-    atomic_write_json(out / NUMBERS, doc)
-    atomic_write_bytes(out / REPORT, html.encode("utf-8"))
-    _print(result, out)
+    doc = report_json(report)
+    atomic_write_json(layout.numbers, doc)
+    atomic_write_bytes(layout.report, html.encode("utf-8"))
+    _print(result, layout)
     return doc
 
 
-def _print(result: dict[str, Any], out: Path) -> None:
+def _print(result: AuditResult, out: AuditLayout) -> None:
     table = Table(title="Membership inference and canary audit")
     for col in ("site", "loss AUC", "LiRA AUC", "TPR@1%FPR", "emp. eps", "claimed"):
         table.add_column(col)
-    for s in result["sites"]:
-        best = s["lira"] or s["loss_attack"]
-        emp = (s["canaries"] or {}).get("empirical_epsilon")
+    for s in result.sites:
+        best = s.lira or s.loss_attack
+        emp = s.canaries.empirical_epsilon if s.canaries else None
         table.add_row(
-            s["site"],
-            f"{s['loss_attack']['auc']:.3f}",
-            f"{s['lira']['auc']:.3f}" if s["lira"] else "-",
-            f"{best['tpr_at_0.01_fpr']:.3f}",
+            s.site,
+            f"{s.loss_attack.auc:.3f}",
+            f"{s.lira.auc:.3f}" if s.lira else "-",
+            f"{best.tpr_at(0.01):.3f}",
             "-" if emp is None else f"{emp:.3f}",
-            f"{s['claimed_epsilon']:.3f}",
+            f"{s.claimed_epsilon:.3f}",
         )
     console.print(table)
-    for s in result["sites"]:
-        style = "bold red" if s["violation"] else "green"
-        console.print(f"[{style}]{s['site']}: {s['verdict']}[/{style}]")
-    console.print(f"Report: {out / REPORT}; numbers: {out / NUMBERS}")
+    for s in result.sites:
+        style = "bold red" if s.violation else "green"
+        console.print(f"[{style}]{s.site}: {s.verdict()}[/{style}]")
+    console.print(f"Report: {out.report}; numbers: {out.numbers}")
 
 
 def audit(
@@ -113,7 +118,9 @@ def audit(
     run_dir = run_dir.expanduser().resolve()
     try:
         result = write_audit(
-            run_dir, (out or run_dir / "audit").expanduser(), num_sites=sites
+            run_dir,
+            (out or RunLayout(run_dir).audit.root).expanduser(),
+            num_sites=sites,
         )
     except AuditError as err:
         console.print(f"[red]{err}[/red]")

@@ -22,17 +22,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedshield.common.layout import RunLayout
+from fedshield.common.storage import atomic_write_bytes, atomic_write_json
 from fedshield.privacy.ledger import (
     DB_NAME,
     LedgerError,
+    LedgerReader,
     Mechanism,
     RecordedEntry,
-    SiteLedger,
     verify_export,
 )
-from fedshield.privacy.storage import atomic_write_bytes, atomic_write_json
-from rich.console import Console
-from rich.table import Table
 
 __all__ = ["ledger_app"]
 
@@ -63,9 +65,10 @@ RunDir = Annotated[
 def _ledger_dirs(site_dirs: list[Path] | None, run_dir: Path | None) -> list[Path]:
     dirs = list(site_dirs or [])
     if run_dir is not None:
-        found = sorted(p.parent for p in run_dir.glob(f"sites/*/{DB_NAME}"))
-        if (run_dir / "ledger" / DB_NAME).exists():
-            found.append(run_dir / "ledger")
+        layout = RunLayout(run_dir)
+        found = sorted(p.parent for p in layout.sites.glob(f"*/{DB_NAME}"))
+        if (layout.server_ledger / DB_NAME).exists():
+            found.append(layout.server_ledger)
         if not found:
             console.print(
                 f"[red]No ledgers under {run_dir}: expected {run_dir}/sites/<site>/"
@@ -82,16 +85,17 @@ def _ledger_dirs(site_dirs: list[Path] | None, run_dir: Path | None) -> list[Pat
     return dirs
 
 
-def _open(path: Path) -> SiteLedger:
+def _open(path: Path) -> LedgerReader:
     try:
-        return SiteLedger(path, writable=False)
+        return LedgerReader(path)
     except LedgerError as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from err
 
 
 def _name(path: Path) -> str:
-    return "server (client-level)" if path.name == "ledger" else path.name
+    is_server = path.name == RunLayout(path.parent).server_ledger.name
+    return "server (client-level)" if is_server else path.name
 
 
 def _fmt_eps(eps: float) -> str:

@@ -12,7 +12,9 @@
 (``flwr run``), shows a progress display of rounds and sites, prints one table per
 round (global test accuracy, mean train loss, each site's cumulative epsilon) and
 leaves in ``--out``: summary.json, checkpoint.pt, the final adapter/head weights,
-and flwr.log with the full log.
+flwr.log with the full log and superlink.log with that of the run's own SuperLink
+(each simulation starts one on a free port and stops it at the end, so simulations
+and other SuperLinks on the machine never share one).
 """
 
 from __future__ import annotations
@@ -24,19 +26,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedshield.common.layout import RunLayout
 from fedshield.server.report import round_table
 from fedshield.server.rounds import RoundLog
 from fedshield.simulations.audit import AuditError
 from fedshield.simulations.launcher import (
     LaunchError,
-    check_local_superlink,
+    SimulationLaunch,
+    app_dir,
     flwr_command,
     run_logged,
     started_run_id,
     stop_run,
 )
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from fedshield.simulations.superlink import private_superlink
 
 from .audit import VIOLATION_EXIT, audit, write_audit
 from .ledger import ledger_app
@@ -122,25 +128,66 @@ def simulate(
     if "out-dir" in values:
         raise typer.BadParameter("Give the output directory with --out, not out-dir.")
     out = out.expanduser().resolve()
+    layout = RunLayout(out)
     resuming = values.get("resume") in ("true", "True")
-    if (out / "summary.json").exists() and not resuming:
+    if layout.summary.exists() and not resuming:
         console.print(
             f"[red]{out} already holds a run (summary.json). It is left untouched. "
             'Choose another --out, or add --run-config "resume=true".[/red]'
         )
         raise typer.Exit(2)
-    try:
-        check_local_superlink()
-        launch = flwr_command(
-            overrides=[*overrides, f"out-dir='{out}'"], num_sites=sites
-        )
+    log_path = layout.log
+    if not resuming:
+        layout.progress.unlink(missing_ok=True)
+    try:  # a SuperLink of its own, stopped with all its processes however this ends
+        with private_superlink(log_path=layout.superlink_log, cwd=app_dir()) as link:
+            console.print(
+                f"[dim]Flower SuperLink of this run: {link.address} "
+                f"(log: {link.log_path})[/dim]"
+            )
+            launch = flwr_command(
+                superlink=link,
+                overrides=[*overrides, f"out-dir='{out}'"],
+                num_sites=sites,
+            )
+            returncode = _run(launch, log_path, out)
     except LaunchError as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from err
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]Stopped. Resume with --out {out} --run-config "
+            '"resume=true"[/yellow]'
+        )
+        raise typer.Exit(130) from None
 
-    log_path = out / "flwr.log"
-    if not resuming:
-        (out / "progress.json").unlink(missing_ok=True)
+    summary = _read_json(RunLayout(out).summary)
+    if summary and summary.get("status") == "aborted":
+        console.print(
+            f"[red]The run stopped: {summary.get('error')}[/red]\nFinished rounds are "
+            f"checkpointed in {out}. Full log: {log_path}"
+        )
+        raise typer.Exit(1)
+    if returncode != 0 or not summary or summary.get("status") != "completed":
+        console.print(
+            f"[red]The simulation did not complete (flwr exit code {returncode})."
+            f" Full log: {log_path}[/red]\n{_log_tail(log_path)}"
+        )
+        raise typer.Exit(1)
+    _print_final(summary, out)
+    if run_audit:
+        try:
+            audited = write_audit(out, layout.audit.root, num_sites=sites)
+        except AuditError as err:
+            console.print(f"[red]The audit failed: {err}[/red]")
+            raise typer.Exit(2) from err
+        if audited["violations"]:
+            raise typer.Exit(VIOLATION_EXIT)
+
+
+def _run(launch: SimulationLaunch, log_path: Path, out: Path) -> int:
+    """Run ``flwr run`` to its end, showing progress; its exit code. On Ctrl-C the
+    run is stopped at the SuperLink first, then the interrupt goes on."""
     proc = run_logged(launch, log_path)
     try:
         _follow(proc, out)
@@ -148,35 +195,16 @@ def simulate(
         run_id = started_run_id(log_path)
         if run_id is not None:
             stop_run(launch, run_id)
-        proc.terminate()
-        console.print(
-            f"[yellow]Stopped. Resume with --out {out} --run-config "
-            '"resume=true"[/yellow]'
-        )
-        raise typer.Exit(130) from None
-
-    summary = _read_json(out / "summary.json")
-    if summary and summary.get("status") == "aborted":
-        console.print(
-            f"[red]The run stopped: {summary.get('error')}[/red]\nFinished rounds are "
-            f"checkpointed in {out}. Full log: {log_path}"
-        )
-        raise typer.Exit(1)
-    if proc.returncode != 0 or not summary or summary.get("status") != "completed":
-        console.print(
-            f"[red]The simulation did not complete (flwr exit code {proc.returncode})."
-            f" Full log: {log_path}[/red]\n{_log_tail(log_path)}"
-        )
-        raise typer.Exit(1)
-    _print_final(summary, out)
-    if run_audit:
-        try:
-            audited = write_audit(out, out / "audit", num_sites=sites)
-        except AuditError as err:
-            console.print(f"[red]The audit failed: {err}[/red]")
-            raise typer.Exit(2) from err
-        if audited["violations"]:
-            raise typer.Exit(VIOLATION_EXIT)
+        raise
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return proc.returncode
 
 
 def _follow(proc: subprocess.Popen[bytes], out: Path) -> None:
@@ -193,7 +221,7 @@ def _follow(proc: subprocess.Popen[bytes], out: Path) -> None:
         task = bar.add_task("starting Flower simulation", total=None, detail="")
         while True:
             done = proc.poll() is not None
-            prog = _read_json(out / "progress.json")
+            prog = _read_json(RunLayout(out).progress)
             if prog and prog.get("status") == "running":
                 bar.update(
                     task,
@@ -202,7 +230,7 @@ def _follow(proc: subprocess.Popen[bytes], out: Path) -> None:
                     completed=prog["round"] - 1,
                     detail=f"sites replied {prog['sites_done']}/{prog['sites_total']}",
                 )
-            summary = _read_json(out / "summary.json")
+            summary = _read_json(RunLayout(out).summary)
             rounds = (summary or {}).get("rounds", [])
             total = int((summary or {}).get("config", {}).get("num-server-rounds", 0))
             for rnd in rounds[shown:]:
@@ -220,7 +248,7 @@ def _print_final(summary: dict[str, Any], out: Path) -> None:
         f"{final['round']} rounds (initial {summary['initial']['accuracy']:.4f})."
     )
     for name, site in summary["sites"].items():
-        if site.get("noise_multiplier", 0.0) == 0.0 or site["epsilon"] is None:
+        if site.get("noise_multiplier", 0.0) == 0.0 or site["epsilon"] in (None, "inf"):
             eps = "no DP (epsilon inf)"
         else:
             eps = f"epsilon {site['epsilon']:.3f} at delta {site['delta']:g}"

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from fedshield.models.config import ConfigError, parse_enum
-from fedshield.privacy.pii import PIIConfig, PIIError, PIIMode, Scrubber, load_site_key
-from fedshield.privacy.pii.files import scrub_file
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeElapsedColumn
 from rich.table import Table
+
+from fedshield.common.config import ConfigError, parse_enum
+from fedshield.privacy.pii import PIIConfig, PIIError, PIIMode, Scrubber, load_site_key
+from fedshield.privacy.pii.files import scrub_file
 
 __all__ = ["scrub"]
 

@@ -28,18 +28,6 @@ import math
 import secrets
 
 import torch
-from fedshield.models import (
-    LoadedModel,
-    arrays_to_state,
-    load_model,
-    load_trainable_state,
-    state_delta,
-    state_to_arrays,
-    trainable_state,
-)
-from fedshield.privacy.budget import plan_release
-from fedshield.privacy.client_dp import clip_update
-from fedshield.privacy.fingerprint import dataset_fingerprint
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -50,28 +38,67 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
+from fedshield.common.device import pick_device
+from fedshield.common.schema import (
+    Metric,
+    Record,
+    Refusal,
+    SiteKey,
+    TrainKey,
+    pii_metric,
+)
+from fedshield.models import (
+    LoadedModel,
+    arrays_to_state,
+    load_model,
+    load_trainable_state,
+    state_delta,
+    state_to_arrays,
+    trainable_state,
+)
+from fedshield.models.evaluate import evaluate_model
+from fedshield.models.texts import tokenize
+from fedshield.privacy.budget import plan_release
+from fedshield.privacy.client_dp import clip_update
+from fedshield.privacy.fingerprint import dataset_fingerprint
+
 from .config import ClientConfig
-from .data import tokenize
-from .evaluate import evaluate_model
+from .node import NodeConfig
 from .release import Refused, SiteBudget, release_round, site_state_dir
 from .scrubbing import scrub_site
 from .secagg_mod import secagg_mod
-from .site import SiteData, load_site
-from .trainer import TrainResult, pick_device, train_site
+from .site import SiteData, SiteFiles, SiteSource
+from .trainer import TrainResult, train_site
 
-__all__ = ["app"]
+__all__ = ["client_app", "evaluate", "train"]
 
 State = dict[str, torch.Tensor]
 
 logger = logging.getLogger(__name__)
 
-app = ClientApp(mods=[secagg_mod])  # secure aggregation wraps @app.train
+DEPLOYED_SITE = SiteFiles()
+
+
+def client_app(*, sites: SiteSource = DEPLOYED_SITE) -> ClientApp:
+    """The fedshield ClientApp, reading each site's settings and examples from
+    ``sites``; secure aggregation (the client mod) wraps ``train``."""
+    app = ClientApp(mods=[secagg_mod])
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        return train(msg, context, sites=sites)
+
+    @app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return evaluate(msg, context, sites=sites)
+
+    return app
 
 
 def _global_model(msg: Message, cfg: ClientConfig) -> tuple[LoadedModel, State]:
     """The shared model with the global trainable state from ``msg`` loaded."""
     loaded = load_model(cfg.model)
-    record = msg.content.array_records.get("arrays")
+    record = msg.content.array_records.get(Record.ARRAYS)
     if not isinstance(record, ArrayRecord):
         raise ValueError(
             "The server's message carries no ArrayRecord under 'arrays'; expected the "
@@ -95,30 +122,41 @@ def training_seed(cfg: ClientConfig, site: str, server_round: int) -> int:
 
 def _refusal_reply(msg: Message, site: SiteData, refused: Refused) -> Message:
     check = refused.check
-    record = ConfigRecord(
+    refusal = Refusal(
+        reason=refused.reason,
+        epsilon_spent=check.spent,
+        epsilon_after=check.after,
+        max_epsilon=check.max_epsilon,
+        delta=check.delta,
+    )
+    content = RecordDict(
         {
-            "reason": refused.reason,
-            "epsilon-spent": check.spent,
-            "epsilon-after": check.after,
-            "max-epsilon": check.max_epsilon,
-            "delta": check.delta,
+            Record.REFUSAL: ConfigRecord(refusal.to_record()),
+            Record.SITE: ConfigRecord({SiteKey.NAME: site.name}),
         }
     )
-    content = RecordDict({"refusal": record, "site": ConfigRecord({"name": site.name})})
     return Message(content=content, reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    cfg = ClientConfig.from_run_config(dict(context.run_config))
-    node_config = dict(context.node_config)
-    site = load_site(node_config, dict(context.run_config), cfg, context.node_id)
-    train_config = dict(msg.content.config_records["config"])
-    server_round = int(str(train_config["server-round"]))
+def _site(
+    context: Context, sites: SiteSource
+) -> tuple[ClientConfig, NodeConfig, SiteData]:
+    """The run's config and the site's own, each parsed once, and its examples."""
+    run_config = dict(context.run_config)
+    cfg = ClientConfig.from_run_config(run_config)
+    node = sites.node_config(dict(context.node_config), run_config)
+    return cfg, node, sites.load(node, cfg, run_config, context.node_id)
+
+
+def train(
+    msg: Message, context: Context, *, sites: SiteSource = DEPLOYED_SITE
+) -> Message:
+    cfg, node, site = _site(context, sites)
+    train_config = dict(msg.content.config_records[Record.CONFIG])
+    server_round = int(str(train_config[TrainKey.SERVER_ROUND]))
     budget = SiteBudget.resolve(
-        node_config=node_config,
+        node=node,
         train_config=train_config,
-        run_config=dict(context.run_config),
         site=site.name,
         run_delta=cfg.dp.delta,
     )
@@ -153,7 +191,7 @@ def train(msg: Message, context: Context) -> Message:
 
     outcome = release_round(
         budget=budget,
-        run_id=str(train_config.get("run-key", "")),
+        run_id=str(train_config.get(TrainKey.RUN_KEY, "")),
         server_round=server_round,
         fingerprint=dataset_fingerprint(site.train.texts, site.train.labels),
         planned=planned,
@@ -191,39 +229,39 @@ def train(msg: Message, context: Context) -> Message:
     release = result.release
     metrics = MetricRecord(
         {
-            "num-examples": result.num_examples,
-            "train-loss": result.mean_loss,
-            "steps": result.steps,
-            "epsilon": outcome.epsilon,
-            "run-epsilon": outcome.run_epsilon,
-            "delta": budget.delta,
-            "max-epsilon": budget.max_epsilon,
-            "noise-multiplier": release.noise_multiplier,
-            "sample-rate": release.sample_rate,
+            Metric.NUM_EXAMPLES: result.num_examples,
+            Metric.TRAIN_LOSS: result.mean_loss,
+            Metric.STEPS: result.steps,
+            Metric.EPSILON: outcome.epsilon,
+            Metric.RUN_EPSILON: outcome.run_epsilon,
+            Metric.DELTA: budget.delta,
+            Metric.MAX_EPSILON: budget.max_epsilon,
+            Metric.NOISE_MULTIPLIER: release.noise_multiplier,
+            Metric.SAMPLE_RATE: release.sample_rate,
             # counts of findings per entity type, never the values
             # (every configured type, zeros included: FedAvg needs equal metric keys)
-            **{f"pii-{e}": scrubbed.counts.get(e, 0) for e in cfg.pii.entities},
+            **{pii_metric(e): scrubbed.counts.get(e, 0) for e in cfg.pii.entities},
         }
     )
     content = RecordDict(
         {
-            "arrays": state_to_arrays(delta),
-            "metrics": metrics,
-            "site": ConfigRecord({"name": site.name, "dp": cfg.dp.enabled}),
+            Record.ARRAYS: state_to_arrays(delta),
+            Record.METRICS: metrics,
+            Record.SITE: ConfigRecord(
+                {SiteKey.NAME: site.name, SiteKey.DP: cfg.dp.enabled}
+            ),
         }
     )
     return Message(content=content, reply_to=msg)
 
 
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    cfg = ClientConfig.from_run_config(dict(context.run_config))
-    site = load_site(
-        dict(context.node_config), dict(context.run_config), cfg, context.node_id
-    )
-    config = msg.content.config_records.get("config")
+def evaluate(
+    msg: Message, context: Context, *, sites: SiteSource = DEPLOYED_SITE
+) -> Message:
+    cfg, node, site = _site(context, sites)
+    config = msg.content.config_records.get(Record.CONFIG)
     state_dir = site_state_dir(
-        dict(context.node_config), dict(config) if config is not None else {}, site.name
+        node, dict(config) if config is not None else {}, site.name
     )
     site = scrub_site(site, cfg=cfg.pii, state_dir=state_dir).site
     if site.eval is None:
@@ -237,6 +275,10 @@ def evaluate(msg: Message, context: Context) -> Message:
         loaded.model, dataset, batch_size=cfg.eval_batch_size, device=pick_device()
     )
     metrics = MetricRecord(
-        {"num-examples": len(dataset), "accuracy": result.accuracy, "loss": result.loss}
+        {
+            Metric.NUM_EXAMPLES: len(dataset),
+            Metric.ACCURACY: result.accuracy,
+            Metric.LOSS: result.loss,
+        }
     )
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+    return Message(content=RecordDict({Record.METRICS: metrics}), reply_to=msg)

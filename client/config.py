@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fedshield.common.run_config import RunConfig
 from fedshield.models import ModelConfig
-from fedshield.models.config import ConfigError, require
 from fedshield.privacy.client_dp import ClientDPConfig
 from fedshield.privacy.dp import DPConfig, GradSampleMode, default_grad_sample_mode
 from fedshield.privacy.pii import PIIConfig
@@ -36,10 +37,9 @@ class ClientConfig:
         return default_grad_sample_mode(self.model.finetune)
 
     @classmethod
-    def from_run_config(cls, run_config: dict[str, Any]) -> ClientConfig:
-        rounds = require(run_config, "num-server-rounds", int)
-        if rounds < 1:
-            raise ConfigError(f"`num-server-rounds` must be >= 1. Found {rounds}.")
+    def from_run_config(cls, raw: Mapping[str, Any]) -> ClientConfig:
+        """Parse the run config once (unknown keys refused, defaults filled in)."""
+        run_config = RunConfig.parse(raw)
         return cls(
             model=ModelConfig.from_run_config(run_config),
             train=TrainConfig.from_run_config(run_config),
@@ -48,14 +48,7 @@ class ClientConfig:
             secagg=SecAggConfig.from_run_config(run_config),
             pii=PIIConfig.from_run_config(run_config),
             data=SiteDataConfig.from_run_config(run_config),
-            num_rounds=rounds,
-            seed=require(run_config, "seed", int),
-            eval_batch_size=_eval_batch_size(run_config),
+            num_rounds=run_config["num-server-rounds"],
+            seed=run_config["seed"],
+            eval_batch_size=run_config["eval.batch-size"],
         )
-
-
-def _eval_batch_size(run_config: dict[str, Any]) -> int:
-    size = require(run_config, "eval.batch-size", int)
-    if size < 1:
-        raise ConfigError(f"`eval.batch-size` must be >= 1. Found {size}.")
-    return size

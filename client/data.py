@@ -1,4 +1,4 @@
-"""A site's labelled text: read its own file (CSV or JSONL), validate, tokenize.
+"""A site's labelled text: read its own file (CSV, TSV or JSONL) and validate it.
 
 The site's file is opened read-only and never modified. Each problem (missing or
 unreadable file, missing columns, no rows, empty text, labels outside the model's
@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from fedshield.models.config import ConfigError, require
-from torch.utils.data import Dataset
-from transformers import PreTrainedTokenizerBase
+from fedshield.common.config import ConfigError
+from fedshield.common.run_config import RunConfig, default
+from fedshield.models.texts import LabeledTexts
 
 __all__ = [
-    "LabeledTexts",
     "SiteDataConfig",
     "SiteDataError",
-    "TokenizedTexts",
     "read_labeled_file",
-    "tokenize",
 ]
 
 
@@ -35,51 +31,26 @@ class SiteDataError(ValueError):
 
 
 @dataclass(frozen=True)
-class LabeledTexts:
-    """Texts with integer class labels in ``[0, num_labels)``."""
-
-    texts: tuple[str, ...]
-    labels: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        if len(self.texts) != len(self.labels):
-            raise ValueError(
-                f"{len(self.texts)} texts but {len(self.labels)} labels; "
-                "they must pair."
-            )
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def subset(self, indices: list[int]) -> LabeledTexts:
-        return LabeledTexts(
-            texts=tuple(self.texts[i] for i in indices),
-            labels=tuple(self.labels[i] for i in indices),
-        )
-
-
-@dataclass(frozen=True)
 class SiteDataConfig:
     """Columns of a site file and the names of the classes (index = label id)."""
 
-    text_column: str = "text"
-    label_column: str = "label"
-    label_names: tuple[str, ...] = ("rotten", "fresh")
+    text_column: str = default("data.text-column")
+    label_column: str = default("data.label-column")
+    label_names: tuple[str, ...] = tuple(default("data.label-names").split(","))
 
     @classmethod
-    def from_run_config(cls, run_config: dict[str, Any]) -> SiteDataConfig:
-        names = tuple(
-            n.strip() for n in require(run_config, "data.label-names", str).split(",")
-        )
-        num_labels = require(run_config, "model.num-labels", int)
-        if len(names) != num_labels or any(not n for n in names):
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> SiteDataConfig:
+        run = RunConfig.parse(run_config)
+        names = tuple(n.strip() for n in run["data.label-names"].split(","))
+        num_labels = run["model.num-labels"]
+        if len(names) != num_labels:
             raise ConfigError(
-                f"`data.label-names` must list {num_labels} non-empty names (one per "
-                f"class, as `model.num-labels` says). Found {list(names)}."
+                f"`data.label-names` must list {num_labels} names (one per class, as "
+                f"`model.num-labels` says). Found {list(names)}."
             )
         return cls(
-            text_column=require(run_config, "data.text-column", str),
-            label_column=require(run_config, "data.label-column", str),
+            text_column=run["data.text-column"],
+            label_column=run["data.label-column"],
             label_names=names,
         )
 
@@ -171,65 +142,3 @@ def read_labeled_file(path: Path, cfg: SiteDataConfig) -> LabeledTexts:
             "one labelled example to train."
         )
     return LabeledTexts(texts=tuple(texts), labels=tuple(labels))
-
-
-class TokenizedTexts(Dataset[tuple[torch.Tensor, ...]]):
-    """Token ids of each text (truncated, unpadded) with its label.
-
-    Items are ``(input_ids, attention_mask, [token_type_ids,] label)`` with the first
-    ones of shape ``(t_i,)``; :meth:`collate` pads a batch to its longest text, so a
-    batch of short reviews costs ``(b, max t_i)``, not ``(b, max_length)``.
-    """
-
-    def __init__(
-        self,
-        encodings: dict[str, list[list[int]]],
-        labels: tuple[int, ...],
-        pad_id: int,
-    ) -> None:
-        self.keys = [
-            k
-            for k in ("input_ids", "attention_mask", "token_type_ids")
-            if k in encodings
-        ]
-        self.columns = [encodings[k] for k in self.keys]
-        self.labels = labels
-        self.pad_id = pad_id
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        return (
-            *(torch.tensor(col[i], dtype=torch.long) for col in self.columns),
-            torch.tensor(self.labels[i], dtype=torch.long),
-        )
-
-    def collate(self, items: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
-        """Pad each sequence column to the batch's longest text; stack labels."""
-        width = max(item[0].numel() for item in items)
-        out = []
-        for c, key in enumerate(self.keys):
-            fill = self.pad_id if key == "input_ids" else 0
-            column = torch.full((len(items), width), fill, dtype=torch.long)
-            for r, item in enumerate(items):
-                column[r, : item[c].numel()] = item[c]
-            out.append(column)  # (b, width)
-        out.append(torch.stack([item[-1] for item in items]))  # (b,)
-        return out
-
-
-def tokenize(
-    data: LabeledTexts, tokenizer: PreTrainedTokenizerBase, *, max_length: int
-) -> TokenizedTexts:
-    """Token ids truncated to ``max_length``; padding happens per batch."""
-    enc = tokenizer(list(data.texts), truncation=True, max_length=max_length)
-    return TokenizedTexts(
-        {
-            k: enc[k]
-            for k in ("input_ids", "attention_mask", "token_type_ids")
-            if k in enc
-        },
-        data.labels,
-        pad_id=int(tokenizer.pad_token_id),
-    )

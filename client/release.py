@@ -34,15 +34,15 @@ entry passed step 2, it never shows epsilon above the budget.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from fedshield.models.config import ConfigError, parse_enum
+from fedshield.common.config import ConfigError
+from fedshield.common.layout import RunLayout
+from fedshield.common.schema import TrainKey
 from fedshield.privacy.budget import (
     BudgetCheck,
     Release,
@@ -54,10 +54,10 @@ from fedshield.privacy.budget import (
 from fedshield.privacy.dp import AccountantKind, accountant_to_json
 from fedshield.privacy.ledger import LedgerEntry, LedgerError, Mechanism, SiteLedger
 
+from .node import BudgetScope, NodeConfig
 from .trainer import TrainResult
 
 __all__ = [
-    "BudgetScope",
     "Refused",
     "Released",
     "SiteBudget",
@@ -68,39 +68,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class BudgetScope(StrEnum):
-    """Which releases a site's epsilon composes."""
-
-    DATASET = "dataset"  # same dataset fingerprint, across runs
-    SITE = "site"  # every release on the site's data, whatever the fingerprint
-
-
-def _node_float(node_config: dict[str, Any], key: str) -> float | None:
-    if key not in node_config:
-        return None
-    raw = node_config[key]
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"Node config `{key}` must be a number. Found {raw!r}. Set it in the "
-            f'SuperNode\'s --node-config, e.g. "{key}=8.0".'
-        ) from None
-    if not math.isfinite(value):
-        raise ConfigError(f"Node config `{key}` must be finite. Found {raw!r}.")
-    return value
-
-
-def site_state_dir(
-    node_config: dict[str, Any], train_config: dict[str, Any], site: str
-) -> Path:
+def site_state_dir(node: NodeConfig, train_config: dict[str, Any], site: str) -> Path:
     """Where the site keeps its ledger, keys and scrub cache: node config
     ``state-dir``; in simulation ``<out-dir>/sites/<site>``; else
     ``~/.fedshield/sites/<site>``."""
-    if "state-dir" in node_config:
-        return Path(str(node_config["state-dir"])).expanduser()
-    if "partition-id" in node_config and train_config.get("out-dir"):
-        return Path(str(train_config["out-dir"])) / "sites" / site
+    if node.state_dir is not None:
+        return node.state_dir
+    if node.simulated and train_config.get(TrainKey.OUT_DIR):
+        return RunLayout(Path(str(train_config[TrainKey.OUT_DIR]))).site(site)
     return Path.home() / ".fedshield" / "sites" / site
 
 
@@ -128,30 +103,17 @@ class SiteBudget:
     def resolve(
         cls,
         *,
-        node_config: dict[str, Any],
+        node: NodeConfig,
         train_config: dict[str, Any],
-        run_config: dict[str, Any],
         site: str,
         run_delta: float,
     ) -> SiteBudget:
-        """The site's own settings from its node config; in simulation, where
-        sites have no node config of their own, ``simulation.site-max-epsilon``
-        from the run config stands in for ``max-epsilon``."""
-        simulated = "partition-id" in node_config
-        state_dir = site_state_dir(node_config, train_config, site)
-        max_epsilon = _node_float(node_config, "max-epsilon")
-        if max_epsilon is None and simulated:
-            max_epsilon = float(run_config.get("simulation.site-max-epsilon", 0.0))
-        delta = _node_float(node_config, "delta")
+        """The site's own settings from its node config."""
         return cls(
-            state_dir=state_dir,
-            max_epsilon=max_epsilon or 0.0,
-            delta=run_delta if delta is None else delta,
-            scope=parse_enum(
-                BudgetScope,
-                "budget-scope",
-                str(node_config.get("budget-scope", BudgetScope.DATASET.value)),
-            ),
+            state_dir=site_state_dir(node, train_config, site),
+            max_epsilon=node.max_epsilon or 0.0,
+            delta=run_delta if node.delta is None else node.delta,
+            scope=node.budget_scope,
         )
 
 

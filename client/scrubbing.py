@@ -17,11 +17,11 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from fedshield.common.storage import atomic_write_json
+from fedshield.models.texts import LabeledTexts
 from fedshield.privacy.fingerprint import dataset_fingerprint
 from fedshield.privacy.pii import PIIConfig, PIIMode, Scrubber, load_site_key
-from fedshield.privacy.storage import atomic_write_json
 
-from .data import LabeledTexts
 from .site import SiteData
 
 __all__ = ["ScrubbedSite", "scrub_site"]

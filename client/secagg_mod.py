@@ -29,6 +29,18 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    RecordDict,
+)
+from flwr.clientapp.typing import ClientAppCallable
+
+from fedshield.common.schema import Record, SecAggKey, Stage
 from fedshield.models import arrays_to_state, flatten_state
 from fedshield.models.records import (
     read_bytes_list,
@@ -43,22 +55,11 @@ from fedshield.privacy.secagg import (
     SecAggConfig,
     SecAggParams,
 )
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Error,
-    Message,
-    RecordDict,
-)
-from flwr.clientapp.typing import ClientAppCallable
 
-__all__ = ["STAGES", "secagg_mod"]
+__all__ = ["secagg_mod"]
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("setup", "share-keys", "masked-input", "unmask")
 _SESSION = "secagg-session"
 _INPUT = "secagg-input"
 ERROR_CODE = 7301  # fedshield secure aggregation
@@ -85,7 +86,7 @@ def _session(context: Context, record: ConfigRecord) -> ClientSession:
             "never arrived, or the site restarted mid-round)"
         )
     session = ClientSession.from_json(str(stored["json"]))
-    if bytes.fromhex(str(record.get("session", ""))) != session.params.session:
+    if bytes.fromhex(str(record.get(SecAggKey.SESSION, ""))) != session.params.session:
         raise ProtocolError(
             "the message belongs to another secure-aggregation round (replayed?)"
         )
@@ -97,12 +98,12 @@ def _save(context: Context, session: ClientSession) -> None:
 
 
 def _setup(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    record = msg.content.config_records["secagg"]
-    params = SecAggParams.from_json(str(record["params"]))
-    index = read_int(record, "index")
+    record = msg.content.config_records[Record.SECAGG]
+    params = SecAggParams.from_json(str(record[SecAggKey.PARAMS]))
+    index = read_int(record, SecAggKey.INDEX)
     _forget(context)  # a new round replaces any half-finished one
     reply = call_next(msg, context)
-    if reply.has_error() or "refusal" in reply.content.config_records:
+    if reply.has_error() or Record.REFUSAL in reply.content.config_records:
         return reply  # not taking part: nothing to mask
     arrays = list(reply.content.array_records.values())
     if len(arrays) != 1:
@@ -123,16 +124,18 @@ def _setup(msg: Message, context: Context, call_next: ClientAppCallable) -> Mess
     content = {
         k: v for k, v in reply.content.items() if k not in reply.content.array_records
     }
-    content["secagg"] = ConfigRecord({"stage": "setup", "c-pk": c_pk, "s-pk": s_pk})
+    content[Record.SECAGG] = ConfigRecord(
+        {SecAggKey.STAGE: Stage.SETUP, SecAggKey.C_PK: c_pk, SecAggKey.S_PK: s_pk}
+    )
     return Message(content=RecordDict(content), reply_to=msg)
 
 
 def _share_keys(msg: Message, context: Context) -> Message:
-    record = msg.content.config_records["secagg"]
+    record = msg.content.config_records[Record.SECAGG]
     session = _session(context, record)
-    nodes = read_int_list(record, "nodes")
-    c_keys = read_bytes_list(record, "c-pk")
-    s_keys = read_bytes_list(record, "s-pk")
+    nodes = read_int_list(record, SecAggKey.NODES)
+    c_keys = read_bytes_list(record, SecAggKey.C_PK)
+    s_keys = read_bytes_list(record, SecAggKey.S_PK)
     if not len(nodes) == len(c_keys) == len(s_keys):
         raise ProtocolError("the roster's node and key lists differ in length")
     roster = {
@@ -145,22 +148,22 @@ def _share_keys(msg: Message, context: Context) -> Message:
         msg,
         secagg=ConfigRecord(
             {
-                "stage": "share-keys",
-                "dest": dests,
-                "ct": [ciphertexts[d] for d in dests],
+                SecAggKey.STAGE: Stage.SHARE_KEYS,
+                SecAggKey.DEST: dests,
+                SecAggKey.CIPHERTEXTS: [ciphertexts[d] for d in dests],
             }
         ),
     )
 
 
 def _masked_input(msg: Message, context: Context) -> Message:
-    record = msg.content.config_records["secagg"]
+    record = msg.content.config_records[Record.SECAGG]
     session = _session(context, record)
-    sources = read_int_list(record, "src")
-    cts = read_bytes_list(record, "ct")
+    sources = read_int_list(record, SecAggKey.SOURCES)
+    cts = read_bytes_list(record, SecAggKey.CIPHERTEXTS)
     if len(sources) != len(cts) or len(set(sources)) != len(sources):
         raise ProtocolError("the inbox's sender and ciphertext lists do not pair")
-    weight = read_float(record, "weight")
+    weight = read_float(record, SecAggKey.WEIGHT)
     if not 0 < weight <= 1:
         raise ProtocolError(f"the aggregation weight must be in (0, 1]; got {weight}")
     stored = context.state.array_records.get(_INPUT)
@@ -180,16 +183,21 @@ def _masked_input(msg: Message, context: Context) -> Message:
         )
     return _reply(
         msg,
-        masked=ArrayRecord({"y": Array(masked)}),
-        secagg=ConfigRecord({"stage": "masked-input", "saturated": encoded.saturated}),
+        masked=ArrayRecord({SecAggKey.MASKED_VECTOR: Array(masked)}),
+        secagg=ConfigRecord(
+            {
+                SecAggKey.STAGE: Stage.MASKED_INPUT,
+                SecAggKey.SATURATED: encoded.saturated,
+            }
+        ),
     )
 
 
 def _unmask(msg: Message, context: Context) -> Message:
-    record = msg.content.config_records["secagg"]
+    record = msg.content.config_records[Record.SECAGG]
     session = _session(context, record)
-    survivors = set(read_int_list(record, "survivors"))
-    dropped = set(read_int_list(record, "dropped"))
+    survivors = set(read_int_list(record, SecAggKey.SURVIVORS))
+    dropped = set(read_int_list(record, SecAggKey.DROPPED))
     try:
         b_shares, s_shares = session.unmask(survivors, dropped)
     finally:
@@ -198,11 +206,11 @@ def _unmask(msg: Message, context: Context) -> Message:
         msg,
         secagg=ConfigRecord(
             {
-                "stage": "unmask",
-                "b-owner": sorted(b_shares),
-                "b-share": [b_shares[u] for u in sorted(b_shares)],
-                "s-owner": sorted(s_shares),
-                "s-share": [s_shares[u] for u in sorted(s_shares)],
+                SecAggKey.STAGE: Stage.UNMASK,
+                SecAggKey.B_OWNERS: sorted(b_shares),
+                SecAggKey.B_SHARES: [b_shares[u] for u in sorted(b_shares)],
+                SecAggKey.S_OWNERS: sorted(s_shares),
+                SecAggKey.S_SHARES: [s_shares[u] for u in sorted(s_shares)],
             }
         ),
     )
@@ -212,29 +220,29 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     """Run this site's part of the secure-aggregation stage the message names."""
     if msg.metadata.message_type != "train":
         return call_next(msg, context)
-    record = msg.content.config_records.get("secagg")
+    record = msg.content.config_records.get(Record.SECAGG)
     if record is None:
         if SecAggConfig.from_run_config(dict(context.run_config)).enabled:
             return _error(
                 msg,
                 "this run requires secure aggregation (secagg.enabled=true) but the "
                 "server sent a plain train message; the site does not send its "
-                "update in the clear. Run the fedshield ServerApp (server.app:app).",
+                "update in the clear. Run the fedshield ServerApp.",
             )
         return call_next(msg, context)
-    stage = str(record.get("stage", ""))
+    stage = str(record.get(SecAggKey.STAGE, ""))
     try:
-        if stage == "setup":
+        if stage == Stage.SETUP:
             return _setup(msg, context, call_next)
-        if stage == "share-keys":
+        if stage == Stage.SHARE_KEYS:
             return _share_keys(msg, context)
-        if stage == "masked-input":
+        if stage == Stage.MASKED_INPUT:
             return _masked_input(msg, context)
-        if stage == "unmask":
+        if stage == Stage.UNMASK:
             return _unmask(msg, context)
         raise ProtocolError(f"unknown secure-aggregation stage {stage!r}")
     except (ProtocolError, SecAggAborted, KeyError, TypeError, ValueError) as err:
         logger.warning("Secure aggregation stage %r failed: %s", stage, err)
-        if stage != "setup":
+        if stage != Stage.SETUP:
             _forget(context)
         return _error(msg, f"secure aggregation stage {stage!r}: {err}")

@@ -1,25 +1,24 @@
-"""Where a site's examples come from: its own file (deployment) or, in simulation,
-its partition of the embedded default dataset.
+"""Where a deployed site's examples come from: its own files, named in its node
+config (``data-path``, optional ``eval-data-path``), opened read-only.
 
-Node config keys (``flower-supernode --node-config "..."``):
-    data-path       CSV/TSV/JSONL training file of this site (read-only).
-    eval-data-path  optional held-out file for ``@app.evaluate``.
-    site-name       optional label used in summaries (default: node-<id>).
-In simulation Flower sets ``partition-id`` / ``num-partitions`` instead; the site
-then trains on its Dirichlet/IID share of the default dataset's train pool and
-evaluates on its IID share of the central test split (public data, no privacy cost).
+The ClientApp takes its site-data loader as a parameter (:func:`client.app.client_app`);
+this is the deployed one. The simulation wiring (``fedshield.simulations.apps``)
+plugs in a loader that gives simulated sites their share of a dataset instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from fedshield.models.texts import LabeledTexts
 
 from .config import ClientConfig
-from .data import LabeledTexts, SiteDataError, read_labeled_file
+from .data import SiteDataError, read_labeled_file
+from .node import NodeConfig
 
-__all__ = ["SiteData", "load_site", "site_name"]
+__all__ = ["SiteData", "SiteFiles", "SiteSource"]
 
 
 @dataclass(frozen=True)
@@ -29,42 +28,52 @@ class SiteData:
     eval: LabeledTexts | None
 
 
-def site_name(node_config: dict[str, Any], node_id: int) -> str:
-    if "site-name" in node_config:
-        return str(node_config["site-name"])
-    if "partition-id" in node_config:
-        return f"site-{int(node_config['partition-id'])}"
-    return f"node-{node_id}"
+class SiteSource(Protocol):
+    """Where the ClientApp gets a site's settings and examples from."""
+
+    def node_config(
+        self, raw: Mapping[str, Any], run_config: Mapping[str, Any]
+    ) -> NodeConfig:
+        """The site's own settings, from ``context.node_config``."""
+        ...
+
+    def load(
+        self,
+        node: NodeConfig,
+        cfg: ClientConfig,
+        run_config: Mapping[str, Any],
+        node_id: int,
+    ) -> SiteData:
+        """The site's train (and optional eval) examples."""
+        ...
 
 
-def load_site(
-    node_config: dict[str, Any],
-    run_config: dict[str, Any],
-    cfg: ClientConfig,
-    node_id: int,
-) -> SiteData:
-    name = site_name(node_config, node_id)
-    if "data-path" in node_config:
-        eval_path = node_config.get("eval-data-path")
+class SiteFiles:
+    """A deployed site: its node config as its operator wrote it, and the files
+    it names."""
+
+    def node_config(
+        self, raw: Mapping[str, Any], run_config: Mapping[str, Any]
+    ) -> NodeConfig:
+        return NodeConfig.parse(dict(raw))
+
+    def load(
+        self,
+        node: NodeConfig,
+        cfg: ClientConfig,
+        run_config: Mapping[str, Any],
+        node_id: int,
+    ) -> SiteData:
+        if node.data_path is None:
+            raise SiteDataError(
+                "This SuperNode has no training data configured: its node config has "
+                "no `data-path`. Start it with `flower-supernode ... --node-config "
+                "\"data-path='/path/site.csv'\"`."
+            )
         return SiteData(
-            name=name,
-            train=read_labeled_file(Path(str(node_config["data-path"])), cfg.data),
-            eval=read_labeled_file(Path(str(eval_path)), cfg.data)
-            if eval_path
+            name=node.name(node_id),
+            train=read_labeled_file(node.data_path, cfg.data),
+            eval=read_labeled_file(node.eval_data_path, cfg.data)
+            if node.eval_data_path is not None
             else None,
         )
-    if "partition-id" in node_config and "num-partitions" in node_config:
-        # Simulation only: the embedded default dataset stands in for site files.
-        from fedshield.simulations.scenario import simulated_site
-
-        train, evaluation = simulated_site(
-            partition_id=int(node_config["partition-id"]),
-            num_partitions=int(node_config["num-partitions"]),
-            run_config=run_config,
-        )
-        return SiteData(name=name, train=train, eval=evaluation)
-    raise SiteDataError(
-        "This SuperNode has no training data configured: its node config has neither "
-        "`data-path` nor simulation partition keys. Start it with "
-        "`flower-supernode ... --node-config \"data-path='/path/site.csv'\"`."
-    )

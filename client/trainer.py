@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from fedshield.models import forward_inputs, is_head_parameter
-from fedshield.models.config import ConfigError, require
+from opacus import PrivacyEngine
+from torch.utils.data import DataLoader
+
+from fedshield.common.device import pick_device
+from fedshield.common.run_config import check_fields, default, read_fields
+from fedshield.models import is_head_parameter
+from fedshield.models.texts import TokenizedTexts, batch_inputs
 from fedshield.privacy.budget import Release
 from fedshield.privacy.dp import (
     DPConfig,
@@ -24,12 +30,8 @@ from fedshield.privacy.dp import (
     make_non_private,
     make_private,
 )
-from opacus import PrivacyEngine
-from torch.utils.data import DataLoader
 
-from .data import TokenizedTexts
-
-__all__ = ["TrainConfig", "TrainResult", "batch_inputs", "pick_device", "train_site"]
+__all__ = ["TrainConfig", "TrainResult", "train_site"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,41 +49,26 @@ class TrainConfig:
     4 sites, encoder 2e-4, head 3e-2) reaches 0.70.
     """
 
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 2e-4
-    head_lr: float = 3e-2  # 0 = same as lr
-    weight_decay: float = 0.0
+    local_epochs: int = default("train.local-epochs")
+    batch_size: int = default("train.batch-size")
+    lr: float = default("train.lr")
+    head_lr: float = default("train.head-lr")  # 0 = same as lr
+    weight_decay: float = default("train.weight-decay")
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "local_epochs": "train.local-epochs",
+        "batch_size": "train.batch-size",
+        "lr": "train.lr",
+        "head_lr": "train.head-lr",
+        "weight_decay": "train.weight-decay",
+    }
 
     def __post_init__(self) -> None:
-        if self.local_epochs < 1:
-            raise ConfigError(
-                f"`train.local-epochs` must be >= 1. Found {self.local_epochs}."
-            )
-        if self.batch_size < 1:
-            raise ConfigError(
-                f"`train.batch-size` must be >= 1. Found {self.batch_size}."
-            )
-        if not self.lr > 0:
-            raise ConfigError(f"`train.lr` must be > 0. Found {self.lr}.")
-        if self.head_lr < 0:
-            raise ConfigError(
-                f"`train.head-lr` must be >= 0 (0 = train.lr). Found {self.head_lr}."
-            )
-        if self.weight_decay < 0:
-            raise ConfigError(
-                f"`train.weight-decay` must be >= 0. Found {self.weight_decay}."
-            )
+        check_fields(self, self.KEYS)
 
     @classmethod
-    def from_run_config(cls, run_config: dict[str, Any]) -> TrainConfig:
-        return cls(
-            local_epochs=require(run_config, "train.local-epochs", int),
-            batch_size=require(run_config, "train.batch-size", int),
-            lr=require(run_config, "train.lr", float),
-            head_lr=require(run_config, "train.head-lr", float),
-            weight_decay=require(run_config, "train.weight-decay", float),
-        )
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> TrainConfig:
+        return cls(**read_fields(run_config, cls.KEYS))
 
 
 @dataclass(frozen=True)
@@ -95,22 +82,6 @@ class TrainResult:
     @property
     def steps(self) -> int:
         return self.release.steps
-
-
-def pick_device() -> torch.device:
-    """The site's GPU when it has one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def batch_inputs(
-    batch: list[torch.Tensor] | tuple[torch.Tensor, ...], device: torch.device
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Split a collated batch into model kwargs and labels, on ``device``."""
-    tensors = [t.to(device) for t in batch]
-    named = {"input_ids": tensors[0], "attention_mask": tensors[1]}
-    if len(tensors) == 4:
-        named["token_type_ids"] = tensors[2]
-    return forward_inputs(named), tensors[-1]
 
 
 def train_site(

@@ -1,6 +1,8 @@
-"""What a model is: loading, task heads, LoRA, tiny test configs, state <-> arrays."""
+"""What a model is: loading, task heads, LoRA, tiny test configs, state <-> arrays,
+and the texts it reads (tokenize, evaluate)."""
 
 from .config import ConfigError, FinetuneMode, ModelConfig, Pooling, TaskKind
+from .evaluate import EvalResult, evaluate_model
 from .heads import MeanPoolingClassifier, is_head_parameter
 from .loading import (
     LoadedModel,
@@ -22,11 +24,14 @@ from .state import (
     unflatten_state,
     unwrap,
 )
+from .texts import LabeledTexts, TokenizedTexts, batch_inputs, tokenize
 from .tiny import write_tiny_bert
 
 __all__ = [
     "ConfigError",
+    "EvalResult",
     "FinetuneMode",
+    "LabeledTexts",
     "LoadedModel",
     "MeanPoolingClassifier",
     "ModelConfig",
@@ -34,8 +39,11 @@ __all__ = [
     "Pooling",
     "StateMismatchError",
     "TaskKind",
+    "TokenizedTexts",
     "add_delta",
     "arrays_to_state",
+    "batch_inputs",
+    "evaluate_model",
     "flatten_state",
     "check_same_layout",
     "forward_inputs",
@@ -45,6 +53,7 @@ __all__ = [
     "packaged_model_path",
     "state_delta",
     "state_to_arrays",
+    "tokenize",
     "trainable_state",
     "unflatten_state",
     "unwrap",

@@ -6,9 +6,13 @@ into a frozen dataclass; every other module receives the dataclass, never raw ke
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum, StrEnum
-from typing import Any
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from fedshield.common.config import ConfigError, require
+from fedshield.common.run_config import check, check_fields, default, read_fields
 
 __all__ = [
     "ConfigError",
@@ -18,10 +22,6 @@ __all__ = [
     "TaskKind",
     "require",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, of the wrong type or out of range."""
 
 
 class TaskKind(StrEnum):
@@ -45,39 +45,8 @@ class Pooling(StrEnum):
     CLS = "cls"  # Hugging Face's own sequence-classification head ([CLS]/pooler)
 
 
-def require(run_config: dict[str, Any], key: str, kind: type) -> Any:
-    """Return ``run_config[key]`` checked to be of ``kind`` (int accepted for float).
-
-    Raises:
-        ConfigError: naming the key, the expected type and the value found.
-    """
-    if key not in run_config:
-        raise ConfigError(
-            f"Run config key `{key}` is missing. Add it to [tool.flwr.app.config] "
-            f'in pyproject.toml or pass it with --run-config "{key}=...".'
-        )
-    value = run_config[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind is int and isinstance(value, bool):
-        raise ConfigError(f"`{key}` must be an integer. Found {value!r}.")
-    if not isinstance(value, kind):
-        raise ConfigError(
-            f"`{key}` must be of type {kind.__name__}. Found {value!r} "
-            f"({type(value).__name__})."
-        )
-    return value
-
-
-def parse_enum(enum: type[Enum], key: str, value: str) -> Any:
-    """Map a kebab-case string to an enum member, or say which values exist."""
-    try:
-        return enum(value)
-    except ValueError:
-        allowed = ", ".join(repr(m.value) for m in enum)  # type: ignore[attr-defined]
-        raise ConfigError(
-            f"`{key}` must be one of {allowed}. Found {value!r}."
-        ) from None
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in value.split(",") if t.strip())
 
 
 @dataclass(frozen=True)
@@ -102,79 +71,53 @@ class ModelConfig:
             server and all sites build bit-identical starting models.
     """
 
-    source: str = ""
-    task: TaskKind = TaskKind.SEQUENCE_CLASSIFICATION
-    num_labels: int = 2
-    max_length: int = 64
-    finetune: FinetuneMode = FinetuneMode.LORA
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = ("query", "value")
-    pooling: Pooling = Pooling.MEAN
-    dropout: float = 0.1
+    source: str = default("model.source")
+    task: TaskKind = TaskKind(default("model.task"))
+    num_labels: int = default("model.num-labels")
+    max_length: int = default("model.max-length")
+    finetune: FinetuneMode = FinetuneMode(default("model.finetune"))
+    lora_r: int = default("model.lora.r")
+    lora_alpha: int = default("model.lora.alpha")
+    lora_dropout: float = default("model.lora.dropout")
+    lora_targets: tuple[str, ...] = _names(default("model.lora.targets"))
+    pooling: Pooling = Pooling(default("model.pooling"))
+    dropout: float = default("model.dropout")
     init_seed: int = 0
 
+    KEYS: ClassVar[dict[str, str]] = {
+        "source": "model.source",
+        "task": "model.task",
+        "num_labels": "model.num-labels",
+        "max_length": "model.max-length",
+        "finetune": "model.finetune",
+        "lora_r": "model.lora.r",
+        "lora_alpha": "model.lora.alpha",
+        "lora_dropout": "model.lora.dropout",
+        "pooling": "model.pooling",
+        "dropout": "model.dropout",
+    }
+
     def __post_init__(self) -> None:
+        check_fields(self, self.KEYS)
+        check("model.lora.targets", ",".join(self.lora_targets))
         if self.task is not TaskKind.SEQUENCE_CLASSIFICATION:
             raise ConfigError(
                 f"`model.task` = {self.task.value!r} is not available yet; only "
                 "'sequence-classification' is. "
                 'Set model.task="sequence-classification".'
             )
-        if self.num_labels < 2:
-            raise ConfigError(
-                f"`model.num-labels` must be >= 2. Found {self.num_labels}."
-            )
-        if not 8 <= self.max_length <= 4096:
-            raise ConfigError(
-                f"`model.max-length` must be in [8, 4096]. Found {self.max_length}."
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(
-                f"`model.dropout` must be in [0, 1). Found {self.dropout}."
-            )
-        if self.finetune is FinetuneMode.LORA:
-            if self.lora_r < 1:
-                raise ConfigError(f"`model.lora.r` must be >= 1. Found {self.lora_r}.")
-            if self.lora_alpha < 1:
-                raise ConfigError(
-                    f"`model.lora.alpha` must be >= 1. Found {self.lora_alpha}."
-                )
-            if not 0.0 <= self.lora_dropout < 1.0:
-                raise ConfigError(
-                    "`model.lora.dropout` must be in [0, 1). "
-                    f"Found {self.lora_dropout}."
-                )
-            if not self.lora_targets:
-                raise ConfigError(
-                    "`model.lora.targets` is empty. Name the modules LoRA wraps, "
-                    'e.g. model.lora.targets="query,value".'
-                )
 
     @classmethod
-    def from_run_config(cls, run_config: dict[str, Any]) -> ModelConfig:
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> ModelConfig:
         """Parse the ``model.*`` keys (and ``seed``) of a Flower run config."""
-        targets = require(run_config, "model.lora.targets", str)
-        return cls(
-            source=require(run_config, "model.source", str),
-            task=parse_enum(
-                TaskKind, "model.task", require(run_config, "model.task", str)
-            ),
-            num_labels=require(run_config, "model.num-labels", int),
-            max_length=require(run_config, "model.max-length", int),
-            finetune=parse_enum(
-                FinetuneMode,
-                "model.finetune",
-                require(run_config, "model.finetune", str),
-            ),
-            lora_r=require(run_config, "model.lora.r", int),
-            lora_alpha=require(run_config, "model.lora.alpha", int),
-            lora_dropout=require(run_config, "model.lora.dropout", float),
-            lora_targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
-            pooling=parse_enum(
-                Pooling, "model.pooling", require(run_config, "model.pooling", str)
-            ),
-            dropout=require(run_config, "model.dropout", float),
-            init_seed=require(run_config, "seed", int),
+        fields = read_fields(
+            run_config,
+            {**cls.KEYS, "lora_targets": "model.lora.targets", "init_seed": "seed"},
+            convert={
+                "task": TaskKind,
+                "finetune": FinetuneMode,
+                "pooling": Pooling,
+                "lora_targets": _names,
+            },
         )
+        return cls(**fields)

@@ -1,6 +1,6 @@
 """Privacy mechanisms, independent of Flower: DP-SGD setup, budgets and their
-accounting, client-level DP, dataset fingerprints, the signed site ledger, durable
-storage of privacy state, and book-keeping per-sample clipping."""
+accounting, client-level DP, dataset fingerprints, the signed site ledger, and
+book-keeping per-sample clipping."""
 
 from .budget import (
     BudgetCheck,
@@ -27,11 +27,11 @@ from .fingerprint import dataset_fingerprint
 from .ledger import (
     LedgerEntry,
     LedgerError,
+    LedgerReader,
     Mechanism,
     SiteLedger,
     VerifyReport,
 )
-from .storage import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "AccountantKind",
@@ -41,6 +41,7 @@ __all__ = [
     "GradSampleMode",
     "LedgerEntry",
     "LedgerError",
+    "LedgerReader",
     "Mechanism",
     "PrivateTraining",
     "Release",
@@ -48,8 +49,6 @@ __all__ = [
     "VerifyReport",
     "accountant_of",
     "accountant_to_json",
-    "atomic_write_bytes",
-    "atomic_write_json",
     "check_budget",
     "clip_update",
     "compose_epsilon",

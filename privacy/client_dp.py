@@ -48,11 +48,14 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from fedshield.models.config import ConfigError, require
+
+from fedshield.common.config import ConfigError
+from fedshield.common.run_config import check_fields, default, read_fields
 
 __all__ = [
     "ClientDPConfig",
@@ -60,6 +63,7 @@ __all__ = [
     "l2_norm",
     "noisy_mean",
     "noisy_mean_of_sum",
+    "noisy_sum",
     "secure_normal",
 ]
 
@@ -78,35 +82,30 @@ class ClientDPConfig:
         delta: the delta of the run's client-level (epsilon, delta).
     """
 
-    enabled: bool = False
-    clip_norm: float = 1.0
-    noise_multiplier: float = 1.0
-    delta: float = 1e-5
+    enabled: bool = default("client-dp.enabled")
+    clip_norm: float = default("client-dp.clip-norm")
+    noise_multiplier: float = default("client-dp.noise-multiplier")
+    delta: float = default("client-dp.delta")
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "enabled": "client-dp.enabled",
+        "clip_norm": "client-dp.clip-norm",
+        "noise_multiplier": "client-dp.noise-multiplier",
+        "delta": "client-dp.delta",
+    }
 
     def __post_init__(self) -> None:
-        if not self.clip_norm > 0:
-            raise ConfigError(
-                f"`client-dp.clip-norm` must be > 0. Found {self.clip_norm}."
-            )
+        check_fields(self, self.KEYS)
         if self.enabled and not self.noise_multiplier > 0:
             raise ConfigError(
                 f"`client-dp.noise-multiplier` must be > 0 when client-level DP is "
                 f"on. Found {self.noise_multiplier}. Set client-dp.enabled=false to "
                 "turn it off."
             )
-        if not 0 < self.delta < 1:
-            raise ConfigError(
-                f"`client-dp.delta` must be in (0, 1). Found {self.delta}."
-            )
 
     @classmethod
-    def from_run_config(cls, run_config: dict[str, Any]) -> ClientDPConfig:
-        return cls(
-            enabled=require(run_config, "client-dp.enabled", bool),
-            clip_norm=require(run_config, "client-dp.clip-norm", float),
-            noise_multiplier=require(run_config, "client-dp.noise-multiplier", float),
-            delta=require(run_config, "client-dp.delta", float),
-        )
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> ClientDPConfig:
+        return cls(**read_fields(run_config, cls.KEYS))
 
 
 def l2_norm(update: State) -> float:
@@ -165,5 +164,15 @@ def noisy_mean_of_sum(
     """``(total + N(0, (z S)^2 I)) / count``: the mechanism on a sum of ``count``
     clipped updates (also the securely aggregated sum, which the server never sees
     in parts)."""
+    noisy = noisy_sum(total, clip_norm=clip_norm, noise_multiplier=noise_multiplier)
+    return {k: v / count for k, v in noisy.items()}
+
+
+def noisy_sum(total: State, *, clip_norm: float, noise_multiplier: float) -> State:
+    """``total + N(0, (z S)^2 I)``: the Gaussian mechanism on a sum of updates each
+    clipped to S (sensitivity S under add/remove one site), one independent draw
+    per coordinate of every tensor. The one place the server's client-level noise
+    is drawn: :func:`noisy_mean_of_sum` and the server's aggregation
+    (:mod:`server.aggregation`) both call it."""
     std = noise_multiplier * clip_norm
-    return {k: (v + secure_normal(v.shape, std=std)) / count for k, v in total.items()}
+    return {k: v + secure_normal(v.shape, std=std) for k, v in total.items()}

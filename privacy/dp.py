@@ -29,18 +29,21 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from fedshield.models.config import ConfigError, FinetuneMode, parse_enum, require
 from opacus import PrivacyEngine
 from opacus.accountants.accountant import IAccountant
 from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader
+
+from fedshield.common.config import ConfigError
+from fedshield.common.run_config import check_fields, default, read_fields
+from fedshield.models.config import FinetuneMode
 
 __all__ = [
     "AccountantKind",
@@ -86,25 +89,24 @@ class DPConfig:
         accountant: which Opacus accountant composes the steps.
     """
 
-    enabled: bool = True
-    noise_multiplier: float = 0.8
-    target_epsilon: float = 0.0
-    max_grad_norm: float = 1.0
-    delta: float = 1e-5
-    accountant: AccountantKind = AccountantKind.RDP
+    enabled: bool = default("dp.enabled")
+    noise_multiplier: float = default("dp.noise-multiplier")
+    target_epsilon: float = default("dp.target-epsilon")
+    max_grad_norm: float = default("dp.max-grad-norm")
+    delta: float = default("dp.delta")
+    accountant: AccountantKind = AccountantKind(default("dp.accountant"))
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "enabled": "dp.enabled",
+        "noise_multiplier": "dp.noise-multiplier",
+        "target_epsilon": "dp.target-epsilon",
+        "max_grad_norm": "dp.max-grad-norm",
+        "delta": "dp.delta",
+        "accountant": "dp.accountant",
+    }
 
     def __post_init__(self) -> None:
-        if not self.max_grad_norm > 0:
-            raise ConfigError(
-                f"`dp.max-grad-norm` must be > 0. Found {self.max_grad_norm}."
-            )
-        if not 0 < self.delta < 1:
-            raise ConfigError(f"`dp.delta` must be in (0, 1). Found {self.delta}.")
-        if self.target_epsilon < 0:
-            raise ConfigError(
-                f"`dp.target-epsilon` must be >= 0 (0 = use dp.noise-multiplier). "
-                f"Found {self.target_epsilon}."
-            )
+        check_fields(self, self.KEYS)
         if self.enabled and self.target_epsilon == 0 and not self.noise_multiplier > 0:
             raise ConfigError(
                 f"`dp.noise-multiplier` must be > 0. Found {self.noise_multiplier}. "
@@ -113,18 +115,9 @@ class DPConfig:
             )
 
     @classmethod
-    def from_run_config(cls, run_config: dict[str, Any]) -> DPConfig:
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> DPConfig:
         return cls(
-            enabled=require(run_config, "dp.enabled", bool),
-            noise_multiplier=require(run_config, "dp.noise-multiplier", float),
-            target_epsilon=require(run_config, "dp.target-epsilon", float),
-            max_grad_norm=require(run_config, "dp.max-grad-norm", float),
-            delta=require(run_config, "dp.delta", float),
-            accountant=parse_enum(
-                AccountantKind,
-                "dp.accountant",
-                require(run_config, "dp.accountant", str),
-            ),
+            **read_fields(run_config, cls.KEYS, convert={"accountant": AccountantKind})
         )
 
 

@@ -3,7 +3,9 @@ checkpoints and the run summary."""
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .config import ServerConfig
-from .rounds import RoundAborted, RoundLog, run_round, screen_replies
+from .replies import screen_replies
+from .rounds import RoundAborted, RoundLog, run_round
+from .strategy import StrategyConfig, StrategyName, build_strategy
 
 __all__ = [
     "Checkpoint",
@@ -11,6 +13,9 @@ __all__ = [
     "RoundAborted",
     "RoundLog",
     "ServerConfig",
+    "StrategyConfig",
+    "StrategyName",
+    "build_strategy",
     "load_checkpoint",
     "run_round",
     "save_checkpoint",

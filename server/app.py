@@ -1,38 +1,40 @@
 """The fedshield ServerApp (Flower Message API): the coordinator of a run.
 
 Each round: sample sites, send the global trainable state, collect the sites'
-deltas (or their budget refusals), aggregate them with FedAvg (or, with
-client-level DP, the noisy uniform mean of clipped deltas, recorded in the server's
-ledger), evaluate on the central test split, checkpoint atomically and rewrite
-``summary.json``. ``resume=true`` continues from the checkpoint in ``out-dir``;
-sites compose epsilon from their own ledgers, and the server's client-level
-epsilon from its ledger, so both keep composing across the restart.
+deltas (or their budget refusals), aggregate them in one pipeline (plain or secure
+sum, client-level noise recorded in the server's ledger, the mean, the selected
+Flower strategy's step: :mod:`server.aggregation`), evaluate on the central test
+set, checkpoint atomically and rewrite ``summary.json``. ``resume=true`` continues
+from the checkpoint in ``out-dir``; sites compose epsilon from their own ledgers,
+and the server's client-level epsilon from its ledger, so both keep composing
+across the restart.
 
-Run it with ``flwr run .`` or ``fedshield simulate``.
+The ServerApp takes its central test set as a parameter (:func:`server_app`);
+``fedshield.simulations.apps`` wires it to ``data.test-path`` or the packaged
+dataset. Run it with ``flwr run .`` or ``fedshield simulate``.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from pathlib import Path
 from typing import Any
 
-from fedshield.client.config import ClientConfig
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedshield.common.config import ConfigError
+from fedshield.common.run_config import RunConfig
+from fedshield.common.schema import TrainKey
 from fedshield.models import (
     FinetuneMode,
     MeanPoolingClassifier,
     load_trainable_state,
     trainable_state,
 )
-from fedshield.models.config import ConfigError
-from flwr.app import ConfigRecord, Context
-from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 
 from .central_dp import ClientLevelAccountant
 from .checkpoint import (
-    CHECKPOINT_NAME,
     Checkpoint,
     CheckpointError,
     atomic_write_json,
@@ -40,29 +42,32 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import ServerConfig
-from .evaluate import CentralEvaluator, central_test_data
+from .evaluate import CentralEvaluator, CentralTestLoader
 from .report import print_round, print_start
 from .rounds import RoundAborted, run_round
+from .strategy import (
+    STRATEGY_STATE_KEY,
+    build_strategy,
+    restore_strategy_state,
+    strategy_state,
+)
 from .summary import build_summary, write_summary
 
-__all__ = ["app"]
+__all__ = ["run_server", "server_app"]
 
 logger = logging.getLogger(__name__)
-
-app = ServerApp()
 
 # Keys that may differ between a run and its resumption; all others must match.
 RESUMABLE_KEYS = {"num-server-rounds", "resume", "round-timeout"}
 
 
-def _check_resumable(saved: dict[str, Any], now: dict[str, Any]) -> None:
-    changed = sorted(
-        k
-        for k in set(saved) | set(now)
-        if k not in RESUMABLE_KEYS and saved.get(k) != now.get(k)
-    )
+def _check_resumable(saved: dict[str, Any], now: RunConfig) -> None:
+    """Refuse to resume with another setup (keys added since the checkpoint was
+    written compare at their declared defaults)."""
+    before = RunConfig.parse(saved)
+    changed = sorted(k for k in now if k not in RESUMABLE_KEYS and before[k] != now[k])
     if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        details = ", ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed)
         raise CheckpointError(
             "Cannot resume: the run config differs from the checkpoint's in "
             f"{details}. "
@@ -73,9 +78,7 @@ def _check_resumable(saved: dict[str, Any], now: dict[str, Any]) -> None:
 def _prepare_out_dir(cfg: ServerConfig) -> None:
     if cfg.resume:
         return
-    existing = [
-        n for n in ("summary.json", CHECKPOINT_NAME) if (cfg.out_dir / n).exists()
-    ]
+    existing = [p.name for p in cfg.layout.outputs() if p.exists()]
     if existing:
         raise CheckpointError(
             f"out-dir {cfg.out_dir} already holds a run ({', '.join(existing)}). It is "
@@ -93,36 +96,46 @@ def _save_final_weights(
     from safetensors.torch import save_file
 
     state = trainable_state(evaluator.loaded.model)
-    path = cfg.out_dir / "final_trainable.safetensors"
+    path = cfg.layout.final_trainable
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     model: Any = evaluator.loaded.model  # peft / transformers / our head
     if cfg.model.finetune is FinetuneMode.LORA:
         folder = "adapter"
-        model.save_pretrained(str(cfg.out_dir / folder))
+        model.save_pretrained(str(cfg.layout.pretrained(folder)))
     elif isinstance(model, MeanPoolingClassifier):
         folder = "encoder"  # the classifier is in final_trainable.safetensors
         encoder: Any = model.encoder
-        encoder.save_pretrained(str(cfg.out_dir / folder))
+        encoder.save_pretrained(str(cfg.layout.pretrained(folder)))
     else:
         folder = "model"
-        model.save_pretrained(str(cfg.out_dir / folder))
-    evaluator.loaded.tokenizer.save_pretrained(str(cfg.out_dir / folder))
+        model.save_pretrained(str(cfg.layout.pretrained(folder)))
+    evaluator.loaded.tokenizer.save_pretrained(str(cfg.layout.pretrained(folder)))
     return {"trainable_state": path.name, "pretrained": folder}
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    run_config = dict(context.run_config)
-    cfg = ServerConfig.from_run_config(run_config)
-    client_cfg = ClientConfig.from_run_config(
-        run_config
-    )  # fail here, once, not per site
+def server_app(*, central_test: CentralTestLoader) -> ServerApp:
+    """The fedshield ServerApp, evaluating every round on ``central_test``'s set."""
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_server(grid, context, central_test=central_test)
+
+    return app
+
+
+def run_server(
+    grid: Grid, context: Context, *, central_test: CentralTestLoader
+) -> None:
+    """The whole run: rounds until ``num-server-rounds``, then the final weights."""
+    cfg = ServerConfig.from_run_config(dict(context.run_config))  # fails here, once
+    run_config = dict(cfg.run_config)  # as summary.json and the checkpoint store it
     _prepare_out_dir(cfg)
-    evaluator = CentralEvaluator(cfg, central_test_data(cfg, run_config))
+    evaluator = CentralEvaluator(cfg, central_test(cfg.test_path, cfg.run_config))
 
     if cfg.resume:
         ckpt = load_checkpoint(cfg.out_dir)
-        _check_resumable(ckpt.run_config, run_config)
+        _check_resumable(ckpt.run_config, cfg.run_config)
         if ckpt.server_round >= cfg.num_rounds:
             raise ConfigError(
                 f"The checkpoint already holds {ckpt.server_round} round(s) and "
@@ -141,25 +154,30 @@ def main(grid: Grid, context: Context) -> None:
         }
         start = 1
 
-    strategy = FedAvg(
+    strategy = build_strategy(
+        cfg.strategy,
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=cfg.min_train_sites,
         min_evaluate_nodes=1,
         min_available_nodes=cfg.min_train_sites,
     )
+    # the server optimizer's moments (FedAdam, ...) continue across a resume
+    restore_strategy_state(
+        strategy, history.get(STRATEGY_STATE_KEY, {}), template=state
+    )
     central = (
         ClientLevelAccountant(
             out_dir=cfg.out_dir,
             run_id=history["run_key"],
-            config=client_cfg.client_dp,
-            accountant=client_cfg.dp.accountant,
+            config=cfg.client_dp,
+            accountant=cfg.dp.accountant,
         )
-        if client_cfg.client_dp.enabled
+        if cfg.client_dp.enabled
         else None
     )
-    print_start(cfg, client_cfg, history["initial"])
-    progress_path = cfg.out_dir / "progress.json"
+    print_start(cfg, history["initial"])
+    progress_path = cfg.layout.progress
 
     def summary(
         status: str, weights: dict[str, str] | None = None, error: str | None = None
@@ -172,8 +190,8 @@ def main(grid: Grid, context: Context) -> None:
                 initial=history["initial"],
                 rounds=history["rounds"],
                 status=status,
-                dp_enabled=client_cfg.dp.enabled,
-                accountant=client_cfg.dp.accountant.value,
+                dp_enabled=cfg.dp.enabled,
+                accountant=cfg.dp.accountant.value,
                 client_level=central.summary() if central else None,
                 weights=weights,
                 error=error,
@@ -199,15 +217,18 @@ def main(grid: Grid, context: Context) -> None:
                 grid=grid,
                 strategy=strategy,
                 train_config=ConfigRecord(
-                    {"run-key": history["run_key"], "out-dir": str(cfg.out_dir)}
+                    {
+                        TrainKey.RUN_KEY: history["run_key"],
+                        TrainKey.OUT_DIR: str(cfg.out_dir),
+                    }
                 ),
                 server_round=server_round,
                 global_state=state,
                 min_sites=cfg.min_train_sites,
                 timeout=cfg.round_timeout,
                 progress=progress,
-                client_dp=client_cfg.client_dp,
-                secagg=client_cfg.secagg,
+                client_dp=cfg.client_dp,
+                secagg=cfg.secagg,
             )
         except RoundAborted as err:
             summary("aborted", error=str(err))  # earlier rounds stay checkpointed
@@ -215,6 +236,7 @@ def main(grid: Grid, context: Context) -> None:
                 progress_path, {"round": server_round, "status": "aborted"}
             )
             raise
+        history[STRATEGY_STATE_KEY] = strategy_state(strategy)  # checkpointed below
         if central is not None:  # recorded before the noisy model is used
             log.client_epsilon = central.record_round(
                 server_round=server_round, sampled=log.sampled, available=log.available
@@ -240,4 +262,4 @@ def main(grid: Grid, context: Context) -> None:
         progress_path,
         {"round": cfg.num_rounds, "num_rounds": cfg.num_rounds, "status": "completed"},
     )
-    logger.info("Run complete: %s", Path(cfg.out_dir) / "summary.json")
+    logger.info("Run complete: %s", cfg.layout.summary)

@@ -16,14 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fedshield.common.layout import RunLayout
 from fedshield.privacy.budget import Release, accountant_of, compose_epsilon
 from fedshield.privacy.client_dp import ClientDPConfig
 from fedshield.privacy.dp import AccountantKind, accountant_to_json
-from fedshield.privacy.ledger import LedgerEntry, Mechanism, SiteLedger
+from fedshield.privacy.ledger import LedgerEntry, LedgerReader, Mechanism, SiteLedger
 
-__all__ = ["ClientLevelAccountant", "SERVER_LEDGER_DIR"]
-
-SERVER_LEDGER_DIR = "ledger"
+__all__ = ["ClientLevelAccountant"]
 
 
 class ClientLevelAccountant:
@@ -37,12 +36,12 @@ class ClientLevelAccountant:
         config: ClientDPConfig,
         accountant: AccountantKind,
     ) -> None:
-        self.state_dir = out_dir / SERVER_LEDGER_DIR
+        self.state_dir = RunLayout(out_dir).server_ledger
         self.run_id = run_id
         self.config = config
         self.accountant = accountant
 
-    def _history(self, ledger: SiteLedger) -> list[Release]:
+    def _history(self, ledger: LedgerReader) -> list[Release]:
         return ledger.client_history(run_id=self.run_id)
 
     def record_round(self, *, server_round: int, sampled: int, available: int) -> float:
@@ -82,7 +81,7 @@ class ClientLevelAccountant:
         """The client-level block of summary.json, read back from the ledger."""
         epsilon, rounds = 0.0, 0
         if (self.state_dir / "ledger.sqlite").exists():
-            with SiteLedger(self.state_dir, writable=False) as ledger:
+            with LedgerReader(self.state_dir) as ledger:
                 history = self._history(ledger)
             rounds = len(history)
             epsilon = compose_epsilon(
@@ -96,7 +95,7 @@ class ClientLevelAccountant:
             "clip_norm": self.config.clip_norm,
             "rounds": rounds,
             "accountant": self.accountant.value,
-            "ledger": SERVER_LEDGER_DIR,
+            "ledger": self.state_dir.name,
             "neighbouring": "add/remove one site's entire dataset",
             "scope": "every round of this run (all sites' contributions)",
         }

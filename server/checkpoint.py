@@ -14,18 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fedshield.privacy.storage import atomic_write_bytes, atomic_write_json
+
+from fedshield.common.layout import RunLayout
+from fedshield.common.storage import atomic_write_bytes, atomic_write_json
 
 __all__ = [
-    "CHECKPOINT_NAME",
     "Checkpoint",
     "CheckpointError",
     "atomic_write_json",
     "load_checkpoint",
     "save_checkpoint",
 ]
-
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 class CheckpointError(RuntimeError):
@@ -53,13 +52,13 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> Path:
         },
         buf,
     )
-    path = out_dir / CHECKPOINT_NAME
+    path = RunLayout(out_dir).checkpoint
     atomic_write_bytes(path, buf.getvalue())
     return path
 
 
 def load_checkpoint(out_dir: Path) -> Checkpoint:
-    path = out_dir / CHECKPOINT_NAME
+    path = RunLayout(out_dir).checkpoint
     if not path.is_file():
         raise CheckpointError(
             f"resume=true but {path} does not exist. Point out-dir at the directory "

@@ -1,13 +1,25 @@
-"""The server's view of the run config."""
+"""The server's view of the run config, parsed once at the ServerApp's boundary.
+
+The server reads the privacy settings it must act on (the sample-level DP it
+reports, client-level noise, secure aggregation) from the same declarations the
+sites parse; it never imports the client's config.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from fedshield.common.layout import RunLayout
+from fedshield.common.run_config import RunConfig, check_fields, read_fields
 from fedshield.models import ModelConfig
-from fedshield.models.config import ConfigError, require
+from fedshield.privacy.client_dp import ClientDPConfig
+from fedshield.privacy.dp import DPConfig, GradSampleMode, default_grad_sample_mode
+from fedshield.privacy.secagg import SecAggConfig
+
+from .strategy import StrategyConfig
 
 __all__ = ["ServerConfig"]
 
@@ -30,6 +42,11 @@ class ServerConfig:
     """
 
     model: ModelConfig
+    dp: DPConfig
+    client_dp: ClientDPConfig
+    secagg: SecAggConfig
+    strategy: StrategyConfig
+    run_config: RunConfig  # every key, parsed (what summary.json and resume compare)
     num_rounds: int
     fraction_train: float
     fraction_evaluate: float
@@ -41,49 +58,41 @@ class ServerConfig:
     test_path: str
     seed: int
 
+    KEYS: ClassVar[dict[str, str]] = {
+        "num_rounds": "num-server-rounds",
+        "fraction_train": "fraction-train",
+        "fraction_evaluate": "fraction-evaluate",
+        "min_train_sites": "min-train-sites",
+        "resume": "resume",
+        "round_timeout": "round-timeout",
+        "eval_batch_size": "eval.batch-size",
+        "test_path": "data.test-path",
+        "seed": "seed",
+    }
+
     def __post_init__(self) -> None:
-        if self.num_rounds < 1:
-            raise ConfigError(
-                f"`num-server-rounds` must be >= 1. Found {self.num_rounds}."
-            )
-        for key, value in (
-            ("fraction-train", self.fraction_train),
-            ("fraction-evaluate", self.fraction_evaluate),
-        ):
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"`{key}` must be in [0, 1]. Found {value}.")
-        if self.fraction_train == 0.0:
-            raise ConfigError("`fraction-train` must be > 0 or no site ever trains.")
-        if self.min_train_sites < 1:
-            raise ConfigError(
-                f"`min-train-sites` must be >= 1. Found {self.min_train_sites}."
-            )
-        if self.eval_batch_size < 1:
-            raise ConfigError(
-                f"`eval.batch-size` must be >= 1. Found {self.eval_batch_size}."
-            )
-        if not self.round_timeout > 0:
-            raise ConfigError(
-                f"`round-timeout` must be > 0. Found {self.round_timeout}."
-            )
+        check_fields(self, self.KEYS)
+
+    @property
+    def grad_sample_mode(self) -> GradSampleMode:
+        """How the sites compute per-sample gradients (for the run's banner)."""
+        return default_grad_sample_mode(self.model.finetune)
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.out_dir)
 
     @classmethod
-    def from_run_config(cls, run_config: dict[str, Any]) -> ServerConfig:
-        out = require(run_config, "out-dir", str)
-        if not out:
-            raise ConfigError(
-                "`out-dir` is empty. Name a directory for the run's outputs."
-            )
+    def from_run_config(cls, raw: Mapping[str, Any]) -> ServerConfig:
+        """Parse the run config once (unknown keys refused, defaults filled in)."""
+        run_config = RunConfig.parse(raw)
         return cls(
             model=ModelConfig.from_run_config(run_config),
-            num_rounds=require(run_config, "num-server-rounds", int),
-            fraction_train=require(run_config, "fraction-train", float),
-            fraction_evaluate=require(run_config, "fraction-evaluate", float),
-            min_train_sites=require(run_config, "min-train-sites", int),
-            out_dir=Path(out).expanduser().resolve(),
-            resume=require(run_config, "resume", bool),
-            round_timeout=require(run_config, "round-timeout", float),
-            eval_batch_size=require(run_config, "eval.batch-size", int),
-            test_path=require(run_config, "data.test-path", str),
-            seed=require(run_config, "seed", int),
+            dp=DPConfig.from_run_config(run_config),
+            client_dp=ClientDPConfig.from_run_config(run_config),
+            secagg=SecAggConfig.from_run_config(run_config),
+            strategy=StrategyConfig.from_run_config(run_config),
+            run_config=run_config,
+            out_dir=Path(run_config["out-dir"]).expanduser().resolve(),
+            **read_fields(run_config, cls.KEYS),
         )

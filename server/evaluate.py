@@ -1,35 +1,24 @@
-"""Central evaluation of the global model on a held-out test split, every round."""
+"""Central evaluation of the global model on a held-out test set, every round."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from fedshield.client.data import (
-    LabeledTexts,
-    SiteDataConfig,
-    read_labeled_file,
-    tokenize,
-)
-from fedshield.client.evaluate import EvalResult, evaluate_model
-from fedshield.client.trainer import pick_device
+
+from fedshield.common.device import pick_device
 from fedshield.models import LoadedModel, load_model, load_trainable_state
+from fedshield.models.evaluate import EvalResult, evaluate_model
+from fedshield.models.texts import LabeledTexts, tokenize
 
 from .config import ServerConfig
 
-__all__ = ["CentralEvaluator", "central_test_data"]
+__all__ = ["CentralEvaluator", "CentralTestLoader"]
 
-
-def central_test_data(cfg: ServerConfig, run_config: dict[str, Any]) -> LabeledTexts:
-    """The test file named by ``data.test-path``, else the default test split."""
-    if cfg.test_path:
-        return read_labeled_file(
-            Path(cfg.test_path), SiteDataConfig.from_run_config(run_config)
-        )
-    from fedshield.simulations.scenario import central_test_split
-
-    return central_test_split(run_config)
+# (data.test-path, the parsed run config) -> the central test set; the wiring
+# (fedshield.simulations.apps) reads the file or falls back to the packaged data
+CentralTestLoader = Callable[[str, Mapping[str, Any]], LabeledTexts]
 
 
 class CentralEvaluator:

@@ -5,9 +5,13 @@ epsilon when client-level DP is on."""
 
 from __future__ import annotations
 
-from fedshield.client.config import ClientConfig
+import math
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
+
+from fedshield.common.schema import Metric, epsilon_from_json
 
 from .config import ServerConfig
 from .rounds import RoundLog
@@ -17,12 +21,10 @@ __all__ = ["print_round", "print_start", "round_table"]
 _console = Console(soft_wrap=True)
 
 
-def print_start(
-    cfg: ServerConfig, client: ClientConfig, initial: dict[str, float]
-) -> None:
-    dp = client.dp
+def print_start(cfg: ServerConfig, initial: dict[str, float]) -> None:
+    dp = cfg.dp
     privacy = (
-        f"DP-SGD ({client.grad_sample_mode.value}), "
+        f"DP-SGD ({cfg.grad_sample_mode.value}), "
         + (
             f"target epsilon {dp.target_epsilon:g}"
             if dp.target_epsilon > 0
@@ -33,14 +35,14 @@ def print_start(
         if dp.enabled
         else "NO differential privacy (comparison run)"
     )
-    sa = client.secagg
+    sa = cfg.secagg
     privacy += (
         f"; secure aggregation (SecAgg+, shares {sa.num_shares}, threshold "
         f"{sa.threshold}, {sa.quantization_bits}-bit, range ±{sa.clip_range:g})"
         if sa.enabled
         else "; NO secure aggregation (the server sees each update)"
     )
-    cdp = client.client_dp
+    cdp = cfg.client_dp
     if cdp.enabled:
         privacy += (
             f"; client-level DP: clip {cdp.clip_norm:g}, noise multiplier "
@@ -55,11 +57,16 @@ def print_start(
     )
 
 
-def _epsilon(m: dict[str, float]) -> str:
-    if m.get("noise-multiplier", 1.0) == 0.0 or m["epsilon"] is None:
+def _epsilon(m: dict[str, Any]) -> str:
+    """A site's epsilon as logged live (a float) or read back from summary.json."""
+    eps = m.get(Metric.EPSILON)
+    if m.get(Metric.NOISE_MULTIPLIER, 1.0) == 0.0 or eps is None:
         return "no DP (inf)"
-    budget = m.get("max-epsilon", 0.0)
-    return f"{m['epsilon']:.3f}" + (f" / {budget:g}" if budget else "")
+    eps = epsilon_from_json(eps)
+    if math.isinf(eps):
+        return "no DP (inf)"
+    budget = m.get(Metric.MAX_EPSILON, 0.0)
+    return f"{eps:.3f}" + (f" / {budget:g}" if budget else "")
 
 
 def round_table(log: RoundLog, num_rounds: int) -> Table:

@@ -1,67 +1,50 @@
-"""Round orchestration: sample sites, collect and screen their deltas, aggregate
-with a Flower strategy, evaluate, checkpoint, and keep the run's history.
+"""Round orchestration: sample sites, collect and screen their replies, sum and
+aggregate their updates, and keep the round's log.
 
 Flower's ``Strategy.start`` loop has no hooks for per-round checkpoints, resuming,
-per-site metrics or screening malformed updates one by one, so the loop lives here;
-node sampling and the weighted averaging stay Flower's (``configure_train`` /
-``aggregate_train`` of any Message-API strategy, FedAvg by default).
+per-site metrics, screening malformed updates one by one or secure aggregation, so
+the loop lives here; node sampling (``configure_train``) and the server step
+(``aggregate_train``) stay the selected Flower strategy's (:mod:`server.strategy`).
 
-Update rule: each site k sends ``delta_k = theta_k - theta``; the strategy returns
-``sum_k (n_k / sum_j n_j) delta_k`` and the server sets ``theta <- theta + that``.
-With client-level DP (:mod:`privacy.client_dp`) the sites' deltas are clipped to S
-and the server applies ``(sum_k delta_k + N(0, z^2 S^2 I)) / m`` instead: uniform
-weights, because example-count weights would break the sensitivity bound S.
-
-A site whose budget would be exceeded replies with a ``refusal`` record instead of
-an update; it is reported in the round's log and the round goes on without it.
-
-With secure aggregation (:mod:`server.secagg`) the training replies carry metrics
-and public keys only; the updates are summed under masks in three more exchanges,
-and the server sees their sum, never one of them.
+One round: ``configure_train`` -> push and collect the replies
+(:func:`collect_replies`) -> screen and decode them once (:mod:`server.replies`)
+-> the sum of the valid updates, in the clear or, with secure aggregation
+(:mod:`server.secagg`), by three more exchanges that reveal only the sum -> the
+aggregation pipeline (:mod:`server.aggregation`: client-level noise, mean over the
+fixed denominator, the strategy's server step; its docstring states the update
+rule).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from fedshield.models import (
-    StateMismatchError,
-    add_delta,
-    arrays_to_state,
-    check_same_layout,
-    state_to_arrays,
-)
-from fedshield.privacy.client_dp import (
-    ClientDPConfig,
-    l2_norm,
-    noisy_mean,
-    noisy_mean_of_sum,
-)
-from fedshield.privacy.secagg import SecAggAborted, SecAggConfig
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import FedAvg
 
+from fedshield.common.schema import Metric
+from fedshield.models import state_to_arrays
+from fedshield.privacy.client_dp import ClientDPConfig
+from fedshield.privacy.secagg import SecAggAborted, SecAggConfig, SecAggParams
+
+from .aggregation import UpdateSum, aggregate, aggregation_weights, plain_sum
+from .replies import Screened, screen_replies, site_of
 from .secagg import prepare_setup, secure_sum
 
 __all__ = [
     "RoundAborted",
     "RoundLog",
-    "Screened",
     "collect_replies",
     "run_round",
-    "screen_replies",
 ]
 
 logger = logging.getLogger(__name__)
-
-REQUIRED_METRICS = ("num-examples", "train-loss", "steps", "epsilon", "delta")
 
 State = dict[str, torch.Tensor]
 Progress = Callable[[int, int], None]  # (replies so far, messages sent)
@@ -147,138 +130,55 @@ def collect_replies(
     return replies
 
 
-def _site_of(reply: Message) -> str:
-    site = reply.content.config_records.get("site") if not reply.has_error() else None
-    if site is not None and "name" in site:
-        return str(site["name"])
-    return f"node-{reply.metadata.src_node_id}"
-
-
-@dataclass(frozen=True)
-class Screened:
-    """Replies sorted into updates to aggregate, failures and budget refusals."""
-
-    valid: list[Message]
-    sites: dict[str, dict[str, float]]  # per-site metrics of the valid replies
-    failures: list[dict[str, str]]
-    refusals: list[dict[str, Any]]
-
-
-def _refusal(reply: Message, site: str) -> dict[str, Any] | None:
-    if reply.has_error() or "refusal" not in reply.content.config_records:
-        return None
-    record = reply.content.config_records["refusal"]
-    return {"site": site, **{k: record[k] for k in record}}
-
-
-def _check_metrics(metrics: dict[str, float]) -> None:
-    missing = [k for k in REQUIRED_METRICS if k not in metrics]
-    if missing:
-        raise ValueError(f"metrics lack {missing}")
-    non_private = metrics.get("noise-multiplier", 1.0) == 0.0
-    for key, value in metrics.items():
-        # a non-private release has epsilon = inf; anything else must be finite
-        if math.isinf(value) and value > 0 and non_private and "epsilon" in key:
-            continue
-        if not math.isfinite(value):
-            raise ValueError(f"non-finite metric {key}={value}")
-    if metrics["num-examples"] <= 0:
-        raise ValueError("num-examples must be > 0")
-
-
-def screen_replies(
-    replies: list[Message],
-    global_state: State,
+def _secure_sum(
     *,
-    clip_norm: float | None = None,
-    secure: bool = False,
-) -> Screened:
-    """Sort replies into valid updates, failures (with reasons) and refusals.
-
-    A reply is valid when it carries no error, exactly one ArrayRecord that decodes
-    to finite tensors with the global state's names and shapes (and, with
-    ``clip_norm``, an L2 norm within it), and a MetricRecord with every required
-    metric, all finite (epsilon may be inf for a non-private release). With
-    ``secure``, the reply must carry no update at all (it stays masked at the site)
-    and a ``secagg`` record instead.
-    """
-    out = Screened(valid=[], sites={}, failures=[], refusals=[])
-    for reply in replies:
-        site = _site_of(reply)
-        refusal = _refusal(reply, site)
-        if refusal is not None:
-            logger.warning("%s refused the round: %s", site, refusal.get("reason"))
-            out.refusals.append(refusal)
-            continue
-        try:
-            if reply.has_error():
-                raise ValueError(f"the site reported an error: {reply.error.reason}")
-            arrays = list(reply.content.array_records.values())
-            metrics = list(reply.content.metric_records.values())
-            if len(arrays) != (0 if secure else 1) or len(metrics) != 1:
-                raise ValueError(
-                    f"expected {0 if secure else 1} ArrayRecord and one MetricRecord, "
-                    f"found {len(arrays)} and {len(metrics)}"
-                )
-            if secure and "secagg" not in reply.content.config_records:
-                raise ValueError(
-                    "no secagg record: the site does not run the fedshield secagg mod"
-                )
-            if not secure:
-                what = f"The update of {site}"
-                delta = arrays_to_state(arrays[0], what=what)  # finite values
-                check_same_layout(global_state, delta, what)  # names and shapes
-                if clip_norm is not None and l2_norm(delta) > clip_norm * (1 + 1e-4):
-                    raise ValueError(
-                        f"its update has L2 norm {l2_norm(delta):.6g}, above "
-                        f"client-dp.clip-norm={clip_norm}: the site did not clip it"
-                    )
-            values = {k: float(metrics[0][k]) for k in metrics[0]}  # type: ignore[arg-type]
-            _check_metrics(values)
-        except (ValueError, StateMismatchError) as err:
-            logger.warning("Rejected the reply of %s: %s", site, err)
-            out.failures.append({"site": site, "reason": str(err)})
-            continue
-        if site in out.sites:
-            out.failures.append(
-                {"site": site, "reason": "duplicate reply in this round"}
-            )
-            continue
-        out.sites[site] = values
-        out.valid.append(reply)
-    return out
-
-
-def _aggregate(
-    strategy: Strategy,
+    grid: Grid,
+    screened: Screened,
+    messages: list[Message],
+    params: SecAggParams,
+    weights: dict[str, float],
+    log: RoundLog,
     server_round: int,
-    valid: list[Message],
-    client_dp: ClientDPConfig,
-) -> State:
-    """The round's update: the strategy's weighted mean, or with client-level DP
-    the noisy uniform mean of the clipped deltas."""
-    if client_dp.enabled:
-        deltas = [
-            arrays_to_state(
-                next(iter(r.content.array_records.values())), what="An update"
-            )
-            for r in valid
-        ]
-        return noisy_mean(
-            deltas,
-            clip_norm=client_dp.clip_norm,
-            noise_multiplier=client_dp.noise_multiplier,
+    global_state: State,
+    timeout: float,
+    min_sites: int,
+) -> UpdateSum:
+    """The unmasked sum of the survivors' weighted updates; drops go to the log."""
+    names = {r.metadata.src_node_id: site_of(r) for r in screened.valid}
+    try:
+        result = secure_sum(
+            setup_replies=screened.valid,
+            params=params,
+            node_ids=[m.metadata.dst_node_id for m in messages],
+            weights={node: weights[name] for node, name in names.items()},
+            collect=lambda msgs: collect_replies(
+                grid, msgs, timeout=timeout, progress=lambda done, total: None
+            ),
+            group=str(server_round),
+            template=global_state,
         )
-    agg_arrays, _ = strategy.aggregate_train(server_round, valid)
-    if agg_arrays is None:
-        raise RoundAborted(f"Round {server_round}: the strategy returned no aggregate.")
-    return arrays_to_state(agg_arrays, what="The aggregate")
+    except SecAggAborted as err:
+        raise RoundAborted(
+            f"Round {server_round}: {err} The global model is unchanged."
+        ) from err
+    in_sum = {names[n] for n in result.survivors}
+    for node, reason in result.dropped:
+        log.failures.append({"site": names.get(node, f"node-{node}"), "reason": reason})
+    log.sites = {k: v for k, v in log.sites.items() if k in in_sum}
+    log.saturated = result.saturated
+    if len(in_sum) < min_sites:
+        raise RoundAborted(
+            f"Round {server_round}: {len(in_sum)} site(s) finished secure "
+            f"aggregation, but min-train-sites is {min_sites}. The global model "
+            "is unchanged."
+        )
+    return UpdateSum(total=result.total, weight=result.weight, count=len(in_sum))
 
 
 def run_round(
     *,
     grid: Grid,
-    strategy: Strategy,
+    strategy: FedAvg,
     train_config: ConfigRecord,
     server_round: int,
     global_state: State,
@@ -291,12 +191,14 @@ def run_round(
     """One training round; returns the new global state and the round's log.
 
     ``train_config`` is sent to every sampled site (the strategy adds the round).
+    ``strategy`` samples the sites and takes the server step
+    (:func:`server.aggregation.server_step`).
     """
     start = time.monotonic()
     log = RoundLog(server_round=server_round)
     log.available = len(list(grid.get_node_ids()))
     messages = list(
-        strategy.configure_train(
+        strategy.configure_train(  # FedOpt strategies remember global_state here
             server_round,
             state_to_arrays(global_state),
             ConfigRecord(dict(train_config)),
@@ -336,58 +238,37 @@ def run_round(
             f"The global model is unchanged. Failures and refusals: "
             f"{reasons or 'none (timeouts)'}"
         )
+    # uniform under client-level DP: the sum's sensitivity must stay S
+    weights = aggregation_weights(screened.sites, uniform=client_dp.enabled)
     if params is None:
-        update = _aggregate(strategy, server_round, screened.valid, client_dp)
+        summed = plain_sum(
+            deltas=list(screened.deltas.values()),
+            weights=[weights[site] for site in screened.deltas],
+        )
     else:
-        names = {r.metadata.src_node_id: _site_of(r) for r in screened.valid}
-        weights = {
-            r.metadata.src_node_id: 1.0
-            if client_dp.enabled
-            else log.sites[names[r.metadata.src_node_id]]["num-examples"]
-            for r in screened.valid
-        }
-        try:
-            result = secure_sum(
-                setup_replies=screened.valid,
-                params=params,
-                node_ids=[m.metadata.dst_node_id for m in messages],
-                weights=weights,
-                collect=lambda msgs: collect_replies(
-                    grid, msgs, timeout=timeout, progress=lambda done, total: None
-                ),
-                group=str(server_round),
-                template=global_state,
-            )
-        except SecAggAborted as err:
-            raise RoundAborted(
-                f"Round {server_round}: {err} The global model is unchanged."
-            ) from err
-        in_sum = {names[n] for n in result.survivors}
-        for node, reason in result.dropped:
-            log.failures.append(
-                {"site": names.get(node, f"node-{node}"), "reason": reason}
-            )
-        log.sites = {k: v for k, v in log.sites.items() if k in in_sum}
-        log.saturated = result.saturated
-        if len(in_sum) < min_sites:
-            raise RoundAborted(
-                f"Round {server_round}: {len(in_sum)} site(s) finished secure "
-                f"aggregation, but min-train-sites is {min_sites}. The global model "
-                "is unchanged."
-            )
-        if client_dp.enabled:  # noise on the sum the server never saw in parts
-            update = noisy_mean_of_sum(
-                result.total,
-                len(in_sum),
-                clip_norm=client_dp.clip_norm,
-                noise_multiplier=client_dp.noise_multiplier,
-            )
-        else:
-            update = {k: v / result.weight for k, v in result.total.items()}
-    new_state = add_delta(global_state, update)
-    total = sum(s["num-examples"] for s in log.sites.values())
+        summed = _secure_sum(
+            grid=grid,
+            screened=screened,
+            messages=messages,
+            params=params,
+            weights=weights,
+            log=log,
+            server_round=server_round,
+            global_state=global_state,
+            timeout=timeout,
+            min_sites=min_sites,
+        )
+    new_state = aggregate(
+        summed,
+        client_dp=client_dp,
+        strategy=strategy,
+        server_round=server_round,
+        global_state=global_state,
+    )
+    total = sum(s[Metric.NUM_EXAMPLES] for s in log.sites.values())
     log.train_loss = sum(
-        s["train-loss"] * s["num-examples"] / total for s in log.sites.values()
+        s[Metric.TRAIN_LOSS] * s[Metric.NUM_EXAMPLES] / total
+        for s in log.sites.values()
     )
     log.seconds = time.monotonic() - start
     return new_state, log

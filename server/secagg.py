@@ -37,6 +37,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from fedshield.common.schema import Record, SecAggKey, Stage
 from fedshield.models import unflatten_state
 from fedshield.models.records import (
     read_bytes,
@@ -51,7 +54,6 @@ from fedshield.privacy.secagg import (
     SecAggParams,
     ServerSession,
 )
-from flwr.app import ConfigRecord, Message, RecordDict
 
 __all__ = ["SecureSum", "prepare_setup", "secure_sum"]
 
@@ -95,8 +97,12 @@ def prepare_setup(
     out = []
     for index, msg in enumerate(messages):
         content = RecordDict(dict(msg.content.items()))
-        content["secagg"] = ConfigRecord(
-            {"stage": "setup", "params": params.to_json(), "index": index}
+        content[Record.SECAGG] = ConfigRecord(
+            {
+                SecAggKey.STAGE: Stage.SETUP,
+                SecAggKey.PARAMS: params.to_json(),
+                SecAggKey.INDEX: index,
+            }
         )
         out.append(
             Message(
@@ -111,7 +117,7 @@ def prepare_setup(
 
 def _stage_message(node: int, record: dict[str, Any], group: str) -> Message:
     return Message(
-        content=RecordDict({"secagg": ConfigRecord(record)}),
+        content=RecordDict({Record.SECAGG: ConfigRecord(record)}),
         dst_node_id=node,
         message_type="train",
         group_id=group,
@@ -121,8 +127,8 @@ def _stage_message(node: int, record: dict[str, Any], group: str) -> Message:
 def _record(reply: Message, stage: str) -> ConfigRecord:
     if reply.has_error():
         raise ProtocolError(f"the site reported an error: {reply.error.reason}")
-    record = reply.content.config_records.get("secagg")
-    if record is None or record.get("stage") != stage:
+    record = reply.content.config_records.get(Record.SECAGG)
+    if record is None or record.get(SecAggKey.STAGE) != stage:
         raise ProtocolError(f"the reply carries no {stage!r} secagg record")
     return record
 
@@ -147,7 +153,7 @@ def secure_sum(
         stage: str, payloads: dict[int, dict[str, Any]], receive: Callable[..., None]
     ) -> None:
         messages = [
-            _stage_message(node, {"stage": stage, **payload}, group)
+            _stage_message(node, {SecAggKey.STAGE: stage, **payload}, group)
             for node, payload in payloads.items()
         ]
         answered = set()
@@ -170,8 +176,9 @@ def secure_sum(
     for reply in setup_replies:  # stage 1 answers arrived with the training replies
         node = reply.metadata.src_node_id
         try:
-            record = _record(reply, "setup")
-            c_pk, s_pk = read_bytes(record, "c-pk"), read_bytes(record, "s-pk")
+            record = _record(reply, Stage.SETUP)
+            c_pk = read_bytes(record, SecAggKey.C_PK)
+            s_pk = read_bytes(record, SecAggKey.S_PK)
             server.receive_keys(index[node], c_pk, s_pk)
         except (ProtocolError, KeyError, TypeError, ValueError) as err:
             dropped.append((node, f"secure aggregation setup: {err}"))
@@ -179,19 +186,20 @@ def secure_sum(
     roster = server.roster()
     order = sorted(roster)
     roster_payload = {
-        "session": session_hex,
-        "nodes": order,
-        "c-pk": [roster[i][0] for i in order],
-        "s-pk": [roster[i][1] for i in order],
+        SecAggKey.SESSION: session_hex,
+        SecAggKey.NODES: order,
+        SecAggKey.C_PK: [roster[i][0] for i in order],
+        SecAggKey.S_PK: [roster[i][1] for i in order],
     }
 
     def on_shares(node: int, record: ConfigRecord, _reply: Message) -> None:
-        dests, cts = read_int_list(record, "dest"), read_bytes_list(record, "ct")
+        dests = read_int_list(record, SecAggKey.DEST)
+        cts = read_bytes_list(record, SecAggKey.CIPHERTEXTS)
         if len(dests) != len(cts):
             raise ProtocolError("destination and ciphertext lists differ in length")
         server.receive_shares(index[node], dict(zip(dests, cts, strict=True)))
 
-    exchange("share-keys", {node_ids[i]: roster_payload for i in order}, on_shares)
+    exchange(Stage.SHARE_KEYS, {node_ids[i]: roster_payload for i in order}, on_shares)
 
     u1 = sorted(server.ciphertexts)
     # scaled so the largest weight is 1: the most quantization precision
@@ -200,11 +208,11 @@ def secure_sum(
 
     def on_masked(node: int, record: ConfigRecord, reply: Message) -> None:
         nonlocal saturated
-        arrays = reply.content.array_records.get("masked")
-        if arrays is None or "y" not in arrays:
+        arrays = reply.content.array_records.get(Record.MASKED)
+        if arrays is None or SecAggKey.MASKED_VECTOR not in arrays:
             raise ProtocolError("the reply carries no masked vector")
-        server.receive_masked(index[node], arrays["y"].numpy())
-        saturated += read_int(record, "saturated")
+        server.receive_masked(index[node], arrays[SecAggKey.MASKED_VECTOR].numpy())
+        saturated += read_int(record, SecAggKey.SATURATED)
 
     sent_weight: dict[int, float] = {}
     inbox_payloads = {}
@@ -212,32 +220,37 @@ def secure_sum(
         inbox = server.inbox(i)
         senders = sorted(inbox)
         inbox_payloads[node_ids[i]] = {
-            "session": session_hex,
-            "src": senders,
-            "ct": [inbox[s] for s in senders],
-            "weight": sent_weight.setdefault(i, weights[node_ids[i]] / top),
+            SecAggKey.SESSION: session_hex,
+            SecAggKey.SOURCES: senders,
+            SecAggKey.CIPHERTEXTS: [inbox[s] for s in senders],
+            SecAggKey.WEIGHT: sent_weight.setdefault(i, weights[node_ids[i]] / top),
         }
-    exchange("masked-input", inbox_payloads, on_masked)
+    exchange(Stage.MASKED_INPUT, inbox_payloads, on_masked)
 
     survivors, lost = server.unmask_request()
 
     def on_unmask(node: int, record: ConfigRecord, _reply: Message) -> None:
         shares = []
-        for kind in ("b", "s"):
-            owners = read_int_list(record, f"{kind}-owner")
-            values = read_bytes_list(record, f"{kind}-share")
+        for owner_key, share_key in (
+            (SecAggKey.B_OWNERS, SecAggKey.B_SHARES),
+            (SecAggKey.S_OWNERS, SecAggKey.S_SHARES),
+        ):
+            owners = read_int_list(record, owner_key)
+            values = read_bytes_list(record, share_key)
             if len(owners) != len(values):
-                raise ProtocolError(f"{kind}-owner and {kind}-share differ in length")
+                raise ProtocolError(f"{owner_key} and {share_key} differ in length")
             shares.append(dict(zip(owners, values, strict=True)))
         server.receive_unmask(index[node], shares[0], shares[1])
 
     unmask_payload = {
-        "session": session_hex,
-        "survivors": sorted(survivors),
-        "dropped": sorted(lost),
+        SecAggKey.SESSION: session_hex,
+        SecAggKey.SURVIVORS: sorted(survivors),
+        SecAggKey.DROPPED: sorted(lost),
     }
     exchange(
-        "unmask", {node_ids[i]: unmask_payload for i in sorted(survivors)}, on_unmask
+        Stage.UNMASK,
+        {node_ids[i]: unmask_payload for i in sorted(survivors)},
+        on_unmask,
     )
 
     total, in_sum = server.aggregate()

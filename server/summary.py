@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedshield.privacy.storage import json_safe
+from fedshield.common.layout import RunLayout
+from fedshield.common.schema import PII_METRIC_PREFIX, Metric
+from fedshield.common.storage import json_safe
 
 from .checkpoint import atomic_write_json
 
@@ -37,14 +39,18 @@ def _site_totals(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for name, m in rnd["sites"].items():
             s = sites.setdefault(name, _new_site())
             # cumulative values: the latest covers all earlier releases
-            s["epsilon"] = m["epsilon"]  # over the site's budget scope (all runs)
-            s["run_epsilon"] = m.get("run-epsilon", m["epsilon"])  # this run only
+            s["epsilon"] = m[Metric.EPSILON]  # over the site's budget scope (all runs)
+            s["run_epsilon"] = m.get(Metric.RUN_EPSILON, m[Metric.EPSILON])  # this run
             s["delta"] = m["delta"]
-            s["max_epsilon"] = m.get("max-epsilon", 0.0)
-            s["examples"] = int(m["num-examples"])
+            s["max_epsilon"] = m.get(Metric.MAX_EPSILON, 0.0)
+            s["examples"] = int(m[Metric.NUM_EXAMPLES])
             s["steps"] += int(m["steps"])
-            s["noise_multiplier"] = m.get("noise-multiplier", 0.0)
-            s["pii"] = {k[4:]: int(v) for k, v in m.items() if k.startswith("pii-")}
+            s["noise_multiplier"] = m.get(Metric.NOISE_MULTIPLIER, 0.0)
+            s["pii"] = {
+                k.removeprefix(PII_METRIC_PREFIX): int(v)
+                for k, v in m.items()
+                if k.startswith(PII_METRIC_PREFIX)
+            }
             s["rounds"].append(rnd["round"])
         for refusal in rnd.get("refusals", []):
             s = sites.setdefault(refusal["site"], _new_site())
@@ -91,6 +97,6 @@ def build_summary(
 
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
-    path = out_dir / "summary.json"
+    path = RunLayout(out_dir).summary
     atomic_write_json(path, summary)
     return path

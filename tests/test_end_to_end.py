@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from opacus.accountants import RDPAccountant
 
-from fedshield.privacy.ledger import SiteLedger
+from fedshield.privacy.ledger import LedgerReader
 
 pytestmark = pytest.mark.slow  # whole simulations (make test-fast skips them)
 
@@ -144,14 +144,14 @@ def test_resume_continues_and_sites_refuse_the_round_beyond_their_budget(
 def test_summary_and_ledgers_agree_and_verify(resumed_run) -> None:
     summary = json.loads((resumed_run / "summary.json").read_text())
     for name, site in summary["sites"].items():
-        with SiteLedger(resumed_run / "sites" / name, writable=False) as ledger:
+        with LedgerReader(resumed_run / "sites" / name) as ledger:
             assert ledger.verify().ok
             entries = [r.entry for r in ledger.entries()]
         assert [e.server_round for e in entries] == site["rounds"]
         assert {e.run_id for e in entries} == {summary["run_key"]}
         assert entries[-1].epsilon == pytest.approx(site["epsilon"], rel=1e-12)
         assert max(e.epsilon for e in entries) <= BUDGET
-    with SiteLedger(resumed_run / "ledger", writable=False) as server:
+    with LedgerReader(resumed_run / "ledger") as server:
         last = server.entries()[-1].entry
     client = summary["privacy"]["client_level"]
     assert last.epsilon == pytest.approx(client["epsilon"], rel=1e-12)
@@ -193,20 +193,16 @@ def test_injected_pii_is_in_no_file_the_run_writes(finished_run, default_run_con
     values among it appear nowhere under the run directory (summary, logs,
     checkpoints, ledgers, scrub caches)."""
     from fedshield.privacy.pii import STRUCTURED_ENTITIES
-    from fedshield.simulations.scenario import injected_pii
+    from fedshield.simulations.scenario import Scenario
 
     out, overrides = finished_run
-    run_config = {
-        **default_run_config,
-        "data.train-examples": 150,
-        "data.test-examples": 40,
-    }
+    scenario = Scenario.from_run_config(
+        {**default_run_config, "data.train-examples": 150, "data.test-examples": 40}
+    )
     canaries = {
         span.value
         for site in range(3)
-        for sentence in injected_pii(
-            partition_id=site, num_partitions=3, run_config=run_config
-        )
+        for sentence in scenario.injected_pii(site, 3)
         for span in sentence.spans
         if span.entity_type in STRUCTURED_ENTITIES
     }

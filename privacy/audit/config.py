@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from fedshield.models.config import ConfigError, parse_enum, require
+from fedshield.common.run_config import check_fields, default, read_fields
 
 from .canaries import CanaryKind
 
@@ -21,38 +22,24 @@ class AuditConfig:
     reference_examples: population records each reference model trains on;
     confidence: of the empirical epsilon lower bound."""
 
-    canaries: int = 0
-    canary_kind: CanaryKind = CanaryKind.MISLABELLED
-    guess_fraction: float = 0.2
-    lira_references: int = 2
-    reference_examples: int = 1000
-    confidence: float = 0.95
+    canaries: int = default("audit.canaries")
+    canary_kind: CanaryKind = CanaryKind(default("audit.canary-kind"))
+    guess_fraction: float = default("audit.guess-fraction")
+    lira_references: int = default("audit.lira-references")
+    reference_examples: int = default("audit.reference-examples")
+    confidence: float = default("audit.confidence")
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "canaries": "audit.canaries",
+        "canary_kind": "audit.canary-kind",
+        "guess_fraction": "audit.guess-fraction",
+        "lira_references": "audit.lira-references",
+        "reference_examples": "audit.reference-examples",
+        "confidence": "audit.confidence",
+    }
 
     def __post_init__(self) -> None:
-        if self.canaries < 0:
-            raise ConfigError(
-                f"`audit.canaries` (per site, 0 = off) must be >= 0. Found "
-                f"{self.canaries}."
-            )
-        if not 0 < self.guess_fraction <= 1:
-            raise ConfigError(
-                "`audit.guess-fraction` must be in (0, 1]. Found "
-                f"{self.guess_fraction}."
-            )
-        if self.lira_references < 0:
-            raise ConfigError(
-                "`audit.lira-references` (reference models, 0 = no LiRA) must be >= 0. "
-                f"Found {self.lira_references}."
-            )
-        if self.reference_examples < 1:
-            raise ConfigError(
-                "`audit.reference-examples` must be >= 1. Found "
-                f"{self.reference_examples}."
-            )
-        if not 0 < self.confidence < 1:
-            raise ConfigError(
-                f"`audit.confidence` must be in (0, 1). Found {self.confidence}."
-            )
+        check_fields(self, self.KEYS)
 
     @property
     def guesses(self) -> tuple[int, int]:
@@ -63,16 +50,7 @@ class AuditConfig:
         return (r + 1) // 2, r // 2
 
     @classmethod
-    def from_run_config(cls, run_config: dict[str, Any]) -> AuditConfig:
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> AuditConfig:
         return cls(
-            canaries=require(run_config, "audit.canaries", int),
-            canary_kind=parse_enum(
-                CanaryKind,
-                "audit.canary-kind",
-                require(run_config, "audit.canary-kind", str),
-            ),
-            guess_fraction=require(run_config, "audit.guess-fraction", float),
-            lira_references=require(run_config, "audit.lira-references", int),
-            reference_examples=require(run_config, "audit.reference-examples", int),
-            confidence=require(run_config, "audit.confidence", float),
+            **read_fields(run_config, cls.KEYS, convert={"canary_kind": CanaryKind})
         )

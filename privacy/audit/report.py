@@ -16,7 +16,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..storage import json_safe
+from fedshield.common.storage import json_safe
+
 from .roc import REPORTED_FPRS, RocCurve
 
 __all__ = ["SECTIONS", "render_html", "report_json", "roc_png"]

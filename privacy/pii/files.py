@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from .engine import PIIError, Scrubber
+from .config import PIIError
+from .scrubber import Scrubber
 
 __all__ = ["FORMATS", "scrub_file"]
 

@@ -1,11 +1,12 @@
 """Recognizers Presidio lacks or gets wrong for English clinical/customer text.
 
-Each recognizer is a list of regular expressions (the ``regex`` module, so ``\\p{Lu}``
-matches any upper-case letter, "Ø" and "Ž" included). A match reports the span of
-its ``pii`` group when it has one, so context ("my name is", "aged") helps find a
-value without being replaced with it. Scores are above the spaCy recognizer's
-0.85 where a pattern is more reliable than the small model (a phone number that
-spaCy calls a date is a phone number).
+Each recognizer (:class:`~.pattern_recognizer.SpanPatternRecognizer`) is a list of
+regular expressions (the ``regex`` module, so ``\\p{Lu}`` matches any upper-case
+letter, "Ø" and "Ž" included). A match reports the span of its ``pii`` group when
+it has one, so context ("my name is", "aged") helps find a value without being
+replaced with it. Scores are above the spaCy recognizer's 0.85 where a pattern is
+more reliable than the small model (a phone number that spaCy calls a date is a
+phone number).
 
 - ``STREET_ADDRESS``: US and international street lines ("42 Elm Street", "2185
   Søndergade 87", "14 rue La Boétie"), US military addresses ("PSC 3449, Box
@@ -41,15 +42,13 @@ The benchmark that justifies each of these is ``benchmarks/pii.py``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
-
 import regex
-from presidio_analyzer import EntityRecognizer, RecognizerResult
+from presidio_analyzer import EntityRecognizer
+
+from .pattern_recognizer import SpanPatternRecognizer, digits_between, luhn
 
 __all__ = [
     "NOT_ORGANIZATIONS",
-    "SpanPatternRecognizer",
     "custom_recognizers",
     "is_vague_date",
 ]
@@ -171,81 +170,6 @@ def is_vague_date(text: str) -> bool:
         _CALENDAR_WORD.search(text) is None
         or _DURATION.fullmatch(text.strip()) is not None
     )
-
-
-def _luhn(value: str) -> bool:
-    digits = [int(c) for c in value if c.isdigit()]
-    if not 12 <= len(digits) <= 19:
-        return False
-    total = 0
-    for i, d in enumerate(reversed(digits)):
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def _digits_between(low: int, high: int) -> Callable[[str], bool]:
-    def check(value: str) -> bool:
-        n = sum(c.isdigit() for c in value)
-        return low <= n <= high
-
-    return check
-
-
-class SpanPatternRecognizer(EntityRecognizer):  # type: ignore[misc]
-    """Regular expressions for one entity; a match reports its ``pii`` group's span
-    (or the whole match) at the pattern's score, if ``validate`` accepts it."""
-
-    def __init__(
-        self,
-        entity: str,
-        name: str,
-        patterns: Sequence[tuple[str, str, float]],
-        *,
-        flags: int = regex.MULTILINE,
-        validate: Callable[[str], bool] | None = None,
-    ) -> None:
-        self._patterns = [(n, regex.compile(p, flags), s) for n, p, s in patterns]
-        self._validate = validate
-        self._name = name
-        super().__init__(
-            supported_entities=[entity], name=name, supported_language="en"
-        )
-
-    def load(self) -> None:  # nothing to load
-        return None
-
-    def analyze(
-        self, text: str, entities: list[str], nlp_artifacts: Any = None
-    ) -> list[RecognizerResult]:
-        entity = self.supported_entities[0]
-        name, identifier = self._name, str(self.id)
-        if entities and entity not in entities:
-            return []
-        found = []
-        for pattern_name, pattern, score in self._patterns:
-            group = "pii" if "pii" in pattern.groupindex else 0
-            for match in pattern.finditer(text):
-                start, end = match.span(group)
-                value = text[start:end].rstrip(" ,\n")
-                end = start + len(value)
-                if end <= start or (self._validate and not self._validate(value)):
-                    continue
-                found.append(
-                    RecognizerResult(
-                        entity_type=entity,
-                        start=start,
-                        end=end,
-                        score=score,
-                        recognition_metadata={
-                            RecognizerResult.RECOGNIZER_NAME_KEY: name,
-                            RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: identifier,
-                            "pattern": pattern_name,
-                        },
-                    )
-                )
-        return found
 
 
 def custom_recognizers() -> list[EntityRecognizer]:
@@ -377,7 +301,7 @@ def custom_recognizers() -> list[EntityRecognizer]:
                 ("card", r"(?<![\w-])\d{4}(?:[ -]?\d{3,6}){2,4}(?![\w-])", 0.95),
                 ("card-plain", r"(?<![\w-])\d{12,19}(?![\w-])", 0.95),
             ],
-            validate=_luhn,
+            validate=luhn,
         ),
         SpanPatternRecognizer(
             "PHONE_NUMBER",
@@ -400,7 +324,7 @@ def custom_recognizers() -> list[EntityRecognizer]:
                 ("compact", r"(?<![\w+])(?:\+|\b0)\d{9,13}\b", 0.9),
                 ("ten-digits", r"(?<![\w+])\d{10}\b", 0.6),
             ],
-            validate=_digits_between(8, 20),
+            validate=digits_between(8, 20),
         ),
         SpanPatternRecognizer(
             "PHONE_NUMBER",
@@ -418,6 +342,6 @@ def custom_recognizers() -> list[EntityRecognizer]:
                     0.9,
                 ),
             ],
-            validate=_digits_between(6, 15),
+            validate=digits_between(6, 15),
         ),
     ]

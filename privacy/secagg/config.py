@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from fedshield.models.config import ConfigError, require
+from fedshield.common.config import ConfigError
+from fedshield.common.run_config import check_fields, default, read_fields
 
-from .protocol import resolve_count
+from .params import resolve_count
 from .quantize import Quantizer
 
 __all__ = ["SecAggConfig"]
@@ -30,15 +32,23 @@ class SecAggConfig:
         quantization_bits: b; each coordinate becomes an integer in [0, 2^b - 1].
     """
 
-    enabled: bool = True
-    num_shares: float | int = 1.0
-    threshold: float | int = 0.5
-    clip_range: float = 1.0
-    quantization_bits: int = 24
+    enabled: bool = default("secagg.enabled")
+    num_shares: float | int = default("secagg.num-shares")
+    threshold: float | int = default("secagg.threshold")
+    clip_range: float = default("secagg.clip-range")
+    quantization_bits: int = default("secagg.quantization-bits")
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "enabled": "secagg.enabled",
+        "num_shares": "secagg.num-shares",
+        "threshold": "secagg.threshold",
+        "clip_range": "secagg.clip-range",
+        "quantization_bits": "secagg.quantization-bits",
+    }
 
     def __post_init__(self) -> None:
+        check_fields(self, self.KEYS)
         try:
-            self.quantizer  # noqa: B018 - validates clip range and bits
             resolve_count(self.num_shares, of=1000, key="secagg.num-shares", minimum=2)
         except ValueError as err:
             raise ConfigError(str(err)) from None
@@ -67,20 +77,5 @@ class SecAggConfig:
         return shares, threshold
 
     @classmethod
-    def from_run_config(cls, run_config: dict[str, Any]) -> SecAggConfig:
-        def count(key: str) -> float | int:
-            value = run_config.get(key)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(
-                    f"`{key}` must be a number (an int count or a float fraction). "
-                    f"Found {value!r}."
-                )
-            return value
-
-        return cls(
-            enabled=require(run_config, "secagg.enabled", bool),
-            num_shares=count("secagg.num-shares"),
-            threshold=count("secagg.threshold"),
-            clip_range=require(run_config, "secagg.clip-range", float),
-            quantization_bits=require(run_config, "secagg.quantization-bits", int),
-        )
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> SecAggConfig:
+        return cls(**read_fields(run_config, cls.KEYS))

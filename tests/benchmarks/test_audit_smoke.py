@@ -39,4 +39,4 @@ def test_audit_benchmark_writes_both_runs_and_the_headline(tmp_path: Path) -> No
     assert 0 <= headline["nondp_auc"] <= 1 and 0 <= headline["dp_auc"] <= 1
     assert headline["dp_claimed_eps"] > 0
     assert 0 <= headline["dp_empirical_eps"] <= headline["dp_claimed_eps"]
-    assert all(s["claimed_epsilon"] is None for s in doc["runs"]["nondp"]["sites"])
+    assert all(s["claimed_epsilon"] == "inf" for s in doc["runs"]["nondp"]["sites"])

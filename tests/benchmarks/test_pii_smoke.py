@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from fedshield.privacy.pii.synthetic import PIISpan, SyntheticSentence
 
+from fedshield.privacy.pii.synthetic import PIISpan, SyntheticSentence
 from tests.subprocess_env import subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]

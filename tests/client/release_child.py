@@ -122,8 +122,12 @@ def _install_torch_free_imports() -> None:
     optimizers = types.ModuleType("opacus.optimizers")
     optimizers.DPOptimizer = type("DPOptimizer", (), {})  # type: ignore[attr-defined]
     sys.modules["opacus.optimizers"] = optimizers
-    from fedshield.models.config import ConfigError, require
+    from typing import ClassVar
+
     from opacus.accountants.utils import get_noise_multiplier
+
+    from fedshield.common.config import ConfigError
+    from fedshield.common.run_config import check_fields, default, read_fields
 
     _module_from_source(
         "fedshield.privacy.dp",
@@ -139,7 +143,10 @@ def _install_torch_free_imports() -> None:
             "dataclass": dataclass,
             "StrEnum": StrEnum,
             "ConfigError": ConfigError,
-            "require": require,
+            "ClassVar": ClassVar,
+            "check_fields": check_fields,
+            "default": default,
+            "read_fields": read_fields,
             "get_noise_multiplier": get_noise_multiplier,
         },
     )
@@ -181,7 +188,7 @@ def main(argv: list[str]) -> int:
     from fedshield.client.trainer import TrainResult
     from fedshield.privacy.budget import Release
     from fedshield.privacy.dp import AccountantKind
-    from fedshield.privacy.ledger import SiteLedger
+    from fedshield.privacy.ledger import LedgerReader
 
     planned = Release(*PLANNED)
     budget = SiteBudget(Path(state), max_epsilon=float(max_eps), delta=1e-5)
@@ -222,7 +229,7 @@ def main(argv: list[str]) -> int:
             return 0
         if kill_here and kill_point == "committed":
             _die(log, rnd, "committed")
-        with SiteLedger(Path(state), writable=False) as ledger:
+        with LedgerReader(Path(state)) as ledger:
             recorded = {
                 (r.entry.run_id, r.entry.server_round) for r in ledger.entries()
             }

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
 from fedshield.client.app import train
 from fedshield.models import (
     arrays_to_state,
@@ -18,7 +20,6 @@ from fedshield.models import (
     trainable_state,
 )
 from fedshield.models.config import ModelConfig
-from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 
 def server_message(

@@ -13,8 +13,9 @@ import csv
 from pathlib import Path
 
 import pytest
-from fedshield.client.app import train
 from flwr.common.serde import message_to_proto
+
+from fedshield.client.app import train
 
 from .site_round import server_message, site_context
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from fedshield.privacy.secagg import SecAggConfig
 
 from .site_round import reply_update, train_reply

@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from fedshield.client.data import SiteDataConfig, SiteDataError, read_labeled_file
 
 CFG = SiteDataConfig(
@@ -87,8 +88,8 @@ def test_unsupported_extension(tmp_path: Path) -> None:
 
 
 def test_label_names_must_match_num_labels(default_run_config) -> None:
-    from fedshield.models.config import ConfigError
+    from fedshield.common.config import ConfigError
 
     cfg = dict(default_run_config, **{"data.label-names": "a,b,c"})
-    with pytest.raises(ConfigError, match="must list 2 non-empty names"):
+    with pytest.raises(ConfigError, match="must list 2 names"):
         SiteDataConfig.from_run_config(cfg)

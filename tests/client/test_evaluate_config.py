@@ -7,10 +7,11 @@ import csv
 from pathlib import Path
 
 import pytest
-from fedshield.client import app as client_app
-from fedshield.client.evaluate import EvalResult
-from fedshield.models.config import ConfigError
 from flwr.app import Message
+
+from fedshield.client import app as client_app
+from fedshield.common.config import ConfigError
+from fedshield.models.evaluate import EvalResult
 
 from .site_round import server_message, site_context
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from fedshield.client.app import training_seed
 from fedshield.client.config import ClientConfig
 

@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fedshield.client.app import evaluate, train
-from fedshield.models.config import ConfigError
-from fedshield.privacy.fingerprint import dataset_fingerprint
-from fedshield.privacy.ledger import SiteLedger
-from fedshield.privacy.pii import DEFAULT_ENTITIES, STRUCTURED_ENTITIES
 from flwr.app import Message
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+from fedshield.client.app import evaluate, train
+from fedshield.common.config import ConfigError
+from fedshield.privacy.fingerprint import dataset_fingerprint
+from fedshield.privacy.ledger import LedgerReader
+from fedshield.privacy.pii import DEFAULT_ENTITIES, STRUCTURED_ENTITIES
 
 from .site_round import server_message, site_context
 
@@ -160,7 +161,7 @@ def run_config(tiny_run_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ledger_fingerprints(state: Path) -> list[str]:
-    with SiteLedger(state, writable=False) as ledger:
+    with LedgerReader(state) as ledger:
         return [r.entry.dataset_fingerprint for r in ledger.entries()]
 
 

@@ -10,19 +10,20 @@ import types
 from pathlib import Path
 
 import pytest
+
+from fedshield.client.node import BudgetScope
 from fedshield.client.release import (
-    BudgetScope,
     Refused,
     Released,
     SiteBudget,
     release_round,
 )
 from fedshield.client.trainer import TrainResult
-from fedshield.models.config import ConfigError
+from fedshield.common.config import ConfigError
 from fedshield.privacy.budget import Release, compose_epsilon
 from fedshield.privacy.dp import AccountantKind
 from fedshield.privacy.ledger import DB_NAME, LedgerError, SiteLedger
-
+from fedshield.simulations.apps import SimulatedSites
 from tests.subprocess_env import subprocess_env
 
 from . import release_child
@@ -133,30 +134,29 @@ def test_tampered_ledger_stops_training(tmp_path: Path) -> None:
     assert calls == [1, 2]
 
 
+def _budget(node_config: dict, train_config: dict, run_config: dict) -> SiteBudget:
+    node = SimulatedSites().node_config(node_config, run_config)
+    return SiteBudget.resolve(
+        node=node, train_config=train_config, site=node.name(1), run_delta=1e-5
+    )
+
+
 def test_budget_comes_from_the_node_config(tmp_path: Path) -> None:
-    budget = SiteBudget.resolve(
-        node_config={"state-dir": str(tmp_path), "max-epsilon": 8, "delta": 1e-6},
-        train_config={},
-        run_config={},
-        site="clinic-a",
-        run_delta=1e-5,
+    budget = _budget(
+        {"state-dir": str(tmp_path), "max-epsilon": 8, "delta": 1e-6}, {}, {}
     )
     assert budget == SiteBudget(tmp_path, 8.0, 1e-6, BudgetScope.DATASET)
-    simulated = SiteBudget.resolve(
-        node_config={"partition-id": 1, "num-partitions": 3},
-        train_config={"out-dir": str(tmp_path)},
-        run_config={"simulation.site-max-epsilon": 5.0},
-        site="site-1",
-        run_delta=1e-5,
+    simulated = _budget(
+        {"partition-id": 1, "num-partitions": 3},
+        {"out-dir": str(tmp_path)},
+        {"simulation.site-max-epsilon": 5.0},
     )
     assert simulated.state_dir == tmp_path / "sites" / "site-1"
     assert simulated.max_epsilon == 5.0 and simulated.delta == 1e-5
-    deployed = SiteBudget.resolve(
-        node_config={"state-dir": str(tmp_path)},
-        train_config={},
-        run_config={"simulation.site-max-epsilon": 5.0},  # the server cannot set it
-        site="clinic-a",
-        run_delta=1e-5,
+    deployed = _budget(
+        {"state-dir": str(tmp_path)},
+        {},
+        {"simulation.site-max-epsilon": 5.0},  # the server cannot set it
     )
     assert deployed.max_epsilon == 0.0
 
@@ -174,13 +174,7 @@ def test_bad_budget_settings_are_explained(
     tmp_path: Path, node_config: dict, message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
-        SiteBudget.resolve(
-            node_config={"state-dir": str(tmp_path), **node_config},
-            train_config={},
-            run_config={},
-            site="s",
-            run_delta=1e-5,
-        )
+        _budget({"state-dir": str(tmp_path), **node_config}, {}, {})
 
 
 def test_data_released_without_dp_refuses_every_later_budgeted_round(

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from fedshield.client.data import LabeledTexts
 from fedshield.client.scrubbing import CACHE_DIR, scrub_site
 from fedshield.client.site import SiteData
+from fedshield.models.texts import LabeledTexts
 from fedshield.privacy.pii import PIIConfig, PIIMode
 
 

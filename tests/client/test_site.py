@@ -1,9 +1,12 @@
 from pathlib import Path
 
 import pytest
+
 from fedshield.client.config import ClientConfig
 from fedshield.client.data import SiteDataError
-from fedshield.client.site import load_site
+from fedshield.client.node import BudgetScope, NodeConfig
+from fedshield.client.site import SiteFiles
+from fedshield.common.config import ConfigError
 
 
 def test_deployed_site_reads_its_own_files(tmp_path: Path, default_run_config) -> None:
@@ -12,31 +15,45 @@ def test_deployed_site_reads_its_own_files(tmp_path: Path, default_run_config) -
     held = tmp_path / "eval.jsonl"
     held.write_text('{"text": "fine", "label": 1}\n')
     cfg = ClientConfig.from_run_config(default_run_config)
-    site = load_site(
-        {"data-path": str(train), "eval-data-path": str(held), "site-name": "clinic-a"},
-        default_run_config,
-        cfg,
-        node_id=7,
-    )
+    raw = {
+        "data-path": str(train),
+        "eval-data-path": str(held),
+        "site-name": "clinic-a",
+    }
+    files = SiteFiles()
+    node = files.node_config(raw, default_run_config)
+    site = files.load(node, cfg, default_run_config, 7)
     assert site.name == "clinic-a"
     assert site.train.labels == (1, 0) and site.eval is not None
     assert site.eval.labels == (1,)
 
 
-def test_simulated_sites_partition_the_default_pool(default_run_config) -> None:
-    run_config = dict(default_run_config, **{"data.train-examples": 200})
-    cfg = ClientConfig.from_run_config(run_config)
-    sites = [
-        load_site({"partition-id": k, "num-partitions": 3}, run_config, cfg, node_id=k)
-        for k in range(3)
-    ]
-    assert [s.name for s in sites] == ["site-0", "site-1", "site-2"]
-    assert sum(len(s.train) for s in sites) == 200
-    texts = [t for s in sites for t in s.train.texts]
-    assert len(texts) == 200
-
-
 def test_node_without_data_says_how_to_configure(default_run_config) -> None:
     cfg = ClientConfig.from_run_config(default_run_config)
     with pytest.raises(SiteDataError, match="data-path"):
-        load_site({}, default_run_config, cfg, node_id=1)
+        SiteFiles().load(NodeConfig.parse({}), cfg, default_run_config, 1)
+
+
+def test_a_misspelt_node_config_key_is_refused_with_a_suggestion() -> None:
+    # a typo must never run the site without its budget
+    with pytest.raises(ConfigError, match="Did you mean `max-epsilon`"):
+        NodeConfig.parse({"data-path": "a.csv", "max-epsilom": 8})
+
+
+def test_node_config_is_parsed_once_into_typed_fields() -> None:
+    node = NodeConfig.parse(
+        {
+            "data-path": "~/a.csv",
+            "max-epsilon": "8",
+            "delta": 1e-6,
+            "budget-scope": "site",
+        }
+    )
+    assert node.data_path == Path("~/a.csv").expanduser()
+    assert node.max_epsilon == 8.0 and node.delta == 1e-6
+    assert node.budget_scope is BudgetScope.SITE and not node.simulated
+    assert node.name(4) == "node-4"
+    with pytest.raises(ConfigError, match="must be a number"):
+        NodeConfig.parse({"max-epsilon": "eight"})
+    with pytest.raises(ConfigError, match="both"):
+        NodeConfig.parse({"partition-id": 0})

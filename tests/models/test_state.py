@@ -2,6 +2,8 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from opacus import GradSampleModule
+
 from fedshield.models import (
     FinetuneMode,
     ModelConfig,
@@ -14,7 +16,6 @@ from fedshield.models import (
     state_to_arrays,
     trainable_state,
 )
-from opacus import GradSampleModule
 
 
 def test_arrays_round_trip_is_lossless(tiny_model_dir) -> None:

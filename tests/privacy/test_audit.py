@@ -1,11 +1,15 @@
 """Membership-inference statistics, LiRA, the one-run audit bound and canaries."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from fedshield.models.config import ConfigError
+from scipy.optimize import brentq
+from scipy.stats import binom, norm
+
+from fedshield.common.config import ConfigError
 from fedshield.privacy.audit import (
     AuditConfig,
     CanaryKind,
@@ -18,8 +22,6 @@ from fedshield.privacy.audit import (
     p_value,
     roc,
 )
-from scipy.optimize import brentq
-from scipy.stats import binom, norm
 
 
 def test_roc_auc_and_tpr_at_fpr_on_a_hand_computed_case() -> None:
@@ -215,24 +217,92 @@ def test_a_violation_is_reported_loudly_and_config_values_are_escaped() -> None:
 def test_simulated_sites_get_disjoint_canaries_and_crafted_ones_need_no_population(
     tiny_run_config: dict,
 ) -> None:
-    from fedshield.simulations.scenario import reference_population, site_canaries
+    from fedshield.simulations.scenario import Scenario
 
     cfg = {**tiny_run_config, "audit.canaries": 25}
-    a = site_canaries(partition_id=0, num_partitions=2, run_config=cfg)
-    b = site_canaries(partition_id=1, num_partitions=2, run_config=cfg)
+    scenario = Scenario.from_run_config(cfg)
+    a, b = scenario.canaries(0, 2), scenario.canaries(1, 2)
     assert a is not None and b is not None and not set(a.texts) & set(b.texts)
-    refs = reference_population(num_partitions=2, run_config=cfg)
+    refs = scenario.reference_population(2)
     assert not set(refs.texts) & (set(a.texts) | set(b.texts))
     many = {**cfg, "audit.canaries": 50_000, "audit.canary-kind": "crafted"}
-    crafted = site_canaries(partition_id=0, num_partitions=2, run_config=many)
+    crafted = Scenario.from_run_config(many).canaries(0, 2)
     assert crafted is not None and len(crafted) == 50_000
+    mislabelled = {**many, "audit.canary-kind": "mislabelled"}
     with pytest.raises(ConfigError, match="population records"):
-        site_canaries(
-            partition_id=0,
-            num_partitions=2,
-            run_config={**many, "audit.canary-kind": "mislabelled"},
-        )
-    assert (
-        site_canaries(partition_id=0, num_partitions=2, run_config=tiny_run_config)
-        is None
+        Scenario.from_run_config(mislabelled).canaries(0, 2)
+    assert Scenario.from_run_config(tiny_run_config).canaries(0, 2) is None
+
+
+def test_audit_result_pools_every_site_and_renders_as_the_report() -> None:
+    from fedshield.privacy.audit.report import render_html, report_json
+    from fedshield.simulations.audit import (
+        POOLED,
+        AuditResult,
+        RecordScores,
+        SiteClaim,
+        SiteScores,
     )
+    from fedshield.simulations.audit.scoring import attack_site, pooled_curves
+
+    rng = np.random.default_rng(3)
+
+    def scores(n: int, shift: float) -> RecordScores:
+        return RecordScores(loss=rng.normal(shift, 1, n), phi=rng.normal(-shift, 1, n))
+
+    names = ("site-0", "site-1")
+    target = {
+        n: SiteScores(members=scores(30, 0.0), non_members=scores(20, 1.0))
+        for n in names
+    }
+    refs = [
+        {
+            n: SiteScores(members=scores(30, 0.5), non_members=scores(20, 0.5))
+            for n in names
+        }
+        for _ in range(2)
+    ]
+    claim = SiteClaim(epsilon=math.inf, delta=1e-5)
+    sites = tuple(
+        attack_site(
+            site=n,
+            target=target[n],
+            references=[r[n] for r in refs],
+            one_run=None,
+            claim=claim,
+        )
+        for n in names
+    )
+    pooled = pooled_curves(target, refs, names)
+    # pooled: all sites' members, then all non-members, in site order
+    members = [target[n].members for n in names]
+    others = [target[n].non_members for n in names]
+    phi = np.concatenate([s.phi for s in members + others])
+    ref_phi = np.stack(
+        [
+            np.concatenate(
+                [r[n].members.phi for n in names]
+                + [r[n].non_members.phi for n in names]
+            )
+            for r in refs
+        ]
+    )
+    lira = lira_offline_scores(phi, ref_phi)
+    assert pooled["lira"] == roc(lira[:60], lira[60:])
+    assert pooled["loss"].members == 60 and pooled["loss"].non_members == 40
+    result = AuditResult(
+        run_dir=Path("runs/x"),
+        summary={"config": {}, "sites": {}},
+        audit=AuditConfig(),
+        sites=sites,
+        curves={**{s.site: {"loss": s.loss_attack} for s in sites}, POOLED: pooled},
+    )
+    report = result.to_report()
+    assert result.violations == () and report["violations"] == []
+    assert report["audit_config"]["canary_kind"] == "mislabelled"
+    assert list(report["curves"]) == [*names, POOLED]
+    assert "No empirical lower bound" in render_html(
+        report, epsilon_png=None, ledger_epsilon={}
+    )
+    doc = report_json(report)
+    assert set(doc["pooled"]) == {"loss", "lira"} and len(doc["sites"]) == 2

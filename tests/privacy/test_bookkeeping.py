@@ -15,11 +15,6 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from fedshield.privacy.bookkeeping import (
-    BookkeepingPrivate,
-    UnsupportedTrainableModuleError,
-    make_private_bookkeeping,
-)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opacus import PrivacyEngine
@@ -27,6 +22,12 @@ from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import BertConfig, BertForSequenceClassification
+
+from fedshield.privacy.bookkeeping import (
+    BookkeepingPrivate,
+    UnsupportedTrainableModuleError,
+    make_private_bookkeeping,
+)
 
 VOCAB, PAD = 100, 0
 REL_TOL = 1e-5

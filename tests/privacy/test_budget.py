@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from opacus.accountants.analysis import rdp as opacus_rdp
+
 from fedshield.privacy.budget import (
     Release,
     accountant_of,
@@ -26,7 +28,6 @@ from fedshield.privacy.budget import (
 )
 from fedshield.privacy.dp import AccountantKind, DPConfig
 from fedshield.privacy.fingerprint import dataset_fingerprint
-from opacus.accountants.analysis import rdp as opacus_rdp
 
 RDP = AccountantKind.RDP
 # Two runs on one dataset: run A = 2 rounds of (0.8, 0.1, 10), run B = (1.1, 0.05, 40)

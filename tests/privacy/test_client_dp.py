@@ -2,7 +2,10 @@ import math
 
 import pytest
 import torch
-from fedshield.models.config import ConfigError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedshield.common.config import ConfigError
 from fedshield.privacy.client_dp import (
     ClientDPConfig,
     clip_update,
@@ -11,8 +14,6 @@ from fedshield.privacy.client_dp import (
     noisy_mean_of_sum,
     secure_normal,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def _update(scale: float, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -3,10 +3,12 @@ import math
 
 import pytest
 import torch
-from fedshield.client.data import LabeledTexts, tokenize
+from opacus.accountants import RDPAccountant
+
 from fedshield.client.trainer import TrainConfig, train_site
+from fedshield.common.config import ConfigError
 from fedshield.models import FinetuneMode, ModelConfig, load_model
-from fedshield.models.config import ConfigError
+from fedshield.models.texts import LabeledTexts, tokenize
 from fedshield.privacy.budget import (
     Release,
     accountant_of,
@@ -21,7 +23,6 @@ from fedshield.privacy.dp import (
     default_grad_sample_mode,
     noise_for_target_epsilon,
 )
-from opacus.accountants import RDPAccountant
 
 # Opacus 1.6 RDPAccountant, sigma=1.0, q=0.01, 1000 steps, delta=1e-5.
 RDP_REFERENCE_EPSILON = 2.1013652716430564
@@ -78,9 +79,10 @@ def test_default_modes_follow_the_measurements() -> None:
 
 
 def _toy_private(model: torch.nn.Module, mode: GradSampleMode, n: int = 16):
-    from fedshield.privacy.dp import make_private
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
+
+    from fedshield.privacy.dp import make_private
 
     data = TensorDataset(torch.randn(n, 4), torch.randint(0, 2, (n,)))
     engine = PrivacyEngine(accountant="rdp")

@@ -16,13 +16,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from fedshield.client.data import LabeledTexts, tokenize
-from fedshield.client.trainer import TrainConfig, _empty_step, train_site
-from fedshield.models import FinetuneMode, ModelConfig, load_model
-from fedshield.privacy.budget import plan_release
-from fedshield.privacy.dp import DPConfig, GradSampleMode, make_private
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader, TensorDataset
+
+from fedshield.client.trainer import TrainConfig, _empty_step, train_site
+from fedshield.models import FinetuneMode, ModelConfig, load_model
+from fedshield.models.texts import LabeledTexts, tokenize
+from fedshield.privacy.budget import plan_release
+from fedshield.privacy.dp import DPConfig, GradSampleMode, make_private
 
 SIGMA, CLIP = 1.3, 0.7
 N, BATCH = 64, 8  # q = 1/8, expected batch E = int(64 / 8) = 8

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from opacus.accountants import RDPAccountant
+
 from fedshield.privacy.budget import Release, compose_epsilon
 from fedshield.privacy.dp import AccountantKind
 from fedshield.privacy.ledger import (
@@ -17,12 +19,12 @@ from fedshield.privacy.ledger import (
     PUBLIC_KEY_NAME,
     LedgerEntry,
     LedgerError,
+    LedgerReader,
     Mechanism,
     SiteLedger,
     entry_hash,
     verify_export,
 )
-from opacus.accountants import RDPAccountant
 
 
 def _entry(run: str, rnd: int, eps: float, fp: str = "fp-1") -> LedgerEntry:
@@ -55,7 +57,7 @@ def _raw(ledger: SiteLedger) -> sqlite3.Connection:
 
 
 def _head_message(seq: int, digest: str) -> bytes:
-    """What the site signs for its head, as an attacker who read ledger.py would
+    """What the site signs for its head, as an attacker who read ledger/chain.py would
     build it (spelled out here so a change of the format is a visible change)."""
     return f"head:{seq}:{digest}".encode()
 
@@ -374,13 +376,31 @@ def test_read_only_opening_needs_no_private_key_and_creates_nothing(
     copy.mkdir()
     for name in (DB_NAME, f"{DB_NAME}-wal", PUBLIC_KEY_NAME):  # WAL: recent entries
         shutil.copy(ledger.state_dir / name, copy / name)
-    with SiteLedger(copy, writable=False) as audit:
+    with LedgerReader(copy) as audit:
         assert audit.verify().ok and len(audit.entries()) == 4
-        with pytest.raises(LedgerError, match="read-only"):
-            audit.append(_entry("run-z", 1, 9.0))
+        assert audit.export() == ledger.export()
     assert not (copy / KEY_NAME).exists()
     with pytest.raises(LedgerError, match="No site ledger"):
-        SiteLedger(tmp_path / "missing", writable=False)
+        LedgerReader(tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_reader_can_neither_append_nor_write_through_its_connection(
+    ledger,
+) -> None:
+    with LedgerReader(ledger.state_dir) as reader:
+        assert not isinstance(reader, SiteLedger)
+        assert not hasattr(reader, "append") and not hasattr(reader, "_key")
+        for statement in (
+            "DELETE FROM entries WHERE seq = 4",
+            "UPDATE head SET seq = 3",
+            "CREATE TABLE forged (x)",
+        ):
+            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                reader._db.execute(statement)
+        assert reader.verify().ok and len(reader.entries()) == 4
+    # a writer reads the same way, so it goes wherever a reader is expected
+    assert isinstance(ledger, LedgerReader) and ledger.verify().ok
 
 
 def test_replaced_public_key_is_refused(tmp_path: Path) -> None:

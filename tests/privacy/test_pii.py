@@ -5,7 +5,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from fedshield.models.config import ConfigError
+
+from fedshield.common.config import ConfigError
 from fedshield.privacy.pii import PIIConfig, PIIError, PIIMode, Scrubber, load_site_key
 
 SAMPLES = {
@@ -86,8 +87,9 @@ def test_ip_addresses_win_over_what_the_ner_sees_inside_them(
 
 
 def test_overlapping_findings_of_different_types_leave_nothing_behind() -> None:
-    from fedshield.privacy.pii.engine import _resolve_overlaps
     from presidio_analyzer import RecognizerResult as R
+
+    from fedshield.privacy.pii.overlaps import resolve_overlaps
 
     text = "from cc79:1fd1:2730 to Jake Johnston, Ohio now"
 
@@ -96,33 +98,33 @@ def test_overlapping_findings_of_different_types_leave_nothing_behind() -> None:
 
     # a structured finding beats a longer or higher-scored one over the same text
     ip = R("IP_ADDRESS", 5, 19, 0.6)
-    assert spans(_resolve_overlaps(text, [R("PERSON", 10, 14, 0.85), ip])) == [
+    assert spans(resolve_overlaps(text, [R("PERSON", 10, 14, 0.85), ip])) == [
         (5, 19, "IP_ADDRESS")
     ]
-    assert spans(_resolve_overlaps(text, [R("ORGANIZATION", 0, 19, 0.85), ip])) == [
+    assert spans(resolve_overlaps(text, [R("ORGANIZATION", 0, 19, 0.85), ip])) == [
         (0, 4, "ORGANIZATION"),
         (5, 19, "IP_ADDRESS"),
     ]
     # otherwise the higher score wins and the other keeps what lies outside it
     person = R("PERSON", 23, 36, 0.85)
     place = R("LOCATION", 28, 42, 0.9)
-    assert spans(_resolve_overlaps(text, [person, place])) == [
+    assert spans(resolve_overlaps(text, [person, place])) == [
         (23, 27, "PERSON"),  # the space between is not kept
         (28, 42, "LOCATION"),
     ]
     age = R("AGE", 23, 27, 0.9)
-    assert spans(_resolve_overlaps(text, [R("DATE_TIME", 23, 36, 0.85), age])) == [
+    assert spans(resolve_overlaps(text, [R("DATE_TIME", 23, 36, 0.85), age])) == [
         (23, 27, "AGE"),
         (28, 36, "DATE_TIME"),
     ]
     # the two pieces of the date around the age count as one finding
-    from fedshield.privacy.pii.engine import _found_once
+    from fedshield.privacy.pii.overlaps import found_once
 
     split = R("DATE_TIME", 20, 36, 0.85)
-    found = _resolve_overlaps(text, [split, R("AGE", 23, 27, 0.9)])
-    assert len(found) == 3 and sorted(_found_once(found)) == ["AGE", "DATE_TIME"]
+    found = resolve_overlaps(text, [split, R("AGE", 23, 27, 0.9)])
+    assert len(found) == 3 and sorted(found_once(found)) == ["AGE", "DATE_TIME"]
     # a remainder of punctuation or space alone is not kept as a finding
-    assert spans(_resolve_overlaps(text, [R("LOCATION", 23, 37, 0.6), person])) == [
+    assert spans(resolve_overlaps(text, [R("LOCATION", 23, 37, 0.6), person])) == [
         (23, 36, "PERSON")
     ]
 
@@ -192,8 +194,9 @@ def test_a_same_type_finding_nested_in_another_leaves_nothing_of_the_outer(
 ) -> None:
     from types import SimpleNamespace
 
-    from fedshield.privacy.pii import engine
     from presidio_analyzer import RecognizerResult as R
+
+    from fedshield.privacy.pii import analyzer as pii_analyzer
 
     text = "Alberta Quinn-Ravelo said hi."
     found = [R("PERSON", *outer, 0.6), R("PERSON", *inner, 0.9)]
@@ -205,7 +208,7 @@ def test_a_same_type_finding_nested_in_another_leaves_nothing_of_the_outer(
         ),
         analyze=lambda text, **_: list(found),
     )
-    monkeypatch.setattr(engine, "_analyzer", lambda *_: analyzer)
+    monkeypatch.setattr(pii_analyzer, "_analyzer", lambda *_: analyzer)
     start, end = min(outer[0], inner[0]), max(outer[1], inner[1])
     spans = [(r.start, r.end) for r in Scrubber(PIIConfig()).find(text)]
     assert spans == [(start, end)]
@@ -374,8 +377,9 @@ def test_scrub_file_refuses_to_overwrite_input_or_existing_output(
 
 
 def test_scrub_command_prints_counts_and_explains_refusals(tmp_path: Path) -> None:
-    from fedshield.cli.main import app
     from typer.testing import CliRunner
+
+    from fedshield.cli.main import app
 
     src = tmp_path / "notes.csv"
     src.write_text('text,label\n"Maria Garcia, j.doe@example.org",1\n')
@@ -397,6 +401,7 @@ def test_synthetic_sentences_are_reproducible_labelled_and_leave_global_rng_alon
     import random
 
     import numpy as np
+
     from fedshield.privacy.pii.synthetic import inject_pii, synthetic_sentences
 
     random.seed(5)

@@ -15,6 +15,10 @@ import secrets
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
 from fedshield.privacy.secagg import (
     ClientSession,
     ProtocolError,
@@ -22,14 +26,12 @@ from fedshield.privacy.secagg import (
     SecAggAborted,
     SecAggParams,
     ServerSession,
+    masks,
     modulus_bits,
-    protocol,
 )
+from fedshield.privacy.secagg import client as secagg_client
 from fedshield.privacy.secagg.primitives import KeyPair, expand_mask, private_from_bytes
 from fedshield.privacy.secagg.shamir import PRIME, SHARE_BYTES, combine, split
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
-from scipy import stats
 
 STAGES = ("advertise", "share", "mask", "unmask")
 QUANT = Quantizer(clip_range=1.0, bits=16)
@@ -66,7 +68,7 @@ def fixed_keys(monkeypatch: pytest.MonkeyPatch) -> None:
         seed = hashlib.sha256(b"fedshield-test-key/%d" % next(counter)).digest()
         return private_from_bytes(seed)
 
-    monkeypatch.setattr(protocol, "new_keypair", keypair)
+    monkeypatch.setattr(secagg_client, "new_keypair", keypair)
 
 
 def _sites(p: SecAggParams) -> tuple[ServerSession, dict[int, ClientSession]]:
@@ -202,7 +204,7 @@ def _pairwise_masks(
     u's mask key and the public mask keys the server holds."""
     total = np.zeros(p.vector_length, dtype=np.uint64)
     for v in sorted(peers):
-        seed = protocol._mask_seed(mask_key, server.keys[v][1], p.session)
+        seed = masks.mask_seed(mask_key, server.keys[v][1], p.session)
         mask = expand_mask(seed, p.vector_length, bits=p.modulus_bits).astype(np.uint64)
         total = total + mask if u < v else total - mask
     return total & np.uint64((1 << p.modulus_bits) - 1)
@@ -488,7 +490,7 @@ def test_modulus_is_chosen_so_the_sum_cannot_wrap() -> None:
 
 
 def test_shares_and_threshold_take_counts_or_fractions_and_explain_bad_values() -> None:
-    from fedshield.models.config import ConfigError
+    from fedshield.common.config import ConfigError
     from fedshield.privacy.secagg import SecAggConfig
 
     assert SecAggConfig(num_shares=1.0, threshold=0.5).counts(4) == (4, 2)
@@ -502,7 +504,7 @@ def test_shares_and_threshold_take_counts_or_fractions_and_explain_bad_values() 
         SecAggConfig(num_shares=1.5)
     with pytest.raises(ConfigError, match="secagg.clip-range"):
         SecAggConfig(clip_range=0.0)
-    with pytest.raises(ConfigError, match="must be a number"):
+    with pytest.raises(ConfigError, match="must be of type int or float"):
         SecAggConfig.from_run_config(
             {
                 "secagg.enabled": True,

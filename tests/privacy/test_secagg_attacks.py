@@ -28,6 +28,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
     X25519PublicKey,
 )
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
 from fedshield.models import flatten_state, state_to_arrays
 from fedshield.privacy.secagg import (
     ClientSession,
@@ -37,9 +40,10 @@ from fedshield.privacy.secagg import (
     SecAggConfig,
     SecAggParams,
     ServerSession,
+    masks,
     modulus_bits,
-    protocol,
 )
+from fedshield.privacy.secagg import client as secagg_client
 from fedshield.privacy.secagg.primitives import (
     DecryptionError,
     agree,
@@ -51,9 +55,6 @@ from fedshield.privacy.secagg.primitives import (
 from fedshield.privacy.secagg.shamir import PRIME, combine, split
 from fedshield.server.rounds import collect_replies
 from fedshield.server.secagg import SecureSum, prepare_setup, secure_sum
-from flwr.app import Message, RecordDict
-from flwr.serverapp import Grid
-
 from tests.server.test_secagg_round import GLOBAL, NODES, SECAGG, SiteGrid, _delta
 
 QUANT = Quantizer(clip_range=1.0, bits=16)
@@ -134,7 +135,7 @@ def _strip(
         rest = rest - expand_mask(self_seed, p.vector_length, bits=k)
     if mask_key is not None:
         for v in sorted(peers):
-            seed = protocol._mask_seed(mask_key, keys[v][1], p.session)
+            seed = masks.mask_seed(mask_key, keys[v][1], p.session)
             mask = expand_mask(seed, p.vector_length, bits=k).astype(np.uint64)
             rest = rest - mask if u < v else rest + mask
     return rest & np.uint64((1 << k) - 1)
@@ -223,7 +224,7 @@ def test_mask_and_share_keys_differ_by_purpose_and_by_session() -> None:
     sessions = (bytes(16), bytes([1]) * 16)
     keys = {
         derive(a.private, b.public, session)
-        for derive in (protocol._mask_seed, protocol._share_key)
+        for derive in (masks.mask_seed, secagg_client._share_key)
         for session in sessions
     }
     assert len(keys) == 4 and shared not in keys
@@ -268,7 +269,7 @@ def test_a_cloned_site_draws_a_different_self_seed() -> None:
     assert sites[100].self_seed != twin.self_seed
     derived = {
         derive(sites[100].s_private, pk, p.session)
-        for derive in (protocol._mask_seed, protocol._share_key)
+        for derive in (masks.mask_seed, secagg_client._share_key)
         for pair in roster.values()
         for pk in pair
     }
@@ -356,8 +357,8 @@ def test_a_dropped_sites_rebuilt_mask_key_opens_none_of_its_share_ciphertexts() 
         )
 
     derivations: list[Callable[[bytes, bytes, bytes], bytes]] = [
-        protocol._share_key,
-        protocol._mask_seed,
+        secagg_client._share_key,
+        masks.mask_seed,
         raw,
     ]
     for v in set(p.nodes) - {late}:
@@ -370,7 +371,9 @@ def test_a_dropped_sites_rebuilt_mask_key_opens_none_of_its_share_ciphertexts() 
                 key = derive(s_u, public, p.session)
                 for ciphertext, src, dst in ciphertexts:
                     with pytest.raises(DecryptionError):
-                        decrypt(key, ciphertext, aad=protocol._aad(p.session, src, dst))
+                        decrypt(
+                            key, ciphertext, aad=secagg_client._aad(p.session, src, dst)
+                        )
 
 
 def test_no_two_share_ciphertexts_reuse_a_nonce() -> None:

@@ -1,11 +1,13 @@
 from pathlib import Path
 
 import pytest
+from opacus.accountants import RDPAccountant
+
+from fedshield.common.layout import RunLayout
 from fedshield.privacy.client_dp import ClientDPConfig
 from fedshield.privacy.dp import AccountantKind
-from fedshield.privacy.ledger import Mechanism, SiteLedger
-from fedshield.server.central_dp import SERVER_LEDGER_DIR, ClientLevelAccountant
-from opacus.accountants import RDPAccountant
+from fedshield.privacy.ledger import LedgerReader, Mechanism
+from fedshield.server.central_dp import ClientLevelAccountant
 
 
 def _accountant(out: Path, run: str = "run-1") -> ClientLevelAccountant:
@@ -41,7 +43,7 @@ def test_summary_reads_the_same_epsilon_as_the_server_ledger(tmp_path: Path) -> 
     for r in (1, 2):
         acc.record_round(server_round=r, sampled=3, available=3)
     summary = acc.summary()
-    with SiteLedger(tmp_path / SERVER_LEDGER_DIR, writable=False) as ledger:
+    with LedgerReader(RunLayout(tmp_path).server_ledger) as ledger:
         entries = ledger.entries()
         assert ledger.verify().ok
     assert [e.entry.mechanism for e in entries] == [Mechanism.CLIENT_GAUSSIAN] * 2

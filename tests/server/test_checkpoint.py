@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from fedshield.server.app import _check_resumable, _prepare_out_dir
 from fedshield.server.checkpoint import (
     Checkpoint,
@@ -59,17 +60,20 @@ def test_new_run_never_overwrites_an_existing_one(
 
 @pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_final_weights_reload_into_a_fresh_model(tmp_path, tiny_run_config, finetune):
+    from safetensors.torch import load_file
+
     from fedshield.models import load_model, load_trainable_state, trainable_state
     from fedshield.server.app import _save_final_weights
     from fedshield.server.evaluate import CentralEvaluator
-    from fedshield.simulations.scenario import central_test_split
-    from safetensors.torch import load_file
+    from fedshield.simulations.scenario import Scenario
 
     run_config = dict(
         tiny_run_config, **{"out-dir": str(tmp_path), "model.finetune": finetune}
     )
     cfg = ServerConfig.from_run_config(run_config)
-    evaluator = CentralEvaluator(cfg, central_test_split(run_config))
+    evaluator = CentralEvaluator(
+        cfg, Scenario.from_run_config(run_config).central_test()
+    )
     state = {k: v + 0.5 for k, v in trainable_state(evaluator.loaded.model).items()}
     evaluator(state)
     saved = _save_final_weights(evaluator, cfg)

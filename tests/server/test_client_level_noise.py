@@ -17,11 +17,6 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from fedshield.client.secagg_mod import secagg_mod
-from fedshield.models import state_to_arrays
-from fedshield.privacy.client_dp import ClientDPConfig, clip_update
-from fedshield.privacy.secagg import SecAggConfig
-from fedshield.server.rounds import run_round
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -31,6 +26,12 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp.strategy import FedAvg
+
+from fedshield.client.secagg_mod import secagg_mod
+from fedshield.models import state_to_arrays
+from fedshield.privacy.client_dp import ClientDPConfig, clip_update
+from fedshield.privacy.secagg import SecAggConfig
+from fedshield.server.rounds import run_round
 
 from .grid import InMemoryGrid
 

@@ -1,11 +1,13 @@
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
+from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+
 from fedshield.models import state_to_arrays
 from fedshield.privacy.secagg import SecAggConfig
-from fedshield.server.rounds import screen_replies
-from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+from fedshield.server.replies import screen_replies
 
 GLOBAL = OrderedDict(w=torch.zeros(2, 3), b=torch.zeros(3))
 METRICS = {
@@ -147,8 +149,9 @@ class FakeGrid:
 
 
 def _run(grid, client_dp) -> tuple:
-    from fedshield.server.rounds import run_round
     from flwr.serverapp.strategy import FedAvg
+
+    from fedshield.server.rounds import run_round
 
     return run_round(
         grid=grid,
@@ -203,3 +206,123 @@ def test_client_level_dp_adds_noise_to_the_uniform_mean() -> None:
     noisy = ClientDPConfig(enabled=True, clip_norm=1.0, noise_multiplier=1.0)
     state, _ = _run(FakeGrid([1, 2], answer), noisy)
     assert not torch.allclose(state["b"], torch.zeros(3), atol=1e-3)
+
+
+def test_screening_decodes_each_update_once_and_the_strategy_sees_only_the_mean(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before the pipeline, screening decoded every update and FedAvg decoded it
+    again. Now screening hands its decoded deltas on, and the strategy's
+    aggregate_train gets one reply: the mean model."""
+    from flwr.serverapp.strategy import FedAvg
+
+    import fedshield.server.aggregation as aggregation
+    import fedshield.server.replies as replies
+    from fedshield.privacy.client_dp import ClientDPConfig
+    from fedshield.server.rounds import run_round
+
+    sent: list = []
+    decoded: list[int] = []
+
+    def answer(node: int, msg: Message) -> Message:
+        delta = OrderedDict(w=torch.full((2, 3), float(node)), b=torch.zeros(3))
+        reply = _reply(f"site-{node}", delta)
+        sent.append(reply.content.array_records["arrays"])
+        return reply
+
+    for module in (replies, aggregation):
+        real = module.arrays_to_state
+
+        def counting(record, *, what="The update", real=real):
+            decoded.append(id(record))
+            return real(record, what=what)
+
+        monkeypatch.setattr(module, "arrays_to_state", counting)
+    strategy = FedAvg(min_train_nodes=1, min_available_nodes=1)
+    seen: list[list[Message]] = []
+    aggregate_train = strategy.aggregate_train
+
+    def spy(server_round, replies_):
+        seen.append(list(replies_))
+        return aggregate_train(server_round, seen[-1])
+
+    monkeypatch.setattr(strategy, "aggregate_train", spy)
+    state, _ = run_round(
+        grid=FakeGrid([1, 2, 3], answer),
+        strategy=strategy,
+        train_config=ConfigRecord({"run-key": "k"}),
+        server_round=1,
+        global_state=GLOBAL,
+        min_sites=2,
+        timeout=5.0,
+        progress=lambda done, total: None,
+        client_dp=ClientDPConfig(),
+        secagg=SecAggConfig(enabled=False),
+    )
+    assert len(sent) == 3
+    assert all(decoded.count(id(record)) == 1 for record in sent)
+    assert len(decoded) == 4  # the three updates, and the strategy's new model
+    ((mean_model,),) = seen  # one call, one reply: theta + the weighted mean
+    assert "site" not in mean_model.content.config_records
+    assert torch.allclose(state["w"], torch.full((2, 3), 2.0))  # examples equal
+
+
+def test_screening_hands_on_the_decoded_deltas_by_site() -> None:
+    delta = OrderedDict(w=torch.full((2, 3), 0.5), b=torch.ones(3))
+    out = screen_replies([_reply("a", delta), _refusal("b")], GLOBAL)
+    assert list(out.deltas) == ["a"]
+    assert all(torch.equal(out.deltas["a"][k], delta[k]) for k in delta)
+
+
+def test_fedadam_with_client_level_dp_steps_from_the_noisy_uniform_mean() -> None:
+    """The noise (z = 1e-7 here, so the step is checkable) goes on the sum; FedAdam
+    steps from the uniform mean, not the example-weighted one."""
+    from flwr.serverapp.strategy import FedAdam
+
+    from fedshield.privacy.client_dp import ClientDPConfig
+    from fedshield.server.rounds import run_round
+
+    from .fedadam import fedadam_reference
+
+    def delta(node: int) -> OrderedDict:
+        return OrderedDict(
+            w=torch.full((2, 3), 0.1 * node), b=torch.full((3,), -0.05 * node)
+        )
+
+    def answer(node: int, msg: Message) -> Message:
+        metrics = dict(METRICS, **{"num-examples": 10 * node})  # ignored: uniform
+        return _reply(f"site-{node}", delta(node), metrics)
+
+    start = OrderedDict(w=torch.full((2, 3), 0.4), b=torch.full((3,), 0.1))
+    cdp = ClientDPConfig(enabled=True, clip_norm=1.0, noise_multiplier=1e-7)
+    state, _ = run_round(
+        grid=FakeGrid([1, 2], answer),
+        strategy=FedAdam(min_train_nodes=1, min_available_nodes=1),
+        train_config=ConfigRecord({"run-key": "k"}),
+        server_round=1,
+        global_state=start,
+        min_sites=2,
+        timeout=5.0,
+        progress=lambda done, total: None,
+        client_dp=cdp,
+        secagg=SecAggConfig(enabled=False),
+    )
+    for k in start:
+        uniform = ((delta(1)[k] + delta(2)[k]) / 2).double().numpy()
+        expected = fedadam_reference(start[k].double().numpy(), [uniform])
+        assert np.allclose(state[k].double().numpy(), expected, atol=1e-5)
+    weighted = ((delta(1)["w"] + 2 * delta(2)["w"]) / 3).double().numpy()
+    if_weighted = fedadam_reference(start["w"].double().numpy(), [weighted])
+    assert not np.allclose(state["w"].double().numpy(), if_weighted, atol=1e-4)
+
+
+def test_metric_names_are_kept_as_plain_strings() -> None:
+    """A site may key its metrics with a StrEnum; the server keeps plain strings, so
+    the round's log stays loadable from a checkpoint (torch.load weights_only)."""
+    from enum import StrEnum
+
+    Key = StrEnum("Key", {k.upper(): k for k in METRICS})
+    out = screen_replies(
+        [_reply("a", metrics={Key(k): v for k, v in METRICS.items()})], GLOBAL
+    )
+    assert all(type(k) is str for k in out.sites["a"])

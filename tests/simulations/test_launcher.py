@@ -1,35 +1,73 @@
-"""The CLI refuses to reuse a local SuperLink that would run the app wrongly."""
+"""``flwr run`` is pointed at the simulation's own SuperLink by connection name, in
+that SuperLink's FLWR_HOME, with the run config and the number of sites; Ctrl-C's
+``flwr stop`` goes to the same SuperLink."""
 
-import os
+from __future__ import annotations
+
 import subprocess
-import sys
+from pathlib import Path
 
-import pytest
 from fedshield.simulations import launcher
+from fedshield.simulations.superlink import PrivateSuperLink
 
 
-def test_superlink_from_another_environment_is_refused(monkeypatch) -> None:
-    other = subprocess.Popen(["sleep", "30"])  # argv[0] outside this environment
-    try:
-        monkeypatch.setattr(launcher, "_superlink_pids", lambda: [other.pid])
-        with pytest.raises(launcher.LaunchError, match=f"kill {other.pid}"):
-            launcher.check_local_superlink()
-    finally:
-        other.kill()
-        other.wait()
-
-
-def test_superlink_that_would_reinstall_dependencies_is_refused(monkeypatch) -> None:
-    env = {k: v for k, v in os.environ.items() if k != launcher.DISABLE_INSTALL}
-    same_env = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(30)"], env=env
+def _superlink(tmp_path: Path) -> PrivateSuperLink:
+    return PrivateSuperLink(
+        address="127.0.0.1:40001",
+        flwr_home=tmp_path / "home",
+        log_path=tmp_path / "superlink.log",
+        pid=0,
+        env={"FLWR_HOME": str(tmp_path / "home"), "PATH": "/usr/bin"},
     )
-    try:
-        monkeypatch.setattr(launcher, "_superlink_pids", lambda: [same_env.pid])
-        with pytest.raises(launcher.LaunchError, match="install torch"):
-            launcher.check_local_superlink()
-        monkeypatch.setattr(launcher, "_superlink_pids", lambda: [])
-        launcher.check_local_superlink()  # nothing running: fine
-    finally:
-        same_env.kill()
-        same_env.wait()
+
+
+def test_flwr_run_targets_the_private_superlink_with_config_and_sites(
+    tmp_path: Path,
+) -> None:
+    link = _superlink(tmp_path)
+    launch = launcher.flwr_command(
+        superlink=link, overrides=["a=1 b=2", "out-dir='/x'"], num_sites=3
+    )
+    flwr, *args = launch.command
+    assert Path(flwr).name == "flwr"
+    assert args == [
+        "run",
+        str(launcher.app_dir()),
+        "fedshield",
+        "--stream",
+        "--run-config",
+        "a=1 b=2",
+        "--run-config",
+        "out-dir='/x'",
+        "--federation-config",
+        "num-supernodes=3",
+    ]
+    assert launch.env["FLWR_HOME"] == str(tmp_path / "home")
+    assert launch.connection == link.connection == "fedshield"
+    assert launch.cwd == launcher.app_dir()
+
+
+def test_started_run_id_is_the_last_one_flwr_printed(tmp_path: Path) -> None:
+    log = tmp_path / "flwr.log"
+    assert launcher.started_run_id(log) is None  # no log yet
+    log.write_text("Successfully started run 12\n...\nSuccessfully started run 345\n")
+    assert launcher.started_run_id(log) == 345
+
+
+def test_stop_run_asks_the_same_superlink_and_gives_up_on_a_hang(
+    tmp_path: Path, monkeypatch
+) -> None:
+    launch = launcher.flwr_command(
+        superlink=_superlink(tmp_path), overrides=[], num_sites=2
+    )
+    calls: list[tuple[list[str], dict[str, str]]] = []
+
+    def hanging_run(argv: list[str], **kwargs) -> None:
+        calls.append((argv, kwargs["env"]))
+        raise subprocess.TimeoutExpired(argv, kwargs["timeout"])
+
+    monkeypatch.setattr(launcher.subprocess, "run", hanging_run)
+    launcher.stop_run(launch, 7)  # the hang is swallowed: teardown follows anyway
+    ((argv, env),) = calls
+    assert argv[1:] == ["stop", "7", "fedshield"]
+    assert env["FLWR_HOME"] == str(tmp_path / "home")

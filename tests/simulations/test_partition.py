@@ -1,12 +1,13 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fedshield.simulations.datasets import default_split, rotten_tomatoes
 from fedshield.simulations.partition import (
     PartitionError,
     PartitionScheme,
     partition_indices,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 @settings(max_examples=40, deadline=None)

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .data import TokenizedTexts
-from .trainer import batch_inputs
+from .texts import TokenizedTexts, batch_inputs
 
 __all__ = ["EvalResult", "evaluate_model"]
 

