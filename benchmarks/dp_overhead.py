@@ -14,7 +14,7 @@ vocabulary between [CLS] and [SEP], no padding), ``torch.set_num_threads(2)``, S
 ``zero_grad(set_to_none=True)``. Trainable sets: FULL fine-tuning, and LORA r=8,
 alpha=16 on query,value plus the classifier head (peft ``task_type="SEQ_CLS"``).
 Methods: NON_DP (plain autograd), OPACUS_HOOKS (per-sample gradients),
-OPACUS_GHOST (ghost norms + a second backward), BOOKKEEPING (privacy/bookkeeping.py:
+OPACUS_GHOST (ghost norms + a second backward), BOOKKEEPING (privacy/bookkeeping/:
 ghost norms, one backward). DP uses sigma = 1, C = 1 and a fixed batch (no Poisson
 sampling, so every method sees the same 32 samples).
 

@@ -11,7 +11,7 @@ Each mutant is a hand-written, privacy-critical change to one source file, liste
 
     [[mutant]]
     id = "dp-noise-tenth"                  # unique, kebab-case
-    file = "privacy/bookkeeping.py"        # the file it breaks
+    file = "privacy/bookkeeping/engine.py"  # the file it breaks
     find = '''std=noise_multiplier * ...'''  # exact text, must occur exactly once
     replace = '''std=0.1 * noise_multiplier * ...'''
     tests = ["tests/privacy/test_dp.py::test_noise_std_is_sigma_c"]  # pytest ids

@@ -2,7 +2,7 @@
 
 Every stage arrives as a ``train`` message carrying a ``secagg`` ConfigRecord whose
 ``stage`` says what to do (the server half is :mod:`server.secagg`; the protocol is
-:mod:`privacy.secagg.protocol`):
+:mod:`privacy.secagg`):
 
 ``setup``
     The message is a normal train message (global model, config) plus the round's

@@ -1,5 +1,5 @@
 """The server half of secure aggregation: runs the SecAgg+ stages of
-:mod:`privacy.secagg.protocol` over the Flower Grid (Message API) and returns only
+:mod:`privacy.secagg` (the protocol) over the Flower Grid (Message API) and returns only
 the *sum* of the surviving sites' updates.
 
 Stages (each a round trip of ``train`` messages with a ``secagg`` ConfigRecord; the
