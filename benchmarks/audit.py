@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             (s["canaries"] or {}).get(key) if key != "claimed_epsilon" else s[key]
             for s in results[run]["sites"]
         ]
-        finite = [v for v in values if v is not None]
+        finite = [v for v in values if isinstance(v, int | float)]  # not None/"inf"
         return max(finite) if finite else None
 
     nondp, dp = _best(results["nondp"]["pooled"]), _best(results["dp"]["pooled"])

@@ -27,6 +27,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedshield.common.layout import RunLayout
@@ -256,8 +257,8 @@ def _print_final(summary: dict[str, Any], out: Path) -> None:
                 eps += f" (budget {site['max_epsilon']:g})"
         refused = site.get("refused_rounds") or []
         console.print(
-            f"  {name}: {site['examples']} examples, {site['steps']} steps, {eps}"
-            + (f"; refused round(s) {refused}" if refused else "")
+            f"  {escape(name)}: {site['examples']} examples, {site['steps']} steps, "
+            f"{eps}" + (f"; refused round(s) {refused}" if refused else "")
         )
     client = summary.get("privacy", {}).get("client_level", {})
     if client.get("enabled"):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from fedshield.common.run_config import RunConfig
+from fedshield.common.run_config import RunConfig, check_fields, read_fields
 from fedshield.models import ModelConfig
 from fedshield.privacy.client_dp import ClientDPConfig
 from fedshield.privacy.dp import DPConfig, GradSampleMode, default_grad_sample_mode
@@ -32,6 +32,15 @@ class ClientConfig:
     seed: int
     eval_batch_size: int  # federated evaluation at the site (``eval.batch-size``)
 
+    KEYS: ClassVar[dict[str, str]] = {
+        "num_rounds": "num-server-rounds",
+        "seed": "seed",
+        "eval_batch_size": "eval.batch-size",
+    }
+
+    def __post_init__(self) -> None:
+        check_fields(self, self.KEYS)
+
     @property
     def grad_sample_mode(self) -> GradSampleMode:
         return default_grad_sample_mode(self.model.finetune)
@@ -48,7 +57,5 @@ class ClientConfig:
             secagg=SecAggConfig.from_run_config(run_config),
             pii=PIIConfig.from_run_config(run_config),
             data=SiteDataConfig.from_run_config(run_config),
-            num_rounds=run_config["num-server-rounds"],
-            seed=run_config["seed"],
-            eval_batch_size=run_config["eval.batch-size"],
+            **read_fields(run_config, cls.KEYS),
         )

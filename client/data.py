@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedshield.common.config import ConfigError
-from fedshield.common.run_config import RunConfig, default
+from fedshield.common.run_config import RunConfig, check, default
 from fedshield.models.texts import LabeledTexts
 
 __all__ = [
@@ -37,6 +37,11 @@ class SiteDataConfig:
     text_column: str = default("data.text-column")
     label_column: str = default("data.label-column")
     label_names: tuple[str, ...] = tuple(default("data.label-names").split(","))
+
+    def __post_init__(self) -> None:
+        check("data.text-column", self.text_column)
+        check("data.label-column", self.label_column)
+        check("data.label-names", ",".join(self.label_names))
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> SiteDataConfig:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -56,22 +57,45 @@ SITE_KEYS = (
 )
 
 
+_DECIMAL = re.compile(r"[+]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+
+
 def _number(raw: dict[str, Any], key: str) -> float | None:
+    """A non-negative decimal number written plainly (``8``, ``0.5``, ``1e-6``):
+    a value that Python's ``float`` would bend (``8_0``, non-ASCII digits, a
+    magnitude that underflows to 0) is refused, never read as something else."""
     if key not in raw:
         return None
     value = raw[key]
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
+    text = value if isinstance(value, str) else repr(value)
+    if isinstance(value, bool) or not _DECIMAL.fullmatch(text.strip()):
         raise ConfigError(
-            f"Node config `{key}` must be a number. Found {value!r}. Set it in the "
-            f'SuperNode\'s --node-config, e.g. "{key}=8.0".'
-        ) from None
-    if isinstance(value, bool) or not math.isfinite(number):
+            f"Node config `{key}` must be a plain non-negative decimal number. Found "
+            f'{value!r}. Set it in the SuperNode\'s --node-config, e.g. "{key}=8.0".'
+        )
+    number = float(text)
+    mantissa = re.split("[eE]", text)[0]
+    if not math.isfinite(number) or (number == 0 and mantissa.strip("+0.") != ""):
         raise ConfigError(
-            f"Node config `{key}` must be a finite number. Found {value!r}."
+            f"Node config `{key}` = {value!r} is out of range (it would read as "
+            f'{number}). Write the value plainly, e.g. "{key}=8.0".'
         )
     return number
+
+
+def _count(raw: dict[str, Any], key: str) -> int | None:
+    """A non-negative integer (Flower sets ``partition-id``/``num-partitions``)."""
+    if key not in raw:
+        return None
+    value = raw[key]
+    if isinstance(value, bool) or not (
+        isinstance(value, int)
+        or (isinstance(value, str) and value.isascii() and value.strip().isdigit())
+    ):
+        raise ConfigError(
+            f"Node config `{key}` must be an integer >= 0. Found {value!r}."
+        )
+    return int(value)
 
 
 def _path(raw: dict[str, Any], key: str) -> Path | None:
@@ -134,8 +158,6 @@ class NodeConfig:
                     f"Unknown node config key `{key}`.{hint} A site's node config "
                     f"takes: {', '.join(SITE_KEYS)}."
                 )
-        partition = raw.get("partition-id")
-        partitions = raw.get("num-partitions")
         return cls(
             data_path=_path(raw, "data-path"),
             eval_data_path=_path(raw, "eval-data-path"),
@@ -148,6 +170,6 @@ class NodeConfig:
                 "budget-scope",
                 str(raw.get("budget-scope", BudgetScope.DATASET.value)),
             ),
-            partition_id=None if partition is None else int(partition),
-            num_partitions=None if partitions is None else int(partitions),
+            partition_id=_count(raw, "partition-id"),
+            num_partitions=_count(raw, "num-partitions"),
         )

@@ -44,7 +44,11 @@ class Range:
     hi_open: bool = False
 
     def problem(self, value: Any) -> str | None:
-        if not math.isfinite(value):
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an int beyond float's range
+            finite = False
+        if not finite:
             return "must be a finite number"
         low_bad = self.lo is not None and (
             value <= self.lo if self.lo_open else value < self.lo
@@ -122,7 +126,13 @@ class Key:
         if isinstance(value, bool) and bool not in kinds:
             ok = False
         elif float in kinds and int not in kinds and isinstance(value, int):
-            value, ok = float(value), not isinstance(value, bool)
+            try:
+                value, ok = float(value), True
+            except OverflowError:
+                raise ConfigError(
+                    f"`{self.name}` must be a finite number. Found an integer of "
+                    f"{len(str(value))} digits."
+                ) from None
         else:
             ok = isinstance(value, kinds)
         if not ok:

@@ -91,20 +91,20 @@ class RunConfig(Mapping[str, Any]):
 
     __slots__ = ("_values",)
 
-    def __init__(self, values: Mapping[str, Any]) -> None:
-        self._values = dict(values)
-
-    @classmethod
-    def parse(cls, raw: Mapping[str, Any]) -> RunConfig:
-        """Parse ``context.run_config``: refuse unknown keys, fill in defaults."""
-        if isinstance(raw, RunConfig):
-            return raw
+    def __init__(self, raw: Mapping[str, Any]) -> None:
+        """Parse ``raw``: refuse unknown keys, fill in defaults, check every value."""
         for name in raw:
             if name not in _BY_NAME:
                 raise _unknown(name)
-        return cls(
-            {k.name: k.parse(raw[k.name] if k.name in raw else k.default) for k in KEYS}
-        )
+        self._values = {
+            k.name: k.parse(raw[k.name] if k.name in raw else k.default) for k in KEYS
+        }
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> RunConfig:
+        """``raw`` parsed (a RunConfig is returned as it is: it was checked when
+        it was made, and it cannot change)."""
+        return raw if isinstance(raw, RunConfig) else cls(raw)
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._values:

@@ -71,6 +71,17 @@ def _refusal(reply: Message, site: str) -> dict[str, Any] | None:
     return {"site": site, **Refusal.from_record(record).to_record()}
 
 
+def _metric_values(record: Any) -> dict[str, float]:
+    """A reply's metrics as ``{str: float}``; a list or any other value a site
+    could put in a MetricRecord is a malformed reply, not a crash of the run."""
+    values = {}
+    for key, value in record.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"metric {str(key)!r} is not a number: {value!r}")
+        values[str(key)] = float(value)
+    return values
+
+
 def _check_metrics(metrics: dict[str, float]) -> None:
     missing = [k for k in REQUIRED_METRICS if k not in metrics]
     if missing:
@@ -78,7 +89,8 @@ def _check_metrics(metrics: dict[str, float]) -> None:
     non_private = metrics.get(Metric.NOISE_MULTIPLIER, 1.0) == 0.0
     for key, value in metrics.items():
         # a non-private release has epsilon = inf; anything else must be finite
-        if math.isinf(value) and value > 0 and non_private and "epsilon" in key:
+        infinite_ok = key in (Metric.EPSILON, Metric.RUN_EPSILON) and non_private
+        if math.isinf(value) and value > 0 and infinite_ok:
             continue
         if not math.isfinite(value):
             raise ValueError(f"non-finite metric {key}={value}")
@@ -140,7 +152,7 @@ def screen_replies(
                 )
             if not secure:
                 delta = _decode_update(reply, site, global_state, clip_norm)
-            values = {str(k): float(metrics[0][k]) for k in metrics[0]}  # type: ignore[arg-type]
+            values = _metric_values(metrics[0])
             _check_metrics(values)
         except (ValueError, StateMismatchError) as err:
             logger.warning("Rejected the reply of %s: %s", site, err)

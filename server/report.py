@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedshield.common.schema import Metric, epsilon_from_json
@@ -94,20 +95,30 @@ def round_table(log: RoundLog, num_rounds: int) -> Table:
         table.add_column(col, justify="left" if col == "site" else "right")
     for name, m in sorted(log.sites.items()):
         table.add_row(
-            name,
-            f"{int(m['num-examples'])}",
-            f"{int(m['steps'])}",
-            f"{m['train-loss']:.4f}",
+            escape(name),  # names and reasons come from the sites: never markup
+            f"{int(m[Metric.NUM_EXAMPLES])}",
+            f"{int(m[Metric.STEPS])}",
+            f"{m[Metric.TRAIN_LOSS]:.4f}",
             _epsilon(m),
-            f"{m['delta']:g}",
+            f"{m[Metric.DELTA]:g}",
         )
     for failure in log.failures:
         table.add_row(
-            failure["site"], "-", "-", "-", "failed: " + failure["reason"], "-"
+            escape(failure["site"]),
+            "-",
+            "-",
+            "-",
+            "failed: " + escape(failure["reason"]),
+            "-",
         )
     for refusal in log.refusals:
         table.add_row(
-            refusal["site"], "-", "-", "-", "refused: " + str(refusal["reason"]), "-"
+            escape(refusal["site"]),
+            "-",
+            "-",
+            "-",
+            "refused: " + escape(str(refusal["reason"])),
+            "-",
         )
     return table
 

@@ -2,8 +2,8 @@
 (sample-level epsilon from the site's ledger, delta, examples, steps), the run's
 client-level epsilon from the server's ledger, plus the run config. Written
 atomically after every round, with ``status`` "running", then "completed" (or
-"aborted" with the reason). Non-finite numbers (the epsilon of a non-private
-release, an accuracy not yet measured) are written as null."""
+"aborted" with the reason). The epsilon of a non-private release is written as
+"inf" (as in the ledgers); a number not measured (NaN) as null."""
 
 from __future__ import annotations
 

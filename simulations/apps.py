@@ -29,7 +29,7 @@ from fedshield.client.config import ClientConfig
 from fedshield.client.data import SiteDataConfig, read_labeled_file
 from fedshield.client.node import NodeConfig
 from fedshield.client.site import SiteData, SiteFiles
-from fedshield.common.config import require
+from fedshield.common.run_config import RunConfig
 from fedshield.models.texts import LabeledTexts
 from fedshield.server.app import server_app
 
@@ -47,7 +47,7 @@ class SimulatedSites(SiteFiles):
     ) -> NodeConfig:
         node = super().node_config(raw, run_config)
         if node.simulated and node.max_epsilon is None:
-            budget = require(dict(run_config), "simulation.site-max-epsilon", float)
+            budget = RunConfig.parse(run_config)["simulation.site-max-epsilon"]
             node = replace(node, max_epsilon=budget)
         return node
 

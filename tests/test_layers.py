@@ -46,7 +46,9 @@ def _module_name(package: str, folder: Path, path: Path) -> list[str]:
 
 
 def _imports(path: Path, module: list[str], is_package: bool) -> list[tuple[int, str]]:
-    """(line, absolute module) of every import in ``path``."""
+    """(line, absolute module) of every import in ``path``: ``import x``, ``from x
+    import y`` (each ``y`` too, which may be a module), relative imports, and
+    ``importlib.import_module("x")`` / ``__import__("x")`` with a literal name."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
@@ -59,6 +61,21 @@ def _imports(path: Path, module: list[str], is_package: bool) -> list[tuple[int,
             else:
                 name = node.module or ""
             found.append((node.lineno, name))
+            if name == "fedshield":  # from fedshield import client
+                found += [(node.lineno, f"fedshield.{a.name}") for a in node.names]
+        elif (
+            isinstance(node, ast.Call)
+            and (
+                isinstance(node.func, ast.Attribute)
+                and node.func.attr == "import_module"
+                or isinstance(node.func, ast.Name)
+                and node.func.id in ("import_module", "__import__")
+            )
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            found.append((node.lineno, node.args[0].value))
     return found
 
 
@@ -106,6 +123,13 @@ def test_no_generic_top_level_import_anywhere() -> None:
         ("def f():\n    from ..client import app\n", ["fedshield.client"]),
         ("from . import rounds\n", ["fedshield.server"]),
         ("import fedshield.simulations.apps\n", ["fedshield.simulations.apps"]),
+        ("from fedshield import client\n", ["fedshield", "fedshield.client"]),
+        ("from ... import client\n", ["fedshield", "fedshield.client"]),
+        (
+            "import importlib\nimportlib.import_module('fedshield.client.app')\n",
+            ["importlib", "fedshield.client.app"],
+        ),
+        ("__import__('fedshield.client')\n", ["fedshield.client"]),
     ],
 )
 def test_the_parser_sees_every_kind_of_import(

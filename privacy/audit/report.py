@@ -94,8 +94,8 @@ def roc_png(curves: Mapping[str, Mapping[str, RocCurve]]) -> bytes:
 
 
 def report_json(audit: Mapping[str, Any]) -> dict[str, Any]:
-    """The report's numbers, JSON-safe: infinite epsilons as null, ROC points
-    included."""
+    """The report's numbers, JSON-safe: an infinite epsilon as "inf", NaN as null,
+    ROC points included."""
 
     summary = audit["summary"]
     doc = {k: v for k, v in audit.items() if k not in ("curves", "summary")}

@@ -164,8 +164,8 @@ def test_budget_comes_from_the_node_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("node_config", "message"),
     [
-        ({"max-epsilon": "lots"}, "must be a number"),
-        ({"max-epsilon": -1.0}, "max-epsilon` must be >= 0"),
+        ({"max-epsilon": "lots"}, "must be a plain non-negative decimal"),
+        ({"max-epsilon": -1.0}, "max-epsilon` must be a plain non-negative"),
         ({"delta": 2.0}, "delta` must be in"),
         ({"budget-scope": "galaxy"}, "budget-scope"),
     ],

@@ -53,7 +53,20 @@ def test_node_config_is_parsed_once_into_typed_fields() -> None:
     assert node.max_epsilon == 8.0 and node.delta == 1e-6
     assert node.budget_scope is BudgetScope.SITE and not node.simulated
     assert node.name(4) == "node-4"
-    with pytest.raises(ConfigError, match="must be a number"):
+    with pytest.raises(ConfigError, match="plain non-negative decimal"):
         NodeConfig.parse({"max-epsilon": "eight"})
     with pytest.raises(ConfigError, match="both"):
         NodeConfig.parse({"partition-id": 0})
+
+
+@pytest.mark.parametrize("value", ["8_0", "\u0668", "1e-400", "-0", "inf", "nan", True])
+def test_a_budget_that_float_would_bend_is_refused(value: object) -> None:
+    # float() reads "8_0" as 80, Arabic-Indic eight as 8 and 1e-400 as 0 (no budget)
+    with pytest.raises(ConfigError, match="max-epsilon"):
+        NodeConfig.parse({"max-epsilon": value})
+
+
+@pytest.mark.parametrize("value", [True, 1.9, "0.5", "-1"])
+def test_a_partition_id_must_be_a_plain_integer(value: object) -> None:
+    with pytest.raises(ConfigError, match="partition-id"):
+        NodeConfig.parse({"partition-id": value, "num-partitions": 3})

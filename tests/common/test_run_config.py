@@ -106,3 +106,21 @@ def test_every_key_has_a_one_line_doc() -> None:
     for key in KEYS:
         assert key.doc and "\n" not in key.doc, key.name
         assert re.fullmatch(r"[a-z0-9.-]+", key.name), key.name
+
+
+def test_a_run_config_cannot_be_made_without_its_checks() -> None:
+    # RunConfig.parse returns a RunConfig unchanged: making one must check it
+    with pytest.raises(ConfigError, match="num-server-rounds"):
+        ClientConfig.from_run_config(RunConfig({"num-server-rounds": -5}))
+    with pytest.raises(ConfigError, match="must be a finite number"):
+        RunConfig({"dp.noise-multiplier": 10**400})
+
+
+def test_configs_built_in_code_check_every_declared_field() -> None:
+    from fedshield.client.data import SiteDataConfig
+
+    cfg = ClientConfig.from_run_config({})
+    with pytest.raises(ConfigError, match="eval.batch-size"):
+        type(cfg)(**{**cfg.__dict__, "eval_batch_size": 0})
+    with pytest.raises(ConfigError, match="data.text-column"):
+        SiteDataConfig(text_column=" ")

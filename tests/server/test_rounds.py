@@ -326,3 +326,39 @@ def test_metric_names_are_kept_as_plain_strings() -> None:
         [_reply("a", metrics={Key(k): v for k, v in METRICS.items()})], GLOBAL
     )
     assert all(type(k) is str for k in out.sites["a"])
+
+
+def test_a_hostile_reply_is_a_failure_of_that_site_not_a_crash_of_the_run() -> None:
+    listed = _reply("a", metrics=dict(METRICS, **{"train-loss": [1.0, 2.0]}))
+    out = screen_replies([listed, _reply("b")], GLOBAL)
+    assert list(out.sites) == ["b"]
+    assert (
+        out.failures[0]["site"] == "a" and "not a number" in out.failures[0]["reason"]
+    )
+
+
+def test_a_refusal_carries_only_the_schemas_fields() -> None:
+    record = {"reason": "no", "epsilon-spent": "lots", "injected": "x" * 100}
+    reply = Message(
+        content=RecordDict(
+            {"refusal": ConfigRecord(record), "site": ConfigRecord({"name": "b"})}
+        ),
+        dst_node_id=0,
+        message_type="train",
+    )
+    (refusal,) = screen_replies([reply], GLOBAL).refusals
+    assert "injected" not in refusal and refusal["reason"] == "no"
+    assert np.isnan(refusal["epsilon-spent"])  # reported as such, never trusted
+
+
+def test_site_names_are_printed_as_text_never_as_markup() -> None:
+    from rich.console import Console
+
+    from fedshield.server.report import round_table
+    from fedshield.server.rounds import RoundLog
+
+    log = RoundLog(server_round=1)
+    log.failures = [{"site": "[/]", "reason": "[bold]x[/]"}]
+    console = Console(record=True, width=200)
+    console.print(round_table(log, 3))  # a MarkupError would end the run here
+    assert "[/]" in console.export_text()
