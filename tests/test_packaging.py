@@ -58,3 +58,16 @@ def test_a_generic_name_does_not_import_from_the_wheel(
         timeout=60,
     )
     assert ok.returncode == 0, ok.stderr
+
+
+def test_every_source_file_is_in_the_wheel(wheel: Path) -> None:
+    # a subpackage missing from pyproject's `packages` would work in the editable
+    # install and be absent from a site's installed fedshield
+    names = set(zipfile.ZipFile(wheel).namelist())
+    sources = {
+        f"fedshield/{path.relative_to(ROOT).as_posix()}"
+        for package in GENERIC
+        for path in (ROOT / package).rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+    assert sorted(sources - names) == []
