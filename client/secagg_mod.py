@@ -36,6 +36,7 @@ from flwr.app import (
     Context,
     Error,
     Message,
+    MessageType,
     RecordDict,
 )
 from flwr.clientapp.typing import ClientAppCallable
@@ -217,8 +218,13 @@ def _unmask(msg: Message, context: Context) -> Message:
 
 
 def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Run this site's part of the secure-aggregation stage the message names."""
-    if msg.metadata.message_type != "train":
+    """Run this site's part of the secure-aggregation stage the message names.
+
+    Every train-category message is guarded: Flower routes ``train`` and
+    ``train.<action>`` (``train.default`` included) to the train handler, so a
+    check of ``"train"`` alone would let a ``train.default`` message fetch the
+    update in the clear."""
+    if msg.metadata.message_type.split(".", 1)[0] != MessageType.TRAIN:
         return call_next(msg, context)
     record = msg.content.config_records.get(Record.SECAGG)
     if record is None:

@@ -221,12 +221,14 @@ def test_secure_round_with_client_level_dp_uses_uniform_weights() -> None:
     assert torch.allclose(state["w"], uniform, atol=1e-5)
 
 
-def test_site_refuses_to_send_its_update_in_the_clear() -> None:
+@pytest.mark.parametrize("message_type", ["train", "train.default", "train.fetch"])
+def test_site_refuses_to_send_its_update_in_the_clear(message_type: str) -> None:
+    # Flower routes train and train.<action> to the same train handler
     ctx = SiteGrid([11]).contexts[11]
     plain = Message(
         content=RecordDict({"config": ConfigRecord({"server-round": 1})}),
         dst_node_id=11,
-        message_type="train",
+        message_type=message_type,
     )
     reply = secagg_mod(plain, ctx, _train)
     assert reply.has_error() and "in the clear" in reply.error.reason
