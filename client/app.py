@@ -160,7 +160,10 @@ def train(
         site=site.name,
         run_delta=cfg.dp.delta,
     )
-    # PII is removed before anything is tokenized; the ledger fingerprints the result
+    # the budget's scope is the site's RAW records: no run setting (pii.*, the
+    # pseudonym key) can present the same data as a new dataset with a fresh budget
+    raw_fingerprint = dataset_fingerprint(site.train.texts, site.train.labels)
+    # PII is removed before anything is tokenized
     scrubbed = scrub_site(site, cfg=cfg.pii, state_dir=budget.state_dir)
     site = scrubbed.site
     planned = plan_release(
@@ -193,7 +196,7 @@ def train(
         budget=budget,
         run_id=str(train_config.get(TrainKey.RUN_KEY, "")),
         server_round=server_round,
-        fingerprint=dataset_fingerprint(site.train.texts, site.train.labels),
+        fingerprint=raw_fingerprint,
         planned=planned,
         accountant=cfg.dp.accountant,
         train=run_training,

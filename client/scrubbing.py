@@ -4,8 +4,8 @@ The scrubbed copy is cached in the site's state directory under a key made of th
 *raw* data's fingerprint, the PII settings and (for pseudonyms) the site key's
 digest, so a later round or run reuses it and any change to the data or settings
 scrubs afresh. The cache holds only scrubbed text and per-entity counts; the
-site's own files are never modified. The ledger's dataset fingerprint is then taken
-over the scrubbed records (what training actually sees).
+site's own files are never modified. The ledger's dataset fingerprint is taken over
+the raw records, before scrubbing, so that no PII setting changes a budget's scope.
 """
 
 from __future__ import annotations

@@ -165,13 +165,14 @@ def _ledger_fingerprints(state: Path) -> list[str]:
         return [r.entry.dataset_fingerprint for r in ledger.entries()]
 
 
-def test_the_trainer_tokenizes_only_scrubbed_text_and_the_ledger_fingerprints_it(
+def test_the_trainer_tokenizes_only_scrubbed_text_and_the_ledger_scopes_raw_records(
     tmp_path: Path, site_file: Path, run_config: dict[str, Any], tokenized: list[str]
 ) -> None:
     rows = _rows()
     labels = [y for _, y in rows]
     state = tmp_path / "state"
-    fingerprints = []
+    raw = dataset_fingerprint([text for text, _ in rows], labels)
+    trained = []
     for server_round in (1, 2):  # round 2 reads the site's scrub cache
         tokenized.clear()
         reply = _send_train(
@@ -189,11 +190,12 @@ def test_the_trainer_tokenizes_only_scrubbed_text_and_the_ledger_fingerprints_it
         metrics = reply.content.metric_records["metrics"]
         for kind in PLANTED:
             assert metrics[f"pii-{kind}"] >= 1, kind
-        fingerprints.append(dataset_fingerprint(tokenized, labels))
+        trained.append(dataset_fingerprint(tokenized, labels))
 
-    # the ledger scopes the site's budget to exactly what was trained on
-    assert fingerprints[0] == fingerprints[1]
-    assert _ledger_fingerprints(state) == fingerprints
+    # the ledger scopes the site's budget to its raw records, not to the scrubbed
+    # text it trained on (which any pii.* setting changes)
+    assert trained[0] == trained[1] != raw
+    assert _ledger_fingerprints(state) == [raw, raw]
     assert list((state / "pii-cache").iterdir())  # round 2 had a cache to reuse
 
 
@@ -298,21 +300,26 @@ def test_a_round_over_the_sites_budget_is_refused_before_anything_is_tokenized(
     assert len(_ledger_fingerprints(state)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the ledger fingerprints the scrubbed records, so another pii.mode gives "
-    "another fingerprint and (budget-scope=dataset) a fresh composition; "
-    "ARCHITECTURE.md scopes the budget by the raw records' fingerprint",
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"pii.mode": "mask"},
+        {"pii.mode": "off"},
+        {"pii.entities": "PERSON,EMAIL_ADDRESS"},
+        {"pii.score-threshold": 0.95},
+    ],
+    ids=["mask", "off", "fewer-entities", "threshold"],
 )
-def test_changing_the_pii_mode_does_not_restart_the_sites_budget(
-    tmp_path: Path, site_file: Path, run_config: dict[str, Any]
+def test_changing_pii_settings_does_not_restart_the_sites_budget(
+    tmp_path: Path, site_file: Path, run_config: dict[str, Any], settings: dict
 ) -> None:
+    # a coordinator re-running the same records under other scrubbing settings
+    # must meet the budget they already spent (dataset scope = the raw records)
     state = tmp_path / "state"
     first = _send_train(run_config, data=site_file, state=state)
     spent = first.content.metric_records["metrics"]["epsilon"]
     again = _send_train(
-        {**run_config, "pii.mode": "mask"},  # the same records, masked not tagged
+        {**run_config, **settings},  # the same records, scrubbed otherwise
         data=site_file,
         state=state,
         server_round=2,
