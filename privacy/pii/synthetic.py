@@ -87,6 +87,10 @@ def _person_records() -> Any:
     )
 
     with _global_rng_restored():
+        # the table's full names draw middle initials from the global ``random``,
+        # which every process seeds from the OS: seed it, or each simulated site's
+        # process (and the audit) would generate other text from the same seed
+        random.seed(0)
         return load_fake_person_df()
 
 

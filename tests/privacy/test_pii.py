@@ -430,3 +430,30 @@ def test_synthetic_sentences_are_reproducible_labelled_and_leave_global_rng_alon
     assert inject_pii(texts, fraction=0.25, seed=3) == (out, injected)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         inject_pii(texts, fraction=1.5, seed=3)
+
+
+def test_synthetic_sentences_are_the_same_in_every_process() -> None:
+    """A simulated site's injected PII must not depend on the process that makes
+    it: its ledger fingerprints the raw records, and the audit regenerates them."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import hashlib; from fedshield.privacy.pii.synthetic import "
+        "synthetic_sentences as s; print(hashlib.sha256("
+        "''.join(x.text for x in s(200, seed=5)).encode()).hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+        ).stdout.strip()
+        for seed in (1, 2)
+    }
+    assert len(digests) == 1 and hashlib.sha256().hexdigest() not in digests
