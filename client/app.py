@@ -39,6 +39,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from fedshield.common.device import pick_device
+from fedshield.common.run_config import RunConfig
 from fedshield.common.schema import (
     Metric,
     Record,
@@ -141,8 +142,9 @@ def _refusal_reply(msg: Message, site: SiteData, refused: Refused) -> Message:
 def _site(
     context: Context, sites: SiteSource
 ) -> tuple[ClientConfig, NodeConfig, SiteData]:
-    """The run's config and the site's own, each parsed once, and its examples."""
-    run_config = dict(context.run_config)
+    """The run's config and the site's own, each parsed once, and its examples
+    (the site source reads its own keys from the same parsed run config)."""
+    run_config = RunConfig.parse(dict(context.run_config))
     cfg = ClientConfig.from_run_config(run_config)
     node = sites.node_config(dict(context.node_config), run_config)
     return cfg, node, sites.load(node, cfg, run_config, context.node_id)

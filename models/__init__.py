@@ -1,7 +1,7 @@
 """What a model is: loading, task heads, LoRA, tiny test configs, state <-> arrays,
 and the texts it reads (tokenize, evaluate)."""
 
-from .config import ConfigError, FinetuneMode, ModelConfig, Pooling, TaskKind
+from .config import FinetuneMode, ModelConfig, Pooling, TaskKind
 from .evaluate import EvalResult, evaluate_model
 from .heads import MeanPoolingClassifier, is_head_parameter
 from .loading import (
@@ -28,7 +28,6 @@ from .texts import LabeledTexts, TokenizedTexts, batch_inputs, tokenize
 from .tiny import write_tiny_bert
 
 __all__ = [
-    "ConfigError",
     "EvalResult",
     "FinetuneMode",
     "LabeledTexts",

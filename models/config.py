@@ -11,16 +11,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from fedshield.common.config import ConfigError, require
+from fedshield.common.config import ConfigError
 from fedshield.common.run_config import check, check_fields, default, read_fields
 
 __all__ = [
-    "ConfigError",
     "FinetuneMode",
     "ModelConfig",
     "Pooling",
     "TaskKind",
-    "require",
 ]
 
 
