@@ -65,9 +65,10 @@ from fedshield.privacy.fingerprint import dataset_fingerprint
 
 from .config import ClientConfig
 from .node import NodeConfig
+from .policy import PolicyRefused
 from .release import Refused, SiteBudget, release_round, site_state_dir
 from .scrubbing import scrub_site
-from .secagg_mod import secagg_mod
+from .secagg_mod import site_secagg_mod
 from .site import SiteData, SiteFiles, SiteSource
 from .trainer import TrainResult, train_site
 
@@ -83,7 +84,7 @@ DEPLOYED_SITE = SiteFiles()
 def client_app(*, sites: SiteSource = DEPLOYED_SITE) -> ClientApp:
     """The fedshield ClientApp, reading each site's settings and examples from
     ``sites``; secure aggregation (the client mod) wraps ``train``."""
-    app = ClientApp(mods=[secagg_mod])
+    app = ClientApp(mods=[site_secagg_mod(sites)])
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
@@ -139,21 +140,40 @@ def _refusal_reply(msg: Message, site: SiteData, refused: Refused) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def _policy_refusal(msg: Message, site: str, reason: str) -> Message:
+    logger.warning("%s refuses the round: %s", site, reason)
+    content = RecordDict(
+        {
+            Record.REFUSAL: ConfigRecord(Refusal(reason=reason).to_record()),
+            Record.SITE: ConfigRecord({SiteKey.NAME: site}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
 def _site(
     context: Context, sites: SiteSource
 ) -> tuple[ClientConfig, NodeConfig, SiteData]:
     """The run's config and the site's own, each parsed once, and its examples
-    (the site source reads its own keys from the same parsed run config)."""
+    (the site source reads its own keys from the same parsed run config).
+
+    The site's policy is checked first: a run asking for less than it is refused
+    (:class:`PolicyRefused`) before any record is read."""
     run_config = RunConfig.parse(dict(context.run_config))
     cfg = ClientConfig.from_run_config(run_config)
     node = sites.node_config(dict(context.node_config), run_config)
+    node.policy.check_run(secagg=cfg.secagg, pii=cfg.pii)
     return cfg, node, sites.load(node, cfg, run_config, context.node_id)
 
 
 def train(
     msg: Message, context: Context, *, sites: SiteSource = DEPLOYED_SITE
 ) -> Message:
-    cfg, node, site = _site(context, sites)
+    try:
+        cfg, node, site = _site(context, sites)
+    except PolicyRefused as refused:
+        node = sites.node_config(dict(context.node_config), dict(context.run_config))
+        return _policy_refusal(msg, node.name(context.node_id), str(refused))
     train_config = dict(msg.content.config_records[Record.CONFIG])
     server_round = int(str(train_config[TrainKey.SERVER_ROUND]))
     budget = SiteBudget.resolve(
@@ -174,6 +194,9 @@ def train(
         batch_size=cfg.train.batch_size,
         local_epochs=cfg.train.local_epochs,
         planned_rounds=cfg.num_rounds,
+        server_round=server_round,
+        delta=budget.delta,  # the budget's: sigma is calibrated where ε is reported
+        history=budget.history(raw_fingerprint),  # target ε: what the data spent
     )
     loaded, global_state = None, None
 
@@ -232,7 +255,7 @@ def train(
         outcome.epsilon,
     )
     release = result.release
-    metrics = MetricRecord(
+    metrics = node.policy.released(
         {
             Metric.NUM_EXAMPLES: result.num_examples,
             Metric.TRAIN_LOSS: result.mean_loss,
@@ -247,11 +270,11 @@ def train(
             # (every configured type, zeros included: FedAvg needs equal metric keys)
             **{pii_metric(e): scrubbed.counts.get(e, 0) for e in cfg.pii.entities},
         }
-    )
+    )  # only what the site's policy lets leave in the clear
     content = RecordDict(
         {
             Record.ARRAYS: state_to_arrays(delta),
-            Record.METRICS: metrics,
+            Record.METRICS: MetricRecord(metrics),
             Record.SITE: ConfigRecord(
                 {SiteKey.NAME: site.name, SiteKey.DP: cfg.dp.enabled}
             ),
@@ -263,7 +286,11 @@ def train(
 def evaluate(
     msg: Message, context: Context, *, sites: SiteSource = DEPLOYED_SITE
 ) -> Message:
-    cfg, node, site = _site(context, sites)
+    try:
+        cfg, node, site = _site(context, sites)
+    except PolicyRefused as refused:
+        node = sites.node_config(dict(context.node_config), dict(context.run_config))
+        return _policy_refusal(msg, node.name(context.node_id), str(refused))
     config = msg.content.config_records.get(Record.CONFIG)
     state_dir = site_state_dir(
         node, dict(config) if config is not None else {}, site.name

@@ -18,6 +18,9 @@ Keys:
     budget-scope     ``dataset`` (compose over releases of the same data, across
                      runs; default) or ``site`` (over every release of the site).
 
+The site's privacy policy (secure aggregation required, its scrubbing floor, which
+metrics may leave) has its own keys: :mod:`client.policy`.
+
 An unknown key is an error, with a suggestion: a misspelt ``max-epsilon`` must
 never run the site without its budget.
 """
@@ -27,12 +30,14 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from fedshield.common.config import ConfigError, parse_enum
+
+from .policy import POLICY_KEYS, SitePolicy
 
 __all__ = ["BudgetScope", "NodeConfig"]
 
@@ -54,6 +59,7 @@ SITE_KEYS = (
     "max-epsilon",
     "delta",
     "budget-scope",
+    *POLICY_KEYS,
 )
 
 
@@ -115,6 +121,7 @@ class NodeConfig:
     max_epsilon: float | None = None
     delta: float | None = None
     budget_scope: BudgetScope = BudgetScope.DATASET
+    policy: SitePolicy = field(default_factory=SitePolicy)
     partition_id: int | None = None  # simulation only
     num_partitions: int | None = None  # simulation only
 
@@ -170,6 +177,7 @@ class NodeConfig:
                 "budget-scope",
                 str(raw.get("budget-scope", BudgetScope.DATASET.value)),
             ),
+            policy=SitePolicy.parse(raw),
             partition_id=_count(raw, "partition-id"),
             num_partitions=_count(raw, "num-partitions"),
         )

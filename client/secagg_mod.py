@@ -6,22 +6,33 @@ Every stage arrives as a ``train`` message carrying a ``secagg`` ConfigRecord wh
 
 ``setup``
     The message is a normal train message (global model, config) plus the round's
-    protocol parameters and this site's participant index. The mod lets the train
-    handler run (budget check, DP-SGD, ledger entry, client-level clipping); a
-    refusal or error goes back unchanged. Otherwise the mod keeps the update *on
-    the site* (``context.state``), and replies with the metrics and two fresh
-    public keys; the update itself is not sent.
+    protocol parameters and this site's participant index. The site checks the
+    parameters against its own policy (:mod:`client.policy`) *before* it trains:
+    every site a holder of every other (the sparse SecAgg+ ring lets a server that
+    controls dropouts isolate a site), a threshold above half of the holders and at
+    least the policy's, at least its minimum number of sites, and one training per
+    (run, round), rounds increasing. Then the mod lets the train handler run
+    (budget check, DP-SGD, ledger entry, client-level clipping); a refusal or error
+    goes back unchanged. Otherwise the mod keeps the update *on the site*
+    (``context.state``), and replies with the metrics and two fresh public keys; the
+    update itself is not sent.
 ``share-keys``
     Shamir shares of this site's self-mask seed and mask key, encrypted to each
     holder.
 ``masked-input``
-    The weighted update ``w * delta``, quantized, plus all masks mod 2^k.
+    The update (unweighted), quantized, plus all masks mod 2^k; refused when fewer
+    than t - 1 other sites' shares arrived (a site masked by its self mask alone
+    would be unmasked by the server's t shares of it).
 ``unmask``
-    Shares that let the server remove the masks from the *sum*; then the site
-    forgets the round's secrets and update.
+    Shares that let the server remove the masks from the *sum*, never when fewer
+    survivors than the threshold or the policy's minimum; then the site forgets the
+    round's secrets and update.
 
-A train message without a ``secagg`` record while the run says
-``secagg.enabled=true`` is refused: the site does not send its update in the clear.
+The site's policy, not the run config, decides whether secure aggregation is
+required: a train-category message without a ``secagg`` record is then refused, so
+the site never sends its update in the clear. Whatever ends a round (an error, a
+refusal, an abort at any stage), the round's secrets and update are wiped from
+``context.state``.
 """
 
 from __future__ import annotations
@@ -39,13 +50,12 @@ from flwr.app import (
     MessageType,
     RecordDict,
 )
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.clientapp.typing import ClientAppCallable, Mod
 
-from fedshield.common.schema import Record, SecAggKey, Stage
+from fedshield.common.schema import Record, Refusal, SecAggKey, SiteKey, Stage, TrainKey
 from fedshield.models import arrays_to_state, flatten_state
 from fedshield.models.records import (
     read_bytes_list,
-    read_float,
     read_int,
     read_int_list,
 )
@@ -53,16 +63,19 @@ from fedshield.privacy.secagg import (
     ClientSession,
     ProtocolError,
     SecAggAborted,
-    SecAggConfig,
     SecAggParams,
 )
 
-__all__ = ["secagg_mod"]
+from .policy import SATURATED, PolicyRefused, SitePolicy
+from .site import SiteFiles, SiteSource
+
+__all__ = ["secagg_mod", "site_secagg_mod"]
 
 logger = logging.getLogger(__name__)
 
 _SESSION = "secagg-session"
 _INPUT = "secagg-input"
+_TRAINED = "secagg-trained"  # the last round this site trained in, per run
 ERROR_CODE = 7301  # fedshield secure aggregation
 
 
@@ -74,9 +87,51 @@ def _reply(msg: Message, **records: ConfigRecord | ArrayRecord) -> Message:
     return Message(content=RecordDict(dict(records)), reply_to=msg)
 
 
+def _refusal(msg: Message, context: Context, reason: str) -> Message:
+    logger.warning("Secure aggregation refused: %s", reason)
+    content = RecordDict(
+        {
+            Record.REFUSAL: ConfigRecord(Refusal(reason=reason).to_record()),
+            Record.SITE: ConfigRecord({SiteKey.NAME: f"node-{context.node_id}"}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
 def _forget(context: Context) -> None:
+    """Wipe the round's secrets and the site's update from the site's state."""
     context.state.config_records.pop(_SESSION, None)
     context.state.array_records.pop(_INPUT, None)
+
+
+def _check_round(msg: Message, context: Context) -> int:
+    """The message's round; refused unless above every round this site trained in
+    during this run (a resent setup would make it train again on other sites'
+    company, and the difference of two sums is its update)."""
+    config = msg.content.config_records.get(Record.CONFIG)
+    raw = config.get(TrainKey.SERVER_ROUND) if config is not None else None
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise ProtocolError(f"the train message's server-round is {raw!r}")
+    stored = context.state.config_records.get(_TRAINED)
+    last = int(str(stored["round"])) if stored is not None else None
+    if last is not None and raw <= last:
+        raise PolicyRefused(
+            f"this site already trained in round {last} of this run; it "
+            f"trains once per round, rounds increasing (asked for round {raw})"
+        )
+    return raw
+
+
+def _check_params(params: SecAggParams, policy: SitePolicy) -> None:
+    n = len(params.nodes)
+    if params.holders_count < n:
+        raise PolicyRefused(
+            f"the round uses a sparse SecAgg+ graph ({params.holders_count} holders "
+            f"of {n} sites): a server that controls dropouts can unmask a site's "
+            "update in it, so this site only takes part when every site holds shares "
+            "of every other (secagg.num-shares=1.0)"
+        )
+    policy.check_secagg(params)
 
 
 def _session(context: Context, record: ConfigRecord) -> ClientSession:
@@ -98,14 +153,20 @@ def _save(context: Context, session: ClientSession) -> None:
     context.state.config_records[_SESSION] = ConfigRecord({"json": session.to_json()})
 
 
-def _setup(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+def _setup(
+    msg: Message, context: Context, call_next: ClientAppCallable, policy: SitePolicy
+) -> Message:
     record = msg.content.config_records[Record.SECAGG]
+    _forget(context)  # a new round replaces any half-finished one
     params = SecAggParams.from_json(str(record[SecAggKey.PARAMS]))
     index = read_int(record, SecAggKey.INDEX)
-    _forget(context)  # a new round replaces any half-finished one
+    params.check_node(index, "setup")
+    _check_params(params, policy)
+    server_round = _check_round(msg, context)
     reply = call_next(msg, context)
     if reply.has_error() or Record.REFUSAL in reply.content.config_records:
         return reply  # not taking part: nothing to mask
+    context.state.config_records[_TRAINED] = ConfigRecord({"round": server_round})
     arrays = list(reply.content.array_records.values())
     if len(arrays) != 1:
         return _error(msg, f"the train handler returned {len(arrays)} ArrayRecords")
@@ -157,20 +218,17 @@ def _share_keys(msg: Message, context: Context) -> Message:
     )
 
 
-def _masked_input(msg: Message, context: Context) -> Message:
+def _masked_input(msg: Message, context: Context, policy: SitePolicy) -> Message:
     record = msg.content.config_records[Record.SECAGG]
     session = _session(context, record)
     sources = read_int_list(record, SecAggKey.SOURCES)
     cts = read_bytes_list(record, SecAggKey.CIPHERTEXTS)
     if len(sources) != len(cts) or len(set(sources)) != len(sources):
         raise ProtocolError("the inbox's sender and ciphertext lists do not pair")
-    weight = read_float(record, SecAggKey.WEIGHT)
-    if not 0 < weight <= 1:
-        raise ProtocolError(f"the aggregation weight must be in (0, 1]; got {weight}")
     stored = context.state.array_records.get(_INPUT)
     if stored is None:
         raise ProtocolError("this site's update for the round is missing")
-    x = stored["x"].numpy().astype(np.float64) * weight
+    x = stored["x"].numpy().astype(np.float64)
     p = session.params
     encoded = p.quantizer.encode(x, modulus=p.modulus_bits)
     masked = session.masked_input(dict(zip(sources, cts, strict=True)), encoded.values)
@@ -182,24 +240,23 @@ def _masked_input(msg: Message, context: Context) -> Message:
             x.size,
             p.quantizer.clip_range,
         )
+    status = ConfigRecord({SecAggKey.STAGE: Stage.MASKED_INPUT})
+    if policy.releases(SATURATED):  # how many values the clipping touched
+        status[SecAggKey.SATURATED] = encoded.saturated
     return _reply(
         msg,
         masked=ArrayRecord({SecAggKey.MASKED_VECTOR: Array(masked)}),
-        secagg=ConfigRecord(
-            {
-                SecAggKey.STAGE: Stage.MASKED_INPUT,
-                SecAggKey.SATURATED: encoded.saturated,
-            }
-        ),
+        secagg=status,
     )
 
 
-def _unmask(msg: Message, context: Context) -> Message:
+def _unmask(msg: Message, context: Context, policy: SitePolicy) -> Message:
     record = msg.content.config_records[Record.SECAGG]
     session = _session(context, record)
     survivors = set(read_int_list(record, SecAggKey.SURVIVORS))
     dropped = set(read_int_list(record, SecAggKey.DROPPED))
     try:
+        policy.check_survivors(len(survivors))
         b_shares, s_shares = session.unmask(survivors, dropped)
     finally:
         _forget(context)  # the round ends here for this site, whatever happens
@@ -217,38 +274,51 @@ def _unmask(msg: Message, context: Context) -> Message:
     )
 
 
-def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Run this site's part of the secure-aggregation stage the message names.
+def site_secagg_mod(sites: SiteSource) -> Mod:
+    """The secure-aggregation mod of a ClientApp whose sites' settings come from
+    ``sites`` (their policy decides, not the run config)."""
 
-    Every train-category message is guarded: Flower routes ``train`` and
-    ``train.<action>`` (``train.default`` included) to the train handler, so a
-    check of ``"train"`` alone would let a ``train.default`` message fetch the
-    update in the clear."""
-    if msg.metadata.message_type.split(".", 1)[0] != MessageType.TRAIN:
-        return call_next(msg, context)
-    record = msg.content.config_records.get(Record.SECAGG)
-    if record is None:
-        if SecAggConfig.from_run_config(dict(context.run_config)).enabled:
-            return _error(
-                msg,
-                "this run requires secure aggregation (secagg.enabled=true) but the "
-                "server sent a plain train message; the site does not send its "
-                "update in the clear. Run the fedshield ServerApp.",
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        # Flower routes ``train`` and ``train.<action>`` (``train.default``
+        # included) to the train handler: every train-category message is guarded
+        if msg.metadata.message_type.split(".", 1)[0] != MessageType.TRAIN:
+            return call_next(msg, context)
+        stage = ""
+        try:
+            node = sites.node_config(
+                dict(context.node_config), dict(context.run_config)
             )
-        return call_next(msg, context)
-    stage = str(record.get(SecAggKey.STAGE, ""))
-    try:
-        if stage == Stage.SETUP:
-            return _setup(msg, context, call_next)
-        if stage == Stage.SHARE_KEYS:
-            return _share_keys(msg, context)
-        if stage == Stage.MASKED_INPUT:
-            return _masked_input(msg, context)
-        if stage == Stage.UNMASK:
-            return _unmask(msg, context)
-        raise ProtocolError(f"unknown secure-aggregation stage {stage!r}")
-    except (ProtocolError, SecAggAborted, KeyError, TypeError, ValueError) as err:
-        logger.warning("Secure aggregation stage %r failed: %s", stage, err)
-        if stage != Stage.SETUP:
+            policy = node.policy
+            record = msg.content.config_records.get(Record.SECAGG)
+            if record is None:
+                if policy.require_secagg:
+                    raise PolicyRefused(
+                        "this site requires secure aggregation (node config "
+                        "require-secagg=true) and the server sent a plain train "
+                        "message; the site does not send its update in the clear. "
+                        "Run the fedshield ServerApp with secagg.enabled=true."
+                    )
+                return call_next(msg, context)
+            stage = str(record.get(SecAggKey.STAGE, ""))
+            if stage == Stage.SETUP:
+                return _setup(msg, context, call_next, policy)
+            if stage == Stage.SHARE_KEYS:
+                return _share_keys(msg, context)
+            if stage == Stage.MASKED_INPUT:
+                return _masked_input(msg, context, policy)
+            if stage == Stage.UNMASK:
+                return _unmask(msg, context, policy)
+            raise ProtocolError(f"unknown secure-aggregation stage {stage!r}")
+        except PolicyRefused as refused:
             _forget(context)
-        return _error(msg, f"secure aggregation stage {stage!r}: {err}")
+            return _refusal(msg, context, str(refused))
+        except (ProtocolError, SecAggAborted, KeyError, TypeError, ValueError) as err:
+            logger.warning("Secure aggregation stage %r failed: %s", stage, err)
+            _forget(context)
+            return _error(msg, f"secure aggregation stage {stage!r}: {err}")
+
+    return mod
+
+
+# the mod of a deployed site: its node config as its operator wrote it
+secagg_mod = site_secagg_mod(SiteFiles())

@@ -352,8 +352,9 @@ KEYS: tuple[Key, ...] = (
         default=1.0,
         check=POSITIVE,
         doc=(
-            "share holders per site incl. itself: an int is absolute, a float a "
-            "fraction of the round's sites (`1.0` = every site: SecAgg)"
+            "share holders per site incl. itself: `1.0` (every site: SecAgg) or an "
+            "int ≥ the round's sites; sparse SecAgg+ graphs are refused (a server "
+            "controlling dropouts can unmask a site in them)"
         ),
     ),
     Key(
@@ -362,9 +363,10 @@ KEYS: tuple[Key, ...] = (
         default=0.5,
         check=POSITIVE,
         doc=(
-            "shares needed to reconstruct a secret (int, or float fraction of the "
-            "holders, ≥ 2); tolerates holders − threshold dropouts, hides inputs from"
-            " threshold − 1 colluding sites"
+            "shares needed to reconstruct a secret, always more than half of the "
+            "holders: a fraction f in [0.5, 1] gives ⌊f·h⌋ + 1 of h (valid for any "
+            "number of sites), an int is absolute; tolerates holders − threshold "
+            "dropouts, hides inputs from threshold − 1 colluding sites"
         ),
     ),
     Key(
@@ -430,6 +432,17 @@ KEYS: tuple[Key, ...] = (
         doc=(
             "simulation only: the `max-epsilon` budget of every simulated site (`0` ="
             " none); deployed sites set theirs in their node config"
+        ),
+    ),
+    Key(
+        name="simulation.site-release-metrics",
+        kind=str,
+        default="all",
+        check=NON_EMPTY,
+        doc=(
+            "simulation only: the metrics simulated sites release in the clear "
+            "(`all`, or a list as in a site's `release-metrics`); deployed sites set "
+            "theirs in their node config"
         ),
     ),
     Key(

@@ -135,18 +135,23 @@ class Refusal:
     """A site's reply when it will not train a round: why, and its budget."""
 
     reason: str
-    epsilon_spent: float
-    epsilon_after: float  # had it trained
-    max_epsilon: float
-    delta: float
+    # the budget check's numbers; NaN (left out of the record) for a refusal by
+    # the site's policy, which has none
+    epsilon_spent: float = math.nan
+    epsilon_after: float = math.nan  # had it trained
+    max_epsilon: float = math.nan
+    delta: float = math.nan
 
     def to_record(self) -> dict[str, Any]:
-        return {
-            "reason": self.reason,
+        numbers = {
             "epsilon-spent": self.epsilon_spent,
             "epsilon-after": self.epsilon_after,
             "max-epsilon": self.max_epsilon,
             "delta": self.delta,
+        }
+        return {
+            "reason": self.reason,
+            **{k: v for k, v in numbers.items() if not math.isnan(v)},
         }
 
     @classmethod

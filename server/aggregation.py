@@ -83,12 +83,13 @@ class UpdateSum:
 def aggregation_weights(
     sites: dict[str, dict[str, float]], *, uniform: bool
 ) -> dict[str, float]:
-    """Each site's weight ``w_k``: its ``num-examples`` metric, or 1 with
-    ``uniform`` (client-level DP: the sum's sensitivity must stay S)."""
-    return {
-        site: 1.0 if uniform else float(metrics[Metric.NUM_EXAMPLES])
-        for site, metrics in sites.items()
-    }
+    """Each site's weight ``w_k``: its ``num-examples`` metric (FedAvg), or 1 for
+    every site with ``uniform`` (client-level DP: the sum's sensitivity must stay S;
+    secure aggregation: a weight the server chose per site could single one out)
+    or when any site withholds its example count."""
+    if uniform or any(Metric.NUM_EXAMPLES not in m for m in sites.values()):
+        return dict.fromkeys(sites, 1.0)
+    return {site: float(m[Metric.NUM_EXAMPLES]) for site, m in sites.items()}
 
 
 def plain_sum(*, deltas: list[State], weights: list[float]) -> UpdateSum:

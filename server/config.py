@@ -72,6 +72,8 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, self.KEYS)
+        if self.secagg.enabled:  # fail at run start, not deep inside round 1
+            self.secagg.counts(max(2, self.min_train_sites))
 
     @property
     def grad_sample_mode(self) -> GradSampleMode:

@@ -4,8 +4,10 @@ here, once, into the delta state the aggregation sums (:mod:`server.aggregation`
 
 A reply is valid when it carries no error, exactly one ArrayRecord that decodes to
 finite tensors with the global state's names and shapes (and, under client-level DP,
-an L2 norm within ``client-dp.clip-norm``), and a MetricRecord with every required
-metric, all finite (epsilon may be inf for a non-private release). Under secure
+an L2 norm within ``client-dp.clip-norm``), and a MetricRecord whose values are all
+finite (epsilon may be inf: a non-private release). Which metrics a site sends is
+its own policy's choice (``release-metrics``, :mod:`client.policy`): none is
+required, and a withheld one is reported as such. Under secure
 aggregation the reply must carry no update at all (it stays masked at the site) and
 a ``secagg`` record instead.
 
@@ -27,17 +29,9 @@ from fedshield.common.schema import Metric, Record, Refusal, SiteKey
 from fedshield.models import StateMismatchError, arrays_to_state, check_same_layout
 from fedshield.privacy.client_dp import l2_norm
 
-__all__ = ["REQUIRED_METRICS", "Screened", "screen_replies", "site_of"]
+__all__ = ["Screened", "screen_replies", "site_of"]
 
 logger = logging.getLogger(__name__)
-
-REQUIRED_METRICS = (
-    Metric.NUM_EXAMPLES,
-    Metric.TRAIN_LOSS,
-    Metric.STEPS,
-    Metric.EPSILON,
-    Metric.DELTA,
-)
 
 State = dict[str, torch.Tensor]
 
@@ -83,18 +77,16 @@ def _metric_values(record: Any) -> dict[str, float]:
 
 
 def _check_metrics(metrics: dict[str, float]) -> None:
-    missing = [k for k in REQUIRED_METRICS if k not in metrics]
-    if missing:
-        raise ValueError(f"metrics lack {missing}")
-    non_private = metrics.get(Metric.NOISE_MULTIPLIER, 1.0) == 0.0
+    # a non-private release has epsilon = inf (a site that releases its noise
+    # multiplier must then say 0); anything else must be finite
+    non_private = metrics.get(Metric.NOISE_MULTIPLIER, 0.0) == 0.0
     for key, value in metrics.items():
-        # a non-private release has epsilon = inf; anything else must be finite
         infinite_ok = key in (Metric.EPSILON, Metric.RUN_EPSILON) and non_private
         if math.isinf(value) and value > 0 and infinite_ok:
             continue
         if not math.isfinite(value):
             raise ValueError(f"non-finite metric {key}={value}")
-    if metrics[Metric.NUM_EXAMPLES] <= 0:
+    if metrics.get(Metric.NUM_EXAMPLES, 1.0) <= 0:
         raise ValueError("num-examples must be > 0")
 
 

@@ -103,6 +103,18 @@ class RoundLog:
         }
 
 
+def mean_train_loss(sites: dict[str, dict[str, float]]) -> float:
+    """The example-weighted mean train loss, NaN unless every site released both
+    its loss and its example count (``release-metrics``)."""
+    needed = (Metric.TRAIN_LOSS, Metric.NUM_EXAMPLES)
+    if not sites or any(k not in m for m in sites.values() for k in needed):
+        return float("nan")
+    total = sum(m[Metric.NUM_EXAMPLES] for m in sites.values())
+    return sum(
+        m[Metric.TRAIN_LOSS] * m[Metric.NUM_EXAMPLES] / total for m in sites.values()
+    )
+
+
 def collect_replies(
     grid: Grid, messages: list[Message], *, timeout: float, progress: Progress
 ) -> list[Message]:
@@ -136,21 +148,20 @@ def _secure_sum(
     screened: Screened,
     messages: list[Message],
     params: SecAggParams,
-    weights: dict[str, float],
     log: RoundLog,
     server_round: int,
     global_state: State,
     timeout: float,
     min_sites: int,
 ) -> UpdateSum:
-    """The unmasked sum of the survivors' weighted updates; drops go to the log."""
+    """The unmasked sum of the survivors' updates (unweighted); drops go to the
+    log."""
     names = {r.metadata.src_node_id: site_of(r) for r in screened.valid}
     try:
         result = secure_sum(
             setup_replies=screened.valid,
             params=params,
             node_ids=[m.metadata.dst_node_id for m in messages],
-            weights={node: weights[name] for node, name in names.items()},
             collect=lambda msgs: collect_replies(
                 grid, msgs, timeout=timeout, progress=lambda done, total: None
             ),
@@ -172,7 +183,7 @@ def _secure_sum(
             f"aggregation, but min-train-sites is {min_sites}. The global model "
             "is unchanged."
         )
-    return UpdateSum(total=result.total, weight=result.weight, count=len(in_sum))
+    return UpdateSum(total=result.total, weight=float(len(in_sum)), count=len(in_sum))
 
 
 def run_round(
@@ -238,8 +249,11 @@ def run_round(
             f"The global model is unchanged. Failures and refusals: "
             f"{reasons or 'none (timeouts)'}"
         )
-    # uniform under client-level DP: the sum's sensitivity must stay S
-    weights = aggregation_weights(screened.sites, uniform=client_dp.enabled)
+    # uniform under client-level DP (the sum's sensitivity must stay S) and under
+    # secure aggregation (sites mask unweighted updates: no server-chosen weight)
+    weights = aggregation_weights(
+        screened.sites, uniform=client_dp.enabled or secagg.enabled
+    )
     if params is None:
         summed = plain_sum(
             deltas=list(screened.deltas.values()),
@@ -251,7 +265,6 @@ def run_round(
             screened=screened,
             messages=messages,
             params=params,
-            weights=weights,
             log=log,
             server_round=server_round,
             global_state=global_state,
@@ -265,10 +278,6 @@ def run_round(
         server_round=server_round,
         global_state=global_state,
     )
-    total = sum(s[Metric.NUM_EXAMPLES] for s in log.sites.values())
-    log.train_loss = sum(
-        s[Metric.TRAIN_LOSS] * s[Metric.NUM_EXAMPLES] / total
-        for s in log.sites.values()
-    )
+    log.train_loss = mean_train_loss(log.sites)
     log.seconds = time.monotonic() - start
     return new_state, log

@@ -9,8 +9,8 @@ site half is :mod:`client.secagg_mod`):
    protocol parameters; sites train and reply with metrics and public keys, not
    their update. Refusals and failures are screened as in a plain round.
 2. ``share-keys``: the roster of public keys out, encrypted shares back.
-3. ``masked-input``: each site's encrypted shares and its aggregation weight out,
-   masked quantized updates back.
+3. ``masked-input``: each site's encrypted shares out, masked quantized updates
+   back.
 4. ``unmask``: survivors and dropouts out, shares back; the server removes the
    masks from the sum.
 
@@ -18,13 +18,12 @@ A site that fails, times out or sends a malformed message at any stage is droppe
 from the round with its reason; the round finishes while the threshold holds and
 otherwise raises :class:`server.rounds.RoundAborted` having unmasked nothing.
 
-Weights. Without client-level DP the update is FedAvg's example-weighted mean:
-each site masks ``w_k * delta_k`` with ``w_k = n_k / max_{j in U1} n_j`` (the largest
-weight is 1, for quantization precision) and the server divides the unmasked sum by
-``sum_{k in U2} w_k``. The example counts ``n_k``
-are the only per-site numbers the server sees in plaintext (with the train loss and
-the sample-level epsilon each site reports); the update vectors never are. With
-client-level DP all weights are 1 and the caller adds noise to the sum.
+Weights. Every site masks its *unweighted* update and the mean divides by the
+number of survivors. A per-site weight chosen by the server (FedAvg's n_k / n) would
+let it send weight 1 to one site and 1e-9 to the others and read that site's update
+off the "sum"; a site cannot check such a weight, since it does not know the others'
+example counts. The per-site numbers the server sees in plaintext are only those the
+site's policy releases (``release-metrics``, :mod:`client.policy`).
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 
+from fedshield.common.config import ConfigError
 from fedshield.common.schema import Record, SecAggKey, Stage
 from fedshield.models import unflatten_state
 from fedshield.models.records import (
@@ -67,8 +67,7 @@ Collect = Callable[[list[Message]], list[Message]]
 class SecureSum:
     """The unmasked sum of the surviving sites' weighted updates."""
 
-    total: State  # sum_k w_k delta_k over U2 (float32, per parameter)
-    weight: float  # sum_k w_k over U2
+    total: State  # sum_k delta_k over U2 (float32, per parameter)
     survivors: list[int]  # node ids in the sum
     saturated: int  # values clipped to secagg.clip-range, over all survivors
     dropped: list[tuple[int, str]] = field(default_factory=list)  # (node, reason)
@@ -85,7 +84,10 @@ def prepare_setup(
             f"Secure aggregation needs at least 2 sampled sites; this round sampled "
             f"{n}. Connect more sites or set secagg.enabled=false."
         )
-    num_shares, threshold = cfg.counts(n)
+    try:
+        num_shares, threshold = cfg.counts(n)
+    except ConfigError as err:  # the round cannot run as configured: abort it
+        raise SecAggAborted(str(err)) from None
     params = SecAggParams(
         session=os.urandom(16),
         nodes=tuple(range(n)),
@@ -138,13 +140,12 @@ def secure_sum(
     setup_replies: list[Message],
     params: SecAggParams,
     node_ids: list[int],
-    weights: dict[int, float],  # raw: example counts, or 1 for uniform
     collect: Collect,
     group: str,
     template: State,
 ) -> SecureSum:
     """Stages 2-4 after the screened ``setup_replies``; ``node_ids[i]`` is the node
-    with participant index i, ``weights`` each node's aggregation weight."""
+    with participant index i."""
     server = ServerSession(params)
     index = {node: i for i, node in enumerate(node_ids)}
     dropped: list[tuple[int, str]] = []
@@ -202,8 +203,6 @@ def secure_sum(
     exchange(Stage.SHARE_KEYS, {node_ids[i]: roster_payload for i in order}, on_shares)
 
     u1 = sorted(server.ciphertexts)
-    # scaled so the largest weight is 1: the most quantization precision
-    top = max(weights[node_ids[i]] for i in u1)
     saturated = 0
 
     def on_masked(node: int, record: ConfigRecord, reply: Message) -> None:
@@ -212,9 +211,9 @@ def secure_sum(
         if arrays is None or SecAggKey.MASKED_VECTOR not in arrays:
             raise ProtocolError("the reply carries no masked vector")
         server.receive_masked(index[node], arrays[SecAggKey.MASKED_VECTOR].numpy())
-        saturated += read_int(record, SecAggKey.SATURATED)
+        if SecAggKey.SATURATED in record:  # only if the site's policy releases it
+            saturated += read_int(record, SecAggKey.SATURATED)
 
-    sent_weight: dict[int, float] = {}
     inbox_payloads = {}
     for i in u1:
         inbox = server.inbox(i)
@@ -223,7 +222,6 @@ def secure_sum(
             SecAggKey.SESSION: session_hex,
             SecAggKey.SOURCES: senders,
             SecAggKey.CIPHERTEXTS: [inbox[s] for s in senders],
-            SecAggKey.WEIGHT: sent_weight.setdefault(i, weights[node_ids[i]] / top),
         }
     exchange(Stage.MASKED_INPUT, inbox_payloads, on_masked)
 
@@ -255,10 +253,8 @@ def secure_sum(
 
     total, in_sum = server.aggregate()
     decoded = params.quantizer.decode_sum(total, count=len(in_sum))
-    weight = sum(sent_weight[i] for i in in_sum)
     return SecureSum(
         total=unflatten_state(torch.from_numpy(decoded.astype(np.float32)), template),
-        weight=float(weight),
         survivors=[node_ids[i] for i in sorted(in_sum)],
         saturated=saturated,
         dropped=dropped,

@@ -8,7 +8,8 @@ place where the apps meet the default dataset.
   as :class:`fedshield.client.site.SiteFiles` does;
 - a **simulated site** (Flower sets ``partition-id``/``num-partitions``) gets its
   share of the packaged dataset (:mod:`fedshield.simulations.scenario`); with no
-  operator of its own, its budget is the run's ``simulation.site-max-epsilon``;
+  operator of its own, its budget is the run's ``simulation.site-max-epsilon``, its
+  policy accepts the run config and it releases ``simulation.site-release-metrics``;
 - the **server** evaluates on ``data.test-path`` when set, else on the packaged
   dataset's test split.
 
@@ -28,9 +29,12 @@ from fedshield.client.app import client_app
 from fedshield.client.config import ClientConfig
 from fedshield.client.data import SiteDataConfig, read_labeled_file
 from fedshield.client.node import NodeConfig
+from fedshield.client.policy import POLICY_KEYS, SitePolicy, parse_release
 from fedshield.client.site import SiteData, SiteFiles
 from fedshield.common.run_config import RunConfig
 from fedshield.models.texts import LabeledTexts
+from fedshield.privacy.pii import PIIConfig
+from fedshield.privacy.secagg import SecAggConfig
 from fedshield.server.app import server_app
 
 from .scenario import Scenario
@@ -46,9 +50,21 @@ class SimulatedSites(SiteFiles):
         self, raw: Mapping[str, Any], run_config: Mapping[str, Any]
     ) -> NodeConfig:
         node = super().node_config(raw, run_config)
-        if node.simulated and node.max_epsilon is None:
-            budget = RunConfig.parse(run_config)["simulation.site-max-epsilon"]
-            node = replace(node, max_epsilon=budget)
+        if not node.simulated:
+            return node
+        parsed = RunConfig.parse(run_config)
+        if node.max_epsilon is None:
+            node = replace(node, max_epsilon=parsed["simulation.site-max-epsilon"])
+        if not set(raw) & set(POLICY_KEYS):  # no operator: it accepts the run
+            policy = SitePolicy.accepting(
+                secagg=SecAggConfig.from_run_config(parsed),
+                pii=PIIConfig.from_run_config(parsed),
+                release=parse_release(
+                    parsed["simulation.site-release-metrics"],
+                    key="simulation.site-release-metrics",
+                ),
+            )
+            node = replace(node, policy=policy)
         return node
 
     def load(

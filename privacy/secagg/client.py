@@ -6,9 +6,9 @@ survives serialisation between Flower messages (``client/secagg_mod.py``).
 2. **Share keys**: draw the self-mask seed b_u (32 CSPRNG bytes), Shamir-share b_u
    and s_u^sk t-out-of-|H(u)| among the holders H(u) that advertised keys, and
    encrypt each holder's pair with ChaCha20-Poly1305 under
-   HKDF(X25519(c_u^sk, c_v)), bound to (session, u, v).
+   HKDF(X25519(c_u^sk, c_v)), bound to (the round's parameter transcript, u, v).
 3. **Masked input**: decrypt the shares addressed to this site and upload y_u
-   (:mod:`.masks`).
+   (:mod:`.masks`); abort if fewer than t - 1 other sites' shares arrived.
 4. **Unmask**: for each owner whose shares this site holds, reveal the share of b_u
    if the owner survived or of s_u^sk if it dropped, never both, and nothing at all
    if fewer than t sites survived; answer once.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,8 +45,9 @@ def _share_key(private: bytes, peer_public: bytes, session: bytes) -> bytes:
     return agree(private, peer_public, label=b"fedshield-secagg/share/" + session)
 
 
-def _aad(session: bytes, sender: int, receiver: int) -> bytes:
-    return session + sender.to_bytes(8, "big") + receiver.to_bytes(8, "big")
+def _aad(transcript: bytes, sender: int, receiver: int) -> bytes:
+    """Binds a share ciphertext to its round's parameters and its two ends."""
+    return transcript + sender.to_bytes(8, "big") + receiver.to_bytes(8, "big")
 
 
 def _b64(b: bytes) -> str:
@@ -92,7 +94,7 @@ class ClientSession:
                 f"threshold is {self.params.threshold}."
             )
         self.roster = dict(roster)
-        self.self_seed = new_keypair().private  # 32 CSPRNG bytes
+        self.self_seed = os.urandom(32)  # 256 CSPRNG bits (an X25519 scalar has 251)
         total = self.params.holders_count
         t = self.params.threshold
         b_shares = dict(split(self.self_seed, num_shares=total, threshold=t))
@@ -109,7 +111,7 @@ class ClientSession:
             out[holder] = encrypt(
                 key,
                 plaintext + pair[0] + pair[1],
-                aad=_aad(self.params.session, self.node, holder),
+                aad=_aad(self.params.transcript, self.node, holder),
             )
         self.stage = "shared"
         return out
@@ -133,7 +135,7 @@ class ClientSession:
             key = _share_key(self.c_private, self.roster[src][0], self.params.session)
             try:
                 plain = decrypt(
-                    key, ciphertext, aad=_aad(self.params.session, src, self.node)
+                    key, ciphertext, aad=_aad(self.params.transcript, src, self.node)
                 )
             except DecryptionError as err:
                 raise ProtocolError(
@@ -145,6 +147,15 @@ class ClientSession:
                 raise ProtocolError(f"inbox: the share from node {src} is malformed.")
             body = plain[16:]
             self.shares[src] = (body[:SHARE_BYTES], body[SHARE_BYTES:])
+        if len(inbox) < self.params.threshold - 1:
+            # masked by its self mask (and few pairwise masks) only: the server,
+            # calling this site a survivor, would rebuild b_u from t shares and
+            # strip the rest with the colluders' help
+            raise SecAggAborted(
+                f"masked input: shares from {len(inbox)} other sites arrived, fewer "
+                f"than threshold - 1 = {self.params.threshold - 1}; the site does "
+                "not upload."
+            )
         y = mask_input(
             x,
             params=self.params,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -9,7 +10,6 @@ from typing import Any, ClassVar
 from fedshield.common.config import ConfigError
 from fedshield.common.run_config import check_fields, default, read_fields
 
-from .params import resolve_count
 from .quantize import Quantizer
 
 __all__ = ["SecAggConfig"]
@@ -21,14 +21,18 @@ class SecAggConfig:
 
     Attributes:
         enabled: aggregate masked updates (the server learns only their sum).
-        num_shares: share holders per site, itself included: an int is absolute, a
-            float in (0, 1] a fraction of the round's sites; >= all sites gives
-            SecAgg's complete graph, fewer a SecAgg+ ring (rounded up to odd).
-        threshold: shares needed to reconstruct a secret (int, or a float fraction
-            of the holders); the round survives up to holders - threshold dropouts
-            and hides each input from up to threshold - 1 colluding sites.
-        clip_range: c; each coordinate of a (weighted) update is clipped to [-c, c]
-            before quantization (clipped values are counted as saturated).
+        num_shares: share holders per site, itself included: ``1.0`` (or an int at
+            least the round's number of sites) is SecAgg's complete graph, the only
+            graph sites take part in; a sparse SecAgg+ ring is refused (see
+            :mod:`.params` for the attack on it).
+        threshold: shares needed to reconstruct a secret, always more than half
+            of the holders: a float f in [0.5, 1] gives t = floor(f h) + 1 (at
+            most h, at least 2) for h holders, valid for every number of sites;
+            an int is absolute (capped at h) and must exceed h / 2. The round
+            survives up to h - t dropouts and hides each input from up to t - 1
+            colluding sites.
+        clip_range: c; each coordinate of an update is clipped to [-c, c] before
+            quantization (clipped values are counted as saturated).
         quantization_bits: b; each coordinate becomes an integer in [0, 2^b - 1].
     """
 
@@ -48,10 +52,23 @@ class SecAggConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, self.KEYS)
-        try:
-            resolve_count(self.num_shares, of=1000, key="secagg.num-shares", minimum=2)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        if isinstance(self.num_shares, float) and self.num_shares != 1.0:
+            raise ConfigError(
+                f"`secagg.num-shares` = {self.num_shares}: sparse SecAgg+ graphs are "
+                "refused (a server that controls dropouts can unmask a site in "
+                "them). Use 1.0, every site holding shares of every other."
+            )
+        if isinstance(self.threshold, float) and not 0.5 <= self.threshold <= 1:
+            raise ConfigError(
+                f"`secagg.threshold` as a fraction must be in [0.5, 1]: the "
+                f"threshold must exceed half of the share holders. Found "
+                f"{self.threshold}."
+            )
+        if isinstance(self.threshold, int) and self.threshold < 2:
+            raise ConfigError(
+                f"`secagg.threshold` must be at least 2 (one share alone would be "
+                f"the secret). Found {self.threshold}."
+            )
 
     @property
     def quantizer(self) -> Quantizer:
@@ -59,22 +76,25 @@ class SecAggConfig:
 
     def counts(self, participants: int) -> tuple[int, int]:
         """(num_shares, threshold) as absolute counts for ``participants`` sites."""
-        try:
-            shares = resolve_count(
-                min(self.num_shares, participants)
-                if isinstance(self.num_shares, int)
-                else self.num_shares,
-                of=participants,
-                key="secagg.num-shares",
-                minimum=2,
+        n = participants
+        if isinstance(self.num_shares, int) and self.num_shares < n:
+            raise ConfigError(
+                f"`secagg.num-shares` = {self.num_shares} for {n} sites makes a "
+                "sparse SecAgg+ graph, which sites refuse (a server that controls "
+                "dropouts can unmask a site in it). Use 1.0."
             )
-            holders = participants if shares >= participants else 2 * (shares // 2) + 1
-            threshold = resolve_count(
-                self.threshold, of=holders, key="secagg.threshold", minimum=2
+        holders = n
+        if isinstance(self.threshold, float):
+            t = min(holders, max(2, math.floor(self.threshold * holders) + 1))
+        else:
+            t = min(int(self.threshold), holders)
+        if not (2 <= t <= holders and 2 * t > holders):
+            raise ConfigError(
+                f"`secagg.threshold` = {self.threshold} gives t = {t} for {n} sites; "
+                f"it must exceed half of them ({holders // 2 + 1} or more). Give a "
+                "fraction such as 0.5, which is valid for every number of sites."
             )
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        return shares, threshold
+        return n, t
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> SecAggConfig:

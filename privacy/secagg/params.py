@@ -3,13 +3,29 @@
 
 Parameters: n participants U0 (sorted node ids), each with a set of *holders*
 H(u): u and its ``num_shares - 1`` nearest ring neighbours (a Harary graph,
-symmetric; the complete graph when ``num_shares >= n``), and a threshold t >= 2
-(one share alone would be the secret). The modulus 2^k is wide enough that the sum
-of all n quantized inputs cannot wrap.
+symmetric; the complete graph when ``num_shares >= n``), and a threshold t with
+|H(u)| / 2 < t <= |H(u)| and t >= 2 (one share alone would be the secret). The
+modulus 2^k is wide enough that the sum of all n quantized inputs cannot wrap.
+
+Why t must exceed half of the holders: each holder reveals, for each owner u, the
+share of u's self-mask seed (if told "u survived") or of u's mask key (if told "u
+dropped"), never both. A server that tells some holders one thing and the others
+the other gets both secrets, and so u's input, as soon as two disjoint groups of t
+holders exist, i.e. when 2t <= |H(u)|. With t > |H(u)| / 2 they cannot.
+
+The sites only take part in rounds with the complete graph (``client/secagg_mod.py``):
+in a sparse ring, t - 1 colluding neighbours of u that stay while its other
+neighbours drop cut u off from the rest of the survivors' graph, and the server
+then legitimately unmasks u's piece of it, which is u's input.
+
+Every message that carries key material is bound to :attr:`SecAggParams.transcript`
+(a hash of all the parameters), so a server that hands different sites different
+parameters gets ciphertexts that fail authentication, not a weaker round.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -80,10 +96,16 @@ class SecAggParams:
                 f"Secure aggregation needs >= 2 distinct sorted node ids; got "
                 f"{self.nodes}."
             )
-        if not 2 <= self.threshold <= self.holders_count:
+        # t > h/2 with h >= 2 holders also makes t >= 2 (one share is the secret)
+        if not (
+            self.threshold <= self.holders_count
+            and 2 * self.threshold > self.holders_count
+        ):
             raise ProtocolError(
-                f"The threshold must be in [2, {self.holders_count}] (holders per "
-                f"site). Found {self.threshold}."
+                f"The threshold must be more than half of the {self.holders_count} "
+                f"holders per site and at least 2, i.e. in "
+                f"[{max(2, self.holders_count // 2 + 1)}, {self.holders_count}]. "
+                f"Found {self.threshold}."
             )
         if self.vector_length < 1:
             raise ProtocolError(f"vector_length must be >= 1: {self.vector_length}.")
@@ -102,6 +124,11 @@ class SecAggParams:
         if self.num_shares >= n:
             return n
         return 2 * (self.num_shares // 2) + 1  # ring neighbours on both sides
+
+    @property
+    def transcript(self) -> bytes:
+        """SHA-256 of every parameter: what the share ciphertexts are bound to."""
+        return hashlib.sha256(self.to_json().encode()).digest()
 
     @property
     def dtype(self) -> type[np.unsignedinteger]:

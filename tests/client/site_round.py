@@ -45,6 +45,25 @@ def server_message(
     )
 
 
+# a site that calls ``train`` without its secagg mod must not require secure
+# aggregation; it releases every metric so that the tests can read them
+PLAIN_SITE = {"require-secagg": "false", "release-metrics": "all"}
+
+
+def accepting(run_config: dict[str, Any]) -> dict[str, Any]:
+    """Node-config policy keys of a site that accepts exactly what ``run_config``
+    asks (secure aggregation, scrubbing) and releases every metric: for tests about
+    something other than the site's policy."""
+    return {
+        "require-secagg": str(bool(run_config["secagg.enabled"])).lower(),
+        "pii-mode": run_config["pii.mode"],
+        "pii-entities": run_config["pii.entities"],
+        "pii-score-threshold": run_config["pii.score-threshold"],
+        "pii-spacy-model": run_config["pii.spacy-model"],
+        "release-metrics": "all",
+    }
+
+
 def site_context(
     run_config: dict[str, Any], node_config: dict[str, Any], *, node_id: int
 ) -> Context:
@@ -77,7 +96,11 @@ def train_reply(
         config={"server-round": 1, "run-key": "test"},
         node_id=3,
     )
-    node_config = {"data-path": str(data), "state-dir": str(site_dir / "state")}
+    node_config = {
+        "data-path": str(data),
+        "state-dir": str(site_dir / "state"),
+        **accepting(run_config),
+    }
     return train(msg, site_context(run_config, node_config, node_id=3))
 
 

@@ -17,7 +17,7 @@ from flwr.common.serde import message_to_proto
 
 from fedshield.client.app import train
 
-from .site_round import server_message, site_context
+from .site_round import PLAIN_SITE, server_message, site_context
 
 
 def _luhn_complete(prefix: str) -> str:
@@ -97,6 +97,7 @@ def test_no_canary_reaches_the_server_or_the_sites_files(
         "state-dir": str(state),
         "max-epsilon": 50.0,
         "site-name": "canary-site",
+        **PLAIN_SITE,
     }
     context = site_context(run_config, node_config, node_id=7)
     reply = train(msg, context)

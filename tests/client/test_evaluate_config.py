@@ -13,7 +13,7 @@ from fedshield.client import app as client_app
 from fedshield.common.config import ConfigError
 from fedshield.models.evaluate import EvalResult
 
-from .site_round import server_message, site_context
+from .site_round import accepting, server_message, site_context
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -31,6 +31,7 @@ def _evaluate(tmp_path: Path, run_config: dict) -> Message:
         "data-path": str(data),
         "eval-data-path": str(data),
         "state-dir": str(tmp_path / "state"),
+        **accepting(run_config),
     }
     context = site_context(run_config, node_config, node_id=5)
     return client_app.evaluate(msg, context)

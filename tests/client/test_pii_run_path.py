@@ -8,16 +8,14 @@ Face tokenizer goes through), so a refactor that trains on the raw text, on a st
 cache entry or on a copy scrubbed with fewer entity types is caught however it
 reaches the model.
 
-The ledger's dataset fingerprint is the fingerprint of the *scrubbed* records, i.e.
-of exactly what the trainer tokenized (client/scrubbing.py, privacy/fingerprint.py,
-docs/pii.md). ARCHITECTURE.md's target is the fingerprint of the *raw* records, so
-that no run setting can change the budget's scope; the strict xfail below shows the
-attack that the current choice allows (a coordinator restarts a site's composition
-by changing ``pii.mode``).
+The ledger's dataset fingerprint is the fingerprint of the site's *raw* records
+(privacy/fingerprint.py, docs/pii.md), so that no run setting can change the
+budget's scope: a coordinator cannot restart a site's composition by changing
+``pii.*``.
 
-The coordinator's run config also decides the scrubbing today (``pii.mode=off``, a
-shorter ``pii.entities`` or a high ``pii.score-threshold`` are followed); those
-attacks are strict xfails until the scrubbing policy moves to the site.
+The scrubbing policy is the site's (node config ``pii-*``, :mod:`client.policy`): a
+run config with ``pii.mode=off``, a shorter ``pii.entities`` or a higher
+``pii.score-threshold`` is refused before any record is read.
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ from fedshield.privacy.fingerprint import dataset_fingerprint
 from fedshield.privacy.ledger import LedgerReader
 from fedshield.privacy.pii import DEFAULT_ENTITIES, STRUCTURED_ENTITIES
 
-from .site_round import server_message, site_context
+from .site_round import PLAIN_SITE, server_message, site_context
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -137,8 +135,10 @@ def _send_train(
     state: Path,
     server_round: int = 1,
     max_epsilon: float = 50.0,
+    policy: dict[str, Any] | None = None,
 ) -> Message:
-    """The site's reply to the server's train message for ``server_round``."""
+    """The site's reply to the server's train message for ``server_round``; the
+    site's policy is the default floor unless ``policy`` (node-config keys)."""
     msg = server_message(
         run_config,
         message_type="train",
@@ -150,6 +150,8 @@ def _send_train(
         "state-dir": str(state),
         "max-epsilon": max_epsilon,
         "site-name": "pii-site",
+        **PLAIN_SITE,  # its own scrubbing floor: the default policy's
+        **(policy or {}),
     }
     return train(msg, site_context(run_config, node_config, node_id=7))
 
@@ -210,6 +212,7 @@ def test_evaluation_tokenizes_only_scrubbed_text(
         "eval-data-path": str(site_file),
         "state-dir": str(tmp_path / "state"),
         "site-name": "pii-site",
+        **PLAIN_SITE,  # its own scrubbing floor: the default policy's
     }
     reply = evaluate(msg, site_context(run_config, node_config, node_id=7))
     assert reply.content.metric_records["metrics"]["num-examples"] == len(_rows())
@@ -248,13 +251,6 @@ def test_an_unreadable_pii_setting_stops_the_round_before_anything_is_tokenized(
     assert not (state / "pii-cache").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the site follows the run config's pii.* settings: a coordinator can "
-    "switch scrubbing off or weaken it (ARCHITECTURE.md: a run config may tighten "
-    "a site's policy, never loosen it; a later issue moves the policy to the site)",
-)
 @pytest.mark.parametrize(
     "weaker",
     [
@@ -271,13 +267,18 @@ def test_a_coordinator_cannot_weaken_the_sites_scrubbing(
     tokenized: list[str],
     weaker: dict[str, Any],
 ) -> None:
-    reply = _send_train(
-        {**run_config, **weaker}, data=site_file, state=tmp_path / "state"
+    """The site's policy (node config; here the default floor: tag, the default
+    entity types, threshold 0.5) decides: a run asking for less is refused before a
+    record is read, with the site's reason, and nothing is tokenized or cached."""
+    state = tmp_path / "state"
+    reply = _send_train({**run_config, **weaker}, data=site_file, state=state)
+    refusal = reply.content.config_records["refusal"]
+    assert "node config" in str(refusal["reason"]) or "this site" in str(
+        refusal["reason"]
     )
-    # either the site refuses the weaker run, or it scrubs by its own policy
-    if "refusal" not in reply.content.config_records:
-        assert len(tokenized) == len(_rows())
-        assert _leaks(tokenized) == [], tokenized
+    assert not reply.content.array_records and not reply.content.metric_records
+    assert tokenized == []
+    assert not (state / "pii-cache").exists()
 
 
 def test_a_round_over_the_sites_budget_is_refused_before_anything_is_tokenized(
@@ -315,8 +316,11 @@ def test_changing_pii_settings_does_not_restart_the_sites_budget(
 ) -> None:
     # a coordinator re-running the same records under other scrubbing settings
     # must meet the budget they already spent (dataset scope = the raw records)
+    # (a site whose policy lets the run choose any scrubbing, so that the budget,
+    # not the policy, is what refuses)
+    permissive = {"pii-mode": "off", "pii-entities": "", "pii-score-threshold": 1.0}
     state = tmp_path / "state"
-    first = _send_train(run_config, data=site_file, state=state)
+    first = _send_train(run_config, data=site_file, state=state, policy=permissive)
     spent = first.content.metric_records["metrics"]["epsilon"]
     again = _send_train(
         {**run_config, **settings},  # the same records, scrubbed otherwise
@@ -324,5 +328,7 @@ def test_changing_pii_settings_does_not_restart_the_sites_budget(
         state=state,
         server_round=2,
         max_epsilon=spent * 1.001,
+        policy=permissive,
     )
-    assert "refusal" in again.content.config_records
+    refusal = again.content.config_records["refusal"]
+    assert "above the site's budget" in str(refusal["reason"])  # not a fresh budget

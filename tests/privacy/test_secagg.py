@@ -47,11 +47,13 @@ def _params(
     d: int = 64,
     session: bytes | None = None,
 ) -> SecAggParams:
+    shares = num_shares or n
+    holders = n if shares >= n else 2 * (shares // 2) + 1
     return SecAggParams(
         session=session or os.urandom(16),
         nodes=tuple(range(100, 100 + n)),
-        num_shares=num_shares or n,
-        threshold=t or max(2, (n + 1) // 2),
+        num_shares=shares,
+        threshold=t or max(2, holders // 2 + 1),  # more than half of the holders
         quantizer=QUANT,
         vector_length=d,
     )
@@ -143,7 +145,7 @@ def test_unmasked_sum_equals_plaintext_sum_under_random_dropouts(n, sparse, data
     exactly the inputs of the sites that uploaded."""
     num_shares = 3 if sparse and n > 3 else n
     holders = num_shares if num_shares < n else n
-    t = data.draw(st.integers(2, holders), label="threshold")
+    t = data.draw(st.integers(max(2, holders // 2 + 1), holders), label="threshold")
     p = _params(n, num_shares=num_shares, t=t)
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     floats = {u: rng.uniform(-1.2, 1.2, p.vector_length) for u in p.nodes}
@@ -493,15 +495,26 @@ def test_shares_and_threshold_take_counts_or_fractions_and_explain_bad_values() 
     from fedshield.common.config import ConfigError
     from fedshield.privacy.secagg import SecAggConfig
 
-    assert SecAggConfig(num_shares=1.0, threshold=0.5).counts(4) == (4, 2)
-    assert SecAggConfig(num_shares=5, threshold=3).counts(20) == (5, 3)
-    assert SecAggConfig(num_shares=4, threshold=1.0).counts(20) == (4, 5)  # odd ring
-    with pytest.raises(ConfigError, match="secagg.threshold` resolves to 6"):
-        SecAggConfig(num_shares=5, threshold=6).counts(20)
-    with pytest.raises(ConfigError, match="secagg.threshold` resolves to 1"):
-        SecAggConfig(num_shares=5, threshold=1).counts(20)
-    with pytest.raises(ConfigError, match="as a fraction must be in"):
-        SecAggConfig(num_shares=1.5)
+    # a fraction f gives floor(f h) + 1 of h holders: more than half, for any n
+    assert SecAggConfig(num_shares=1.0, threshold=0.5).counts(4) == (4, 3)
+    assert SecAggConfig(num_shares=1.0, threshold=0.5).counts(2) == (2, 2)
+    assert SecAggConfig(num_shares=1.0, threshold=0.5).counts(3) == (3, 2)
+    assert SecAggConfig(num_shares=1.0, threshold=1.0).counts(5) == (5, 5)
+    assert SecAggConfig(num_shares=20, threshold=11).counts(20) == (20, 11)
+    assert SecAggConfig(num_shares=30, threshold=3).counts(2) == (2, 2)  # capped
+    for n in range(2, 200):
+        shares, t = SecAggConfig().counts(n)  # the defaults hold for every n >= 2
+        assert shares == n and n / 2 < t <= n and t >= 2
+    with pytest.raises(ConfigError, match="must exceed half"):
+        SecAggConfig(num_shares=1.0, threshold=10).counts(20)
+    with pytest.raises(ConfigError, match="at least 2"):
+        SecAggConfig(num_shares=5, threshold=1)
+    with pytest.raises(ConfigError, match="sparse SecAgg"):
+        SecAggConfig(num_shares=5, threshold=3).counts(20)
+    with pytest.raises(ConfigError, match="sparse SecAgg"):
+        SecAggConfig(num_shares=0.5)
+    with pytest.raises(ConfigError, match="in \\[0.5, 1\\]"):
+        SecAggConfig(threshold=0.4)
     with pytest.raises(ConfigError, match="secagg.clip-range"):
         SecAggConfig(clip_range=0.0)
     with pytest.raises(ConfigError, match="must be of type int or float"):
@@ -520,7 +533,7 @@ def test_a_threshold_below_two_is_refused_since_one_share_is_the_secret() -> Non
     secret = secrets.token_bytes(32)
     shares = split(secret, num_shares=3, threshold=1)
     assert all(combine([share]) == secret for share in shares)  # why it is refused
-    with pytest.raises(ProtocolError, match="threshold must be in"):
+    with pytest.raises(ProtocolError, match="threshold must be more than half"):
         _params(3, t=1)
 
 
@@ -529,7 +542,7 @@ def test_a_site_answers_one_unmask_request_only() -> None:
     u a survivor (for the shares of b_u), then dropped (for the shares of s_u); with
     both, y_u alone unmasks. The site answers once, also after a round trip through
     its stored state; any later request is refused."""
-    p, server, clients = _shared(4, share=True, t=2)
+    p, server, clients = _shared(4, share=True, t=3)
     for u in p.nodes:
         x = _input(p, shift=u)
         server.receive_masked(u, clients[u].masked_input(server.inbox(u), x))

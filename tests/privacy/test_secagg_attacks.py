@@ -6,9 +6,9 @@ Each test plays the server. It takes what the protocol hands it (public keys,
 ciphertexts, masked uploads, the shares it is sent, the secrets it legitimately
 reconstructs), adds what it may know besides (the run's seed, t - 1 colluding
 sites), and checks that no single site's secret or input follows. The three
-``xfail`` tests at the end pin attacks by a *lying* server that work today (issue
-14): each is the attack plus the claim that the site's input stays hidden, so each
-passes once the protocol refuses the lie.
+tests at the end play a *lying* server (issue 14): an empty inbox, split unmask
+requests and server-chosen weights; each is the attack plus the claim that the
+site's input stays hidden.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
     X25519PublicKey,
 )
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from flwr.app import Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedshield.models import flatten_state, state_to_arrays
@@ -345,7 +345,7 @@ def test_a_dropped_sites_rebuilt_mask_key_opens_none_of_its_share_ciphertexts() 
     it can derive from s_u and any public key of the round (HKDF under either label,
     or the raw X25519 secret) decrypts a share u sent or received: otherwise t
     'dropped' neighbours of a survivor v would hand it s_v, and b_v reads y_v."""
-    p, server, sites = _shared(4, t=2)
+    p, server, sites = _shared(4, t=3)
     late = 103
     _finish(p, server, sites, late=[late])
     s_u = combine(list(server.revealed_s[late].items()))
@@ -372,7 +372,9 @@ def test_a_dropped_sites_rebuilt_mask_key_opens_none_of_its_share_ciphertexts() 
                 for ciphertext, src, dst in ciphertexts:
                     with pytest.raises(DecryptionError):
                         decrypt(
-                            key, ciphertext, aad=secagg_client._aad(p.session, src, dst)
+                            key,
+                            ciphertext,
+                            aad=secagg_client._aad(p.transcript, src, dst),
                         )
 
 
@@ -382,7 +384,7 @@ def test_no_two_share_ciphertexts_reuse_a_nonce() -> None:
     encrypted twice differs, and no two ciphertexts of a round share a nonce."""
     key = os.urandom(32)
     assert encrypt(key, b"x" * 40, aad=b"") != encrypt(key, b"x" * 40, aad=b"")
-    _, server, _ = _shared(4, t=2)
+    _, server, _ = _shared(4, t=3)
     nonces = [ct[:12] for cts in server.ciphertexts.values() for ct in cts.values()]
     assert len(nonces) == 12 and len(set(nonces)) == len(nonces)
 
@@ -391,12 +393,18 @@ def test_no_two_share_ciphertexts_reuse_a_nonce() -> None:
 
 
 def _sum_with_weights(weights: dict[int, float]) -> SecureSum:
-    """A round through the real client mods (``SiteGrid``) in which the server
-    passes its own ``weights`` (raw; scaled so the largest is 1) to the sites."""
+    """A round through the real client mods (``SiteGrid``) in which the server adds
+    its own per-site ``weight`` to every masked-input request (the field sites
+    read before issue 14)."""
     grid = cast(Grid, SiteGrid(NODES))  # an in-memory stand-in
     train = [
         Message(
-            content=RecordDict({"arrays": state_to_arrays(GLOBAL)}),
+            content=RecordDict(
+                {
+                    "arrays": state_to_arrays(GLOBAL),
+                    "config": ConfigRecord({"server-round": 1}),
+                }
+            ),
             dst_node_id=n,
             message_type="train",
         )
@@ -405,28 +413,20 @@ def _sum_with_weights(weights: dict[int, float]) -> SecureSum:
     messages, params = prepare_setup(train, cfg=SECAGG, global_state=GLOBAL)
 
     def collect(batch: list[Message]) -> list[Message]:
+        for msg in batch:
+            record = msg.content.config_records["secagg"]
+            if record["stage"] == "masked-input":
+                record["weight"] = weights[msg.metadata.dst_node_id]
         return collect_replies(grid, batch, timeout=5.0, progress=lambda d, t: None)
 
     return secure_sum(
         setup_replies=collect(messages),
         params=params,
         node_ids=NODES,
-        weights=weights,
         collect=collect,
         group="1",
         template=GLOBAL,
     )
-
-
-@pytest.mark.usefixtures("task_identity")
-def test_a_site_given_weight_zero_drops_out_and_says_why() -> None:
-    """Weight 0 for every site but one would make the 'sum' that one's update. The
-    site sent weight 0 refuses to mask, the server drops it with the reason, and the
-    round goes on without it."""
-    result = _sum_with_weights({11: 11.0, 22: 0.0, 33: 33.0, 44: 44.0})
-    assert 22 not in result.survivors
-    reasons = [reason for node, reason in result.dropped if node == 22]
-    assert reasons and "weight" in reasons[0], result.dropped
 
 
 @pytest.mark.usefixtures("task_identity")
@@ -438,8 +438,8 @@ def test_the_server_sends_the_configured_threshold_and_share_count() -> None:
         for n in range(8)
     ]
     for cfg, expected in (
-        (SecAggConfig(num_shares=1.0, threshold=0.75), (8, 6)),
-        (SecAggConfig(num_shares=5, threshold=3), (5, 3)),
+        (SecAggConfig(num_shares=1.0, threshold=0.75), (8, 7)),
+        (SecAggConfig(num_shares=8, threshold=5), (8, 5)),
     ):
         messages, params = prepare_setup(train, cfg=cfg, global_state=GLOBAL)
         sent = {
@@ -466,15 +466,9 @@ def test_modulus_is_sized_for_all_sites_not_one_neighbourhood() -> None:
     assert 10 * QUANT.levels < 1 << p.modulus_bits
 
 
-# -- a lying server (issue 14): attacks that work today --------------------------------
+# -- a lying server (issue 14): attacks the sites now refuse ---------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 14: masked_input does not check how many neighbours' shares "
-    "arrived; an empty inbox leaves y_u = x_u + PRG(b_u)",
-)
 def test_a_site_given_an_empty_inbox_keeps_its_input_hidden() -> None:
     """The server forwards no share to site u, so u masks with no neighbour: y_u =
     x_u + PRG(b_u). It then calls u a survivor, collects t shares of b_u in the
@@ -496,19 +490,15 @@ def test_a_site_given_an_empty_inbox_keeps_its_input_hidden() -> None:
     _assert_hidden(_strip(p, server.keys, u, y_u, self_seed=b_u), _input(p, u))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 14: sites do not agree on who survived; a server telling some "
-    "holders 'u survived' and others 'u dropped' gets both b_u and s_u",
-)
 def test_split_unmask_requests_keep_a_survivors_input_hidden() -> None:
-    """t = 2 of 4. Site u uploads. The server tells u and one holder 'everyone
-    survived' (two shares of b_u) and the other two holders 'u dropped' (two shares
-    of s_u); each request alone is well formed. With both secrets it strips every
-    mask from y_u. The sites must refuse, or what the server rebuilds must still
-    hide x_u."""
-    p, server, sites = _shared(4, t=2)
+    """Site u uploads. The server tells u and one holder 'everyone survived' (two
+    shares of b_u) and the other two holders 'u dropped' (two shares of s_u); each
+    request alone is well formed. With t = 2 of 4 it would hold both secrets and
+    strip every mask from y_u; a threshold of half the holders is therefore refused,
+    and with t = 3 neither half rebuilds anything."""
+    with pytest.raises(ProtocolError, match="more than half"):
+        _params(4, t=2)
+    p, server, sites = _shared(4, t=3)
     u = 103
     ys = {v: sites[v].masked_input(server.inbox(v), _input(p, v)) for v in p.nodes}
     everyone = set(p.nodes)
@@ -543,24 +533,46 @@ def test_split_unmask_requests_keep_a_survivors_input_hidden() -> None:
     _assert_hidden(rest, _input(p, u))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 14: a site accepts any aggregation weight in (0, 1]; tiny weights "
-    "for all but one site make the sum that site's update",
-)
 @pytest.mark.usefixtures("task_identity")
 def test_server_chosen_weights_do_not_isolate_one_sites_update() -> None:
     """Without client-level DP the server sends weight 1 to site 22 and 1e-9 to the
-    others: the unmasked 'sum' is site 22's update. The sites must refuse such
-    weights (the round then aborts), or the sum must still not be one site's
-    update."""
-    try:
-        result = _sum_with_weights({11: 1e-9, 22: 1.0, 33: 1e-9, 44: 1e-9})
-    except SecAggAborted:
-        return  # the sites refused; nothing was unmasked
+    others: were the sites to apply it, the unmasked 'sum' would be site 22's
+    update. Sites mask their unweighted update, whatever the server adds to its
+    messages: the sum is that of all four updates."""
+    result = _sum_with_weights({11: 1e-9, 22: 1.0, 33: 1e-9, 44: 1e-9})
     leaked = flatten_state(result.total)
     target = flatten_state(_delta(22))
     assert not torch.allclose(leaked, target, atol=1e-4), (
         "the server reads site 22's update from the 'sum'"
     )
+    everyone = sum(flatten_state(_delta(n)) for n in NODES)
+    assert torch.allclose(leaked, everyone, atol=1e-5)
+
+
+def test_sites_handed_different_parameters_cannot_read_each_others_shares() -> None:
+    """The server sends one site a lower threshold than the others (the same session
+    and sites otherwise): were shares bound to the session alone, that site would
+    share its secrets t'-out-of-n among holders who think the round is t-out-of-n.
+    Every share ciphertext is bound to the hash of all the parameters, so the site
+    with other parameters cannot open its peers' shares and the round stops."""
+    p = _params(5, t=4)
+    lower = SecAggParams(
+        session=p.session,
+        nodes=p.nodes,
+        num_shares=p.num_shares,
+        threshold=3,
+        quantizer=p.quantizer,
+        vector_length=p.vector_length,
+    )
+    assert lower.transcript != p.transcript
+    server = ServerSession(p)
+    sites = {u: ClientSession(u, lower if u == 104 else p) for u in p.nodes}
+    for u in p.nodes:
+        server.receive_keys(u, *sites[u].advertise())
+    roster = server.roster()
+    for u in p.nodes:
+        server.receive_shares(u, sites[u].share_keys(roster))
+    with pytest.raises(ProtocolError, match="fails authentication"):
+        sites[104].masked_input(server.inbox(104), _input(lower, 104))
+    with pytest.raises(ProtocolError, match="fails authentication"):
+        sites[100].masked_input(server.inbox(100), _input(p, 100))

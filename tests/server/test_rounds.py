@@ -57,9 +57,15 @@ def test_wrong_shape_is_rejected() -> None:
     assert "shape" in failures[0]["reason"]
 
 
-def test_missing_metrics_are_rejected() -> None:
-    out = screen_replies([_reply("x", metrics={"num-examples": 3})], GLOBAL)
-    assert "metrics lack" in out.failures[0]["reason"]
+def test_metrics_a_site_withholds_are_not_required() -> None:
+    """Which metrics leave a site is its policy's choice (release-metrics): a reply
+    with none of them is valid, and the round's mean train loss is then unknown."""
+    from fedshield.server.rounds import mean_train_loss
+
+    out = screen_replies([_reply("x", metrics={}), _reply("y")], GLOBAL)
+    assert list(out.sites) == ["x", "y"] and not out.failures
+    assert np.isnan(mean_train_loss(out.sites))
+    assert mean_train_loss({"y": out.sites["y"]}) == out.sites["y"]["train-loss"]
 
 
 def test_error_reply_keeps_the_sites_reason() -> None:
@@ -348,7 +354,7 @@ def test_a_refusal_carries_only_the_schemas_fields() -> None:
     )
     (refusal,) = screen_replies([reply], GLOBAL).refusals
     assert "injected" not in refusal and refusal["reason"] == "no"
-    assert np.isnan(refusal["epsilon-spent"])  # reported as such, never trusted
+    assert "epsilon-spent" not in refusal  # malformed: left out, never trusted
 
 
 def test_site_names_are_printed_as_text_never_as_markup() -> None:
