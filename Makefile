@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedshield-installed
 
-.PHONY: install demo test test-fast lint mutants bench-dp bench-secagg bench-pii bench-audit clean-venv
+.PHONY: install demo test test-fast lint mutants bench-dp bench-secagg bench-pii bench-audit bench-red-team clean-venv
 
 install: $(STAMP)
 
@@ -55,6 +55,10 @@ bench-pii: install
 
 bench-audit: install
 	PYTHONPATH=. $(BIN)/python benchmarks/audit.py
+
+# A curious or malicious coordinator against real sites (issue 14); a few minutes.
+bench-red-team: install
+	PYTHONPATH=. $(BIN)/python benchmarks/red_team.py
 
 clean-venv:
 	rm -rf $(VENV)

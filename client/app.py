@@ -59,7 +59,7 @@ from fedshield.models import (
 )
 from fedshield.models.evaluate import evaluate_model
 from fedshield.models.texts import tokenize
-from fedshield.privacy.budget import plan_release
+from fedshield.privacy.budget import TargetEpsilonSpent, plan_release
 from fedshield.privacy.client_dp import clip_update
 from fedshield.privacy.fingerprint import dataset_fingerprint
 
@@ -188,16 +188,19 @@ def train(
     # PII is removed before anything is tokenized
     scrubbed = scrub_site(site, cfg=cfg.pii, state_dir=budget.state_dir)
     site = scrubbed.site
-    planned = plan_release(
-        cfg.dp,
-        num_examples=len(site.train),
-        batch_size=cfg.train.batch_size,
-        local_epochs=cfg.train.local_epochs,
-        planned_rounds=cfg.num_rounds,
-        server_round=server_round,
-        delta=budget.delta,  # the budget's: sigma is calibrated where ε is reported
-        history=budget.history(raw_fingerprint),  # target ε: what the data spent
-    )
+    try:
+        planned = plan_release(
+            cfg.dp,
+            num_examples=len(site.train),
+            batch_size=cfg.train.batch_size,
+            local_epochs=cfg.train.local_epochs,
+            planned_rounds=cfg.num_rounds,
+            server_round=server_round,
+            delta=budget.delta,  # the budget's: sigma calibrated where ε is reported
+            history=budget.history(raw_fingerprint),  # target ε: what the data spent
+        )
+    except TargetEpsilonSpent as spent:  # a refusal, reported as such
+        return _policy_refusal(msg, site.name, str(spent))
     loaded, global_state = None, None
 
     def run_training() -> TrainResult:

@@ -273,11 +273,16 @@ class SitePolicy:
                 "secagg-min-threshold)"
             )
 
-    def check_survivors(self, survivors: int) -> None:
-        if survivors < self.secagg_min_sites:
+    def check_survivors(self, survivors: int, *, needed: int = 0) -> None:
+        """Refuse to unmask a sum over fewer sites than the policy's minimum, or
+        than ``needed`` (the survivors its distributed DP noise was calibrated
+        for)."""
+        least = max(self.secagg_min_sites, needed)
+        if survivors < least:
             raise PolicyRefused(
-                f"only {survivors} sites survived to unmasking; this site's policy "
-                f"requires at least {self.secagg_min_sites} in a sum"
+                f"only {survivors} sites survived to unmasking; this site requires "
+                f"at least {least} in a sum (its policy's secagg-min-sites, and the "
+                "survivors its client-level noise was calibrated for)"
             )
 
     # -- what leaves the site ---------------------------------------------------

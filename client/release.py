@@ -17,7 +17,10 @@ Order of one round, all under the site's budget lock (:func:`privacy.budget.excl
 
 0. verify the ledger (hashes, chain, signatures, signed head); a ledger that fails
    is not trusted to say what was spent, so nothing trains;
-1. plan the release ``(sigma, q, steps)`` (fixed before training);
+1. the release ``(sigma, q, steps)`` was planned before training
+   (:func:`privacy.budget.plan_release`, at the budget's delta; with
+   ``dp.target-epsilon``, from the ledger's history in scope,
+   :meth:`SiteBudget.history`, read just before the lock);
 2. compose the ledger's history in scope with it; refuse if epsilon would exceed
    ``max-epsilon`` (the update is never computed);
 3. train; the accountant's recorded release must equal the plan, else nothing
@@ -52,7 +55,14 @@ from fedshield.privacy.budget import (
     exclusive,
 )
 from fedshield.privacy.dp import AccountantKind, accountant_to_json
-from fedshield.privacy.ledger import LedgerEntry, LedgerError, Mechanism, SiteLedger
+from fedshield.privacy.ledger import (
+    DB_NAME,
+    LedgerEntry,
+    LedgerError,
+    LedgerReader,
+    Mechanism,
+    SiteLedger,
+)
 
 from .node import BudgetScope, NodeConfig
 from .trainer import TrainResult
@@ -98,6 +108,17 @@ class SiteBudget:
             raise ConfigError(
                 f"Node config `delta` must be in (0, 1). Found {self.delta}."
             )
+
+    def history(self, fingerprint: str) -> list[Release]:
+        """The releases in this budget's scope on the data with ``fingerprint``
+        (every run on the same records; every release of the site with
+        ``budget-scope=site``), read-only and without the lock: what a round's plan
+        calibrates ``dp.target-epsilon`` against. Empty for a site with no ledger
+        yet; :func:`release_round` verifies the ledger before anything trains."""
+        if not (self.state_dir / DB_NAME).is_file():
+            return []
+        with LedgerReader(self.state_dir) as ledger:
+            return ledger.history(dataset_fingerprint=_scope(self, fingerprint))
 
     @classmethod
     def resolve(
@@ -158,7 +179,7 @@ def release_round(
                 "from a backup (check it with `fedshield ledger verify --site-dir "
                 f"{budget.state_dir}`)."
             )
-        scope_fp = fingerprint if budget.scope is BudgetScope.DATASET else None
+        scope_fp = _scope(budget, fingerprint)
         history = ledger.history(dataset_fingerprint=scope_fp)
         check = check_budget(
             history=history,
@@ -204,3 +225,9 @@ def release_round(
     return Released(
         result=result, epsilon=check.after, run_epsilon=run_epsilon, check=check
     )
+
+
+def _scope(budget: SiteBudget, fingerprint: str) -> str | None:
+    """The fingerprint the ledger's history is filtered on (None: the whole site)."""
+    scope_fp = fingerprint if budget.scope is BudgetScope.DATASET else None
+    return scope_fp

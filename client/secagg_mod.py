@@ -22,7 +22,10 @@ Every stage arrives as a ``train`` message carrying a ``secagg`` ConfigRecord wh
 ``masked-input``
     The update (unweighted), quantized, plus all masks mod 2^k; refused when fewer
     than t - 1 other sites' shares arrived (a site masked by its self mask alone
-    would be unmasked by the server's t shares of it).
+    would be unmasked by the server's t shares of it). With client-level DP on, the
+    site first adds its share of integer Skellam noise
+    (:mod:`privacy.distributed_dp`), calibrated so that ``min-survivors`` sites
+    carry the accounted noise, so the server never unmasks a noise-free sum.
 ``unmask``
     Shares that let the server remove the masks from the *sum*, never when fewer
     survivors than the threshold or the policy's minimum; then the site forgets the
@@ -58,6 +61,13 @@ from fedshield.models.records import (
     read_bytes_list,
     read_int,
     read_int_list,
+)
+from fedshield.privacy.client_dp import ClientDPConfig
+from fedshield.privacy.distributed_dp import (
+    add_noise,
+    min_survivors,
+    sample_skellam,
+    site_noise,
 )
 from fedshield.privacy.secagg import (
     ClientSession,
@@ -231,7 +241,18 @@ def _masked_input(msg: Message, context: Context, policy: SitePolicy) -> Message
     x = stored["x"].numpy().astype(np.float64)
     p = session.params
     encoded = p.quantizer.encode(x, modulus=p.modulus_bits)
-    masked = session.masked_input(dict(zip(sources, cts, strict=True)), encoded.values)
+    values = encoded.values
+    status = ConfigRecord({SecAggKey.STAGE: Stage.MASKED_INPUT})
+    client_dp = ClientDPConfig.from_run_config(dict(context.run_config))
+    if client_dp.enabled:  # distributed DP: noise before masking, never after
+        noise = site_noise(client_dp, p, min_survivors(client_dp, policy))
+        values = add_noise(
+            values,
+            sample_skellam(p.vector_length, variance=noise.site_variance),
+            modulus_bits=p.modulus_bits,
+        )
+        status[SecAggKey.NOISE_VARIANCE] = noise.site_variance
+    masked = session.masked_input(dict(zip(sources, cts, strict=True)), values)
     _save(context, session)
     if encoded.saturated:
         logger.warning(
@@ -240,7 +261,6 @@ def _masked_input(msg: Message, context: Context, policy: SitePolicy) -> Message
             x.size,
             p.quantizer.clip_range,
         )
-    status = ConfigRecord({SecAggKey.STAGE: Stage.MASKED_INPUT})
     if policy.releases(SATURATED):  # how many values the clipping touched
         status[SecAggKey.SATURATED] = encoded.saturated
     return _reply(
@@ -256,7 +276,11 @@ def _unmask(msg: Message, context: Context, policy: SitePolicy) -> Message:
     survivors = set(read_int_list(record, SecAggKey.SURVIVORS))
     dropped = set(read_int_list(record, SecAggKey.DROPPED))
     try:
-        policy.check_survivors(len(survivors))
+        client_dp = ClientDPConfig.from_run_config(dict(context.run_config))
+        policy.check_survivors(
+            len(survivors),
+            needed=min_survivors(client_dp, policy) if client_dp.enabled else 0,
+        )
         b_shares, s_shares = session.unmask(survivors, dropped)
     finally:
         _forget(context)  # the round ends here for this site, whatever happens

@@ -144,7 +144,7 @@ def train_site(
             inputs, labels = batch_inputs(batch, device)
             private.optimizer.zero_grad(set_to_none=True)
             if labels.numel() == 0:  # an empty Poisson batch
-                _empty_step(private, engine)
+                _empty_step(private)
                 steps += 1
                 continue
             logits = private.module(**inputs).logits  # (b, num_labels)
@@ -182,15 +182,10 @@ def _recorded_release(
     return Release(sigma, q, sum(int(n) for _, _, n in history))
 
 
-def _empty_step(private: PrivateTraining, engine: PrivacyEngine | None) -> None:
-    """DP-SGD on an empty Poisson batch is a noise-only step; account for it."""
-    if private.empty_backward is not None:
-        private.empty_backward()
-        private.optimizer.step()
-    elif engine is not None:
-        # Opacus' per-sample hooks cannot run a 0-sample forward; count the step
-        # (epsilon stays an upper bound) but apply no update.
-        logger.warning("Empty Poisson batch: step accounted, no update applied.")
-        engine.accountant.step(
-            noise_multiplier=private.noise_multiplier, sample_rate=private.sample_rate
-        )
+def _empty_step(private: PrivateTraining) -> None:
+    """DP-SGD on an empty Poisson batch: noise sigma C on a zero clipped sum,
+    applied and accounted like any step, in every mode (HF models cannot forward
+    B = 0, so the zero sum is set, not computed). Accounting a step that applied
+    no noise would make the update reveal which steps had members."""
+    private.empty_backward()
+    private.optimizer.step()

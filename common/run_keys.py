@@ -283,7 +283,10 @@ KEYS: tuple[Key, ...] = (
         kind=float,
         default=0.0,
         check=NON_NEGATIVE,
-        doc="if > 0, each site picks σ so that the whole planned run reaches this ε",
+        doc=(
+            "if > 0, each site picks σ every round so that its data's ε (every run on "
+            "it, at the site's δ) ends the planned rounds at most at this value"
+        ),
     ),
     Key(
         name="dp.max-grad-norm",
@@ -297,7 +300,7 @@ KEYS: tuple[Key, ...] = (
         kind=float,
         default=1e-05,
         check=OPEN_UNIT,
-        doc="δ of every reported ε",
+        doc="δ of each site's ε unless its node config sets one; must be < 1/records",
     ),
     Key(
         name="dp.accountant",
@@ -335,6 +338,18 @@ KEYS: tuple[Key, ...] = (
         default=1e-05,
         check=OPEN_UNIT,
         doc="δ of the run's client-level ε (keep it well below 1/number of sites)",
+    ),
+    Key(
+        name="client-dp.min-survivors",
+        kind=int,
+        default=2,
+        check=AT_LEAST_1,
+        doc=(
+            "with secure aggregation: each site adds integer (Skellam) noise to its "
+            "masked update, calibrated so that this many survivors (or the site's "
+            "own `secagg-min-sites`, if higher) carry the accounted noise z·S; the "
+            "server never unmasks a noise-free sum"
+        ),
     ),
     Key(
         name="secagg.enabled",

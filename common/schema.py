@@ -117,9 +117,9 @@ class SecAggKey:
     DEST = "dest"
     CIPHERTEXTS = "ct"
     SOURCES = "src"
-    WEIGHT = "weight"
     # masked-input (site -> server)
     SATURATED = "saturated"
+    NOISE_VARIANCE = "noise-variance"  # a site's Skellam variance (distributed DP)
     MASKED_VECTOR = "y"
     # unmask
     SURVIVORS = "survivors"

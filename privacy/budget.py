@@ -17,8 +17,9 @@ numerical error bound, and Opacus reports the upper estimate.
 
 Prospective check: with ``spent = epsilon(H)`` and ``after = epsilon(H + [r])`` for
 the planned release ``r``, the release is allowed iff ``after <= max_epsilon``.
-Because the planned ``(sigma, q, steps)`` are fixed before training (Poisson
-sampling yields exactly ``ceil(n / b)`` batches per epoch, empty ones included),
+Because the planned ``(sigma, q, steps)`` are fixed before training, from the
+sampler's own arithmetic (Opacus' Poisson sampler at ``q = 1 / ceil(n / b)`` takes
+``int(1 / q)`` batches per epoch, empty ones included: :func:`steps_per_epoch`),
 the release that is recorded is the one that was checked; the caller verifies that
 and never sends an update whose release differs.
 
@@ -38,24 +39,29 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from opacus.accountants import create_accountant
 from opacus.accountants.accountant import IAccountant
+from opacus.accountants.utils import MAX_SIGMA
+
+from fedshield.common.config import ConfigError
 
 from .dp import AccountantKind, DPConfig, noise_for_target_epsilon
 
 __all__ = [
     "BudgetCheck",
     "Release",
+    "TargetEpsilonSpent",
     "accountant_of",
     "check_budget",
     "compose_epsilon",
     "exclusive",
     "plan_release",
+    "steps_per_epoch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -210,6 +216,25 @@ def exclusive(state_dir: Path, *, timeout: float = 3600.0) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def steps_per_epoch(*, num_examples: int, batch_size: int, poisson: bool) -> int:
+    """Batches one epoch really takes, as the data loader in use computes them.
+
+    Both loaders start from ``k = len(DataLoader(n, b)) = ceil(n / b)``. A shuffled
+    loader (no DP) yields ``k`` batches. Opacus' Poisson loader
+    (``DPDataLoader.from_data_loader``) samples at ``q = 1 / k`` and its
+    ``UniformWithReplacementSampler`` yields ``int(1 / q)`` batches: in floating
+    point ``1 / (1 / k)`` falls just below ``k`` for some ``k`` (93, 99, 105, ...;
+    1,364 of ``k`` = 1..20,000), so an epoch is then ``k - 1`` steps, not ``k``.
+    """
+    batches = math.ceil(num_examples / batch_size)
+    return int(1 / (1 / batches)) if poisson else batches
+
+
+class TargetEpsilonSpent(ValueError):
+    """``dp.target-epsilon`` is already spent on this data: no sigma can keep
+    another round within it."""
+
+
 def plan_release(
     dp: DPConfig,
     *,
@@ -217,31 +242,93 @@ def plan_release(
     batch_size: int,
     local_epochs: int,
     planned_rounds: int,
+    server_round: int,
+    delta: float,
+    history: Sequence[Release],
 ) -> Release:
     """The sample-level release one round at a site will make, fixed before training.
 
-    Poisson sampling at ``q = 1 / ceil(n / b)`` yields ``ceil(n / b)`` batches per
-    epoch (empty ones included), so the round takes exactly
-    ``local_epochs * ceil(n / b)`` steps. With ``dp.target-epsilon`` > 0, sigma is
-    the smallest that keeps ``planned_rounds`` such rounds within the target.
-    Without DP the release is non-private (``sigma = 0``).
+    Rate and steps are the sampler's own: ``q = 1 / ceil(n / b)`` and
+    ``local_epochs * steps_per_epoch`` steps (:func:`steps_per_epoch`; Poisson
+    batches can be empty and are steps too), so the release the accountant records
+    is the one planned and checked. Without DP the release is non-private
+    (``sigma = 0``).
+
+    ``delta`` is the budget's (the site's node config ``delta``, else
+    ``dp.delta``): every epsilon of this data is reported at it, so sigma is
+    calibrated at it too, and it must be below ``1 / n`` (a mechanism that
+    publishes one record of ``n`` in the clear is (0, 1/n)-DP).
+
+    Target epsilon (``dp.target-epsilon`` = eps_T > 0). With ``H`` the releases
+    already on the ledger in the budget's scope (``history``: earlier runs and
+    earlier rounds of this run on the same records), ``r(sigma) = (sigma, q, T)``
+    this round's release and ``R = max(planned_rounds - server_round + 1, 1)``
+    the rounds left in this run, this one included, sigma is the smallest (to
+    Opacus' search tolerance, 0.01 in epsilon) with::
+
+        eps_delta(H + R x r(sigma)) <= eps_T
+
+    So eps_T caps the epsilon of the *data*, not of one run: after every round
+    ``eps_delta(H + r) <= eps_T`` whatever the run claims about its rounds. A
+    resume that raises ``num-server-rounds`` raises ``R`` and so sigma; a run
+    that understates ``R`` only spends the target sooner. A fresh site in round 1
+    gets the sigma that makes the whole planned run end at eps_T. Once
+    ``eps_delta(H)`` has reached eps_T, :class:`TargetEpsilonSpent` is raised.
+
+    Raises:
+        ValueError: no examples, batch size or epochs.
+        ConfigError: ``delta >= 1 / num_examples`` under DP.
+        TargetEpsilonSpent: the history already spends ``dp.target-epsilon``.
     """
     if num_examples < 1 or batch_size < 1 or local_epochs < 1:
         raise ValueError(
             "A round needs at least one example, batch size and epoch. Found "
             f"{num_examples} examples, batch size {batch_size}, {local_epochs} epochs."
         )
-    batches = math.ceil(num_examples / batch_size)
-    sample_rate, steps = 1.0 / batches, local_epochs * batches
+    sample_rate = 1.0 / math.ceil(num_examples / batch_size)
+    per_epoch = steps_per_epoch(
+        num_examples=num_examples, batch_size=batch_size, poisson=dp.enabled
+    )
+    steps = local_epochs * per_epoch
     if not dp.enabled:
         return Release(0.0, sample_rate, steps)
+    if not 0 < delta < 1 / num_examples:
+        raise ConfigError(
+            f"The budget's delta must be > 0 and < 1/n = {1 / num_examples:.3g} "
+            f"for this site's {num_examples} records; found delta={delta:g}. At "
+            "delta >= 1/n a mechanism that publishes a record in the clear passes "
+            "as private. Set the site's node config `delta` (or the run's "
+            f"`dp.delta`) to at most {0.1 / num_examples:.1g}."
+        )
     sigma = dp.noise_multiplier
     if dp.target_epsilon > 0:
-        sigma = noise_for_target_epsilon(
-            target_epsilon=dp.target_epsilon,
-            delta=dp.delta,
-            sample_rate=sample_rate,
-            steps=planned_rounds * steps,
-            accountant=dp.accountant,
+        spent = compose_epsilon(history, delta=delta, accountant=dp.accountant)
+        spent_on = (
+            f"this site's data has spent epsilon={spent:.4g} of "
+            f"dp.target-epsilon={dp.target_epsilon:g} at delta={delta:g}, over "
+            f"{len(history)} earlier releases in its budget scope (every run on "
+            "the same records)"
         )
+        what_next = (
+            "The round is not trained. Raise dp.target-epsilon (the site's "
+            "max-epsilon still caps it) or stop training on this data."
+        )
+        if not spent < dp.target_epsilon:
+            raise TargetEpsilonSpent(f"The target is spent: {spent_on}. {what_next}")
+        rounds_left = max(planned_rounds - server_round + 1, 1)
+        try:
+            sigma = noise_for_target_epsilon(
+                target_epsilon=dp.target_epsilon,
+                delta=delta,
+                sample_rate=sample_rate,
+                steps=rounds_left * steps,
+                accountant=dp.accountant,
+                spent=accountant_of(dp.accountant, history).history,
+            )
+        except ValueError as err:  # even sigma = 10^6 would exceed the target
+            raise TargetEpsilonSpent(
+                f"The target is nearly spent: {spent_on}; even noise multiplier "
+                f"{MAX_SIGMA:g} would exceed it in {rounds_left} more round(s). "
+                f"{what_next}"
+            ) from err
     return Release(sigma, sample_rate, steps)

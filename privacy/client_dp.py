@@ -80,18 +80,24 @@ class ClientDPConfig:
             parameters) for one round.
         noise_multiplier: z; the server's noise on the sum has std z * S.
         delta: the delta of the run's client-level (epsilon, delta).
+        min_survivors: under secure aggregation, the fewest survivors whose
+            Skellam noise shares (:mod:`privacy.distributed_dp`) add up to the
+            accounted noise; a site uses this or its policy's minimum, whichever
+            is higher, and reveals no share for a smaller sum.
     """
 
     enabled: bool = default("client-dp.enabled")
     clip_norm: float = default("client-dp.clip-norm")
     noise_multiplier: float = default("client-dp.noise-multiplier")
     delta: float = default("client-dp.delta")
+    min_survivors: int = default("client-dp.min-survivors")
 
     KEYS: ClassVar[dict[str, str]] = {
         "enabled": "client-dp.enabled",
         "clip_norm": "client-dp.clip-norm",
         "noise_multiplier": "client-dp.noise-multiplier",
         "delta": "client-dp.delta",
+        "min_survivors": "client-dp.min-survivors",
     }
 
     def __post_init__(self) -> None:

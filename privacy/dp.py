@@ -4,10 +4,16 @@ Mechanism (Abadi et al. 2016). Each step draws a Poisson-sampled batch B (every
 record of the site's n records is included independently with rate q = 1/ceil(n/b)),
 clips each per-sample gradient to L2 norm C, adds Gaussian noise and averages::
 
-    g = (sum_{i in B} g_i * min(1, C / ||g_i||) + N(0, sigma^2 C^2 I)) / (q n)
+    g = (sum_{i in B} g_i * min(1, C / ||g_i||) + N(0, sigma^2 C^2 I)) / E
 
-Sensitivity of the clipped sum to adding/removing one record is C, so each step is a
-subsampled Gaussian mechanism with noise multiplier sigma. Each round's steps are one
+with E Opacus' expected batch size. Sensitivity of the clipped sum to adding/removing
+one record is C, so each step is a subsampled Gaussian mechanism with noise
+multiplier sigma. An epoch is ``int(1 / q)`` steps, as Opacus' sampler counts them
+(:func:`privacy.budget.steps_per_epoch`); an empty batch is a step too, noise on a
+zero sum, in every mode. The accountant is told the sampler's own rate q (Opacus'
+``make_private`` would price ``1 / len(poisson_loader)`` = ``1 / int(1 / q)``, a
+larger rate than the sampler draws at when float rounding makes ``int(1 / q)`` =
+``ceil(n/b) - 1``). Each round's steps are one
 *release* ``(sigma, q, steps)``; the site's ledger (:mod:`privacy.ledger`) keeps
 every release, and :mod:`privacy.budget` composes them with an Opacus accountant
 (RDP or PRV) over every round of every run on the same data, never resetting per
@@ -15,7 +21,8 @@ round or per run.
 
 What epsilon means here: (epsilon, delta)-DP at the *record* level under the
 add/remove-one-record neighbouring relation on the site's dataset, with delta the
-site's (node config ``delta``, else ``dp.delta``). It does not protect the site's
+site's budget's (node config ``delta``, else ``dp.delta``), below 1/n; sigma for a
+target epsilon is calibrated at that same delta. It does not protect the site's
 participation as a whole; client-level DP (:mod:`privacy.client_dp`) does that.
 
 Per-sample gradient modes (chosen by measurement, see benchmarks/dp_overhead.py):
@@ -29,7 +36,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -37,8 +45,11 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from opacus import PrivacyEngine
+from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.accountant import IAccountant
-from opacus.accountants.utils import get_noise_multiplier
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+from opacus.accountants.utils import MAX_SIGMA
+from opacus.optimizers import DPOptimizer
 from torch.utils.data import DataLoader
 
 from fedshield.common.config import ConfigError
@@ -82,10 +93,13 @@ class DPConfig:
     Attributes:
         enabled: train with DP-SGD; False trains without privacy (for comparison).
         noise_multiplier: sigma; used when ``target_epsilon`` is 0.
-        target_epsilon: if > 0, each site derives sigma so that the whole planned
-            run (all rounds x local epochs) reaches exactly this epsilon at ``delta``.
+        target_epsilon: if > 0, each site derives sigma each round so that its
+            data's epsilon (every earlier release on it included) ends the planned
+            run at most at this value, at its budget's delta
+            (:func:`privacy.budget.plan_release` states the rule).
         max_grad_norm: per-sample clipping norm C.
-        delta: the delta of every reported (epsilon, delta).
+        delta: the run's delta; a site's node config ``delta`` overrides it for
+            that site's budget, its reported epsilon and its calibration.
         accountant: which Opacus accountant composes the steps.
     """
 
@@ -143,18 +157,60 @@ def noise_for_target_epsilon(
     sample_rate: float,
     steps: int,
     accountant: AccountantKind,
+    spent: Sequence[tuple[float, float, int]] = (),
+    epsilon_tolerance: float = 0.01,
 ) -> float:
     """Smallest sigma whose ``steps`` subsampled-Gaussian steps at rate
-    ``sample_rate`` stay within ``(target_epsilon, delta)`` (Opacus' search)."""
-    return float(
-        get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=accountant.value,
-        )
-    )
+    ``sample_rate``, composed after the history ``spent`` (``[(sigma, q, steps)]``,
+    an Opacus accountant's), stay within ``(target_epsilon, delta)``.
+
+    Opacus' search (``get_noise_multiplier``) with the history prepended: double
+    sigma from 20 until ``eps <= target``, then bisect until ``target - eps <
+    epsilon_tolerance``; the sigma returned always meets the target. Raises
+    ValueError when even sigma = 10^6 does not (the history alone spends it).
+
+    RDP: the history's Renyi divergences do not change during the search, so they
+    are summed once (in the accountant's order, so every epsilon is the one
+    ``RDPAccountant.get_epsilon`` gives): a site with a long history pays for it
+    once per round, not once per candidate sigma.
+    """
+    if accountant is AccountantKind.RDP:
+        orders = RDPAccountant.DEFAULT_ALPHAS
+
+        def rdp_of(sigma: float, q: float, n: int) -> Any:  # one value per order
+            return compute_rdp(q=q, noise_multiplier=sigma, steps=n, orders=orders)
+
+        history_rdp = sum(rdp_of(*release) for release in spent)
+
+        def epsilon(sigma: float) -> float:
+            rdp = history_rdp + rdp_of(sigma, sample_rate, steps)
+            return float(get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0])
+
+    else:
+        acc = create_accountant(mechanism=accountant.value)
+
+        def epsilon(sigma: float) -> float:
+            acc.history = [*spent, (sigma, sample_rate, steps)]
+            return float(acc.get_epsilon(delta=delta))
+
+    sigma_low, sigma_high, eps_high = 0.0, 10.0, math.inf
+    while eps_high > target_epsilon:
+        sigma_high *= 2
+        eps_high = epsilon(sigma_high)
+        if sigma_high > MAX_SIGMA:
+            raise ValueError(
+                f"No noise multiplier up to {MAX_SIGMA:g} keeps epsilon <= "
+                f"{target_epsilon:g} at delta={delta:g}: the history already "
+                "spends it. Raise the target or stop training on this data."
+            )
+    while target_epsilon - eps_high > epsilon_tolerance:
+        sigma = (sigma_low + sigma_high) / 2
+        eps = epsilon(sigma)
+        if eps < target_epsilon:
+            sigma_high, eps_high = sigma, eps
+        else:
+            sigma_low = sigma
+    return sigma_high
 
 
 def accountant_to_json(accountant: IAccountant) -> str:
@@ -173,9 +229,11 @@ class PrivateTraining:
 
     Loop: ``optimizer.zero_grad(); loss = backward(logits, labels);
     optimizer.step()``; ``backward`` returns the batch's mean loss as a float.
-    An empty batch (possible under Poisson sampling): ``empty_backward()`` then
-    ``optimizer.step()``, which adds the noise and records the step. ``close()``
-    detaches every hook from the caller's module.
+    An empty batch (possible under Poisson sampling; HF models cannot forward
+    B = 0): ``empty_backward()`` then ``optimizer.step()``. Under DP that is the
+    step DP-SGD takes on an empty batch in every mode, noise sigma C on a zero
+    clipped sum, applied and accounted. ``close()`` detaches every hook from the
+    caller's module.
     """
 
     module: torch.nn.Module
@@ -185,9 +243,32 @@ class PrivateTraining:
     mode: GradSampleMode | None
     noise_multiplier: float
     sample_rate: float
-    # An empty Poisson batch still takes a DP step (noise only); None = skip it.
-    empty_backward: Callable[[], None] | None = None
+    # leaves a zero gradient (sum) for an empty Poisson batch's step
+    empty_backward: Callable[[], None]
     close: Callable[[], None] = lambda: None
+
+
+def _zero_grads(params: Sequence[torch.Tensor]) -> Callable[[], None]:
+    """``p.grad = 0`` for each parameter: the clipped sum of no samples, where the
+    optimizer reads the sum from ``p.grad`` (Opacus ghost, book-keeping, no DP)."""
+
+    def zero() -> None:
+        for p in params:
+            p.grad = torch.zeros_like(p)
+
+    return zero
+
+
+def _no_grad_samples(optimizer: DPOptimizer) -> Callable[[], None]:
+    """``p.grad_sample`` of shape (0, *p.shape): Opacus' hooks optimizer clips
+    and sums no per-sample gradients (its clip factors are then ``zeros(0)``), so
+    its step adds noise to a zero sum."""
+
+    def empty() -> None:
+        for p in optimizer.params:
+            p.grad_sample = p.new_zeros((0, *p.shape))  # type: ignore[attr-defined]
+
+    return empty
 
 
 def _mean_ce_backward(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -211,6 +292,9 @@ def make_non_private(
         mode=None,
         noise_multiplier=0.0,
         sample_rate=1.0 / max(len(data_loader), 1),
+        empty_backward=_zero_grads(
+            [p for g in optimizer.param_groups for p in g["params"]]
+        ),
     )
 
 
@@ -264,8 +348,9 @@ def make_private(
 ) -> PrivateTraining:
     """Wrap model, optimizer and loader for DP-SGD with Poisson sampling.
 
-    ``engine`` carries the site's accountant (restored from earlier rounds); every
-    optimizer step is recorded in it.
+    ``engine`` carries the round's accountant; every optimizer step is recorded in
+    it at the sampler's rate ``q = 1 / len(data_loader)``, the rate
+    ``DPDataLoader.from_data_loader`` samples at.
     """
     if not noise_multiplier > 0:
         raise ConfigError(f"noise multiplier must be > 0. Found {noise_multiplier}.")
@@ -309,9 +394,15 @@ def make_private(
             return float(loss.detach())
 
         backward = ghost_backward
+        empty_backward = _zero_grads(p_opt.params)  # p.grad holds the clipped sum
     else:
         p_module, p_opt, p_loader = engine.make_private(**common)
         backward = _mean_ce_backward
+        empty_backward = _no_grad_samples(p_opt)
+    # Opacus' make_private prices 1 / len(p_loader) = 1 / int(1 / q): for some
+    # ceil(n/b) float rounding makes that a rate above the sampler's own q. Price q.
+    sample_rate = 1.0 / len(data_loader)
+    p_opt.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate))
     return PrivateTraining(
         module=p_module,
         optimizer=p_opt,
@@ -319,6 +410,7 @@ def make_private(
         backward=backward,
         mode=mode,
         noise_multiplier=noise_multiplier,
-        sample_rate=1.0 / len(data_loader),
+        sample_rate=sample_rate,
+        empty_backward=empty_backward,
         close=p_module.remove_hooks,
     )

@@ -9,20 +9,26 @@ DP, any FedAvg-family Flower strategy). With ``theta`` the global trainable stat
 
    - plain (:func:`plain_sum`): from the deltas screening decoded
      (:mod:`server.replies`), ``w_k = n_k``, the site's example count;
-   - secure (:func:`server.secagg.secure_sum`): each site masks ``w_k delta_k``
-     (``w_k = n_k / max_j n_j``, for quantization precision) and the server unmasks
-     only T; it never sees one ``delta_k``.
+   - secure (:func:`server.secagg.secure_sum`): each site masks its unweighted
+     ``delta_k`` (``w_k = 1``: a weight the server chose per site could single one
+     out) and the server unmasks only T; it never sees one ``delta_k``.
 
-   With client-level DP every ``w_k = 1`` (so ``W = m``): example-count weights
-   would let one large site move the sum by more than S.
-2. **Noise** (client-level DP only; :func:`with_client_noise` wraps the sum, as
-   Flower's ``DifferentialPrivacyServerSideFixedClipping`` wraps a strategy):
+   With client-level DP every ``w_k = 1`` too: example-count weights would let one
+   large site move the sum by more than S.
+2. **Noise** (client-level DP only). Under secure aggregation the sites added it
+   before masking (*distributed* DP, :mod:`privacy.distributed_dp`): T already
+   carries Skellam noise of variance at least ``(z S)^2`` per coordinate, and the
+   server adds none. Otherwise :func:`with_client_noise` wraps the sum, as Flower's
+   ``DifferentialPrivacyServerSideFixedClipping`` wraps a strategy:
    ``T <- T + N(0, z^2 S^2 I)`` (:func:`privacy.client_dp.noisy_sum`). Each site
    clipped its delta to L2 norm S, so adding or removing a site moves T by at most S
    and this is the Gaussian mechanism with multiplier z; everything below is
    post-processing and costs no epsilon.
 3. **Mean** over the fixed denominator: ``Delta = T / W`` (:func:`mean_update`). W is
-   fixed by who is in the sum (the example counts, or m), never by the noise.
+   fixed by who is in the sum (the example counts, or m), never by the noise; under
+   client-level DP it is the number of sites *sampled*, public before any reply, so
+   refusals and dropouts count as zero updates and the update's scale does not
+   tell how many sites made it into the sum.
 4. **Server step** (:func:`server_step`): the strategy's ``aggregate_train`` gets
    one reply carrying the model ``theta + Delta`` with weight 1. FedAvg's weighted
    mean of that one reply is ``theta + Delta`` itself (times 1.0, exact). The FedOpt
@@ -78,6 +84,9 @@ class UpdateSum:
     total: State  # T = sum_k w_k delta_k (float32, per parameter)
     weight: float  # W = sum_k w_k, the mean's denominator
     count: int  # m, the updates in the sum
+    # distributed DP: the sites' Skellam noise already in T (total variance, in
+    # integer units); None when the server must add the client-level noise itself
+    noise_variance: float | None = None
 
 
 def aggregation_weights(
@@ -171,10 +180,20 @@ def aggregate(
     strategy: FedAvg,
     server_round: int,
     global_state: State,
+    sampled: int = 0,
 ) -> State:
-    """The pipeline after the sum: noise (client-level DP), mean, server step."""
-    if client_dp.enabled:  # the Gaussian mechanism on the sum, plain or secure
-        summed = with_client_noise(summed, client_dp=client_dp)
+    """The pipeline after the sum: noise (client-level DP), mean, server step.
+
+    Under client-level DP the mean divides by ``sampled``, the sites asked to
+    train this round (refusals and dropouts count as zero updates)."""
+    if client_dp.enabled:
+        if summed.noise_variance is None:  # central: the Gaussian mechanism here
+            summed = with_client_noise(summed, client_dp=client_dp)
+        if sampled < summed.count:
+            raise ValueError(
+                f"{summed.count} updates in the sum but only {sampled} sites sampled"
+            )
+        summed = replace(summed, weight=float(sampled))
     return server_step(
         strategy,
         server_round=server_round,

@@ -32,6 +32,7 @@ from fedshield.models import (
     load_trainable_state,
     trainable_state,
 )
+from fedshield.privacy.distributed_dp import SkellamCalibration
 
 from .central_dp import ClientLevelAccountant
 from .checkpoint import (
@@ -113,6 +114,21 @@ def _save_final_weights(
     return {"trainable_state": path.name, "pretrained": folder}
 
 
+def _distributed(cfg: ServerConfig, state: dict[str, Any]) -> SkellamCalibration | None:
+    """Client-level DP under secure aggregation is distributed: the sites add the
+    noise (:mod:`privacy.distributed_dp`); its sensitivities, for the accountant."""
+    if not (cfg.client_dp.enabled and cfg.secagg.enabled):
+        return None
+    q = cfg.secagg.quantizer
+    return SkellamCalibration(
+        clip_norm=cfg.client_dp.clip_norm,
+        step=2 * q.clip_range / q.levels,
+        dimension=sum(t.numel() for t in state.values()),
+        noise_multiplier=cfg.client_dp.noise_multiplier,
+        min_survivors=cfg.client_dp.min_survivors,
+    )
+
+
 def server_app(*, central_test: CentralTestLoader) -> ServerApp:
     """The fedshield ServerApp, evaluating every round on ``central_test``'s set."""
     app = ServerApp()
@@ -172,6 +188,7 @@ def run_server(
             run_id=history["run_key"],
             config=cfg.client_dp,
             accountant=cfg.dp.accountant,
+            distributed=_distributed(cfg, state),
         )
         if cfg.client_dp.enabled
         else None
@@ -239,7 +256,10 @@ def run_server(
         history[STRATEGY_STATE_KEY] = strategy_state(strategy)  # checkpointed below
         if central is not None:  # recorded before the noisy model is used
             log.client_epsilon = central.record_round(
-                server_round=server_round, sampled=log.sampled, available=log.available
+                server_round=server_round,
+                sampled=log.sampled,
+                available=log.available,
+                noise_variance=log.noise_variance,
             )
         result = evaluator(state)
         log.accuracy, log.loss = result.accuracy, result.loss

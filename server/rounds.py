@@ -68,6 +68,8 @@ class RoundLog:
     seconds: float = 0.0
     client_epsilon: float | None = None  # run's client-level epsilon after the round
     saturated: int | None = None  # secagg: update values clipped to clip-range
+    # distributed DP: the survivors' total Skellam variance, integer units
+    noise_variance: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoundLog:
@@ -84,6 +86,7 @@ class RoundLog:
             seconds=d["seconds"],
             client_epsilon=d.get("client_epsilon"),
             saturated=d.get("saturated"),
+            noise_variance=d.get("noise_variance"),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -97,6 +100,7 @@ class RoundLog:
             "available": self.available,
             "client_epsilon": self.client_epsilon,
             "saturated": self.saturated,
+            "noise_variance": self.noise_variance,
             "sites": self.sites,
             "failures": self.failures,
             "refusals": self.refusals,
@@ -153,9 +157,10 @@ def _secure_sum(
     global_state: State,
     timeout: float,
     min_sites: int,
+    noised: bool,
 ) -> UpdateSum:
-    """The unmasked sum of the survivors' updates (unweighted); drops go to the
-    log."""
+    """The unmasked sum of the survivors' updates (unweighted; with ``noised``, the
+    sites' Skellam noise in it); drops go to the log."""
     names = {r.metadata.src_node_id: site_of(r) for r in screened.valid}
     try:
         result = secure_sum(
@@ -167,6 +172,7 @@ def _secure_sum(
             ),
             group=str(server_round),
             template=global_state,
+            noised=noised,
         )
     except SecAggAborted as err:
         raise RoundAborted(
@@ -183,7 +189,12 @@ def _secure_sum(
             f"aggregation, but min-train-sites is {min_sites}. The global model "
             "is unchanged."
         )
-    return UpdateSum(total=result.total, weight=float(len(in_sum)), count=len(in_sum))
+    return UpdateSum(
+        total=result.total,
+        weight=float(len(in_sum)),
+        count=len(in_sum),
+        noise_variance=result.noise_variance,
+    )
 
 
 def run_round(
@@ -221,7 +232,7 @@ def run_round(
     try:
         if secagg.enabled:
             messages, params = prepare_setup(
-                messages, cfg=secagg, global_state=global_state
+                messages, cfg=secagg, global_state=global_state, client_dp=client_dp
             )
     except SecAggAborted as err:
         raise RoundAborted(f"Round {server_round}: {err}") from err
@@ -270,13 +281,16 @@ def run_round(
             global_state=global_state,
             timeout=timeout,
             min_sites=min_sites,
+            noised=client_dp.enabled,
         )
+        log.noise_variance = summed.noise_variance
     new_state = aggregate(
         summed,
         client_dp=client_dp,
         strategy=strategy,
         server_round=server_round,
         global_state=global_state,
+        sampled=log.sampled,
     )
     log.train_loss = mean_train_loss(log.sites)
     log.seconds = time.monotonic() - start

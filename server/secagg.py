@@ -44,8 +44,15 @@ from fedshield.models import unflatten_state
 from fedshield.models.records import (
     read_bytes,
     read_bytes_list,
+    read_float,
     read_int,
     read_int_list,
+)
+from fedshield.privacy.client_dp import ClientDPConfig
+from fedshield.privacy.distributed_dp import (
+    SkellamCalibration,
+    lift_sum,
+    plan_modulus,
 )
 from fedshield.privacy.secagg import (
     ProtocolError,
@@ -65,19 +72,31 @@ Collect = Callable[[list[Message]], list[Message]]
 
 @dataclass
 class SecureSum:
-    """The unmasked sum of the surviving sites' weighted updates."""
+    """The unmasked sum of the surviving sites' updates."""
 
     total: State  # sum_k delta_k over U2 (float32, per parameter)
     survivors: list[int]  # node ids in the sum
-    saturated: int  # values clipped to secagg.clip-range, over all survivors
+    # values clipped to secagg.clip-range over the survivors that release the count
+    # (release-metrics); None when none does
+    saturated: int | None
     dropped: list[tuple[int, str]] = field(default_factory=list)  # (node, reason)
+    # distributed DP: the survivors' total Skellam variance (integer units)
+    noise_variance: float | None = None
 
 
 def prepare_setup(
-    messages: list[Message], *, cfg: SecAggConfig, global_state: State
+    messages: list[Message],
+    *,
+    cfg: SecAggConfig,
+    global_state: State,
+    client_dp: ClientDPConfig | None = None,
 ) -> tuple[list[Message], SecAggParams]:
     """The train messages with the round's protocol parameters and each site's
-    participant index added (new messages: strategies may share one content)."""
+    participant index added (new messages: strategies may share one content).
+
+    With client-level DP the sites add Skellam noise before masking: the modulus
+    gets the headroom that keeps the noised sum from wrapping (probability logged).
+    """
     n = len(messages)
     if n < 2:
         raise SecAggAborted(
@@ -88,13 +107,42 @@ def prepare_setup(
         num_shares, threshold = cfg.counts(n)
     except ConfigError as err:  # the round cannot run as configured: abort it
         raise SecAggAborted(str(err)) from None
+    d = sum(t.numel() for t in global_state.values())
+    bits = 0  # the noise-free modulus
+    if client_dp is not None and client_dp.enabled:
+        q = cfg.quantizer
+        try:  # sites calibrate to at least the run's minimum: at most this variance
+            noise = SkellamCalibration(
+                clip_norm=client_dp.clip_norm,
+                step=2 * q.clip_range / q.levels,
+                dimension=d,
+                noise_multiplier=client_dp.noise_multiplier,
+                min_survivors=client_dp.min_survivors,
+            )
+            bound = plan_modulus(
+                quantization_bits=q.bits,
+                participants=n,
+                site_variance=noise.site_variance,
+                dimension=d,
+            )
+        except ValueError as err:
+            raise SecAggAborted(f"Distributed client-level DP: {err}") from None
+        bits = bound.modulus_bits
+        logger.info(
+            "distributed DP: %d-bit modulus (%d bits of headroom), wrap-around "
+            "probability <= %.3g per round",
+            bound.modulus_bits,
+            bound.headroom_bits,
+            bound.wrap_probability,
+        )
     params = SecAggParams(
         session=os.urandom(16),
         nodes=tuple(range(n)),
         num_shares=num_shares,
         threshold=threshold,
         quantizer=cfg.quantizer,
-        vector_length=sum(t.numel() for t in global_state.values()),
+        vector_length=d,
+        modulus_bits=bits,
     )
     out = []
     for index, msg in enumerate(messages):
@@ -143,9 +191,11 @@ def secure_sum(
     collect: Collect,
     group: str,
     template: State,
+    noised: bool = False,
 ) -> SecureSum:
     """Stages 2-4 after the screened ``setup_replies``; ``node_ids[i]`` is the node
-    with participant index i."""
+    with participant index i. ``noised``: the sites add Skellam noise (distributed
+    DP); each must report its variance, and the sum is read as a signed one."""
     server = ServerSession(params)
     index = {node: i for i, node in enumerate(node_ids)}
     dropped: list[tuple[int, str]] = []
@@ -203,16 +253,22 @@ def secure_sum(
     exchange(Stage.SHARE_KEYS, {node_ids[i]: roster_payload for i in order}, on_shares)
 
     u1 = sorted(server.ciphertexts)
-    saturated = 0
+    saturated: int | None = None
+    variances: dict[int, float] = {}
 
     def on_masked(node: int, record: ConfigRecord, reply: Message) -> None:
         nonlocal saturated
         arrays = reply.content.array_records.get(Record.MASKED)
         if arrays is None or SecAggKey.MASKED_VECTOR not in arrays:
             raise ProtocolError("the reply carries no masked vector")
+        if noised:  # a site whose noise is unknown cannot be in the accounted sum
+            variance = read_float(record, SecAggKey.NOISE_VARIANCE)
+            if not (variance > 0 and np.isfinite(variance)):
+                raise ProtocolError(f"noise variance {variance} is not > 0")
+            variances[index[node]] = variance
         server.receive_masked(index[node], arrays[SecAggKey.MASKED_VECTOR].numpy())
         if SecAggKey.SATURATED in record:  # only if the site's policy releases it
-            saturated += read_int(record, SecAggKey.SATURATED)
+            saturated = (saturated or 0) + read_int(record, SecAggKey.SATURATED)
 
     inbox_payloads = {}
     for i in u1:
@@ -252,9 +308,15 @@ def secure_sum(
     )
 
     total, in_sum = server.aggregate()
-    decoded = params.quantizer.decode_sum(total, count=len(in_sum))
+    q = params.quantizer
+    if noised:  # noise may take the sum below 0 or above m L: read it signed
+        total = lift_sum(
+            total, modulus_bits=params.modulus_bits, count=len(in_sum), levels=q.levels
+        )
+    decoded = q.decode_sum(total, count=len(in_sum))
     return SecureSum(
         total=unflatten_state(torch.from_numpy(decoded.astype(np.float32)), template),
+        noise_variance=sum(variances[i] for i in in_sum) if noised else None,
         survivors=[node_ids[i] for i in sorted(in_sum)],
         saturated=saturated,
         dropped=dropped,

@@ -129,9 +129,12 @@ def make_private_bookkeeping(
     """Attach BK clipping to ``module`` and wire Opacus' sampling, noise, accounting.
 
     Mirrors ``engine.make_private(grad_sample_mode="ghost", clipping="flat",
-    loss_reduction="mean")``: sample rate q = 1 / len(loader), expected batch size
-    E = int(N q), noise std sigma C, and ``engine.accountant`` records one
-    (sigma, q) step per ``optimizer.step()``.
+    loss_reduction="mean")``: expected batch size E = int(N / len(poisson_loader)),
+    noise std sigma C, and ``engine.accountant`` records one (sigma, q) step per
+    ``optimizer.step()``, with one deliberate difference: q is the rate the Poisson
+    sampler draws at, ``1 / len(data_loader)``, not Opacus' ``1 / len(poisson_loader)``
+    = ``1 / int(1 / q)``, which float rounding makes larger for some loader lengths
+    (93, 99, 105, ...) and which no release plan could predict.
 
     Args:
         engine: the client's long-lived ``PrivacyEngine`` (its accountant, and its
@@ -193,12 +196,13 @@ def make_private_bookkeeping(
         loader = switch_generator(data_loader=data_loader, generator=engine.secure_rng)
     else:
         loader = data_loader
-    sample_rate = 1 / len(loader)
+    sample_rate = 1 / len(data_loader)  # the sampler's own (DPDataLoader's) rate
+    num_samples = len(loader.dataset)  # type: ignore[arg-type]
     dp_optimizer = DPOptimizerFastGradientClipping(
         optimizer,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
-        expected_batch_size=int(len(loader.dataset) * sample_rate),  # type: ignore[arg-type]
+        expected_batch_size=int(num_samples * (1 / len(loader))),  # Opacus' E
         loss_reduction="mean",
         generator=engine.secure_rng if engine.secure_mode else None,
         secure_mode=engine.secure_mode,

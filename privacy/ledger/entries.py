@@ -36,6 +36,8 @@ class Mechanism(StrEnum):
 
     DP_SGD = "dp-sgd"  # sample-level: subsampled Gaussian on per-record gradients
     CLIENT_GAUSSIAN = "client-gaussian"  # client-level: Gaussian on clipped updates
+    # client-level, distributed: the sites' Skellam noise under secure aggregation
+    CLIENT_SKELLAM = "client-skellam"
     NON_PRIVATE = "non-private"  # dp.enabled=false: the update itself (epsilon inf)
 
 

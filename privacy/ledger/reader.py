@@ -31,7 +31,10 @@ from .entries import (
     VerifyReport,
 )
 
-__all__ = ["DB_NAME", "PUBLIC_KEY_NAME", "LedgerReader"]
+__all__ = ["CLIENT_LEVEL", "DB_NAME", "PUBLIC_KEY_NAME", "LedgerReader"]
+
+# releases that protect whole sites, composed apart from the sample-level ones
+CLIENT_LEVEL = (Mechanism.CLIENT_GAUSSIAN, Mechanism.CLIENT_SKELLAM)
 
 DB_NAME = "ledger.sqlite"
 PUBLIC_KEY_NAME = "ledger_key.pub"
@@ -162,7 +165,7 @@ class LedgerReader:
         return [
             r.entry.release
             for r in self.entries()
-            if r.entry.mechanism is not Mechanism.CLIENT_GAUSSIAN
+            if r.entry.mechanism not in CLIENT_LEVEL
             and dataset_fingerprint in (None, r.entry.dataset_fingerprint)
             and run_id in (None, r.entry.run_id)
         ]
@@ -175,3 +178,16 @@ class LedgerReader:
             if r.entry.mechanism is Mechanism.CLIENT_GAUSSIAN
             and r.entry.run_id == run_id
         ]
+
+    def skellam_history(self, *, run_id: str) -> list[tuple[float, float, float]]:
+        """The distributed client-level rounds of one run: ``(l2 sensitivity, l1
+        sensitivity, total variance)`` each, integer units (the server's ledger)."""
+        rounds = []
+        for r in self.entries():
+            if (
+                r.entry.mechanism is Mechanism.CLIENT_SKELLAM
+                and r.entry.run_id == run_id
+            ):
+                l2, l1, variance = json.loads(r.entry.accountant_state)["round"]
+                rounds.append((float(l2), float(l1), float(variance)))
+        return rounds

@@ -332,3 +332,41 @@ def test_the_train_handler_releases_only_what_the_policy_allows(
     assert "arrays" in reply.content.array_records
     sent = set(reply.content.metric_records["metrics"])
     assert sent == {"epsilon", "run-epsilon", "delta", "max-epsilon"}
+
+
+def test_a_site_reveals_no_share_below_the_survivors_its_noise_assumes() -> None:
+    """Distributed DP: the run asks each site to calibrate its noise share for 4
+    survivors (client-dp.min-survivors=4). A sum over 3 would carry 3/4 of the
+    accounted noise, so the site refuses to unmask it, though its own policy
+    (secagg-min-sites=2) and the threshold (3 of 5) would allow it."""
+    from fedshield.privacy.secagg import ClientSession
+
+    params = _params(5, threshold=3)
+    run_config = {
+        **RUN_CONFIG,
+        "client-dp.enabled": True,
+        "client-dp.min-survivors": 4,
+    }
+    ctx = _context({}, run_config)
+    session = ClientSession(0, params)
+    session.stage = "masked"
+    ctx.state.config_records["secagg-session"] = ConfigRecord(
+        {"json": session.to_json()}
+    )
+    msg = Message(
+        content=RecordDict(
+            {
+                "secagg": ConfigRecord(
+                    {
+                        "stage": "unmask",
+                        "session": params.session.hex(),
+                        "survivors": [0, 1, 2],
+                        "dropped": [3, 4],
+                    }
+                )
+            }
+        ),
+        dst_node_id=7,
+        message_type="train",
+    )
+    assert "at least 4" in _refusal(secagg_mod(msg, ctx, Handler()))

@@ -111,14 +111,19 @@ def test_unsupported_layer_falls_back_to_opacus_ghost() -> None:
     assert len(engine.accountant.history) == 1
 
 
-def test_empty_poisson_batch_is_a_noise_only_step_that_is_accounted() -> None:
+@pytest.mark.parametrize("mode", list(GradSampleMode), ids=str)
+def test_empty_poisson_batch_is_a_noise_only_step_that_is_accounted(
+    mode: GradSampleMode,
+) -> None:
+    """In every mode, the Opacus ones included (the ghost fallback used to account
+    the step and apply nothing)."""
     from fedshield.client.trainer import _empty_step
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 2))
-    engine, private = _toy_private(model, GradSampleMode.BOOKKEEPING)
+    engine, private = _toy_private(model, mode)
     before = model[0].weight.detach().clone()
     private.optimizer.zero_grad()
-    _empty_step(private, engine)
+    _empty_step(private)
     assert engine.accountant.history == [(1.0, 0.25, 1)]
     assert not torch.equal(model[0].weight, before)  # noise was applied
     private.close()
@@ -140,7 +145,14 @@ def test_training_records_exactly_the_planned_release(tiny_model_dir) -> None:
     train = TrainConfig(local_epochs=2, batch_size=8, lr=1e-3)
     loaded, dataset = _tiny_dataset(tiny_model_dir)
     planned = plan_release(
-        dp, num_examples=len(dataset), batch_size=8, local_epochs=2, planned_rounds=1
+        dp,
+        num_examples=len(dataset),
+        batch_size=8,
+        local_epochs=2,
+        planned_rounds=1,
+        server_round=1,
+        delta=dp.delta,
+        history=[],
     )
     result = train_site(
         model=loaded.model,

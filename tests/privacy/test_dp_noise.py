@@ -71,12 +71,21 @@ def test_zero_gradient_step_applies_noise_of_std_sigma_c_over_expected_batch(
     private.close()
 
 
-def test_empty_poisson_batch_applies_the_same_noise_as_any_step() -> None:
-    """Book-keeping's empty batch (HF models cannot forward B = 0): noise only."""
-    engine, private, weight = _wide_private(GradSampleMode.BOOKKEEPING)
+@pytest.mark.parametrize(
+    "mode",
+    [GradSampleMode.BOOKKEEPING, GradSampleMode.GHOST, GradSampleMode.HOOKS],
+    ids=str,
+)
+def test_empty_poisson_batch_applies_the_same_noise_as_any_step(
+    mode: GradSampleMode,
+) -> None:
+    """An empty batch (HF models cannot forward B = 0) is a noise-only step in
+    every mode: the Opacus ghost fallback and hooks mode too, which used to
+    account the step and apply nothing (so what was accounted had not happened)."""
+    engine, private, weight = _wide_private(mode)
     private.optimizer.zero_grad()
     before = weight.detach().clone()
-    _empty_step(private, engine)
+    _empty_step(private)
     applied = before - weight.detach()
     assert float(applied.std()) == pytest.approx(SIGMA * CLIP / E, rel=TOLERANCE)
     assert engine.accountant.history == [(SIGMA, 1 / 8, 1)]
@@ -161,7 +170,14 @@ def test_site_training_round_adds_the_noise_its_ledger_release_claims(
     loaded, dataset = _full_model_and_data(tiny_model_dir, n)
     dp = DPConfig(noise_multiplier=SIGMA, max_grad_norm=CLIP)
     planned = plan_release(
-        dp, num_examples=n, batch_size=BATCH, local_epochs=1, planned_rounds=1
+        dp,
+        num_examples=n,
+        batch_size=BATCH,
+        local_epochs=1,
+        planned_rounds=1,
+        server_round=1,
+        delta=dp.delta,
+        history=[],
     )
     seen = _record_applied_gradients(monkeypatch)
     assert planned.noise_multiplier == SIGMA  # what _dp_round trains with

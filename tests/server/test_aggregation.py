@@ -126,6 +126,7 @@ def test_fedavg_with_client_level_dp_is_bit_for_bit_the_old_noisy_mean(
         strategy=_configured(FedAvg(min_available_nodes=1), 1, GLOBAL),
         server_round=1,
         global_state=GLOBAL,
+        sampled=len(DELTAS),
     )
     assert _equal(new, old)
 
@@ -150,6 +151,7 @@ def test_fedavg_of_a_secure_sum_is_bit_for_bit_the_old_update(
         strategy=_configured(FedAvg(min_available_nodes=1), 1, GLOBAL),
         server_round=1,
         global_state=GLOBAL,
+        sampled=m,
     )
     assert _equal(new, add_delta(GLOBAL, old_update))
 

@@ -104,8 +104,8 @@ class SiteGrid(InMemoryGrid):
     server gets passes :func:`_assert_no_update_in` first, whatever then happens to
     the round."""
 
-    def __init__(self, nodes, fail=None, tamper=None) -> None:
-        super().__init__(nodes, RUN_CONFIG)
+    def __init__(self, nodes, fail=None, tamper=None, run_config=None) -> None:
+        super().__init__(nodes, {**RUN_CONFIG, **(run_config or {})})
         self.fail = fail or {}
         self.tamper = tamper
         self.seen_updates: list[ArrayRecord] = []  # every array the server received
@@ -168,7 +168,7 @@ def test_secure_round_gives_fedavg_of_the_sites_and_never_sees_an_update() -> No
     assert torch.allclose(state["w"], _fedavg(NODES), atol=1e-6)
     assert torch.allclose(state["b"], torch.full((3,), -0.5), atol=1e-6)
     assert sorted(log.sites) == [f"site-{n}" for n in NODES]
-    assert log.saturated == 0 and not log.failures
+    assert log.saturated is None and not log.failures  # withheld by the policy
     # the only arrays the server received are the masked vectors, and none of them
     # is, even in part, a site's update (SiteGrid checks every reply)
     assert [list(r) for r in grid.seen_updates] == [["y"]] * len(NODES)
@@ -216,7 +216,15 @@ def test_secure_round_with_client_level_dp_uses_uniform_weights() -> None:
     """Weights only: noise z = 1e-7 makes the uniform mean visible. The noise itself
     is measured at realistic z in tests/server/test_client_level_noise.py."""
     tiny_noise = ClientDPConfig(enabled=True, clip_norm=10.0, noise_multiplier=1e-7)
-    state, _ = _round(SiteGrid(NODES), client_dp=tiny_noise)
+    sites = SiteGrid(
+        NODES,
+        run_config={
+            "client-dp.enabled": True,
+            "client-dp.clip-norm": 10.0,
+            "client-dp.noise-multiplier": 1e-7,
+        },
+    )
+    state, _ = _round(sites, client_dp=tiny_noise)
     uniform = sum(_delta(n)["w"] for n in NODES) / len(NODES)
     assert torch.allclose(state["w"], uniform, atol=1e-5)
 
@@ -345,3 +353,25 @@ def test_fedavg_of_a_secure_round_is_the_unmasked_sum_over_its_weight(
     m = float(len(result.survivors))
     old = add_delta(start, {k: v / m for k, v in result.total.items()})
     assert all(torch.equal(state[k], old[k]) for k in start)
+
+
+def test_client_level_mean_divides_by_the_sites_sampled() -> None:
+    """Under client-level DP the mean divides by the sites sampled, a number public
+    before any reply: a site that drops counts as a zero update. Dividing by the
+    survivors would let the update's scale tell how many made it into the sum.
+    (Noise z = 1e-7: the denominator is visible.)"""
+    sites = SiteGrid(
+        NODES,
+        fail={"masked-input": {33}},
+        run_config={
+            "client-dp.enabled": True,
+            "client-dp.clip-norm": 10.0,
+            "client-dp.noise-multiplier": 1e-7,
+        },
+    )
+    tiny_noise = ClientDPConfig(enabled=True, clip_norm=10.0, noise_multiplier=1e-7)
+    state, log = _round(sites, client_dp=tiny_noise)
+    survivors = [11, 22, 44]
+    expected = sum(_delta(n)["w"] for n in survivors) / len(NODES)
+    assert torch.allclose(state["w"], expected, atol=1e-5)
+    assert log.noise_variance is not None and log.noise_variance > 0
