@@ -64,6 +64,7 @@ from fedshield.privacy.client_dp import clip_update
 from fedshield.privacy.fingerprint import dataset_fingerprint
 
 from .config import ClientConfig
+from .errors import site_errors_mod
 from .node import NodeConfig
 from .policy import PolicyRefused
 from .release import Refused, SiteBudget, release_round, site_state_dir
@@ -84,7 +85,9 @@ DEPLOYED_SITE = SiteFiles()
 def client_app(*, sites: SiteSource = DEPLOYED_SITE) -> ClientApp:
     """The fedshield ClientApp, reading each site's settings and examples from
     ``sites``; secure aggregation (the client mod) wraps ``train``."""
-    app = ClientApp(mods=[site_secagg_mod(sites)])
+    # outermost first: no exception's message (which may quote the site's data)
+    # reaches the server as is
+    app = ClientApp(mods=[site_errors_mod, site_secagg_mod(sites)])
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:

@@ -12,7 +12,8 @@ Keys:
     site-name        label used in summaries (default ``node-<id>``, or
                      ``site-<partition-id>`` in simulation).
     state-dir        where the site keeps its ledger, keys and scrub cache
-                     (default ``~/.fedshield/sites/<site>``).
+                     (default ``~/.fedshield/sites/<site-name>``, or
+                     ``data-<hash of data-path>``; never the node id).
     max-epsilon      the site's sample-level budget (0 or absent = none).
     delta            the site's delta (default: the run's ``dp.delta``).
     budget-scope     ``dataset`` (compose over releases of the same data, across

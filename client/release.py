@@ -36,6 +36,7 @@ entry passed step 2, it never shows epsilon above the budget.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,12 +82,28 @@ logger = logging.getLogger(__name__)
 def site_state_dir(node: NodeConfig, train_config: dict[str, Any], site: str) -> Path:
     """Where the site keeps its ledger, keys and scrub cache: node config
     ``state-dir``; in simulation ``<out-dir>/sites/<site>``; else
-    ``~/.fedshield/sites/<site>``."""
+    ``~/.fedshield/sites/<name>``, named by the operator's ``site-name`` or by its
+    ``data-path``.
+
+    A deployed site's ledger never follows anything the coordinator chooses: not
+    the run's ``out-dir`` and not the node id the SuperLink assigns (a new id, or
+    another out-dir, would otherwise open an empty ledger: a fresh budget)."""
     if node.state_dir is not None:
         return node.state_dir
     if node.simulated and train_config.get(TrainKey.OUT_DIR):
         return RunLayout(Path(str(train_config[TrainKey.OUT_DIR]))).site(site)
-    return Path.home() / ".fedshield" / "sites" / site
+    return Path.home() / ".fedshield" / "sites" / deployed_site_key(node)
+
+
+def deployed_site_key(node: NodeConfig) -> str:
+    """The state folder's name of a deployed site: its ``site-name``, else a hash of
+    its resolved ``data-path`` (both set by its operator)."""
+    if node.site_name:
+        return node.site_name
+    if node.data_path is None:
+        return "default"
+    resolved = str(node.data_path.expanduser().resolve())
+    return "data-" + hashlib.sha256(resolved.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,7 @@ from fedshield.privacy.secagg import (
     SecAggParams,
 )
 
+from .errors import public_reason
 from .policy import SATURATED, PolicyRefused, SitePolicy
 from .site import SiteFiles, SiteSource
 
@@ -339,7 +340,10 @@ def site_secagg_mod(sites: SiteSource) -> Mod:
         except (ProtocolError, SecAggAborted, KeyError, TypeError, ValueError) as err:
             logger.warning("Secure aggregation stage %r failed: %s", stage, err)
             _forget(context)
-            return _error(msg, f"secure aggregation stage {stage!r}: {err}")
+            # the train handler runs inside (setup): its errors may quote data
+            return _error(
+                msg, f"secure aggregation stage {stage!r}: {public_reason(err)}"
+            )
 
     return mod
 

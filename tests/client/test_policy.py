@@ -370,3 +370,63 @@ def test_a_site_reveals_no_share_below_the_survivors_its_noise_assumes() -> None
         message_type="train",
     )
     assert "at least 4" in _refusal(secagg_mod(msg, ctx, Handler()))
+
+
+def test_an_error_that_could_quote_the_sites_data_reaches_the_server_redacted(
+    tmp_path: Path, tiny_run_config: dict[str, Any]
+) -> None:
+    """A row's label that is not a class: the site's error message quotes it (for
+    its operator). Through the real ClientApp the server gets the error's type and
+    nothing of the row; a settings error keeps its message."""
+    from fedshield.client.app import client_app
+
+    from .site_round import server_message, site_context
+
+    data = tmp_path / "site.csv"
+    data.write_text("text,label\nfine film,0\nsecret diagnosis,Xylophone-42\n")
+    run_config = {**tiny_run_config, "secagg.enabled": False}
+    msg = server_message(
+        run_config,
+        message_type="train",
+        config={"server-round": 1, "run-key": "k"},
+        node_id=7,
+    )
+    node_config = {
+        "data-path": str(data),
+        "state-dir": str(tmp_path / "state"),
+        "require-secagg": "false",
+    }
+    app = client_app()
+    reply = app(msg, site_context(run_config, node_config, node_id=7))
+    assert reply.has_error()
+    assert "SiteDataError" in reply.error.reason
+    assert "Xylophone" not in reply.error.reason
+    assert "diagnosis" not in reply.error.reason and str(data) not in reply.error.reason
+    bad_run = {**run_config, "secagg.threshold": 0.2}
+    msg = server_message(
+        bad_run, message_type="train", config={"server-round": 1}, node_id=7
+    )
+    reply = app(msg, site_context(bad_run, node_config, node_id=7))
+    assert reply.has_error() and "secagg.threshold" in reply.error.reason
+
+
+def test_a_deployed_sites_ledger_does_not_follow_the_coordinator(
+    tmp_path: Path,
+) -> None:
+    """Without a state-dir, a deployed site's ledger folder is named by what its
+    operator set (site-name, else data-path), never by the node id the SuperLink
+    assigns or the out-dir a run names: either would open an empty ledger, a
+    fresh budget."""
+    from fedshield.client.release import site_state_dir
+
+    node = NodeConfig.parse({"data-path": str(tmp_path / "notes.csv")})
+    dirs = {
+        site_state_dir(node, {"out-dir": out}, node.name(node_id))
+        for node_id in (1, 2, 99)
+        for out in ("/tmp/a", "/tmp/b", "")
+    }
+    assert len(dirs) == 1
+    other = NodeConfig.parse({"data-path": str(tmp_path / "other.csv")})
+    assert site_state_dir(other, {}, "node-1") not in dirs
+    named = NodeConfig.parse({"site-name": "ward-7"})
+    assert site_state_dir(named, {}, "node-3").name == "ward-7"
