@@ -249,16 +249,26 @@ def _print_final(summary: dict[str, Any], out: Path) -> None:
         f"{final['round']} rounds (initial {summary['initial']['accuracy']:.4f})."
     )
     for name, site in summary["sites"].items():
-        if site.get("noise_multiplier", 0.0) == 0.0 or site["epsilon"] in (None, "inf"):
+        # a value the site's policy withholds (release-metrics) is null
+        if site.get("epsilon") is None:
+            eps = "epsilon withheld by the site"
+        elif site["epsilon"] == "inf":
             eps = "no DP (epsilon inf)"
         else:
-            eps = f"epsilon {site['epsilon']:.3f} at delta {site['delta']:g}"
+            eps = f"epsilon {site['epsilon']:.3f}"
+            if site.get("delta") is not None:
+                eps += f" at delta {site['delta']:g}"
             if site.get("max_epsilon"):
                 eps += f" (budget {site['max_epsilon']:g})"
+        counts = ", ".join(
+            f"{site[key]} {key}"
+            for key in ("examples", "steps")
+            if site.get(key) is not None
+        )
         refused = site.get("refused_rounds") or []
         console.print(
-            f"  {escape(name)}: {site['examples']} examples, {site['steps']} steps, "
-            f"{eps}" + (f"; refused round(s) {refused}" if refused else "")
+            f"  {escape(name)}: {counts + ', ' if counts else ''}{eps}"
+            + (f"; refused round(s) {refused}" if refused else "")
         )
     client = summary.get("privacy", {}).get("client_level", {})
     if client.get("enabled"):

@@ -61,13 +61,22 @@ def print_start(cfg: ServerConfig, initial: dict[str, float]) -> None:
 def _epsilon(m: dict[str, Any]) -> str:
     """A site's epsilon as logged live (a float) or read back from summary.json."""
     eps = m.get(Metric.EPSILON)
-    if m.get(Metric.NOISE_MULTIPLIER, 1.0) == 0.0 or eps is None:
+    if eps is None:
+        return WITHHELD
+    if m.get(Metric.NOISE_MULTIPLIER, 1.0) == 0.0:
         return "no DP (inf)"
     eps = epsilon_from_json(eps)
     if math.isinf(eps):
         return "no DP (inf)"
     budget = m.get(Metric.MAX_EPSILON, 0.0)
     return f"{eps:.3f}" + (f" / {budget:g}" if budget else "")
+
+
+WITHHELD = "withheld"  # kept at the site by its policy (release-metrics)
+
+
+def _value(m: dict[str, Any], key: str, fmt: str) -> str:
+    return format(m[key], fmt) if key in m else WITHHELD
 
 
 def round_table(log: RoundLog, num_rounds: int) -> Table:
@@ -81,7 +90,8 @@ def round_table(log: RoundLog, num_rounds: int) -> Table:
     table = Table(
         title=f"Round {log.server_round}/{num_rounds}: "
         f"test accuracy {log.accuracy:.4f}, "
-        f"test loss {log.loss:.4f}, mean train loss {log.train_loss:.4f}"
+        f"test loss {log.loss:.4f}, mean train loss "
+        f"{WITHHELD if math.isnan(log.train_loss) else format(log.train_loss, '.4f')}"
         f"{client} ({log.seconds:.0f}s)"
     )
     for col in (
@@ -96,11 +106,11 @@ def round_table(log: RoundLog, num_rounds: int) -> Table:
     for name, m in sorted(log.sites.items()):
         table.add_row(
             escape(name),  # names and reasons come from the sites: never markup
-            f"{int(m[Metric.NUM_EXAMPLES])}",
-            f"{int(m[Metric.STEPS])}",
-            f"{m[Metric.TRAIN_LOSS]:.4f}",
+            _value(m, Metric.NUM_EXAMPLES, ".0f"),
+            _value(m, Metric.STEPS, ".0f"),
+            _value(m, Metric.TRAIN_LOSS, ".4f"),
             _epsilon(m),
-            f"{m[Metric.DELTA]:g}",
+            _value(m, Metric.DELTA, "g"),
         )
     for failure in log.failures:
         table.add_row(

@@ -1,5 +1,6 @@
 """The run's summary.json: per round (accuracy, loss, refusals) and per site
-(sample-level epsilon from the site's ledger, delta, examples, steps), the run's
+(what each site's policy releases: sample-level epsilon from its ledger, delta,
+examples, steps; ``null`` for what it withholds), the run's
 client-level epsilon from the server's ledger, plus the run config. Written
 atomically after every round, with ``status`` "running", then "completed" (or
 "aborted" with the reason). The epsilon of a non-private release is written as
@@ -19,14 +20,17 @@ from .checkpoint import atomic_write_json
 __all__ = ["build_summary", "write_summary"]
 
 
+WITHHELD = None  # a metric the site's policy keeps at the site (release-metrics)
+
+
 def _new_site() -> dict[str, Any]:
     return {
-        "epsilon": 0.0,
-        "run_epsilon": 0.0,
-        "delta": 0.0,
-        "max_epsilon": 0.0,
-        "examples": 0,
-        "steps": 0,
+        "epsilon": WITHHELD,
+        "run_epsilon": WITHHELD,
+        "delta": WITHHELD,
+        "max_epsilon": WITHHELD,
+        "examples": WITHHELD,
+        "steps": WITHHELD,
         "rounds": [],
         "refused_rounds": [],
         "pii": {},
@@ -34,23 +38,32 @@ def _new_site() -> dict[str, Any]:
 
 
 def _site_totals(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per site, what it released (``None``: withheld by its policy)."""
     sites: dict[str, dict[str, Any]] = {}
     for rnd in rounds:
         for name, m in rnd["sites"].items():
             s = sites.setdefault(name, _new_site())
             # cumulative values: the latest covers all earlier releases
-            s["epsilon"] = m[Metric.EPSILON]  # over the site's budget scope (all runs)
-            s["run_epsilon"] = m.get(Metric.RUN_EPSILON, m[Metric.EPSILON])  # this run
-            s["delta"] = m["delta"]
-            s["max_epsilon"] = m.get(Metric.MAX_EPSILON, 0.0)
-            s["examples"] = int(m[Metric.NUM_EXAMPLES])
-            s["steps"] += int(m["steps"])
-            s["noise_multiplier"] = m.get(Metric.NOISE_MULTIPLIER, 0.0)
-            s["pii"] = {
+            for key, metric in (
+                ("epsilon", Metric.EPSILON),  # the site's budget scope (all runs)
+                ("run_epsilon", Metric.RUN_EPSILON),  # this run
+                ("delta", Metric.DELTA),
+                ("max_epsilon", Metric.MAX_EPSILON),
+                ("noise_multiplier", Metric.NOISE_MULTIPLIER),
+            ):
+                if metric in m:
+                    s[key] = m[metric]
+            if Metric.NUM_EXAMPLES in m:
+                s["examples"] = int(m[Metric.NUM_EXAMPLES])
+            if Metric.STEPS in m:
+                s["steps"] = (s["steps"] or 0) + int(m[Metric.STEPS])
+            pii = {
                 k.removeprefix(PII_METRIC_PREFIX): int(v)
                 for k, v in m.items()
                 if k.startswith(PII_METRIC_PREFIX)
             }
+            if pii:
+                s["pii"] = pii
             s["rounds"].append(rnd["round"])
         for refusal in rnd.get("refusals", []):
             s = sites.setdefault(refusal["site"], _new_site())

@@ -368,3 +368,35 @@ def test_site_names_are_printed_as_text_never_as_markup() -> None:
     console = Console(record=True, width=200)
     console.print(round_table(log, 3))  # a MarkupError would end the run here
     assert "[/]" in console.export_text()
+
+
+def test_a_round_of_sites_that_withhold_their_metrics_is_reported_and_summarised(
+    tmp_path,
+) -> None:
+    """Deployed sites release only what their policy lists: the round table, the
+    summary and the final report show 'withheld' (null), never a crash or a 0."""
+    from rich.console import Console
+
+    from fedshield.server.report import round_table
+    from fedshield.server.rounds import RoundLog, mean_train_loss
+    from fedshield.server.summary import build_summary
+
+    sites = {"a": {"epsilon": 1.5, "delta": 1e-5}, "b": {}}
+    log = RoundLog(server_round=1, sites=sites, accuracy=0.6, loss=0.7)
+    log.train_loss = mean_train_loss(sites)
+    console = Console(record=True, width=200)
+    console.print(round_table(log, 3))
+    text = console.export_text()
+    assert "withheld" in text and "1.500" in text
+    summary = build_summary(
+        run_config={},
+        run_key="k",
+        initial={"accuracy": 0.5, "loss": 0.7},
+        rounds=[log.as_dict()],
+        status="running",
+        dp_enabled=True,
+        accountant="rdp",
+    )
+    assert summary["sites"]["a"]["epsilon"] == 1.5
+    assert summary["sites"]["b"]["epsilon"] is None
+    assert summary["sites"]["b"]["examples"] is None
