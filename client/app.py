@@ -293,6 +293,10 @@ def evaluate(
     msg: Message, context: Context, *, sites: SiteSource = DEPLOYED_SITE
 ) -> Message:
     try:
+        policy = sites.node_config(
+            dict(context.node_config), dict(context.run_config)
+        ).policy
+        policy.check_evaluate()  # before any record is read
         cfg, node, site = _site(context, sites)
     except PolicyRefused as refused:
         node = sites.node_config(dict(context.node_config), dict(context.run_config))

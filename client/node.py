@@ -15,7 +15,8 @@ Keys:
                      (default ``~/.fedshield/sites/<site-name>``, or
                      ``data-<hash of data-path>``; never the node id).
     max-epsilon      the site's sample-level budget (0 or absent = none).
-    delta            the site's delta (default: the run's ``dp.delta``).
+    delta            the site's delta (default 1e-5; a run's ``dp.delta`` may lower
+                     it, never raise it).
     budget-scope     ``dataset`` (compose over releases of the same data, across
                      runs; default) or ``site`` (over every release of the site).
 

@@ -26,14 +26,23 @@ Node-config keys (``flower-supernode --node-config "require-secagg=true ..."``):
                           0.5); a run may lower it, never raise it.
     pii-spacy-model       the NER model the site scrubs with (default the run key's
                           default); a run naming another model is refused.
+    allow-evaluate        ``false`` (default): the site answers no ``evaluate``
+                          message. Accuracy and loss on the site's held-out records
+                          leave without DP noise, for whatever model the
+                          coordinator sends: a crafted model turns them into
+                          answers about single records.
     release-metrics       which optional metrics may leave the site in the clear,
-                          comma-separated (default ``epsilon,run-epsilon,delta,
-                          max-epsilon``: the site's own privacy accounting). The
-                          others are withheld unless listed: ``num-examples``,
-                          ``train-loss``, ``steps``, ``noise-multiplier``,
-                          ``sample-rate``, ``pii`` (counts per entity type) and
-                          ``saturated`` (secure aggregation's clipped values).
-                          ``all`` releases every one.
+                          comma-separated (default ``delta,max-epsilon``: its
+                          budget's settings, which say nothing about its data).
+                          The others are withheld unless listed: ``epsilon`` and
+                          ``run-epsilon`` (they depend on the number of records,
+                          through the sampling rate and the step count),
+                          ``num-examples``, ``train-loss``, ``steps``,
+                          ``noise-multiplier``, ``sample-rate``, ``pii`` (counts
+                          per entity type) and ``saturated`` (secure
+                          aggregation's clipped values). ``all`` releases every
+                          one. The site's ledger keeps every epsilon for its
+                          auditors either way.
 
 A simulated site (Flower's simulation engine) has no operator: the person running the
 simulation is both coordinator and every site, so its policy accepts the run config
@@ -65,7 +74,9 @@ __all__ = [
     "SitePolicy",
 ]
 
-# the site's own privacy accounting: released unless the site withholds it
+# the site's budget settings: released unless the site withholds them (epsilon
+# is not among them: it depends on the number of records)
+DEFAULT_RELEASE = (Metric.DELTA, Metric.MAX_EPSILON)
 BUDGET_METRICS = (
     Metric.EPSILON,
     Metric.RUN_EPSILON,
@@ -94,6 +105,7 @@ POLICY_KEYS = (
     "pii-entities",
     "pii-score-threshold",
     "pii-spacy-model",
+    "allow-evaluate",
     "release-metrics",
 )
 
@@ -171,8 +183,9 @@ class SitePolicy:
     pii_entities: frozenset[str] = frozenset(DEFAULT_ENTITIES)
     pii_score_threshold: float = 0.5
     pii_spacy_model: str = DEFAULT_SPACY_MODEL
+    allow_evaluate: bool = False
     release_metrics: frozenset[str] = field(
-        default_factory=lambda: frozenset(BUDGET_METRICS)
+        default_factory=lambda: frozenset(DEFAULT_RELEASE)
     )
 
     @classmethod
@@ -199,8 +212,9 @@ class SitePolicy:
             else frozenset(DEFAULT_ENTITIES),
             pii_score_threshold=_threshold(raw, "pii-score-threshold", 0.5),
             pii_spacy_model=str(raw.get("pii-spacy-model", DEFAULT_SPACY_MODEL)),
+            allow_evaluate=_bool(raw, "allow-evaluate", False),
             release_metrics=parse_release(
-                str(raw.get("release-metrics", ",".join(BUDGET_METRICS))),
+                str(raw.get("release-metrics", ",".join(DEFAULT_RELEASE))),
                 key="release-metrics",
             ),
         )
@@ -217,6 +231,7 @@ class SitePolicy:
             pii_entities=frozenset(pii.entities),
             pii_score_threshold=pii.score_threshold,
             pii_spacy_model=pii.spacy_model,
+            allow_evaluate=True,
             release_metrics=release,
         )
 
@@ -256,6 +271,14 @@ class SitePolicy:
                     f"the run's pii.spacy-model={pii.spacy_model!r} is not the NER "
                     f"model this site scrubs with ({self.pii_spacy_model!r})"
                 )
+
+    def check_evaluate(self) -> None:
+        if not self.allow_evaluate:
+            raise PolicyRefused(
+                "this site answers no evaluate message (node config allow-evaluate="
+                "false): its held-out accuracy and loss would leave without DP "
+                "noise, for a model the coordinator chose"
+            )
 
     def check_secagg(self, params: SecAggParams) -> None:
         """Raise :class:`PolicyRefused` if a secure round's parameters are weaker

@@ -68,6 +68,8 @@ from fedshield.privacy.ledger import (
 from .node import BudgetScope, NodeConfig
 from .trainer import TrainResult
 
+DEFAULT_SITE_DELTA = 1e-5  # a deployed site's delta unless its node config says
+
 __all__ = [
     "Refused",
     "Released",
@@ -146,11 +148,17 @@ class SiteBudget:
         site: str,
         run_delta: float,
     ) -> SiteBudget:
-        """The site's own settings from its node config."""
+        """The site's own settings from its node config. Its delta is its own
+        (node config ``delta``, else 1e-5); the run's ``dp.delta`` may lower it,
+        never raise it: a larger delta would report, and admit, a smaller epsilon
+        for the same releases."""
+        own = DEFAULT_SITE_DELTA if node.delta is None else node.delta
+        if not 0 < own < 1:
+            raise ConfigError(f"Node config `delta` must be in (0, 1). Found {own}.")
         return cls(
             state_dir=site_state_dir(node, train_config, site),
             max_epsilon=node.max_epsilon or 0.0,
-            delta=run_delta if node.delta is None else node.delta,
+            delta=min(own, run_delta),
             scope=node.budget_scope,
         )
 

@@ -55,6 +55,8 @@ class SimulatedSites(SiteFiles):
         parsed = RunConfig.parse(run_config)
         if node.max_epsilon is None:
             node = replace(node, max_epsilon=parsed["simulation.site-max-epsilon"])
+        if node.delta is None:  # no operator: the run's delta is the site's
+            node = replace(node, delta=parsed["dp.delta"])
         if not set(raw) & set(POLICY_KEYS):  # no operator: it accepts the run
             policy = SitePolicy.accepting(
                 secagg=SecAggConfig.from_run_config(parsed),

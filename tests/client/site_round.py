@@ -47,7 +47,11 @@ def server_message(
 
 # a site that calls ``train`` without its secagg mod must not require secure
 # aggregation; it releases every metric so that the tests can read them
-PLAIN_SITE = {"require-secagg": "false", "release-metrics": "all"}
+PLAIN_SITE = {
+    "require-secagg": "false",
+    "release-metrics": "all",
+    "allow-evaluate": "true",
+}
 
 
 def accepting(run_config: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +64,7 @@ def accepting(run_config: dict[str, Any]) -> dict[str, Any]:
         "pii-entities": run_config["pii.entities"],
         "pii-score-threshold": run_config["pii.score-threshold"],
         "pii-spacy-model": run_config["pii.spacy-model"],
+        "allow-evaluate": "true",
         "release-metrics": "all",
     }
 

@@ -44,10 +44,17 @@ def test_the_default_policy_is_the_safe_one() -> None:
     assert policy.require_secagg and policy.secagg_min_sites == 2
     assert policy.pii_mode is PIIMode.TAG
     assert "PERSON" in policy.pii_entities and policy.pii_score_threshold == 0.5
-    # only the site's own accounting leaves in the clear by default
+    # only the budget's settings leave in the clear by default: epsilon depends on
+    # the number of records (through q and the steps), so it stays at the site
     assert policy.released(
-        {"epsilon": 1.0, "train-loss": 0.3, "num-examples": 7, "pii-PERSON": 2}
-    ) == {"epsilon": 1.0}
+        {
+            "epsilon": 1.0,
+            "delta": 1e-5,
+            "train-loss": 0.3,
+            "num-examples": 7,
+            "pii-PERSON": 2,
+        }
+    ) == {"delta": 1e-5}
 
 
 @pytest.mark.parametrize(
@@ -301,7 +308,8 @@ def test_the_train_handler_releases_only_what_the_policy_allows(
 ) -> None:
     """The real ``@app.train`` at a deployed-style site with the default
     ``release-metrics``: the reply's metrics are the site's own accounting only; no
-    train loss, example count, step count or PII count leaves in the clear."""
+    epsilon (it depends on the number of records), train loss, example count, step
+    count or PII count leaves in the clear."""
     import csv
 
     from fedshield.client.app import train
@@ -331,7 +339,7 @@ def test_the_train_handler_releases_only_what_the_policy_allows(
     reply = train(msg, site_context(run_config, node_config, node_id=7))
     assert "arrays" in reply.content.array_records
     sent = set(reply.content.metric_records["metrics"])
-    assert sent == {"epsilon", "run-epsilon", "delta", "max-epsilon"}
+    assert sent == {"delta", "max-epsilon"}
 
 
 def test_a_site_reveals_no_share_below_the_survivors_its_noise_assumes() -> None:
@@ -430,3 +438,53 @@ def test_a_deployed_sites_ledger_does_not_follow_the_coordinator(
     assert site_state_dir(other, {}, "node-1") not in dirs
     named = NodeConfig.parse({"site-name": "ward-7"})
     assert site_state_dir(named, {}, "node-3").name == "ward-7"
+
+
+def test_evaluate_is_refused_unless_the_site_allows_it(
+    tmp_path: Path, tiny_run_config: dict[str, Any]
+) -> None:
+    """Federated evaluation answers with accuracy on the site's held-out records,
+    without DP noise, for any model the coordinator sends (a crafted model makes it
+    an oracle on single records). By default the site refuses, before reading a
+    record; with allow-evaluate=true it answers."""
+    from fedshield.client.app import evaluate
+
+    from .site_round import server_message, site_context
+
+    data = tmp_path / "eval.csv"
+    data.write_text("text,label\n" + "".join(f"r {i},{i % 2}\n" for i in range(6)))
+    run_config = {**tiny_run_config, "pii.mode": "off"}
+    msg = server_message(
+        run_config, message_type="evaluate", config={"server-round": 1}, node_id=7
+    )
+    node_config = {
+        "data-path": str(tmp_path / "missing.csv"),  # never read when refused
+        "eval-data-path": str(data),
+        "state-dir": str(tmp_path / "state"),
+        "pii-mode": "off",
+    }
+    reply = evaluate(msg, site_context(run_config, node_config, node_id=7))
+    assert "allow-evaluate" in _refusal(reply)
+    assert not reply.content.metric_records
+    allowed = {**node_config, "data-path": str(data), "allow-evaluate": "true"}
+    reply = evaluate(msg, site_context(run_config, allowed, node_id=7))
+    assert reply.content.metric_records["metrics"]["num-examples"] == 6
+
+
+def test_the_run_may_lower_the_sites_delta_never_raise_it(tmp_path: Path) -> None:
+    """A site with max-epsilon=8 and no delta of its own: a run with dp.delta=0.04
+    would report (and admit) a much smaller epsilon for the same releases."""
+    from fedshield.client.release import DEFAULT_SITE_DELTA, SiteBudget
+
+    node = NodeConfig.parse({"state-dir": str(tmp_path), "max-epsilon": "8"})
+
+    def delta(run_delta: float, node: NodeConfig = node) -> float:
+        budget = SiteBudget.resolve(
+            node=node, train_config={}, site="s", run_delta=run_delta
+        )
+        return budget.delta
+
+    assert delta(0.04) == DEFAULT_SITE_DELTA == 1e-5
+    assert delta(1e-7) == 1e-7
+    own = NodeConfig.parse({"state-dir": str(tmp_path), "delta": "1e-6"})
+    assert delta(0.04, own) == 1e-6 and delta(1e-8, own) == 1e-8

@@ -129,11 +129,13 @@ def test_a_resume_with_more_rounds_stays_within_the_target_at_the_sites_delta(
 
 
 @pytest.mark.usefixtures("task_identity")
-def test_a_coordinators_delta_of_one_over_n_is_refused_before_training(
+def test_a_delta_of_one_over_n_is_refused_before_training(
     tmp_path: Path, tiny_run_config
 ) -> None:
-    """24 records: dp.delta = 0.05 >= 1/24 would let a record leave in the clear
-    and still report a small epsilon. The site stops the round, records nothing."""
+    """24 records: delta = 0.05 >= 1/24 would let a record leave in the clear and
+    still report a small epsilon. A coordinator cannot set it (the run's dp.delta
+    only lowers the site's own: the round trains at 1e-5); a site that sets it
+    itself is stopped before training, with nothing recorded."""
     cfg = {
         **tiny_run_config,
         "pii.mode": "off",
@@ -141,8 +143,10 @@ def test_a_coordinators_delta_of_one_over_n_is_refused_before_training(
         "dp.delta": 0.05,
     }
     with pytest.raises(ConfigError, match=r"delta must be > 0 and < 1/n = 0\.0417"):
-        _site_round(tmp_path, cfg, 1)
-    assert not (tmp_path / "state" / "ledger.sqlite").exists()
+        _site_round(tmp_path / "own", cfg, 1, delta="0.05")
+    assert not (tmp_path / "own" / "state" / "ledger.sqlite").exists()
+    reply = _site_round(tmp_path / "coordinator", cfg, 1)
+    assert reply.content.metric_records["metrics"]["delta"] == 1e-5
 
 
 def _ledger_round(
