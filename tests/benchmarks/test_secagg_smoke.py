@@ -1,6 +1,6 @@
 """Smoke run of benchmarks/secagg.py end to end: all four aggregations (plain, ours,
-ours with distributed DP noise, Flower's SecAgg+), each one round of 10 values at 3 sites (the fewest a threshold of
-0.5 allows) on one Ray actor. Its cost is Ray and ClientApp start-up, not the round."""
+ours with distributed DP noise, Flower's SecAgg+), each one round of 10 values at 3
+sites on one Ray actor. Its cost is Ray and ClientApp start-up, not the round."""
 
 from __future__ import annotations
 
