@@ -17,6 +17,13 @@ Node-config keys (``flower-supernode --node-config "require-secagg=true ..."``):
                           the survivors whose shares unmask the sum (default 2).
     secagg-min-threshold  smallest Shamir threshold t the site accepts (default 2);
                           t > half of the site's share holders is required always.
+    secagg-max-colluders  how many other sites may be colluding with the
+                          coordinator (default 1). The sum of m survivors minus the
+                          colluders' inputs is the sum of the other honest ones, so
+                          the site joins only sums of at least colluders + 2 sites
+                          (at least two honest inputs), and under distributed DP
+                          calibrates its noise share for the honest survivors only
+                          (a colluder adds none). 0 allows 2-site federations.
     pii-mode              the scrubbing floor (default ``tag``): a run may choose
                           another replacing mode (tag, mask, pseudonym), never ``off``
                           unless the site says ``off``.
@@ -101,6 +108,7 @@ POLICY_KEYS = (
     "require-secagg",
     "secagg-min-sites",
     "secagg-min-threshold",
+    "secagg-max-colluders",
     "pii-mode",
     "pii-entities",
     "pii-score-threshold",
@@ -179,6 +187,7 @@ class SitePolicy:
     require_secagg: bool = True
     secagg_min_sites: int = 2
     secagg_min_threshold: int = 2
+    secagg_max_colluders: int = 1
     pii_mode: PIIMode = PIIMode.TAG
     pii_entities: frozenset[str] = frozenset(DEFAULT_ENTITIES)
     pii_score_threshold: float = 0.5
@@ -204,6 +213,7 @@ class SitePolicy:
             require_secagg=_bool(raw, "require-secagg", True),
             secagg_min_sites=_int(raw, "secagg-min-sites", 2, minimum=2),
             secagg_min_threshold=_int(raw, "secagg-min-threshold", 2, minimum=2),
+            secagg_max_colluders=_int(raw, "secagg-max-colluders", 1, minimum=0),
             pii_mode=pii_mode,
             pii_entities=frozenset(
                 e.strip() for e in str(entities).split(",") if e.strip()
@@ -227,6 +237,7 @@ class SitePolicy:
         simulated site, whose operator is the coordinator)."""
         return cls(
             require_secagg=secagg.enabled,
+            secagg_max_colluders=0,  # one person plays every site
             pii_mode=pii.mode,
             pii_entities=frozenset(pii.entities),
             pii_score_threshold=pii.score_threshold,
@@ -280,14 +291,23 @@ class SitePolicy:
                 "noise, for a model the coordinator chose"
             )
 
+    @property
+    def min_sum(self) -> int:
+        """The fewest sites in a sum this site joins: its secagg-min-sites, and at
+        least two more than the colluders it guards against."""
+        return max(self.secagg_min_sites, self.secagg_max_colluders + 2)
+
     def check_secagg(self, params: SecAggParams) -> None:
         """Raise :class:`PolicyRefused` if a secure round's parameters are weaker
         than this policy (checked before the site trains)."""
         n = len(params.nodes)
-        if n < self.secagg_min_sites:
+        if n < self.min_sum:
             raise PolicyRefused(
                 f"the secure round has {n} sites; this site's policy requires at "
-                f"least {self.secagg_min_sites} (node config secagg-min-sites)"
+                f"least {self.min_sum} (node config secagg-min-sites="
+                f"{self.secagg_min_sites}, secagg-max-colluders="
+                f"{self.secagg_max_colluders}: a sum needs two honest sites beyond "
+                "the colluders)"
             )
         if params.threshold < self.secagg_min_threshold:
             raise PolicyRefused(
@@ -300,12 +320,13 @@ class SitePolicy:
         """Refuse to unmask a sum over fewer sites than the policy's minimum, or
         than ``needed`` (the survivors its distributed DP noise was calibrated
         for)."""
-        least = max(self.secagg_min_sites, needed)
+        least = max(self.min_sum, needed)
         if survivors < least:
             raise PolicyRefused(
                 f"only {survivors} sites survived to unmasking; this site requires "
-                f"at least {least} in a sum (its policy's secagg-min-sites, and the "
-                "survivors its client-level noise was calibrated for)"
+                f"at least {least} in a sum (its policy's secagg-min-sites and "
+                "secagg-max-colluders, and the survivors its client-level noise "
+                "was calibrated for)"
             )
 
     # -- what leaves the site ---------------------------------------------------

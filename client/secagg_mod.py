@@ -65,6 +65,7 @@ from fedshield.models.records import (
 from fedshield.privacy.client_dp import ClientDPConfig
 from fedshield.privacy.distributed_dp import (
     add_noise,
+    honest_survivors,
     min_survivors,
     sample_skellam,
     site_noise,
@@ -246,7 +247,7 @@ def _masked_input(msg: Message, context: Context, policy: SitePolicy) -> Message
     status = ConfigRecord({SecAggKey.STAGE: Stage.MASKED_INPUT})
     client_dp = ClientDPConfig.from_run_config(dict(context.run_config))
     if client_dp.enabled:  # distributed DP: noise before masking, never after
-        noise = site_noise(client_dp, p, min_survivors(client_dp, policy))
+        noise = site_noise(client_dp, p, honest_survivors(client_dp, policy))
         values = add_noise(
             values,
             sample_skellam(p.vector_length, variance=noise.site_variance),

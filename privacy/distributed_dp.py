@@ -103,6 +103,7 @@ __all__ = [
     "add_noise",
     "distributed_epsilon",
     "lift_sum",
+    "honest_survivors",
     "min_survivors",
     "plan_modulus",
     "sample_skellam",
@@ -491,14 +492,24 @@ class SupportsMinSites(Protocol):
     """A site's policy, as far as distributed DP needs it (client/policy.py)."""
 
     @property
-    def secagg_min_sites(self) -> int: ...
+    def min_sum(self) -> int: ...
+
+    @property
+    def secagg_max_colluders(self) -> int: ...
 
 
 def min_survivors(client_dp: ClientDPConfig, policy: SupportsMinSites) -> int:
-    """The survivors a site calibrates its noise for: the run's
-    ``client-dp.min-survivors`` or the site policy's ``secagg-min-sites``,
-    whichever is higher (a site never reveals shares for a smaller sum)."""
-    return max(client_dp.min_survivors, policy.secagg_min_sites)
+    """The fewest survivors a site reveals shares for: the run's
+    ``client-dp.min-survivors`` or the site policy's minimum sum, whichever is
+    higher."""
+    return max(client_dp.min_survivors, policy.min_sum)
+
+
+def honest_survivors(client_dp: ClientDPConfig, policy: SupportsMinSites) -> int:
+    """The survivors a site calibrates its noise share for: the fewest it reveals
+    shares for, less the colluders its policy guards against (a colluding site adds
+    no noise), at least 1."""
+    return max(1, min_survivors(client_dp, policy) - policy.secagg_max_colluders)
 
 
 def site_noise(

@@ -111,13 +111,13 @@ def prepare_setup(
     bits = 0  # the noise-free modulus
     if client_dp is not None and client_dp.enabled:
         q = cfg.quantizer
-        try:  # sites calibrate to at least the run's minimum: at most this variance
+        try:  # the most noise a site adds: calibrated for 1 honest survivor
             noise = SkellamCalibration(
                 clip_norm=client_dp.clip_norm,
                 step=2 * q.clip_range / q.levels,
                 dimension=d,
                 noise_multiplier=client_dp.noise_multiplier,
-                min_survivors=client_dp.min_survivors,
+                min_survivors=1,
             )
             bound = plan_modulus(
                 quantization_bits=q.bits,

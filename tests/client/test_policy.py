@@ -488,3 +488,67 @@ def test_the_run_may_lower_the_sites_delta_never_raise_it(tmp_path: Path) -> Non
     assert delta(1e-7) == 1e-7
     own = NodeConfig.parse({"state-dir": str(tmp_path), "delta": "1e-6"})
     assert delta(0.04, own) == 1e-6 and delta(1e-8, own) == 1e-8
+
+
+def _unmask_request(params: SecAggParams, survivors: list[int]) -> Message:
+    return Message(
+        content=RecordDict(
+            {
+                "secagg": ConfigRecord(
+                    {
+                        "stage": "unmask",
+                        "session": params.session.hex(),
+                        "survivors": survivors,
+                        "dropped": sorted(set(params.nodes) - set(survivors)),
+                    }
+                )
+            }
+        ),
+        dst_node_id=7,
+        message_type="train",
+    )
+
+
+def _masked_session(ctx: Context, params: SecAggParams) -> None:
+    from fedshield.privacy.secagg import ClientSession
+
+    session = ClientSession(0, params)
+    session.stage = "masked"
+    ctx.state.config_records["secagg-session"] = ConfigRecord(
+        {"json": session.to_json()}
+    )
+
+
+def test_a_sum_needs_two_honest_sites_beyond_the_colluders() -> None:
+    """3 sites, t = 2, one of them colluding with the coordinator, which calls the
+    third honest site dropped after it uploaded: the 'sum' of the target and the
+    colluder, minus the colluder's input, is the target's update. By default a
+    site guards against one colluder and joins only sums of 3 or more; a site that
+    says secagg-max-colluders=0 accepts the 2-site sum (a 2-site federation)."""
+    params = _params(3, threshold=2)
+    ctx = _context({}, RUN_CONFIG)
+    _masked_session(ctx, params)
+    reply = secagg_mod(_unmask_request(params, [0, 1]), ctx, Handler())
+    assert "at least 3" in _refusal(reply)
+    trusting = _context({"secagg-max-colluders": "0"}, RUN_CONFIG)
+    _masked_session(trusting, params)
+    reply = secagg_mod(_unmask_request(params, [0, 1]), trusting, Handler())
+    assert "secagg" in reply.content.config_records  # its shares, for a 2-site sum
+    two = _params(2, threshold=2)
+    refused = secagg_mod(_setup(two), _context({}, RUN_CONFIG), Handler())
+    assert "secagg-max-colluders=1" in _refusal(refused)
+
+
+def test_noise_shares_are_calibrated_for_the_honest_survivors_only() -> None:
+    """A colluding site adds no noise: a site guarding against c colluders adds the
+    share of m - c honest sites, m the fewest survivors it reveals shares for."""
+    from fedshield.privacy.client_dp import ClientDPConfig
+    from fedshield.privacy.distributed_dp import honest_survivors, min_survivors
+
+    cdp = ClientDPConfig(enabled=True, min_survivors=5)
+    default = SitePolicy()
+    assert (min_survivors(cdp, default), honest_survivors(cdp, default)) == (5, 4)
+    wary = SitePolicy.parse({"secagg-max-colluders": "3"})
+    assert (min_survivors(cdp, wary), honest_survivors(cdp, wary)) == (5, 2)
+    low = ClientDPConfig(enabled=True, min_survivors=2)
+    assert (min_survivors(low, wary), honest_survivors(low, wary)) == (5, 2)
