@@ -19,7 +19,7 @@ caps the actors, default one per CPU core) in this process:
 - ``plain``: our Message-API round without secure aggregation (train messages out,
   updates back, weighted mean).
 - ``ours``: the same round with :mod:`server.secagg` and :mod:`client.secagg_mod`
-  (SecAgg+, every site shares with every other, threshold 0.5, 24-bit
+  (SecAgg+, every site shares with every other, the default threshold 0.67, 24-bit
   quantization, ChaCha20 masks from 256-bit seeds).
 - ``ours_ddp``: ``ours`` with distributed client-level DP on: each site adds its
   Skellam noise share (:mod:`privacy.distributed_dp`) before masking, and the
@@ -136,7 +136,7 @@ def _message_main(grid: Grid, context: Context) -> None:
     n, size, rounds, mode = (SETTINGS[k] for k in ("sites", "size", "rounds", "mode"))
     nodes = _wait_for_nodes(grid, n)
     template = {"w": torch.zeros(size)}
-    cfg = SecAggConfig(enabled=True, num_shares=1.0, threshold=0.5)
+    cfg = SecAggConfig(enabled=True, num_shares=1.0)  # the default threshold
     client_dp = ClientDPConfig.from_run_config(
         DDP_RUN_CONFIG if mode == "ours_ddp" else {}
     )
@@ -313,7 +313,8 @@ def main(argv: list[str] | None = None) -> None:
             "rounds": args.rounds,
             "cpus": os.cpu_count(),
             "actors": args.actors,  # None: Ray's default, one per CPU it detects
-            "ours": "SecAgg+ complete graph, threshold 0.5, 24-bit, ChaCha20 masks",
+            "ours": "SecAgg+ complete graph, threshold 0.67, 24-bit, ChaCha20 masks, "
+            "consistency check",
             "flower": "SecAggPlusWorkflow(num_shares=1.0, "
             "reconstruction_threshold=0.5)",
         },

@@ -309,6 +309,16 @@ class SitePolicy:
                 f"{self.secagg_max_colluders}: a sum needs two honest sites beyond "
                 "the colluders)"
             )
+        c = self.secagg_max_colluders
+        if 2 * params.threshold <= n + c:
+            # colluders confirm any view: two views, each confirmed by t sites,
+            # would need 2 (t - c) honest sites; with 2t > n + c there are not
+            raise PolicyRefused(
+                f"the secure round's threshold {params.threshold} of {n} sites is "
+                f"too low against {c} colluding site(s) (node config "
+                f"secagg-max-colluders): it must exceed (n + colluders) / 2 = "
+                f"{(n + c) / 2:g}; raise secagg.threshold"
+            )
         if params.threshold < self.secagg_min_threshold:
             raise PolicyRefused(
                 f"the secure round's threshold is {params.threshold}; this site's "

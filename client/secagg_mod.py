@@ -272,18 +272,40 @@ def _masked_input(msg: Message, context: Context, policy: SitePolicy) -> Message
     )
 
 
-def _unmask(msg: Message, context: Context, policy: SitePolicy) -> Message:
+def _confirm(msg: Message, context: Context, policy: SitePolicy) -> Message:
     record = msg.content.config_records[Record.SECAGG]
     session = _session(context, record)
     survivors = set(read_int_list(record, SecAggKey.SURVIVORS))
     dropped = set(read_int_list(record, SecAggKey.DROPPED))
+    client_dp = ClientDPConfig.from_run_config(dict(context.run_config))
+    policy.check_survivors(
+        len(survivors),
+        needed=min_survivors(client_dp, policy) if client_dp.enabled else 0,
+    )
+    tags = session.confirm(survivors, dropped)
+    _save(context, session)
+    peers = sorted(tags)
+    return _reply(
+        msg,
+        secagg=ConfigRecord(
+            {
+                SecAggKey.STAGE: Stage.CONFIRM,
+                SecAggKey.TAG_PEERS: peers,
+                SecAggKey.TAGS: [tags[w] for w in peers],
+            }
+        ),
+    )
+
+
+def _unmask(msg: Message, context: Context) -> Message:
+    record = msg.content.config_records[Record.SECAGG]
+    session = _session(context, record)
+    peers = read_int_list(record, SecAggKey.TAG_PEERS)
+    tags = read_bytes_list(record, SecAggKey.TAGS)
+    if len(peers) != len(tags) or len(set(peers)) != len(peers):
+        raise ProtocolError("the tags' sender and value lists do not pair")
     try:
-        client_dp = ClientDPConfig.from_run_config(dict(context.run_config))
-        policy.check_survivors(
-            len(survivors),
-            needed=min_survivors(client_dp, policy) if client_dp.enabled else 0,
-        )
-        b_shares, s_shares = session.unmask(survivors, dropped)
+        b_shares, s_shares = session.unmask(dict(zip(peers, tags, strict=True)))
     finally:
         _forget(context)  # the round ends here for this site, whatever happens
     return _reply(
@@ -332,8 +354,10 @@ def site_secagg_mod(sites: SiteSource) -> Mod:
                 return _share_keys(msg, context)
             if stage == Stage.MASKED_INPUT:
                 return _masked_input(msg, context, policy)
+            if stage == Stage.CONFIRM:
+                return _confirm(msg, context, policy)
             if stage == Stage.UNMASK:
-                return _unmask(msg, context, policy)
+                return _unmask(msg, context)
             raise ProtocolError(f"unknown secure-aggregation stage {stage!r}")
         except PolicyRefused as refused:
             _forget(context)

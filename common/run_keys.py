@@ -375,13 +375,15 @@ KEYS: tuple[Key, ...] = (
     Key(
         name="secagg.threshold",
         kind=NUMBER,
-        default=0.5,
+        default=0.67,
         check=POSITIVE,
         doc=(
             "shares needed to reconstruct a secret, always more than half of the "
             "holders: a fraction f in [0.5, 1] gives ⌊f·h⌋ + 1 of h (valid for any "
             "number of sites), an int is absolute; tolerates holders − threshold "
-            "dropouts, hides inputs from threshold − 1 colluding sites"
+            "dropouts; a site guarding against c colluders (its "
+            "`secagg-max-colluders`, default 1) needs it above (sites + c)/2, "
+            "which the default meets"
         ),
     ),
     Key(

@@ -98,6 +98,7 @@ class Stage(StrEnum):
     SETUP = "setup"
     SHARE_KEYS = "share-keys"
     MASKED_INPUT = "masked-input"
+    CONFIRM = "confirm"
     UNMASK = "unmask"
 
 
@@ -121,9 +122,12 @@ class SecAggKey:
     SATURATED = "saturated"
     NOISE_VARIANCE = "noise-variance"  # a site's Skellam variance (distributed DP)
     MASKED_VECTOR = "y"
-    # unmask
+    # confirm (server -> site: the view; site -> server: a tag per other survivor)
+    # and unmask (server -> site: the tags addressed to it)
     SURVIVORS = "survivors"
     DROPPED = "dropped"
+    TAG_PEERS = "tag-peer"
+    TAGS = "tag"
     B_OWNERS = "b-owner"
     B_SHARES = "b-share"
     S_OWNERS = "s-owner"

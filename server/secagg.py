@@ -11,7 +11,10 @@ site half is :mod:`client.secagg_mod`):
 2. ``share-keys``: the roster of public keys out, encrypted shares back.
 3. ``masked-input``: each site's encrypted shares out, masked quantized updates
    back.
-4. ``unmask``: survivors and dropouts out, shares back; the server removes the
+4. ``confirm``: survivors and dropouts out, a tag of that view per other survivor
+   back (pairwise HMACs under keys the server cannot derive).
+5. ``unmask``: the tags addressed to each site out; a site that finds at least t
+   survivors agreeing with its view sends its shares back; the server removes the
    masks from the sum.
 
 A site that fails, times out or sends a malformed message at any stage is dropped
@@ -283,6 +286,20 @@ def secure_sum(
 
     survivors, lost = server.unmask_request()
 
+    def on_confirm(node: int, record: ConfigRecord, _reply: Message) -> None:
+        peers = read_int_list(record, SecAggKey.TAG_PEERS)
+        tags = read_bytes_list(record, SecAggKey.TAGS)
+        if len(peers) != len(tags):
+            raise ProtocolError("tag peer and tag lists differ in length")
+        server.receive_tags(index[node], dict(zip(peers, tags, strict=True)))
+
+    view = {
+        SecAggKey.SESSION: session_hex,
+        SecAggKey.SURVIVORS: sorted(survivors),
+        SecAggKey.DROPPED: sorted(lost),
+    }
+    exchange(Stage.CONFIRM, {node_ids[i]: view for i in sorted(survivors)}, on_confirm)
+
     def on_unmask(node: int, record: ConfigRecord, _reply: Message) -> None:
         shares = []
         for owner_key, share_key in (
@@ -296,15 +313,17 @@ def secure_sum(
             shares.append(dict(zip(owners, values, strict=True)))
         server.receive_unmask(index[node], shares[0], shares[1])
 
-    unmask_payload = {
-        SecAggKey.SESSION: session_hex,
-        SecAggKey.SURVIVORS: sorted(survivors),
-        SecAggKey.DROPPED: sorted(lost),
-    }
+    def relay(i: int) -> dict[str, Any]:
+        tags = server.tags_for(i)
+        peers = sorted(tags)
+        return {
+            SecAggKey.SESSION: session_hex,
+            SecAggKey.TAG_PEERS: peers,
+            SecAggKey.TAGS: [tags[w] for w in peers],
+        }
+
     exchange(
-        Stage.UNMASK,
-        {node_ids[i]: unmask_payload for i in sorted(survivors)},
-        on_unmask,
+        Stage.UNMASK, {node_ids[i]: relay(i) for i in sorted(server.tags)}, on_unmask
     )
 
     total, in_sum = server.aggregate()

@@ -4,9 +4,12 @@ masked inputs and revealed shares, checks each message, and unmasks the SUM only
 The server never holds a site's input: only masked inputs, public keys, share
 ciphertexts it cannot read and, after stage 4, the secrets needed to remove the
 masks from the survivors' sum (:mod:`.masks`). Dropouts: any site may drop after
-stage 1; the round completes while at least t holders of every needed secret
-reply, and in particular while |U2| >= t. Otherwise :class:`SecAggAborted` is
-raised and nothing is unmasked.
+stage 2 (one that drops while keys are shared aborts the round: every site masks
+with every site of the roster, or not at all); the round completes while at least t
+holders of every needed secret reply, and in particular while |U2| >= t. Before any
+share is revealed, the survivors confirm to each other, by pairwise tags the server
+relays, that they were all told the same survivors and dropouts. Otherwise
+:class:`SecAggAborted` is raised and nothing is unmasked.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class ServerSession:
     masked: dict[int, np.ndarray] = field(default_factory=dict)  # U2
     revealed_b: dict[int, dict[int, bytes]] = field(default_factory=dict)  # owner->x->y
     revealed_s: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    tags: dict[int, dict[int, bytes]] = field(default_factory=dict)  # signer->w->tag
     unmask_replies: set[int] = field(default_factory=set)
 
     def _require(self, count: int, stage: str) -> None:
@@ -99,13 +103,35 @@ class ServerSession:
         survivors = set(self.masked)
         return survivors, set(self.ciphertexts) - survivors
 
-    # stage 4
+    # stage 4: consistency
+    def receive_tags(self, node: int, tags: dict[int, bytes]) -> None:
+        """A survivor's tags of its view, one per other survivor."""
+        survivors = set(self.masked)
+        if node not in survivors:
+            raise ProtocolError(f"consistency: node {node} is not a survivor.")
+        if node in self.tags:
+            raise ProtocolError(f"consistency: node {node} replied twice (replay?).")
+        if set(tags) != survivors - {node} or any(len(t) != 32 for t in tags.values()):
+            raise ProtocolError(
+                f"consistency: node {node} tagged {sorted(tags)}, expected the other "
+                f"survivors {sorted(survivors - {node})}."
+            )
+        self.tags[node] = dict(tags)
+
+    def tags_for(self, node: int) -> dict[int, bytes]:
+        """The tags other survivors addressed to ``node``."""
+        self._require(len(self.tags), "the consistency check")
+        return {w: t[node] for w, t in self.tags.items() if w != node and node in t}
+
+    # stage 5
     def receive_unmask(
         self, node: int, b_shares: dict[int, bytes], s_shares: dict[int, bytes]
     ) -> None:
         survivors, dropped = set(self.masked), set(self.ciphertexts) - set(self.masked)
-        if node not in survivors:
-            raise ProtocolError(f"unmask: node {node} is not a survivor.")
+        if node not in survivors or node not in self.tags:
+            raise ProtocolError(
+                f"unmask: node {node} is not a survivor that confirmed the view."
+            )
         if node in self.unmask_replies:
             raise ProtocolError(f"unmask: node {node} replied twice (replay?).")
         if not set(b_shares) <= survivors or not set(s_shares) <= dropped:

@@ -228,9 +228,10 @@ def test_a_site_that_does_not_require_secagg_may_train_in_the_clear() -> None:
     [
         ({}, _params(7, threshold=2, num_shares=3), "sparse SecAgg"),
         ({"secagg-min-sites": "5"}, _params(4, threshold=3), "at least 5"),
-        ({"secagg-min-threshold": "4"}, _params(5, threshold=3), "at least 4"),
+        ({"secagg-min-threshold": "6"}, _params(7, threshold=5), "at least 6"),
+        ({}, _params(5, threshold=3), "too low against 1 colluding"),
     ],
-    ids=["sparse-ring", "too-few-sites", "threshold-below-policy"],
+    ids=["sparse-ring", "too-few-sites", "threshold-below-policy", "colluders"],
 )
 def test_weaker_round_parameters_are_refused_before_the_site_trains(
     node_config: dict[str, Any], params: SecAggParams, reason: str
@@ -260,13 +261,13 @@ def test_a_site_trains_once_per_round_whatever_the_server_resends() -> None:
     again in other company; two sums over different subsets give its update."""
     handler = Handler()
     ctx = _context({}, RUN_CONFIG)
-    first = secagg_mod(_setup(_params(3, threshold=2)), ctx, handler)
+    first = secagg_mod(_setup(_params(3, threshold=3)), ctx, handler)
     assert "secagg" in first.content.config_records and handler.calls == 1
     for again in (1, 0):
-        reply = secagg_mod(_setup(_params(3, threshold=2), again), ctx, handler)
+        reply = secagg_mod(_setup(_params(3, threshold=3), again), ctx, handler)
         assert "already trained in round 1" in _refusal(reply)
     assert handler.calls == 1
-    later = secagg_mod(_setup(_params(3, threshold=2), server_round=2), ctx, handler)
+    later = secagg_mod(_setup(_params(3, threshold=3), server_round=2), ctx, handler)
     assert "secagg" in later.content.config_records and handler.calls == 2
 
 
@@ -278,8 +279,16 @@ def test_unmasking_with_fewer_survivors_than_the_policy_is_refused() -> None:
 
     params = _params(5, threshold=3)
     ctx = _context({"secagg-min-sites": "4"}, RUN_CONFIG)
+    from fedshield.privacy.secagg.primitives import new_keypair
+
     session = ClientSession(0, params)
+    mine = session.advertise()
+    session.roster = {
+        v: mine if v == 0 else (new_keypair().public, new_keypair().public)
+        for v in params.nodes
+    }
     session.stage = "masked"
+    session.masked_with = [v for v in params.nodes if v != 0]
     ctx.state.config_records["secagg-session"] = ConfigRecord(
         {"json": session.to_json()}
     )
@@ -288,7 +297,7 @@ def test_unmasking_with_fewer_survivors_than_the_policy_is_refused() -> None:
             {
                 "secagg": ConfigRecord(
                     {
-                        "stage": "unmask",
+                        "stage": "confirm",
                         "session": params.session.hex(),
                         "survivors": [0, 1, 2],
                         "dropped": [3, 4],
@@ -356,8 +365,16 @@ def test_a_site_reveals_no_share_below_the_survivors_its_noise_assumes() -> None
         "client-dp.min-survivors": 4,
     }
     ctx = _context({}, run_config)
+    from fedshield.privacy.secagg.primitives import new_keypair
+
     session = ClientSession(0, params)
+    mine = session.advertise()
+    session.roster = {
+        v: mine if v == 0 else (new_keypair().public, new_keypair().public)
+        for v in params.nodes
+    }
     session.stage = "masked"
+    session.masked_with = [v for v in params.nodes if v != 0]
     ctx.state.config_records["secagg-session"] = ConfigRecord(
         {"json": session.to_json()}
     )
@@ -366,7 +383,7 @@ def test_a_site_reveals_no_share_below_the_survivors_its_noise_assumes() -> None
             {
                 "secagg": ConfigRecord(
                     {
-                        "stage": "unmask",
+                        "stage": "confirm",
                         "session": params.session.hex(),
                         "survivors": [0, 1, 2],
                         "dropped": [3, 4],
@@ -496,7 +513,7 @@ def _unmask_request(params: SecAggParams, survivors: list[int]) -> Message:
             {
                 "secagg": ConfigRecord(
                     {
-                        "stage": "unmask",
+                        "stage": "confirm",
                         "session": params.session.hex(),
                         "survivors": survivors,
                         "dropped": sorted(set(params.nodes) - set(survivors)),
@@ -511,9 +528,16 @@ def _unmask_request(params: SecAggParams, survivors: list[int]) -> Message:
 
 def _masked_session(ctx: Context, params: SecAggParams) -> None:
     from fedshield.privacy.secagg import ClientSession
+    from fedshield.privacy.secagg.primitives import new_keypair
 
     session = ClientSession(0, params)
+    mine = session.advertise()
+    session.roster = {
+        v: mine if v == 0 else (new_keypair().public, new_keypair().public)
+        for v in params.nodes
+    }
     session.stage = "masked"
+    session.masked_with = [v for v in params.nodes if v != 0]
     ctx.state.config_records["secagg-session"] = ConfigRecord(
         {"json": session.to_json()}
     )

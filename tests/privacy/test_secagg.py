@@ -77,6 +77,23 @@ def _sites(p: SecAggParams) -> tuple[ServerSession, dict[int, ClientSession]]:
     return ServerSession(p), {u: ClientSession(u, p) for u in p.nodes}
 
 
+def _unmask(
+    clients: dict[int, ClientSession],
+    survivors: set[int],
+    dropped: set[int],
+    *,
+    answering: set[int] | None = None,
+) -> dict[int, tuple[dict[int, bytes], dict[int, bytes]]]:
+    """Stages 4-5 for the ``answering`` survivors (all by default): each confirms
+    the view (S, D), the tags are relayed, each reveals its shares."""
+    answering = set(survivors if answering is None else answering)
+    tags = {v: clients[v].confirm(set(survivors), set(dropped)) for v in answering}
+    return {
+        v: clients[v].unmask({w: tags[w][v] for w in answering if w != v})
+        for v in sorted(answering)
+    }
+
+
 def _run(
     server: ServerSession,
     clients: dict[int, ClientSession],
@@ -105,17 +122,19 @@ def _run(
         if u not in drops.get("mask", set()):
             server.receive_masked(u, clients[u].masked_input(server.inbox(u), xs[u]))
     survivors, dropped = server.unmask_request()
-    for u in survivors:
-        if u not in drops.get("unmask", set()):
-            server.receive_unmask(u, *clients[u].unmask(survivors, dropped))
+    signers = survivors - drops.get("unmask", set())  # vanish before confirming
+    for u in sorted(signers):
+        server.receive_tags(u, clients[u].confirm(survivors, dropped))
+    for u in sorted(signers):
+        server.receive_unmask(u, *clients[u].unmask(server.tags_for(u)))
     return server.aggregate()
 
 
 def _outcome(p: SecAggParams, drops: Drops) -> set[int] | None:
     """The survivors U2 whose inputs the round must sum, or None where it must
-    abort: fewer than t sites left at a stage, or a secret the server needs (b_u of
-    a survivor, s_u of a site that dropped after sharing) with fewer than t holders
-    among the sites that answer the unmask request."""
+    abort: fewer than t sites left at a stage, fewer than t survivors confirming the
+    view, or a secret the server needs (b_u of a survivor, s_u of a
+    site that dropped after sharing) with fewer than t holders among them."""
     t = p.threshold
     advertised = set(p.nodes) - drops["advertise"]
     if len(advertised) < t:
@@ -129,6 +148,8 @@ def _outcome(p: SecAggParams, drops: Drops) -> set[int] | None:
     if len(shared) < t or len(survivors) < t:
         return None
     answering = survivors - drops["unmask"]
+    if len(answering) < t:
+        return None
     if any(len(set(p.holders(u)) & answering) < t for u in shared):
         return None
     return survivors
@@ -291,8 +312,10 @@ def test_self_mask_alone_hides_an_upload_once_its_pairwise_masks_are_removed(
         server.receive_masked(u, uploads[u])
     survivors, dropped = server.unmask_request()
     assert dropped == {late}
-    for v in survivors:
-        b_shares, s_shares = clients[v].unmask(survivors, dropped)
+    for v in sorted(survivors):
+        server.receive_tags(v, clients[v].confirm(survivors, dropped))
+    for v in sorted(survivors):
+        b_shares, s_shares = clients[v].unmask(server.tags_for(v))
         assert late not in b_shares and set(s_shares) == {late}
         server.receive_unmask(v, b_shares, s_shares)
     total, _ = server.aggregate()
@@ -343,7 +366,7 @@ def test_too_few_survivors_abort_and_the_server_holds_no_unmasked_input(
     assert survivors == {102, 103, 104}
     for u in survivors:
         with pytest.raises(SecAggAborted, match="no share is revealed"):
-            clients[u].unmask(survivors, {100, 101})
+            clients[u].confirm(survivors, {100, 101})
     # what it does hold, three masked uploads, hides each input and their sum (the
     # masks shared with the two sites that dropped do not cancel)
     k = p.modulus_bits
@@ -361,7 +384,7 @@ def test_a_site_reveals_nothing_when_survivors_are_below_threshold() -> None:
     with pytest.raises(SecAggAborted):
         server.unmask_request()
     with pytest.raises(SecAggAborted, match="no share is revealed"):
-        clients[100].unmask({100, 101, 102}, {103, 104})  # a lying server
+        clients[100].confirm({100, 101, 102}, {103, 104})  # a lying server
     assert not server.revealed_b and not server.revealed_s
     for u, y in server.masked.items():  # only masked vectors, none equals its input
         assert not np.array_equal(y, xs[u])
@@ -456,8 +479,10 @@ def test_wrong_vector_length_is_rejected_and_the_round_goes_on_without_it() -> N
         server.receive_masked(u, y)
     survivors, dropped = server.unmask_request()
     assert dropped == {103}
-    for u in survivors:
-        server.receive_unmask(u, *clients[u].unmask(survivors, dropped))
+    for u in sorted(survivors):
+        server.receive_tags(u, clients[u].confirm(survivors, dropped))
+    for u in sorted(survivors):
+        server.receive_unmask(u, *clients[u].unmask(server.tags_for(u)))
     total, _ = server.aggregate()
     assert np.all(total == sum(xs[u] for u in survivors))
 
@@ -470,7 +495,7 @@ def test_a_site_never_reveals_both_shares_of_one_node() -> None:
     for u in p.nodes:
         clients[u].masked_input(server.inbox(u), x)
     with pytest.raises(ProtocolError, match="both"):
-        clients[100].unmask({100, 101, 102}, {102, 103})
+        clients[100].confirm({100, 101, 102}, {102, 103})
 
 
 def test_modulus_is_chosen_so_the_sum_cannot_wrap() -> None:
@@ -547,10 +572,10 @@ def test_a_site_answers_one_unmask_request_only() -> None:
         x = _input(p, shift=u)
         server.receive_masked(u, clients[u].masked_input(server.inbox(u), x))
     everyone = set(p.nodes)
-    b_shares, s_shares = clients[100].unmask(everyone, set())
+    b_shares, s_shares = _unmask(clients, everyone, set())[100]
     assert set(b_shares) == everyone and not s_shares
     for site in (clients[100], ClientSession.from_json(clients[100].to_json())):
         with pytest.raises(ProtocolError, match="out of order"):
-            site.unmask(everyone - {103}, {103})
+            site.confirm(everyone - {103}, {103})
         with pytest.raises(ProtocolError, match="out of order"):
-            site.unmask(everyone, set())  # the same request, replayed
+            site.unmask({})  # the same request, replayed

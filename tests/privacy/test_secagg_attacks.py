@@ -109,8 +109,10 @@ def _finish(
         if u not in late:
             server.receive_masked(u, y)
     survivors, dropped = server.unmask_request()
-    for v in survivors:
-        server.receive_unmask(v, *sites[v].unmask(survivors, dropped))
+    for v in sorted(survivors):
+        server.receive_tags(v, sites[v].confirm(survivors, dropped))
+    for v in sorted(survivors):
+        server.receive_unmask(v, *sites[v].unmask(server.tags_for(v)))
     total, in_sum = server.aggregate()
     assert in_sum == set(p.nodes) - set(late)
     assert np.array_equal(total, sum(_input(p, u) for u in in_sum))
@@ -483,8 +485,10 @@ def test_a_site_given_an_empty_inbox_keeps_its_input_hidden() -> None:
     for v in set(p.nodes) - {u}:
         sites[v].masked_input(server.inbox(v), _input(p, v))
     b_shares = {}
+    everyone = set(p.nodes)
+    tags = {v: sites[v].confirm(everyone, set()) for v in p.nodes}
     for v in p.nodes:
-        revealed, _ = sites[v].unmask(set(p.nodes), set())
+        revealed, _ = sites[v].unmask({w: tags[w][v] for w in p.nodes if w != v})
         b_shares[p.share_index(u, v)] = revealed[u]
     b_u = combine(list(b_shares.items()))
     _assert_hidden(_strip(p, server.keys, u, y_u, self_seed=b_u), _input(p, u))
@@ -495,7 +499,8 @@ def test_split_unmask_requests_keep_a_survivors_input_hidden() -> None:
     shares of b_u) and the other two holders 'u dropped' (two shares of s_u); each
     request alone is well formed. With t = 2 of 4 it would hold both secrets and
     strip every mask from y_u; a threshold of half the holders is therefore refused,
-    and with t = 3 neither half rebuilds anything."""
+    and with t = 3 no holder reveals anything: fewer than t survivors confirm either
+    story (the consistency stage)."""
     with pytest.raises(ProtocolError, match="more than half"):
         _params(4, t=2)
     p, server, sites = _shared(4, t=3)
@@ -509,9 +514,17 @@ def test_split_unmask_requests_keep_a_survivors_input_hidden() -> None:
         102: (everyone - {u}, {u}),
     }
     b_shares, s_shares = {}, {}
+    tags = {}
     for v, (survivors, dropped) in requests.items():
         try:
-            b_out, s_out = sites[v].unmask(survivors, dropped)
+            tags[v] = sites[v].confirm(survivors, dropped)
+        except (ProtocolError, SecAggAborted):
+            continue  # this holder saw through the lie
+    for v in tags:
+        try:
+            b_out, s_out = sites[v].unmask(
+                {w: t[v] for w, t in tags.items() if w != v and v in t}
+            )
         except (ProtocolError, SecAggAborted):
             continue  # this holder saw through the lie
         x = p.share_index(u, v)
@@ -574,5 +587,75 @@ def test_sites_handed_different_parameters_cannot_read_each_others_shares() -> N
         server.receive_shares(u, sites[u].share_keys(roster))
     with pytest.raises(ProtocolError, match="fails authentication"):
         sites[104].masked_input(server.inbox(104), _input(lower, 104))
+    with pytest.raises(ProtocolError, match="fails authentication"):
+        sites[100].masked_input(server.inbox(100), _input(p, 100))
+
+
+def test_a_view_confirmed_by_too_few_survivors_reveals_nothing() -> None:
+    """5 sites, t = 3. The server tells u, v and w 'everyone survived' and the
+    other two 'u dropped'. Each holder reveals only when t survivors tagged its
+    own view: two agree with each story at most, and forged tags do not count."""
+    p, server, sites = _shared(5, t=3)
+    for v in p.nodes:
+        sites[v].masked_input(server.inbox(v), _input(p, v))
+    everyone = set(p.nodes)
+    u = 100
+    views = {
+        100: (everyone, set()),
+        101: (everyone, set()),
+        102: (everyone - {u}, {u}),
+        103: (everyone - {u}, {u}),
+        104: (everyone - {u}, {u}),
+    }
+    tags = {v: sites[v].confirm(*views[v]) for v in p.nodes}
+    # 100 and 101 hold one story (2 < t), and a forged tag from 102 is refused
+    forged = {101: tags[101][100], 102: os.urandom(32)}
+    with pytest.raises(SecAggAborted, match="confirmed this site's view"):
+        sites[100].unmask(forged)
+    # the other story has t = 3 confirmations: those holders reveal, but only
+    # s_u (u dropped), never b_u: no secret of u is rebuilt in both forms
+    b_out, s_out = sites[102].unmask({w: tags[w][102] for w in (103, 104)})
+    assert u not in b_out and u in s_out
+    with pytest.raises(SecAggAborted, match="confirmed this site's view"):
+        sites[101].unmask({100: tags[100][101]})
+
+
+def test_a_site_confirms_no_view_that_counts_sites_it_did_not_mask_with() -> None:
+    """5 sites, t = 3. The server forwards to u only the shares of v1 and v2 (t - 1,
+    enough to upload), so u masks with them alone; it then tells everyone, the same
+    view, that v1 and v2 dropped: with b_u and their mask keys it would strip every
+    mask from y_u. u sees that the view counts w1 and w2, whose shares never reached
+    it, and confirms nothing; the other survivors are then too few to reveal."""
+    p, server, sites = _shared(5, t=3)
+    u, v1, v2 = 100, 101, 102
+    inbox = {src: ct for src, ct in server.inbox(u).items() if src in (v1, v2)}
+    sites[u].masked_input(inbox, _input(p, u))
+    for v in set(p.nodes) - {u}:
+        sites[v].masked_input(server.inbox(v), _input(p, v))
+    survivors, dropped = {u, 103, 104}, {v1, v2}
+    with pytest.raises(SecAggAborted, match="received the shares of"):
+        sites[u].confirm(survivors, dropped)
+    tags = {v: sites[v].confirm(survivors, dropped) for v in (103, 104)}
+    with pytest.raises(SecAggAborted, match="confirmed this site's view"):
+        sites[103].unmask({104: tags[104][103]})
+
+
+def test_sites_handed_different_rosters_cannot_read_each_others_shares() -> None:
+    """The server hands site 104 a roster in which 103's mask key is one of its own
+    (so that it could compute their pairwise mask). Every share ciphertext is bound
+    to the round's roster: 104's shares to the others, and theirs to it, fail to
+    authenticate, and the round stops before any upload."""
+    p = _params(5, t=3)
+    server = ServerSession(p)
+    sites = {u: ClientSession(u, p) for u in p.nodes}
+    for u in p.nodes:
+        server.receive_keys(u, *sites[u].advertise())
+    roster = server.roster()
+    forged = dict(roster)
+    forged[103] = (roster[103][0], new_keypair().public)
+    for u in p.nodes:
+        server.receive_shares(u, sites[u].share_keys(forged if u == 104 else roster))
+    with pytest.raises(ProtocolError, match="fails authentication"):
+        sites[104].masked_input(server.inbox(104), _input(p, 104))
     with pytest.raises(ProtocolError, match="fails authentication"):
         sites[100].masked_input(server.inbox(100), _input(p, 100))

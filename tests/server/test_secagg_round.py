@@ -260,13 +260,13 @@ def test_replayed_stage_message_is_rejected_by_the_site() -> None:
             m for m in sent if m.content.config_records["secagg"]["stage"] == stage
         )
 
-    # the classic attack: the unmask request again, now calling a site that uploaded
-    # dropped, for the shares of its mask key on top of those of its self mask
-    record = first("unmask").content.config_records["secagg"]
+    # the classic attack: the view again, now calling a site that uploaded dropped,
+    # for the shares of its mask key on top of those of its self mask
+    record = first("confirm").content.config_records["secagg"]
     survivors = list(record["survivors"])
     forged = ConfigRecord(
         {
-            "stage": "unmask",
+            "stage": "confirm",
             "session": record["session"],
             "survivors": survivors[:-1],
             "dropped": survivors[-1:],
