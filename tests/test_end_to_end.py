@@ -54,6 +54,9 @@ def finished_run(tmp_path_factory, tiny_model_dir) -> tuple[Path, str]:
         f"model.source='{tiny_model_dir}' model.max-length=16 train.batch-size=8 "
         "data.train-examples=150 data.test-examples=40 min-train-sites=1 "
         "client-dp.enabled=true client-dp.noise-multiplier=0.5 "
+        # simulated sites trust each other (no colluders): a 3-site secure round
+        # then survives the refusal of round 3 (t = 2, not the default 3)
+        "secagg.threshold=0.5 "
         f"simulation.site-max-epsilon={BUDGET}"
     )
     proc = _simulate(out, f"{overrides} num-server-rounds=2")
