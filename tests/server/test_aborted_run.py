@@ -1,0 +1,74 @@
+"""A run whose round cannot finish stops with ``status: aborted`` and its reason.
+
+The real ServerApp main (:func:`server.app.run_server`) against an in-memory grid
+whose sites all fail: the round aborts, summary.json and progress.json say
+``aborted`` with the reason (``fedshield simulate`` then exits 1 on it), and the
+error propagates so that ``flwr run`` fails too. A 2-site secure round with a
+threshold that cannot be met fails at run start, not inside round 1.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flwr.app import Context, Error, Message, RecordDict
+
+from fedshield.common.config import ConfigError
+from fedshield.models.texts import LabeledTexts
+from fedshield.server.app import run_server
+from fedshield.server.rounds import RoundAborted
+
+from .grid import InMemoryGrid
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+class FailingSites(InMemoryGrid):
+    def reply(self, msg: Message, node: int) -> Message:
+        return Message(Error(code=1, reason="site went away"), reply_to=msg)
+
+
+def _central_test(path: str, run_config: Any) -> LabeledTexts:
+    return LabeledTexts(texts=("fine film", "dull film"), labels=(1, 0))
+
+
+def _context(run_config: dict[str, Any]) -> Context:
+    return Context(
+        run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
+    )
+
+
+def test_an_aborted_round_leaves_status_aborted_with_the_reason(
+    tmp_path: Path, tiny_run_config: dict[str, Any]
+) -> None:
+    out = tmp_path / "run"
+    run_config = {**tiny_run_config, "out-dir": str(out), "round-timeout": 5.0}
+    grid = FailingSites([11, 22, 33], run_config)
+    with pytest.raises(RoundAborted, match="site went away"):
+        run_server(grid, _context(run_config), central_test=_central_test)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "aborted"
+    assert "Round 1" in summary["error"] and "site went away" in summary["error"]
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress == {"round": 1, "status": "aborted"}
+
+
+def test_an_impossible_threshold_fails_at_run_start(
+    tmp_path: Path, tiny_run_config: dict[str, Any]
+) -> None:
+    run_config = {
+        **tiny_run_config,
+        "out-dir": str(tmp_path / "run"),
+        "secagg.threshold": 2,  # 2 of the 4 sites a round needs: half, refused
+        "min-train-sites": 4,
+    }
+    with pytest.raises(ConfigError, match="secagg.threshold"):
+        run_server(
+            FailingSites([11, 22], run_config),
+            _context(run_config),
+            central_test=_central_test,
+        )
+    assert not (tmp_path / "run" / "summary.json").exists()
