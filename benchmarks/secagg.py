@@ -115,8 +115,14 @@ ours_client.train()(_train)
 def _ddp_run_config(msg: Message, context: Context, call_next: Any) -> Message:
     """The run config a ``flwr run`` with client-level DP on would give the sites
     (``run_simulation`` takes none)."""
-    context.run_config.update(DDP_RUN_CONFIG)
-    return call_next(msg, context)
+    with_dp = Context(
+        run_id=context.run_id,
+        node_id=context.node_id,
+        node_config=context.node_config,
+        state=context.state,  # the same state: the mod's round lives on in it
+        run_config={**context.run_config, **DDP_RUN_CONFIG},
+    )
+    return call_next(msg, with_dp)
 
 
 ddp_client = ClientApp(mods=[_ddp_run_config, secagg_mod])
