@@ -17,6 +17,7 @@ instead of the sum each fail.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import pytest
 import torch
@@ -83,11 +84,17 @@ class Sites(InMemoryGrid):
     secure aggregation is on; ``arrays`` collects every array record the server
     receives."""
 
-    def __init__(self, *, secure: bool, client_dp: ClientDPConfig) -> None:
+    def __init__(
+        self,
+        *,
+        secure: bool,
+        client_dp: ClientDPConfig,
+        secagg: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(
             NODES,
             {
-                **SECAGG_CONFIG,
+                **(secagg or SECAGG_CONFIG),
                 "client-dp.enabled": client_dp.enabled,
                 "client-dp.clip-norm": client_dp.clip_norm,
                 "client-dp.noise-multiplier": client_dp.noise_multiplier,
@@ -103,9 +110,15 @@ class Sites(InMemoryGrid):
         return reply
 
 
-def _applied_noise(*, secure: bool, client_dp: ClientDPConfig) -> torch.Tensor:
+def _applied_noise(
+    *,
+    secure: bool,
+    client_dp: ClientDPConfig,
+    secagg: dict[str, Any] | None = None,
+) -> torch.Tensor:
     """One round; the applied update minus the exact uniform mean of the deltas."""
-    sites = Sites(secure=secure, client_dp=client_dp)
+    secagg = secagg or SECAGG_CONFIG
+    sites = Sites(secure=secure, client_dp=client_dp, secagg=secagg)
     state, log = run_round(
         grid=sites,
         strategy=FedAvg(min_train_nodes=1, min_available_nodes=1),
@@ -116,9 +129,7 @@ def _applied_noise(*, secure: bool, client_dp: ClientDPConfig) -> torch.Tensor:
         timeout=5.0,
         progress=lambda done, total: None,
         client_dp=client_dp,
-        secagg=SecAggConfig.from_run_config(
-            {**SECAGG_CONFIG, "secagg.enabled": secure}
-        ),
+        secagg=SecAggConfig.from_run_config({**secagg, "secagg.enabled": secure}),
     )
     assert sorted(log.sites) == [f"site-{n}" for n in NODES] and not log.failures
     if secure:  # the server only ever received masked vectors
@@ -138,6 +149,9 @@ def test_server_adds_client_level_noise_of_std_z_s_over_m(secure: bool) -> None:
     std = Z * CLIP * (m / 2) ** 0.5 / m if secure else Z * CLIP / m
     assert float(noise.mean()) == pytest.approx(0.0, abs=0.02 * std)
     assert float(noise.std()) == pytest.approx(std, rel=0.04)
+    # no coordinate wrapped around the modulus: a misread one is off by 2^k steps
+    # (4 here), far beyond 7 std (a false alarm over 1e5 draws: < 3e-7)
+    assert float(noise.abs().max()) < 7 * std
 
 
 @pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
@@ -153,3 +167,26 @@ def test_without_client_level_dp_the_mean_is_exact(secure: bool) -> None:
     got = noise + uniform
     assert torch.allclose(got, uniform if secure else weighted, atol=1e-5)
     assert float((weighted - uniform).abs().max()) > 1e-3  # weights do differ
+
+
+def test_the_noised_sum_never_wraps_the_modulus() -> None:
+    """12-bit quantization with a narrow clip range: each site's Skellam noise is
+    ~300 times the range of one encoded input, so the noise-free modulus (15 bits)
+    would wrap almost every coordinate. The server plans the headroom the noise
+    needs: the applied noise is still the accounted one, and no coordinate is
+    misread."""
+    coarse = {
+        **SECAGG_CONFIG,
+        "secagg.clip-range": 0.002,
+        "secagg.quantization-bits": 12,
+    }
+    noise = _applied_noise(
+        secure=True,
+        client_dp=ClientDPConfig(enabled=True, clip_norm=CLIP, noise_multiplier=Z),
+        secagg=coarse,
+    )
+    m = len(NODES)
+    std = Z * CLIP * (m / 2) ** 0.5 / m
+    # the clip range saturates some coordinates of the deltas (a bias of < 0.002)
+    assert float(noise.std()) == pytest.approx(std, rel=0.04)
+    assert float(noise.abs().max()) < 7 * std
