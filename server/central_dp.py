@@ -169,8 +169,12 @@ class ClientLevelAccountant:
             "noise_multiplier": self.config.noise_multiplier,
             "clip_norm": self.config.clip_norm,
             "rounds": rounds,
-            "accountant": self.accountant.value,
+            "accountant": "skellam-rdp" if self.distributed else self.accountant.value,
             "ledger": self.state_dir.name,
-            "neighbouring": "add/remove one site's entire dataset",
+            "neighbouring": "zero-out: one site's update replaced by zeros (which "
+            "sites took part is public under secure aggregation)"
+            if self.distributed
+            else "add/remove one site's entire dataset (an absent site counts as a "
+            "zero update: the mean divides by the sites sampled)",
             "scope": "every round of this run (all sites' contributions)",
         }

@@ -109,7 +109,9 @@ def test_distributed_rounds_compose_the_skellam_noise_the_survivors_added(
     assert eps[1] == pytest.approx(distributed_epsilon(rounds, delta=1e-5), rel=1e-12)
     # the round with 2 survivors (half the noise) cost more than a second with 4
     assert eps[1] > distributed_epsilon([rounds[0]] * 2, delta=1e-5)
-    assert acc.summary()["epsilon"] == eps[1]
+    summary = acc.summary()
+    assert summary["epsilon"] == eps[1] and summary["rounds"] == 2
+    assert summary["neighbouring"].startswith("zero-out")
     with LedgerReader(RunLayout(tmp_path).server_ledger) as ledger:
         assert ledger.verify().ok
         assert {e.entry.mechanism for e in ledger.entries()} == {
