@@ -376,7 +376,7 @@ def test_a_dropped_sites_rebuilt_mask_key_opens_none_of_its_share_ciphertexts() 
                         decrypt(
                             key,
                             ciphertext,
-                            aad=secagg_client._aad(p.transcript, src, dst),
+                            aad=secagg_client._aad(sites[late].round_digest, src, dst),
                         )
 
 
