@@ -314,8 +314,10 @@ KEYS: tuple[Key, ...] = (
         kind=bool,
         default=False,
         doc=(
-            "client-level DP: sites clip whole updates, the server adds Gaussian "
-            "noise to their sum and applies the uniform mean"
+            "client-level DP: sites clip whole updates; under secure aggregation "
+            "each adds its share of Skellam noise before masking, otherwise the "
+            "server adds Gaussian noise to their sum; the mean divides by the "
+            "sites sampled"
         ),
     ),
     Key(
