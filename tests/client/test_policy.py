@@ -275,39 +275,10 @@ def test_unmasking_with_fewer_survivors_than_the_policy_is_refused() -> None:
     """The sum of 3 sites, two of them colluding with the server, is the third's
     update: a site whose policy says 4 reveals no share for a 3-site sum, and
     forgets the round's secrets."""
-    from fedshield.privacy.secagg import ClientSession
-
     params = _params(5, threshold=3)
     ctx = _context({"secagg-min-sites": "4"}, RUN_CONFIG)
-    from fedshield.privacy.secagg.primitives import new_keypair
-
-    session = ClientSession(0, params)
-    mine = session.advertise()
-    session.roster = {
-        v: mine if v == 0 else (new_keypair().public, new_keypair().public)
-        for v in params.nodes
-    }
-    session.stage = "masked"
-    session.masked_with = [v for v in params.nodes if v != 0]
-    ctx.state.config_records["secagg-session"] = ConfigRecord(
-        {"json": session.to_json()}
-    )
-    msg = Message(
-        content=RecordDict(
-            {
-                "secagg": ConfigRecord(
-                    {
-                        "stage": "confirm",
-                        "session": params.session.hex(),
-                        "survivors": [0, 1, 2],
-                        "dropped": [3, 4],
-                    }
-                )
-            }
-        ),
-        dst_node_id=7,
-        message_type="train",
-    )
+    _masked_session(ctx, params)
+    msg = _unmask_request(params, [0, 1, 2])
     assert "requires at least 4" in _refusal(secagg_mod(msg, ctx, Handler()))
     assert "secagg-session" not in ctx.state.config_records
 
@@ -356,8 +327,6 @@ def test_a_site_reveals_no_share_below_the_survivors_its_noise_assumes() -> None
     survivors (client-dp.min-survivors=4). A sum over 3 would carry 3/4 of the
     accounted noise, so the site refuses to unmask it, though its own policy
     (secagg-min-sites=2) and the threshold (3 of 5) would allow it."""
-    from fedshield.privacy.secagg import ClientSession
-
     params = _params(5, threshold=3)
     run_config = {
         **RUN_CONFIG,
@@ -365,35 +334,8 @@ def test_a_site_reveals_no_share_below_the_survivors_its_noise_assumes() -> None
         "client-dp.min-survivors": 4,
     }
     ctx = _context({}, run_config)
-    from fedshield.privacy.secagg.primitives import new_keypair
-
-    session = ClientSession(0, params)
-    mine = session.advertise()
-    session.roster = {
-        v: mine if v == 0 else (new_keypair().public, new_keypair().public)
-        for v in params.nodes
-    }
-    session.stage = "masked"
-    session.masked_with = [v for v in params.nodes if v != 0]
-    ctx.state.config_records["secagg-session"] = ConfigRecord(
-        {"json": session.to_json()}
-    )
-    msg = Message(
-        content=RecordDict(
-            {
-                "secagg": ConfigRecord(
-                    {
-                        "stage": "confirm",
-                        "session": params.session.hex(),
-                        "survivors": [0, 1, 2],
-                        "dropped": [3, 4],
-                    }
-                )
-            }
-        ),
-        dst_node_id=7,
-        message_type="train",
-    )
+    _masked_session(ctx, params)
+    msg = _unmask_request(params, [0, 1, 2])
     assert "at least 4" in _refusal(secagg_mod(msg, ctx, Handler()))
 
 
