@@ -41,6 +41,7 @@ from fedshield.privacy.dp import AccountantKind
 from fedshield.privacy.ledger import LedgerReader
 from fedshield.privacy.secagg import SecAggConfig
 from fedshield.server.rounds import run_round
+from tests.server.grid import InMemoryGrid
 
 RDP = AccountantKind.RDP
 
@@ -227,7 +228,7 @@ def colluder_strips_noise(env: Env) -> Result:
     return noise_left(env, "colluder", colluder=True)
 
 
-class StubGrid:
+class StubGrid(InMemoryGrid):
     """Sites that return a zero update (a valid clipped update) behind the real
     secagg client mod, except the last one, which returns ``target`` when given;
     an in-memory Flower Grid for the server's real round."""
@@ -239,15 +240,9 @@ class StubGrid:
         run_config: dict[str, Any],
         target: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        self.env, self.pending = env, {}  # type: ignore[var-annotated]
-        self.contexts = {
-            n: Context(1, n, {}, RecordDict(), dict(run_config))
-            for n in range(201, 201 + nodes)
-        }
+        super().__init__(range(201, 201 + nodes), run_config)
+        self.env = env
         self.target_node, self.target = 200 + nodes, target
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
 
     def _train(self, msg: Message, context: Context) -> Message:
         zero = {k: torch.zeros_like(v) for k, v in self.env.global_state().items()}
@@ -262,25 +257,8 @@ class StubGrid:
         )
         return Message(content=content, reply_to=msg)
 
-    def push_messages(self, messages: Iterable[Message]) -> list[str]:
-        ids = []
-        for msg in messages:
-            mid = f"m{len(self.pending)}-{id(msg)}"
-            msg.metadata.__dict__["_message_id"] = mid
-            self.pending[mid] = msg
-            ids.append(mid)
-        return ids
-
-    def pull_messages(self, ids: Iterable[str]) -> list[Message]:
-        out = []
-        for mid in ids:
-            msg = self.pending.pop(mid)
-            node = msg.metadata.dst_node_id
-            reply = secagg_mod.secagg_mod(msg, self.contexts[node], self._train)
-            reply.metadata.__dict__["_src_node_id"] = node
-            reply.metadata.__dict__["_reply_to_message_id"] = mid
-            out.append(reply)
-        return out
+    def reply(self, msg: Message, node: int) -> Message:
+        return secagg_mod.secagg_mod(msg, self.contexts[node], self._train)
 
 
 def _round_change(

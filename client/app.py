@@ -64,7 +64,7 @@ from fedshield.privacy.client_dp import clip_update
 from fedshield.privacy.fingerprint import dataset_fingerprint
 
 from .config import ClientConfig
-from .errors import site_errors_mod
+from .errors import refusal_reply, site_errors_mod
 from .node import NodeConfig
 from .policy import PolicyRefused
 from .release import Refused, SiteBudget, release_round, site_state_dir
@@ -125,7 +125,7 @@ def training_seed(cfg: ClientConfig, site: str, server_round: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def _refusal_reply(msg: Message, site: SiteData, refused: Refused) -> Message:
+def _budget_refusal(msg: Message, site: SiteData, refused: Refused) -> Message:
     check = refused.check
     refusal = Refusal(
         reason=refused.reason,
@@ -134,49 +134,48 @@ def _refusal_reply(msg: Message, site: SiteData, refused: Refused) -> Message:
         max_epsilon=check.max_epsilon,
         delta=check.delta,
     )
-    content = RecordDict(
-        {
-            Record.REFUSAL: ConfigRecord(refusal.to_record()),
-            Record.SITE: ConfigRecord({SiteKey.NAME: site.name}),
-        }
-    )
-    return Message(content=content, reply_to=msg)
+    return refusal_reply(msg, site.name, refusal)
 
 
-def _policy_refusal(msg: Message, site: str, reason: str) -> Message:
-    logger.warning("%s refuses the round: %s", site, reason)
-    content = RecordDict(
-        {
-            Record.REFUSAL: ConfigRecord(Refusal(reason=reason).to_record()),
-            Record.SITE: ConfigRecord({SiteKey.NAME: site}),
-        }
-    )
-    return Message(content=content, reply_to=msg)
-
-
-def _site(
+def _settings(
     context: Context, sites: SiteSource
-) -> tuple[ClientConfig, NodeConfig, SiteData]:
-    """The run's config and the site's own, each parsed once, and its examples
-    (the site source reads its own keys from the same parsed run config).
-
-    The site's policy is checked first: a run asking for less than it is refused
-    (:class:`PolicyRefused`) before any record is read."""
+) -> tuple[RunConfig, ClientConfig, NodeConfig]:
+    """The run's config and the site's own, each parsed once (the site source reads
+    its own keys from the same parsed run config)."""
     run_config = RunConfig.parse(dict(context.run_config))
     cfg = ClientConfig.from_run_config(run_config)
-    node = sites.node_config(dict(context.node_config), run_config)
-    node.policy.check_run(secagg=cfg.secagg, pii=cfg.pii)
-    return cfg, node, sites.load(node, cfg, run_config, context.node_id)
+    return run_config, cfg, sites.node_config(dict(context.node_config), run_config)
+
+
+def _policy_refusal(
+    msg: Message,
+    context: Context,
+    node: NodeConfig,
+    cfg: ClientConfig,
+    *,
+    evaluate: bool = False,
+) -> Message | None:
+    """The site's refusal if the run asks for less than its policy (checked before
+    any record is read), else None."""
+    try:
+        if evaluate:
+            node.policy.check_evaluate()
+        node.policy.check_run(secagg=cfg.secagg, pii=cfg.pii)
+    except PolicyRefused as refused:
+        return refusal_reply(
+            msg, node.name(context.node_id), Refusal(reason=str(refused))
+        )
+    return None
 
 
 def train(
     msg: Message, context: Context, *, sites: SiteSource = DEPLOYED_SITE
 ) -> Message:
-    try:
-        cfg, node, site = _site(context, sites)
-    except PolicyRefused as refused:
-        node = sites.node_config(dict(context.node_config), dict(context.run_config))
-        return _policy_refusal(msg, node.name(context.node_id), str(refused))
+    run_config, cfg, node = _settings(context, sites)
+    refused = _policy_refusal(msg, context, node, cfg)
+    if refused is not None:
+        return refused
+    site = sites.load(node, cfg, run_config, context.node_id)
     train_config = dict(msg.content.config_records[Record.CONFIG])
     server_round = int(str(train_config[TrainKey.SERVER_ROUND]))
     budget = SiteBudget.resolve(
@@ -203,7 +202,7 @@ def train(
             history=budget.history(raw_fingerprint),  # target ε: what the data spent
         )
     except TargetEpsilonSpent as spent:  # a refusal, reported as such
-        return _policy_refusal(msg, site.name, str(spent))
+        return refusal_reply(msg, site.name, Refusal(reason=str(spent)))
     loaded, global_state = None, None
 
     def run_training() -> TrainResult:
@@ -233,7 +232,7 @@ def train(
         train=run_training,
     )
     if isinstance(outcome, Refused):
-        return _refusal_reply(msg, site, outcome)
+        return _budget_refusal(msg, site, outcome)
     assert loaded is not None and global_state is not None  # set by run_training
     result = outcome.result
     delta = state_delta(trainable_state(loaded.model), global_state)
@@ -292,15 +291,11 @@ def train(
 def evaluate(
     msg: Message, context: Context, *, sites: SiteSource = DEPLOYED_SITE
 ) -> Message:
-    try:
-        policy = sites.node_config(
-            dict(context.node_config), dict(context.run_config)
-        ).policy
-        policy.check_evaluate()  # before any record is read
-        cfg, node, site = _site(context, sites)
-    except PolicyRefused as refused:
-        node = sites.node_config(dict(context.node_config), dict(context.run_config))
-        return _policy_refusal(msg, node.name(context.node_id), str(refused))
+    run_config, cfg, node = _settings(context, sites)
+    refused = _policy_refusal(msg, context, node, cfg, evaluate=True)
+    if refused is not None:
+        return refused
+    site = sites.load(node, cfg, run_config, context.node_id)
     config = msg.content.config_records.get(Record.CONFIG)
     state_dir = site_state_dir(
         node, dict(config) if config is not None else {}, site.name

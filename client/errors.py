@@ -1,4 +1,5 @@
-"""What a site's errors tell the coordinator: the kind of failure, never its data.
+"""What a site's errors and refusals tell the coordinator: the kind of failure or
+the setting at fault, never the site's data.
 
 Flower sends an exception raised in a ClientApp to the server as the reply's
 error reason, message included (``"<class 'ValueError'>:<'...'>"``). Our messages
@@ -14,14 +15,15 @@ from __future__ import annotations
 
 import logging
 
-from flwr.app import Context, Error, Message
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedshield.common.config import ConfigError
+from fedshield.common.schema import Record, Refusal, SiteKey
 from fedshield.models.state import StateMismatchError
 from fedshield.privacy.secagg import ProtocolError, SecAggAborted
 
-__all__ = ["ERROR_CODE", "public_reason", "site_errors_mod"]
+__all__ = ["ERROR_CODE", "public_reason", "refusal_reply", "site_errors_mod"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,19 @@ def public_reason(err: BaseException) -> str:
         f"{kind} at the site; the site's log has the details (messages that may "
         "quote the site's records or files are not sent)"
     )
+
+
+def refusal_reply(msg: Message, site: str, refusal: Refusal) -> Message:
+    """The reply of a site that will not take part: its reason (settings, never
+    data) and, for a budget refusal, the budget's numbers; no update."""
+    logger.warning("%s refuses the round: %s", site, refusal.reason)
+    content = RecordDict(
+        {
+            Record.REFUSAL: ConfigRecord(refusal.to_record()),
+            Record.SITE: ConfigRecord({SiteKey.NAME: site}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
 
 
 def site_errors_mod(

@@ -55,7 +55,7 @@ from flwr.app import (
 )
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
-from fedshield.common.schema import Record, Refusal, SecAggKey, SiteKey, Stage, TrainKey
+from fedshield.common.schema import Record, Refusal, SecAggKey, Stage, TrainKey
 from fedshield.models import arrays_to_state, flatten_state
 from fedshield.models.records import (
     read_bytes_list,
@@ -77,7 +77,7 @@ from fedshield.privacy.secagg import (
     SecAggParams,
 )
 
-from .errors import public_reason
+from .errors import public_reason, refusal_reply
 from .policy import SATURATED, PolicyRefused, SitePolicy
 from .site import SiteFiles, SiteSource
 
@@ -97,17 +97,6 @@ def _error(msg: Message, reason: str) -> Message:
 
 def _reply(msg: Message, **records: ConfigRecord | ArrayRecord) -> Message:
     return Message(content=RecordDict(dict(records)), reply_to=msg)
-
-
-def _refusal(msg: Message, context: Context, reason: str) -> Message:
-    logger.warning("Secure aggregation refused: %s", reason)
-    content = RecordDict(
-        {
-            Record.REFUSAL: ConfigRecord(Refusal(reason=reason).to_record()),
-            Record.SITE: ConfigRecord({SiteKey.NAME: f"node-{context.node_id}"}),
-        }
-    )
-    return Message(content=content, reply_to=msg)
 
 
 def _forget(context: Context) -> None:
@@ -361,7 +350,8 @@ def site_secagg_mod(sites: SiteSource) -> Mod:
             raise ProtocolError(f"unknown secure-aggregation stage {stage!r}")
         except PolicyRefused as refused:
             _forget(context)
-            return _refusal(msg, context, str(refused))
+            site = f"node-{context.node_id}"
+            return refusal_reply(msg, site, Refusal(reason=str(refused)))
         except (ProtocolError, SecAggAborted, KeyError, TypeError, ValueError) as err:
             logger.warning("Secure aggregation stage %r failed: %s", stage, err)
             _forget(context)

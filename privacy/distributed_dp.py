@@ -93,6 +93,7 @@ from scipy.special import gammaln
 
 from .client_dp import ClientDPConfig
 from .secagg.params import SecAggParams
+from .secagg.quantize import Quantizer
 from .secagg.quantize import modulus_bits as base_modulus_bits
 
 __all__ = [
@@ -101,6 +102,7 @@ __all__ = [
     "SkellamCalibration",
     "WrapBound",
     "add_noise",
+    "calibrate",
     "distributed_epsilon",
     "lift_sum",
     "honest_survivors",
@@ -512,16 +514,27 @@ def honest_survivors(client_dp: ClientDPConfig, policy: SupportsMinSites) -> int
     return max(1, min_survivors(client_dp, policy) - policy.secagg_max_colluders)
 
 
+def calibrate(
+    client_dp: ClientDPConfig, quantizer: Quantizer, *, dimension: int, survivors: int
+) -> SkellamCalibration:
+    """``client-dp.*`` in the integer units of ``quantizer`` (one step is
+    ``2c / L``), over ``dimension`` coordinates, for ``survivors`` sites."""
+    return SkellamCalibration(
+        clip_norm=client_dp.clip_norm,
+        step=2 * quantizer.clip_range / quantizer.levels,
+        dimension=dimension,
+        noise_multiplier=client_dp.noise_multiplier,
+        min_survivors=survivors,
+    )
+
+
 def site_noise(
     client_dp: ClientDPConfig, params: SecAggParams, survivors: int
 ) -> SkellamCalibration:
-    """The calibration of one secure round: ``client-dp.*`` in the integer units of
-    the round's quantizer, over its vector, for ``survivors`` sites."""
-    q = params.quantizer
-    return SkellamCalibration(
-        clip_norm=client_dp.clip_norm,
-        step=2 * q.clip_range / q.levels,
+    """The calibration of one secure round, over its vector, for ``survivors``."""
+    return calibrate(
+        client_dp,
+        params.quantizer,
         dimension=params.vector_length,
-        noise_multiplier=client_dp.noise_multiplier,
-        min_survivors=survivors,
+        survivors=survivors,
     )

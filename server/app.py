@@ -32,7 +32,7 @@ from fedshield.models import (
     load_trainable_state,
     trainable_state,
 )
-from fedshield.privacy.distributed_dp import SkellamCalibration
+from fedshield.privacy.distributed_dp import SkellamCalibration, calibrate
 
 from .central_dp import ClientLevelAccountant
 from .checkpoint import (
@@ -119,13 +119,11 @@ def _distributed(cfg: ServerConfig, state: dict[str, Any]) -> SkellamCalibration
     noise (:mod:`privacy.distributed_dp`); its sensitivities, for the accountant."""
     if not (cfg.client_dp.enabled and cfg.secagg.enabled):
         return None
-    q = cfg.secagg.quantizer
-    return SkellamCalibration(
-        clip_norm=cfg.client_dp.clip_norm,
-        step=2 * q.clip_range / q.levels,
+    return calibrate(
+        cfg.client_dp,
+        cfg.secagg.quantizer,
         dimension=sum(t.numel() for t in state.values()),
-        noise_multiplier=cfg.client_dp.noise_multiplier,
-        min_survivors=cfg.client_dp.min_survivors,
+        survivors=cfg.client_dp.min_survivors,
     )
 
 

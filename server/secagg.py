@@ -52,11 +52,7 @@ from fedshield.models.records import (
     read_int_list,
 )
 from fedshield.privacy.client_dp import ClientDPConfig
-from fedshield.privacy.distributed_dp import (
-    SkellamCalibration,
-    lift_sum,
-    plan_modulus,
-)
+from fedshield.privacy.distributed_dp import calibrate, lift_sum, plan_modulus
 from fedshield.privacy.secagg import (
     ProtocolError,
     SecAggAborted,
@@ -115,13 +111,7 @@ def prepare_setup(
     if client_dp is not None and client_dp.enabled:
         q = cfg.quantizer
         try:  # the most noise a site adds: calibrated for 1 honest survivor
-            noise = SkellamCalibration(
-                clip_norm=client_dp.clip_norm,
-                step=2 * q.clip_range / q.levels,
-                dimension=d,
-                noise_multiplier=client_dp.noise_multiplier,
-                min_survivors=1,
-            )
+            noise = calibrate(client_dp, q, dimension=d, survivors=1)
             bound = plan_modulus(
                 quantization_bits=q.bits,
                 participants=n,

@@ -283,27 +283,15 @@ def test_unmasking_with_fewer_survivors_than_the_policy_is_refused() -> None:
     assert "secagg-session" not in ctx.state.config_records
 
 
-def test_the_train_handler_releases_only_what_the_policy_allows(
-    tmp_path: Path, tiny_run_config: dict[str, Any]
-) -> None:
-    """The real ``@app.train`` at a deployed-style site with the default
-    ``release-metrics``: the reply's metrics are the site's own accounting only; no
-    epsilon (it depends on the number of records), train loss, example count, step
-    count or PII count leaves in the clear."""
-    import csv
-
-    from fedshield.client.app import train
-
+def _deployed_site(
+    tmp_path: Path, tiny_run_config: dict[str, Any], rows: str
+) -> tuple[Message, Context]:
+    """A round-1 train message and the context of a deployed-style site whose file
+    holds ``rows`` (CSV lines after the header), called without its secagg mod."""
     from .site_round import server_message, site_context
 
     data = tmp_path / "site.csv"
-    with data.open("w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows(
-            [
-                ("text", "label"),
-                *((f"note {i} by Anna Smith", i % 2) for i in range(16)),
-            ]
-        )
+    data.write_text("text,label\n" + rows)
     run_config = {**tiny_run_config, "secagg.enabled": False}
     msg = server_message(
         run_config,
@@ -316,7 +304,21 @@ def test_the_train_handler_releases_only_what_the_policy_allows(
         "state-dir": str(tmp_path / "state"),
         "require-secagg": "false",  # the handler is called without its mod here
     }
-    reply = train(msg, site_context(run_config, node_config, node_id=7))
+    return msg, site_context(run_config, node_config, node_id=7)
+
+
+def test_the_train_handler_releases_only_what_the_policy_allows(
+    tmp_path: Path, tiny_run_config: dict[str, Any]
+) -> None:
+    """The real ``@app.train`` at a deployed-style site with the default
+    ``release-metrics``: the reply's metrics are the site's own accounting only; no
+    epsilon (it depends on the number of records), train loss, example count, step
+    count or PII count leaves in the clear."""
+    from fedshield.client.app import train
+
+    rows = "".join(f"note {i} by Anna Smith,{i % 2}\n" for i in range(16))
+    msg, context = _deployed_site(tmp_path, tiny_run_config, rows)
+    reply = train(msg, context)
     assert "arrays" in reply.content.array_records
     sent = set(reply.content.metric_records["metrics"])
     assert sent == {"delta", "max-epsilon"}
@@ -349,31 +351,21 @@ def test_an_error_that_could_quote_the_sites_data_reaches_the_server_redacted(
 
     from .site_round import server_message, site_context
 
-    data = tmp_path / "site.csv"
-    data.write_text("text,label\nfine film,0\nsecret diagnosis,Xylophone-42\n")
-    run_config = {**tiny_run_config, "secagg.enabled": False}
-    msg = server_message(
-        run_config,
-        message_type="train",
-        config={"server-round": 1, "run-key": "k"},
-        node_id=7,
+    msg, context = _deployed_site(
+        tmp_path, tiny_run_config, "fine film,0\nsecret diagnosis,Xylophone-42\n"
     )
-    node_config = {
-        "data-path": str(data),
-        "state-dir": str(tmp_path / "state"),
-        "require-secagg": "false",
-    }
     app = client_app()
-    reply = app(msg, site_context(run_config, node_config, node_id=7))
+    reply = app(msg, context)
     assert reply.has_error()
     assert "SiteDataError" in reply.error.reason
     assert "Xylophone" not in reply.error.reason
-    assert "diagnosis" not in reply.error.reason and str(data) not in reply.error.reason
-    bad_run = {**run_config, "secagg.threshold": 0.2}
+    data = str(tmp_path / "site.csv")
+    assert "diagnosis" not in reply.error.reason and data not in reply.error.reason
+    bad_run = {**context.run_config, "secagg.threshold": 0.2}
     msg = server_message(
         bad_run, message_type="train", config={"server-round": 1}, node_id=7
     )
-    reply = app(msg, site_context(bad_run, node_config, node_id=7))
+    reply = app(msg, site_context(bad_run, dict(context.node_config), node_id=7))
     assert reply.has_error() and "secagg.threshold" in reply.error.reason
 
 
