@@ -230,6 +230,7 @@ def _masked_input(msg: Message, context: Context, policy: SitePolicy) -> Message
     if stored is None:
         raise ProtocolError("this site's update for the round is missing")
     x = stored["x"].numpy().astype(np.float64)
+    del context.state.array_records[_INPUT]  # masked below: no later stage needs it
     p = session.params
     encoded = p.quantizer.encode(x, modulus=p.modulus_bits)
     values = encoded.values

@@ -10,6 +10,10 @@
   integers and reduced mod 2^k (k <= 64 bits, a power-of-two modulus, so the
   reduction is uniform). No numpy or ``random`` generator is involved; Flower 1.41
   seeds ``np.random.RandomState`` with 32 bits here, which a server can search.
+- Private randomness (rounding coins, DP noise): :class:`Uniforms`, the ChaCha20
+  keystream under a fresh ``os.urandom(32)`` key and random nonce, never stored or
+  sent. A stream cipher's keystream is a CSPRNG; OpenSSL's ChaCha20 makes it about
+  four times as fast as reading ``os.urandom`` for the same bytes.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
     X25519PrivateKey,
     X25519PublicKey,
 )
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = [
     "DecryptionError",
     "KeyPair",
+    "Uniforms",
     "agree",
     "decrypt",
     "encrypt",
@@ -92,6 +97,36 @@ def decrypt(key: bytes, ciphertext: bytes, *, aad: bytes) -> bytes:
         raise DecryptionError("authentication failed") from err
 
 
+def _keystream(encryptor: CipherContext, nbytes: int) -> np.ndarray:
+    """The next ``nbytes`` of a stream cipher's keystream, as uint8 (it encrypts
+    zeros into a fresh numpy buffer: a third of the time ``update`` takes to
+    allocate its output)."""
+    out = np.empty(nbytes + 63, dtype=np.uint8)  # update_into: + block size - 1
+    written = encryptor.update_into(np.zeros(nbytes, dtype=np.uint8), out)
+    if written != nbytes:
+        raise RuntimeError(f"the cipher wrote {written} of {nbytes} keystream bytes")
+    return out[:nbytes]
+
+
+class Uniforms:
+    """53-bit uniforms in [0, 1) from a ChaCha20 keystream keyed by os.urandom(32)."""
+
+    def __init__(self) -> None:
+        nonce = bytes(4) + os.urandom(12)  # block counter 0, random nonce
+        cipher = Cipher(algorithms.ChaCha20(os.urandom(32), nonce), mode=None)
+        self._stream = cipher.encryptor()
+
+    def words(self, n: int) -> np.ndarray:
+        """``n`` uniform 64-bit words."""
+        return _keystream(self._stream, 8 * n).view("<u8").astype(np.uint64, copy=False)
+
+    def draw(self, n: int) -> np.ndarray:
+        """``n`` uniforms on the grid ``k / 2^53`` in [0, 1)."""
+        out = (self.words(n) >> np.uint64(11)).astype(np.float64)
+        out *= 2.0**-53
+        return out  # (n,)
+
+
 def expand_mask(seed: bytes, length: int, *, bits: int) -> np.ndarray:
     """``length`` uniform integers mod 2^bits from the ChaCha20 keystream of
     ``seed`` (32 bytes); dtype uint32 for bits <= 32, else uint64."""
@@ -102,10 +137,10 @@ def expand_mask(seed: bytes, length: int, *, bits: int) -> np.ndarray:
     dtype = np.uint32 if bits <= 32 else np.uint64
     nbytes = length * np.dtype(dtype).itemsize
     encryptor = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
-    stream = encryptor.update(bytes(nbytes))
-    values: np.ndarray = np.frombuffer(
-        stream, dtype=np.dtype(dtype).newbyteorder("<")
-    ).astype(dtype)
+    stream = _keystream(encryptor, nbytes)
+    values: np.ndarray = stream.view(np.dtype(dtype).newbyteorder("<")).astype(
+        dtype, copy=False
+    )
     width = np.dtype(dtype).itemsize * 8
     if bits < width:
         values = np.bitwise_and(values, dtype((1 << bits) - 1))

@@ -5,7 +5,8 @@ clipped) and mapped to an integer in [0, L], L = 2^b - 1, by stochastic rounding
 
     u = (clip(x, -c, c) + c) / (2c) * L,    q = floor(u) + Bernoulli(u - floor(u))
 
-so E[q] = u (unbiased) and |q - u| < 1. The rounding coins come from the OS CSPRNG.
+so E[q] = u (unbiased) and |q - u| < 1. The rounding coins are 53-bit uniforms from
+a ChaCha20 keystream under a fresh OS-random key (:class:`primitives.Uniforms`).
 The sum of m encoded inputs is at most m L; with modulus 2^k, k = b + ceil(log2(n))
 for n participants, that sum never wraps (:func:`modulus_bits` checks it). Decoding
 the sum of m inputs::
@@ -16,10 +17,11 @@ the sum of m inputs::
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from .primitives import Uniforms
 
 __all__ = ["Encoded", "Quantizer", "modulus_bits"]
 
@@ -75,9 +77,7 @@ class Quantizer:
         saturated = int(np.count_nonzero(np.abs(x) > c))
         u = (np.clip(x, -c, c) + c) / (2 * c) * self.levels  # in [0, L]
         low = np.floor(u)
-        coins = np.frombuffer(os.urandom(8 * x.size), dtype=np.uint64) >> np.uint64(11)
-        uniform = coins.astype(np.float64) * 2.0**-53  # [0, 1), CSPRNG
-        q = low + (uniform < (u - low))
+        q = low + (Uniforms().draw(x.size) < (u - low))  # CSPRNG coins
         q = np.minimum(q, self.levels)
         dtype = np.uint32 if modulus <= 32 else np.uint64
         return Encoded(values=q.astype(dtype), saturated=saturated)
