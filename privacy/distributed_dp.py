@@ -327,12 +327,12 @@ def _poisson(rate: float, size: int, uniforms: Uniforms) -> np.ndarray:
     rate = float(rate)
     out = np.zeros(size, dtype=np.int64)
     if rate < 10:  # count rate-1 arrivals in [0, rate]
-        pending = np.arange(size)
+        counting = np.arange(size)
         elapsed = np.zeros(size)
-        while pending.size:
-            elapsed[pending] -= np.log1p(-uniforms.draw(pending.size))
-            pending = pending[elapsed[pending] <= rate]
-            out[pending] += 1
+        while counting.size:
+            elapsed[counting] -= np.log1p(-uniforms.draw(counting.size))
+            counting = counting[elapsed[counting] <= rate]
+            out[counting] += 1
         return out
     b = 0.931 + 2.53 * math.sqrt(rate)
     a = -0.059 + 0.02483 * b

@@ -102,7 +102,7 @@ def _keystream(encryptor: CipherContext, nbytes: int) -> np.ndarray:
     zeros into a fresh numpy buffer: a third of the time ``update`` takes to
     allocate its output)."""
     out = np.empty(nbytes + 63, dtype=np.uint8)  # update_into: + block size - 1
-    written = encryptor.update_into(np.zeros(nbytes, dtype=np.uint8), out)
+    written = encryptor.update_into(np.zeros(nbytes, dtype=np.uint8).data, out.data)
     if written != nbytes:
         raise RuntimeError(f"the cipher wrote {written} of {nbytes} keystream bytes")
     return out[:nbytes]
