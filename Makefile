@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedshield-installed
 
-.PHONY: install demo test test-fast lint mutants bench-dp bench-secagg bench-pii bench-audit bench-red-team clean-venv
+.PHONY: install demo test test-fast lint mutants bench-dp bench-secagg bench-pii bench-audit bench-canary-power bench-red-team clean-venv
 
 install: $(STAMP)
 
@@ -53,8 +53,13 @@ bench-secagg: install
 bench-pii: install
 	PYTHONPATH=. $(BIN)/python benchmarks/pii.py
 
+# Can the audit catch an over-claim (a DP-SGD adding 4x less noise than it reports)?
 bench-audit: install
 	PYTHONPATH=. $(BIN)/python benchmarks/audit.py
+
+# White-box gradient canaries' signal under full fine-tuning and LoRA (a minute).
+bench-canary-power: install
+	PYTHONPATH=. $(BIN)/python benchmarks/canary_power.py
 
 # A curious or malicious coordinator against real sites (issue 14); a few minutes.
 bench-red-team: install

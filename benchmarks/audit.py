@@ -1,75 +1,96 @@
-"""Do the audits see what the privacy claims say? A non-private control trained to
-overfit, and the same run with DP-SGD at epsilon ~ 8, each attacked by
-``fedshield simulate --audit``.
+"""Can the audit catch an over-claim? A non-private control, an honest DP run, and a
+deliberately broken DP run, each audited by ``fedshield simulate --audit`` with
+white-box gradient canaries.
 
-Run (about 35-50 minutes on 2 CPU cores; writes benchmarks/results/audit.json):
+Run (about 30 minutes on 2 CPU cores; writes benchmarks/results/audit.json):
 
     cd /work/main && PYTHONPATH=. .venv/bin/python benchmarks/audit.py
 
-Smoke run (tiny random BERT, a few minutes): ``--quick --out /tmp/audit.json``.
+Smoke run (tiny random BERT, about 4 minutes): ``--quick --out /tmp/audit.json``.
 
-Setup (both runs, through the real CLI, Flower simulation engine, secure
-aggregation on): the packaged all-MiniLM-L6-v2, full fine-tuning, sequence length
-32, 2 sites with ``data.train-examples`` = 200 review snippets (IID, ~100 per
-site: small, so that a non-private model can overfit; secure aggregation needs
-both), 4 rounds x 5 local epochs,
-batch 16, encoder lr 1e-4, head lr 1e-3. Each site plants 50 mislabelled canaries,
-each included with probability 1/2 (about 25 beside its ~100 real records); the
-auditor guesses on 60 % of them, fixed in advance: "in" for the 15 lowest losses,
-"out" for the 15 highest (with all 30 right the bound can reach 2.25 at most). 2
-reference models for offline LiRA, 300 population records each, trained
-the same way. No PII injection (``data.inject-pii=0``): the attacks compare
-members with the sites' held-out records and nothing else should differ.
+Settings, fixed before any run (the three runs differ only where named):
 
-- ``nondp``: ``dp.enabled=false``.
-- ``dp``: ``dp.target-epsilon=8`` (noise multiplier chosen by the accountant for
-  the planned rounds), clipping norm 1, delta 1e-5.
+- The packaged all-MiniLM-L6-v2, **full fine-tuning** (random coordinates of a
+  large model see almost no data gradient, so a gradient canary there is
+  measured against the DP noise alone; under LoRA every trainable coordinate
+  carries the data's gradient, which drowns canaries: ``make bench-canary-power``
+  measures both), sequence length 32, 1000 training reviews, the demo's head
+  learning rate (0.03) and a small encoder one (5e-5), batch 32, 2 rounds x 5
+  local epochs: each included canary is sampled in about 10 steps.
+- **One simulated site** (secure aggregation off: it needs two). The audit
+  tests one site's DP-SGD as fedshield runs it; in a federation the other sites'
+  noise lands on the same coordinates and only hides a site's canaries (adds
+  privacy), so a lone site is the mechanism's sharpest test.
+- 8000 gradient canaries (``audit.canary-kind = "gradient"``), each included
+  with probability 1/2; the auditor guesses on 10 %, fixed in advance: "in" for
+  the 400 highest scores, "out" for the 400 lowest. All 800 right would prove
+  epsilon >= ``ceiling`` (5.36 at delta 1e-5).
+- No LiRA reference models (the canary test is the headline; the confidence
+  attack's AUC is reported for the contrast).
 
-Headline (``all sites`` pooled for the attacks; the largest site value for the
-epsilons): ``nondp_auc`` and ``nondp_tpr_at_1pct_fpr`` of the stronger attack (LiRA
-unless the loss attack does better), ``nondp_empirical_eps``, ``dp_auc``,
-``dp_empirical_eps`` and ``dp_claimed_eps`` (the sites' sample-level epsilon for the
-run, from their ledgers).
+Runs:
+
+- ``nondp``: ``dp.enabled = false``, the control: nothing is claimed, so its
+  verdict is "not tested"; its empirical epsilon shows the canaries' power.
+- ``dp``: DP-SGD at ``dp.target-epsilon = 2`` (sigma from the accountant for the
+  planned rounds), clipping 1, delta 1e-5.
+- ``broken``: the ``dp`` run with a DP-SGD that adds a quarter of the noise it
+  reports (``benchmarks/broken_dp``: its ``sitecustomize`` patches Opacus' noise
+  step in every process of that run only; the accountant still records the full
+  sigma, so the sites claim epsilon 2). Never reachable from the CLI.
+
+Headline: ``nondp_eps_lb``, ``dp_eps_lb``, ``dp_claimed_eps``, ``broken_eps_lb``
+(the pooled test's empirical epsilon), ``broken_detected`` (the broken run's
+verdict is "violation"), ``dp_verdict``, ``dp_acc`` and ``dp_acc_minus_majority``
+(test accuracy minus the majority class's share of the test set), ``nondp_acc``,
+``ceiling`` (the ``dp`` run's pooled ceiling), ``nondp_auc`` and ``dp_auc`` (the
+confidence attack on members vs held-out records).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+BROKEN_DP = ROOT / "benchmarks" / "broken_dp"
 
-COMMON = {
-    "num-server-rounds": 4,
+COMMON: dict[str, Any] = {
+    "num-server-rounds": 2,
     "train.local-epochs": 5,
-    "train.batch-size": 16,
-    "train.lr": 1e-4,
-    "train.head-lr": 1e-3,
+    "train.batch-size": 32,
+    "train.lr": 5e-5,
+    "train.head-lr": 0.03,
     "model.finetune": "full",
     "model.max-length": 32,
     "data.partition": "iid",
-    "data.train-examples": 200,
-    "data.test-examples": 200,
+    "data.train-examples": 1000,
+    "data.test-examples": 500,
     "data.inject-pii": 0.0,
-    "min-train-sites": 2,
-    "secagg.threshold": 1.0,  # 2 sites: both shares needed (the minimum is 2)
-    "audit.canaries": 50,
-    "audit.guess-fraction": 0.6,
-    "audit.lira-references": 2,
-    "audit.reference-examples": 300,
+    "min-train-sites": 1,
+    "secagg.enabled": "false",  # one site: nothing to aggregate securely
+    "audit.canaries": 8000,
+    "audit.canary-kind": "gradient",
+    "audit.guess-fraction": 0.1,
+    "audit.lira-references": 0,
 }
-RUNS = {
+DP = {"dp.enabled": "true", "dp.target-epsilon": 2.0, "dp.max-grad-norm": 1.0}
+RUNS: dict[str, dict[str, Any]] = {
     "nondp": {"dp.enabled": "false"},
-    "dp": {"dp.enabled": "true", "dp.target-epsilon": 8.0, "dp.max-grad-norm": 1.0},
+    "dp": DP,
+    "broken": DP,
 }
-SITES = 2
+WEAKEN = {"broken": 0.25}  # noise actually added / noise reported
+SITES = 1
 
 
 def _overrides(values: dict[str, Any]) -> str:
@@ -79,35 +100,61 @@ def _overrides(values: dict[str, Any]) -> str:
     return " ".join(f"{k}={fmt(v)}" for k, v in values.items())
 
 
-def _best(pooled: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return max(pooled.values(), key=lambda c: c["auc"])
+def _env(name: str, work: Path) -> tuple[dict[str, str], Path | None]:
+    env = dict(os.environ)
+    factor = WEAKEN.get(name)
+    if factor is None:
+        return env, None
+    marker = work / f"{name}.weakened"
+    marker.unlink(missing_ok=True)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(BROKEN_DP), env.get("PYTHONPATH", "")) if p
+    )
+    env["FEDSHIELD_WEAKEN_FACTOR"] = str(factor)
+    env["FEDSHIELD_WEAKEN_MARKER"] = str(marker)
+    return env, marker
+
+
+def _majority(run_dir: Path) -> float:
+    """The majority class's share of the run's central test set."""
+    from fedshield.common.run_config import RunConfig
+    from fedshield.simulations.scenario import Scenario
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    labels = Scenario.from_run_config(RunConfig.parse(summary["config"])).central_test()
+    counts = Counter(labels.labels)
+    return max(counts.values()) / len(labels.labels)
 
 
 def _run(name: str, values: dict[str, Any], work: Path) -> dict[str, Any]:
     out = work / name
     cmd = [sys.executable, "-m", "fedshield.cli", "simulate", "--audit"]
-    cmd += [
-        "--out",
-        str(out),
-        "--sites",
-        str(SITES),
-        "--run-config",
-        _overrides(values),
-    ]
+    cmd += ["--out", str(out), "--sites", str(SITES)]
+    cmd += ["--run-config", _overrides(values)]
+    env, marker = _env(name, work)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     print(proc.stdout[-3000:], flush=True)
-    if proc.returncode not in (0, 3):  # 3: a violation, which is a result
+    if proc.returncode not in (0, 3, 4, 5):  # a verdict's exit code is a result
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    if marker is not None and not (marker.is_file() and marker.read_text()):
+        raise SystemExit(
+            f"{name}: the weakened DP-SGD never ran (no {marker}); the run did not "
+            "test what it claims to. Is benchmarks/broken_dp on the sites' path?"
+        )
     audit = json.loads((out / "audit" / "audit.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
+    pooled = audit["pooled_test"]
     return {
         "seconds": round(seconds, 1),
+        "exit_code": proc.returncode,
         "final_accuracy": summary["rounds"][-1]["accuracy"],
+        "majority": _majority(out),
+        "verdict": audit["verdict"],
+        "pooled_test": pooled,
         "pooled": audit["pooled"],
         "sites": audit["sites"],
-        "violations": audit["violations"],
         "run_dir": str(out),
     }
 
@@ -121,8 +168,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--quick", action="store_true", help="tiny random BERT, small sizes (smoke)"
     )
+    parser.add_argument(
+        "--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="a subset"
+    )
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="fedshield-audit-"))
+    work.mkdir(parents=True, exist_ok=True)
     common = dict(COMMON)
     if args.quick:
         from fedshield.models import write_tiny_bert
@@ -133,38 +184,50 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "model.source": str(tiny),
                 "model.max-length": 16,
                 "num-server-rounds": 2,
-                "train.local-epochs": 2,
-                "data.train-examples": 60,
-                "data.test-examples": 40,
-                "audit.canaries": 20,
-                "audit.lira-references": 1,
-                "audit.reference-examples": 40,
+                "train.local-epochs": 5,
+                "train.batch-size": 20,
+                "data.train-examples": 200,
+                "data.test-examples": 100,
+                "audit.canaries": 8000,  # the tiny model has ~1M coordinates
             }
         )
-    results = {
-        name: _run(name, {**common, **extra}, work) for name, extra in RUNS.items()
-    }
+    results = {name: _run(name, {**common, **RUNS[name]}, work) for name in args.runs}
 
-    def site_max(run: str, key: str) -> float | None:
-        values = [
-            (s["canaries"] or {}).get(key) if key != "claimed_epsilon" else s[key]
-            for s in results[run]["sites"]
-        ]
-        finite = [v for v in values if isinstance(v, int | float)]  # not None/"inf"
-        return max(finite) if finite else None
+    def pooled(run: str, key: str) -> Any:
+        test = results[run]["pooled_test"] if run in results else None
+        if test is None:
+            return None
+        return test[key] if key == "claimed_epsilon" else test["canaries"][key]
 
-    nondp, dp = _best(results["nondp"]["pooled"]), _best(results["dp"]["pooled"])
+    def auc(run: str) -> float | None:
+        return results[run]["pooled"]["phi"]["auc"] if run in results else None
+
+    dp = results.get("dp")
     headline = {
-        "nondp_auc": nondp["auc"],
-        "nondp_tpr_at_1pct_fpr": nondp["tpr_at_0.01_fpr"],
-        "nondp_empirical_eps": site_max("nondp", "empirical_epsilon"),
-        "dp_auc": dp["auc"],
-        "dp_empirical_eps": site_max("dp", "empirical_epsilon"),
-        "dp_claimed_eps": site_max("dp", "claimed_epsilon"),
+        "nondp_eps_lb": pooled("nondp", "empirical_epsilon"),
+        "dp_eps_lb": pooled("dp", "empirical_epsilon"),
+        "dp_claimed_eps": pooled("dp", "claimed_epsilon"),
+        "broken_eps_lb": pooled("broken", "empirical_epsilon"),
+        "broken_detected": results["broken"]["verdict"] == "violation"
+        if "broken" in results
+        else None,
+        "dp_verdict": dp["verdict"] if dp else None,
+        "dp_acc": dp["final_accuracy"] if dp else None,
+        "dp_acc_minus_majority": dp["final_accuracy"] - dp["majority"] if dp else None,
+        "nondp_acc": results["nondp"]["final_accuracy"] if "nondp" in results else None,
+        "ceiling": pooled("dp", "ceiling"),
+        "nondp_auc": auc("nondp"),
+        "dp_auc": auc("dp"),
     }
     doc = {
         "headline": headline,
-        "config": {"common": common, "runs": RUNS, "sites": SITES, "quick": args.quick},
+        "config": {
+            "common": common,
+            "runs": RUNS,
+            "weaken": WEAKEN,
+            "sites": SITES,
+            "quick": args.quick,
+        },
         "runs": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,9 @@
 
 See :mod:`fedshield.simulations.audit` for what is attacked and how; this module
 renders its :class:`~fedshield.simulations.audit.AuditResult`. An existing report is
-never overwritten: choose another ``--out`` (or remove the old one). The command
-exits with code 3 when an empirical epsilon exceeds a claimed one.
+never overwritten: choose another ``--out`` (or remove the old one). Exit codes,
+one per verdict (:class:`~fedshield.privacy.audit.Verdict`): 0 consistent, 3
+violation, 4 inconclusive, 5 not tested; 2 when the run cannot be audited.
 """
 
 from __future__ import annotations
@@ -21,16 +22,16 @@ from rich.table import Table
 
 from fedshield.common.layout import AuditLayout, RunLayout
 from fedshield.common.storage import atomic_write_bytes, atomic_write_json
+from fedshield.privacy.audit import CanaryTest, Verdict
 from fedshield.privacy.audit.report import render_html, report_json
 from fedshield.privacy.ledger import DB_NAME, LedgerError, LedgerReader, RecordedEntry
 from fedshield.simulations.audit import AuditError, AuditResult, audit_run
 
 from .ledger import epsilon_png
 
-__all__ = ["VIOLATION_EXIT", "audit", "write_audit"]
+__all__ = ["audit", "write_audit"]
 
 console = Console(soft_wrap=True)
-VIOLATION_EXIT = 3
 
 
 def _ledgers(run_dir: Path) -> dict[str, list[RecordedEntry]]:
@@ -48,8 +49,8 @@ def write_audit(
     run_dir: Path, out: Path, *, num_sites: int | None = None
 ) -> dict[str, Any]:
     """Audit ``run_dir`` into ``out`` (report.html + audit.json); returns the
-    JSON document (its ``"violations"`` name the sites whose empirical epsilon
-    exceeds the claim). Refuses to replace an existing report."""
+    JSON document (its ``"verdict"`` and ``"exit_code"`` are the run's). Refuses
+    to replace an existing report."""
     layout = AuditLayout(out)
     for path in layout.outputs():
         if path.exists():
@@ -75,25 +76,57 @@ def write_audit(
 
 
 def _print(result: AuditResult, out: AuditLayout) -> None:
-    table = Table(title="Membership inference and canary audit")
-    for col in ("site", "loss AUC", "LiRA AUC", "TPR@1%FPR", "emp. eps", "claimed"):
+    table = Table(title="Membership inference and canary tests")
+    for col in (
+        "tested",
+        "phi AUC",
+        "LiRA AUC",
+        "TPR@1%FPR",
+        "emp. eps",
+        "ceiling",
+        "claimed",
+        "verdict",
+    ):
         table.add_column(col)
     for s in result.sites:
-        best = s.lira or s.loss_attack
-        emp = s.canaries.empirical_epsilon if s.canaries else None
+        best = s.lira or s.phi_attack
+        point = best.low_fpr(0.01)
         table.add_row(
             s.site,
-            f"{s.loss_attack.auc:.3f}",
+            f"{s.phi_attack.auc:.3f}",
             f"{s.lira.auc:.3f}" if s.lira else "-",
-            f"{best.tpr_at(0.01):.3f}",
-            "-" if emp is None else f"{emp:.3f}",
-            f"{s.claimed_epsilon:.3f}",
+            f"{point.tpr:.3f}" + ("" if point.fpr == point.target else " (FPR 0)"),
+            *_test_cells(s.test),
         )
+    table.add_row("all sites", "-", "-", "-", *_test_cells(result.pooled_test))
     console.print(table)
-    for s in result.sites:
-        style = "bold red" if s.violation else "green"
-        console.print(f"[{style}]{s.site}: {s.verdict()}[/{style}]")
+    for test in [*(s.test for s in result.sites), result.pooled_test]:
+        style = _STYLE[test.verdict]
+        console.print(f"[{style}]{test.scope}: {test.explanation()}[/{style}]")
+    verdict = result.verdict
+    console.print(
+        f"[{_STYLE[verdict]}]Verdict: {verdict} (exit code {verdict.exit_code})"
+        f"[/{_STYLE[verdict]}]"
+    )
     console.print(f"Report: {out.report}; numbers: {out.numbers}")
+
+
+_STYLE = {
+    Verdict.CONSISTENT: "green",
+    Verdict.VIOLATION: "bold red",
+    Verdict.INCONCLUSIVE: "yellow",
+    Verdict.NOT_TESTED: "yellow",
+}
+
+
+def _test_cells(test: CanaryTest) -> list[str]:
+    c = test.canaries
+    return [
+        "-" if c is None else f"{c.empirical_epsilon:.3f}",
+        "-" if c is None else f"{c.ceiling:.3f}",
+        f"{test.claimed_epsilon:.3f}",
+        str(test.verdict),
+    ]
 
 
 def audit(
@@ -125,5 +158,5 @@ def audit(
     except AuditError as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from err
-    if result["violations"]:
-        raise typer.Exit(VIOLATION_EXIT)
+    if result["exit_code"]:
+        raise typer.Exit(result["exit_code"])

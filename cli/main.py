@@ -14,7 +14,10 @@ round (global test accuracy, mean train loss, each site's cumulative epsilon) an
 leaves in ``--out``: summary.json, checkpoint.pt, the final adapter/head weights,
 flwr.log with the full log and superlink.log with that of the run's own SuperLink
 (each simulation starts one on a free port and stops it at the end, so simulations
-and other SuperLinks on the machine never share one).
+and other SuperLinks on the machine never share one). With ``--audit`` it warns
+before the run when the planned canaries cannot refute the sites' claimed epsilon
+(:mod:`fedshield.simulations.audit.plan`), and exits with the audit's verdict code
+(0 consistent, 3 violation, 4 inconclusive, 5 not tested).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,10 +34,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedshield.common.config import ConfigError
 from fedshield.common.layout import RunLayout
+from fedshield.common.run_config import RunConfig
 from fedshield.server.report import round_table
 from fedshield.server.rounds import RoundLog
-from fedshield.simulations.audit import AuditError
+from fedshield.simulations.audit import AuditError, plan_audit
 from fedshield.simulations.launcher import (
     LaunchError,
     SimulationLaunch,
@@ -45,7 +51,7 @@ from fedshield.simulations.launcher import (
 )
 from fedshield.simulations.superlink import private_superlink
 
-from .audit import VIOLATION_EXIT, audit, write_audit
+from .audit import audit, write_audit
 from .ledger import ledger_app
 from .scrub import scrub
 
@@ -126,6 +132,8 @@ def simulate(
             f"--audit: planting audit.canaries={DEFAULT_AUDIT_CANARIES} canaries per "
             "site (each included with probability 1/2)."
         )
+    if run_audit:
+        _warn_audit_power(_override_values(overrides), sites)
     if "out-dir" in values:
         raise typer.BadParameter("Give the output directory with --out, not out-dir.")
     out = out.expanduser().resolve()
@@ -182,8 +190,31 @@ def simulate(
         except AuditError as err:
             console.print(f"[red]The audit failed: {err}[/red]")
             raise typer.Exit(2) from err
-        if audited["violations"]:
-            raise typer.Exit(VIOLATION_EXIT)
+        if audited["exit_code"]:
+            raise typer.Exit(audited["exit_code"])
+
+
+def _typed(values: dict[str, str]) -> dict[str, Any]:
+    """``--run-config`` values as Flower reads them (TOML values)."""
+    typed: dict[str, Any] = {}
+    for key, raw in values.items():
+        try:
+            typed[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            typed[key] = raw
+    return typed
+
+
+def _warn_audit_power(values: dict[str, str], sites: int) -> None:
+    """Before the run: say so when its canary test cannot refute the claim (a
+    config error is left to the run, which reports it)."""
+    try:
+        plan = plan_audit(RunConfig(_typed(values)), sites)
+    except (ConfigError, ValueError):
+        return
+    warning = plan.warning()
+    if warning:
+        console.print(f"[yellow]--audit: {escape(warning)}[/yellow]")
 
 
 def _run(launch: SimulationLaunch, log_path: Path, out: Path) -> int:

@@ -220,6 +220,7 @@ def train(
             noise_multiplier=planned.noise_multiplier,
             seed=training_seed(cfg, site.name, server_round),
             device=pick_device(),
+            canaries=site.gradient_canaries,  # simulated sites only
         )
 
     outcome = release_round(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fedshield.models.texts import LabeledTexts
+from fedshield.privacy.audit.gradient_canaries import GradientCanaries
 
 from .config import ClientConfig
 from .data import SiteDataError, read_labeled_file
@@ -23,9 +24,14 @@ __all__ = ["SiteData", "SiteFiles", "SiteSource"]
 
 @dataclass(frozen=True)
 class SiteData:
+    """A site's examples. ``gradient_canaries``: white-box audit canaries for its
+    DP-SGD steps, set only by the simulation's loader; a deployed site's
+    (:class:`SiteFiles`) are always None, whatever the run config says."""
+
     name: str
     train: LabeledTexts
     eval: LabeledTexts | None
+    gradient_canaries: GradientCanaries | None = None
 
 
 class SiteSource(Protocol):

@@ -18,10 +18,12 @@ import torch
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader
 
+from fedshield.common.config import ConfigError
 from fedshield.common.device import pick_device
 from fedshield.common.run_config import check_fields, default, read_fields
 from fedshield.models import is_head_parameter
 from fedshield.models.texts import TokenizedTexts, batch_inputs
+from fedshield.privacy.audit.gradient_canaries import CanaryInjector, GradientCanaries
 from fedshield.privacy.budget import Release
 from fedshield.privacy.dp import (
     DPConfig,
@@ -94,9 +96,13 @@ def train_site(
     noise_multiplier: float,
     seed: int,
     device: torch.device | None = None,
+    canaries: GradientCanaries | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``dataset`` with DP-SGD at ``noise_multiplier``
-    (ignored without DP); return metrics and the release this round made."""
+    (ignored without DP); return metrics and the release this round made.
+
+    ``canaries``: white-box audit canaries (simulation only), sampled into each
+    step like records (:class:`~fedshield.privacy.audit.CanaryInjector`)."""
     device = device or pick_device()
     model.to(device).train()
     generator = torch.Generator().manual_seed(seed)
@@ -138,17 +144,20 @@ def train_site(
             module=model, optimizer=optimizer, data_loader=loader
         )
 
+    injector = _canary_injector(canaries, model, private, seed)
     total_loss, steps, loss_batches = 0.0, 0, 0
     for _ in range(train_cfg.local_epochs):
         for batch in private.data_loader:
             inputs, labels = batch_inputs(batch, device)
             private.optimizer.zero_grad(set_to_none=True)
             if labels.numel() == 0:  # an empty Poisson batch
-                _empty_step(private)
+                _empty_step(private, injector)
                 steps += 1
                 continue
             logits = private.module(**inputs).logits  # (b, num_labels)
             loss = private.backward(logits, labels)
+            if injector is not None:  # after clipping, before the noise
+                injector.add(labels.numel())
             private.optimizer.step()
             if not math.isfinite(loss):
                 raise FloatingPointError(
@@ -182,10 +191,40 @@ def _recorded_release(
     return Release(sigma, q, sum(int(n) for _, _, n in history))
 
 
-def _empty_step(private: PrivateTraining) -> None:
+def _empty_step(
+    private: PrivateTraining, injector: CanaryInjector | None = None
+) -> None:
     """DP-SGD on an empty Poisson batch: noise sigma C on a zero clipped sum,
     applied and accounted like any step, in every mode (HF models cannot forward
     B = 0, so the zero sum is set, not computed). Accounting a step that applied
     no noise would make the update reveal which steps had members."""
     private.empty_backward()
+    if injector is not None:  # canaries are sampled like records, here too
+        injector.add(0)
     private.optimizer.step()
+
+
+def _canary_injector(
+    canaries: GradientCanaries | None,
+    model: torch.nn.Module,
+    private: PrivateTraining,
+    seed: int,
+) -> CanaryInjector | None:
+    """The injector of ``canaries`` into this round's steps, or None. Opacus'
+    hooks mode clips per-sample gradients inside ``step()``, after any gradient
+    we could add, so it cannot take them."""
+    if canaries is None:
+        return None
+    if private.mode is GradSampleMode.HOOKS:
+        raise ConfigError(
+            'audit.canary-kind="gradient" needs dp.grad-sample-mode "bookkeeping" '
+            'or "ghost"; found "hooks", whose clipping runs inside the optimizer '
+            "step, after the canaries would be added. Change one of them."
+        )
+    return CanaryInjector(
+        canaries,
+        model,
+        sample_rate=private.sample_rate,
+        generator=torch.Generator().manual_seed(seed ^ 0x9C),
+        per_record_mean=private.mode is None,  # without DP: a batch mean
+    )

@@ -552,10 +552,12 @@ KEYS: tuple[Key, ...] = (
         name="audit.canary-kind",
         kind=str,
         default="mislabelled",
-        check=OneOf("mislabelled", "crafted"),
+        check=OneOf("mislabelled", "crafted", "gradient"),
         doc=(
-            "`mislabelled` (population snippets with a wrong label) or `crafted` "
-            "(random word-piece strings, random label)"
+            "`mislabelled` (population snippets with a wrong label), `crafted` "
+            "(random word-piece strings, random label) or `gradient` (white-box "
+            "Dirac gradients inserted into the simulated sites' DP-SGD steps: the "
+            "most power; tests the mechanism, not the data pipeline)"
         ),
     ),
     Key(

@@ -81,7 +81,14 @@ class SimulatedSites(SiteFiles):
         assert node.num_partitions is not None  # NodeConfig checks they come paired
         scenario = Scenario.from_run_config(run_config)
         train, held = scenario.site(node.partition_id, node.num_partitions)
-        return SiteData(name=node.name(node_id), train=train, eval=held)
+        return SiteData(
+            name=node.name(node_id),
+            train=train,
+            eval=held,
+            gradient_canaries=scenario.gradient_canaries(
+                node.partition_id, node.num_partitions, clip_norm=cfg.dp.max_grad_norm
+            ),
+        )
 
 
 def central_test(test_path: str, run_config: Mapping[str, Any]) -> LabeledTexts:

@@ -7,8 +7,10 @@ sites hold text like a real site's and scrubbing has something to remove.
 
 With ``audit.canaries`` = m > 0 each site also gets m canary records
 (:mod:`privacy.audit.canaries`), each included in its training share with
-probability 1/2; ``fedshield audit`` regenerates them (and which were included)
-from the same config to run the one-run audit.
+probability 1/2, or, with ``audit.canary-kind = "gradient"``, m gradient canaries
+inserted into its DP-SGD steps (:mod:`privacy.audit.gradient_canaries`);
+``fedshield audit`` regenerates them (and which were included) from the same
+config to run the one-run audit.
 
 Every process (server, each simulated site) derives the same split from the run
 config and seed, so no data has to be shipped: site k reads only its own share.
@@ -23,7 +25,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from fedshield.common.config import ConfigError
 from fedshield.common.run_config import RunConfig, check_fields, default, read_fields
 from fedshield.models.texts import LabeledTexts
-from fedshield.privacy.audit import AuditConfig, Canaries, CanaryKind, make_canaries
+from fedshield.privacy.audit import (
+    AuditConfig,
+    Canaries,
+    CanaryKind,
+    GradientCanaries,
+    make_canaries,
+    make_gradient_canaries,
+)
 
 from .datasets import DefaultSplit, default_split
 from .partition import PartitionScheme, partition_indices
@@ -147,7 +156,7 @@ class Scenario:
         sites and no reference model share a canary; crafted ones need no
         population."""
         audit = self.audit
-        if audit.canaries == 0:
+        if audit.canaries == 0 or not audit.canary_kind.is_data:
             return None
         seed = self.data.seed * 1_000_003 + 7919 * (partition_id + 1)
         m = audit.canaries
@@ -170,6 +179,23 @@ class Scenario:
             num_labels=self.num_labels,
             seed=seed,
             population=[(population.texts[i], population.labels[i]) for i in own],
+        )
+
+    def gradient_canaries(
+        self, partition_id: int, num_partitions: int, *, clip_norm: float
+    ) -> GradientCanaries | None:
+        """The ``audit.canaries`` white-box gradient canaries of a simulated site
+        (None unless ``audit.canary-kind`` is ``gradient``), each a gradient of
+        norm ``clip_norm`` at a coordinate no other site's canary uses."""
+        audit = self.audit
+        if audit.canaries == 0 or audit.canary_kind is not CanaryKind.GRADIENT:
+            return None
+        return make_gradient_canaries(
+            count=audit.canaries,
+            seed=self.data.seed,
+            site_index=partition_id,
+            num_sites=num_partitions,
+            clip_norm=clip_norm,
         )
 
     def reference_population(self, num_partitions: int) -> LabeledTexts:

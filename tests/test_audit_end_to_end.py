@@ -14,16 +14,18 @@ import pytest
 
 from fedshield.privacy.audit.one_run import empirical_epsilon
 from fedshield.privacy.audit.report import SECTIONS
+from fedshield.simulations.audit import confidence_levels
 
 pytestmark = pytest.mark.slow  # a whole run (make test-fast skips it)
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = {"data.train-examples": 150, "data.test-examples": 40}
-# Claimed run epsilon 2 per site, 30 guesses on 60 canaries: all 30 right would
-# prove epsilon >= 2.25 (the ceiling asserted below), so `empirical <= claimed` can
-# fail, and does when all 30 guesses are right. Under DP the sites draw their noise
-# seeds from the OS CSPRNG, so the run is not reproducible; with guesses at chance
-# that happens with probability 3 * 2^-30 (1e-9), and at 55 % accuracy 5e-8.
+# Claimed run epsilon 2 per site, 30 guesses on 60 canaries a site, 90 on 180
+# pooled: all 90 right would prove epsilon >= 3.17 at 97.5 % (the pooled ceiling
+# asserted below), so `empirical <= claimed` can fail. Under DP the sites draw their
+# noise seeds from the OS CSPRNG, so the run is not reproducible; with guesses near
+# chance a false violation has probability below 2.5 %, at most, by construction
+# (measured runs: far below the claim).
 AUDIT = {
     "dp.target-epsilon": 2.0,
     "audit.canaries": 60,
@@ -53,12 +55,18 @@ def audited_run(tmp_path_factory, tiny_model_dir) -> Path:
             *(f"{k}={v}" for k, v in {**SIZES, **AUDIT}.items()),
         ]
     )
-    proc = _fedshield(
-        "simulate", "--out", str(out), "--sites", "3", "--audit", "--run-config",
-        overrides,
-    )  # fmt: skip
+    proc = _simulate_audit(out, overrides, sites=3)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
+
+
+def _simulate_audit(
+    out: Path, overrides: str, *, sites: int
+) -> subprocess.CompletedProcess:
+    return _fedshield(
+        "simulate", "--out", str(out), "--sites", str(sites), "--audit",
+        "--run-config", overrides,
+    )  # fmt: skip
 
 
 def test_every_site_is_attacked_and_its_empirical_epsilon_stays_below_the_claim(
@@ -68,29 +76,80 @@ def test_every_site_is_attacked_and_its_empirical_epsilon_stays_below_the_claim(
     summary = json.loads((audited_run / "summary.json").read_text())
     assert [s["site"] for s in doc["sites"]] == ["site-0", "site-1", "site-2"]
     assert doc["violations"] == []
-    for site in doc["sites"]:
-        claimed = summary["sites"][site["site"]]["run_epsilon"]
+    # pooled: 180 canaries, 90 guesses, at 1 - 0.05/2; each site at 1 - 0.05/6
+    pooled_conf, site_conf = confidence_levels(0.95, 3)
+    pooled = doc["pooled_test"]
+    claims = [summary["sites"][s["site"]]["run_epsilon"] for s in doc["sites"]]
+    assert pooled["claimed_epsilon"] == pytest.approx(max(claims))
+    c = pooled["canaries"]
+    assert (c["canaries"], c["guesses"], c["confidence"]) == (180, 90, pooled_conf)
+    assert c["ceiling"] == pytest.approx(
+        empirical_epsilon(m=180, r=90, v=90, delta=c["delta"], confidence=pooled_conf)
+    )
+    assert c["ceiling"] > max(claims)  # the pooled test could refute the claim
+    assert 0 <= c["empirical_epsilon"] <= max(claims)
+    assert pooled["verdict"] == "consistent" and doc["verdict"] == "consistent"
+    assert doc["exit_code"] == 0
+    for site, claimed in zip(doc["sites"], claims, strict=True):
         assert site["claimed_epsilon"] == pytest.approx(claimed) and claimed > 0
         canaries = site["canaries"]
         assert canaries["canaries"] == 60 and canaries["guesses"] == 30
-        # the audit has the power to refute the claim: all guesses right would
-        ceiling = empirical_epsilon(m=60, r=30, v=30, delta=canaries["delta"])
-        assert ceiling > claimed
+        ceiling = empirical_epsilon(
+            m=60, r=30, v=30, delta=canaries["delta"], confidence=site_conf
+        )
+        assert canaries["ceiling"] == pytest.approx(ceiling)
         assert canaries["empirical_epsilon"] == pytest.approx(
             empirical_epsilon(
-                m=60, r=30, v=canaries["correct"], delta=canaries["delta"]
+                m=60,
+                r=30,
+                v=canaries["correct"],
+                delta=canaries["delta"],
+                confidence=site_conf,
             )
         )
         assert 0 <= canaries["empirical_epsilon"] <= claimed
-        assert not site["violation"] and site["verdict"].startswith("consistent")
-        for attack in ("loss_attack", "lira"):
+        # 30 guesses at 99.2 % cannot reach epsilon 2: never "consistent"
+        assert ceiling < claimed and site["verdict"] == "inconclusive"
+        for attack in ("phi_attack", "lira"):
             stats = site[attack]
             assert 0 <= stats["auc"] <= 1 and stats["members"] > stats["non_members"]
             assert 0 <= stats["tpr_at_0.01_fpr"] <= 1
+            for point in stats["low_fpr"]:
+                low, high = point["tpr_ci"]
+                assert low <= point["tpr"] <= high
+                assert point["fpr"] <= point["target_fpr"]
     assert set(doc["roc"]) == {"site-0", "site-1", "site-2", "all sites"}
-    assert set(doc["pooled"]) == {"loss", "lira"}
+    assert set(doc["pooled"]) == {"phi", "lira"}
     # the planted canaries are in the trained data: the run's config says so
     assert summary["config"]["audit.canaries"] == 60
+
+
+def test_gradient_canaries_through_the_real_run_and_an_untested_exit_code(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """White-box canaries at 2 simulated sites of a non-private run: the sites'
+    coordinates and the auditor's agree (the canaries are found), and with no DP
+    claim the verdict is "not tested", exit code 5, never green."""
+    out = tmp_path / "run"
+    overrides = " ".join(
+        [
+            f"model.source='{tiny_model_dir}' model.max-length=16 train.batch-size=8",
+            "model.finetune='full' num-server-rounds=1 min-train-sites=1",
+            "data.train-examples=80 data.test-examples=20 dp.enabled=false",
+            "audit.canaries=200 audit.canary-kind='gradient' audit.guess-fraction=0.2",
+            "audit.lira-references=0 train.local-epochs=2",
+        ]
+    )
+    proc = _simulate_audit(out, overrides, sites=2)
+    assert proc.returncode == 5, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads((out / "audit" / "audit.json").read_text())
+    assert doc["verdict"] == "not tested" and doc["exit_code"] == 5
+    pooled = doc["pooled_test"]["canaries"]
+    assert pooled["canaries"] == 400 and pooled["guesses"] == 80
+    assert pooled["correct"] >= 76  # the canaries stand out: coordinates agree
+    assert "Verdict: not tested (exit code 5)" in proc.stdout
+    report = (out / "audit" / "report.html").read_text()
+    assert "Not tested" in report and 'class="ok"' not in report
 
 
 def test_report_has_every_section_and_no_raw_record_or_pii(
@@ -142,6 +201,6 @@ def test_a_second_audit_elsewhere_reproduces_the_attack_on_the_final_model(
     first = json.loads((audited_run / "audit" / "audit.json").read_text())
     second = json.loads((tmp_path / "again" / "audit.json").read_text())
     for a, b in zip(first["sites"], second["sites"], strict=True):
-        assert a["loss_attack"] == b["loss_attack"]
+        assert a["phi_attack"] == b["phi_attack"]
         assert a["canaries"] == b["canaries"]
         assert math.isfinite(b["lira"]["auc"])

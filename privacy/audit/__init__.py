@@ -5,24 +5,50 @@ et al. 2023) and the run's HTML/JSON audit report."""
 from .attacks import lira_offline_scores, logit_confidence, loss_threshold_scores
 from .canaries import Canaries, CanaryKind, make_canaries
 from .config import AuditConfig
-from .one_run import OneRunAudit, audit_guesses, empirical_epsilon, p_value
-from .roc import REPORTED_FPRS, RocCurve, roc
-from .verdict import SiteAudit
+from .gradient_canaries import (
+    CanaryInjector,
+    GradientCanaries,
+    gradient_canary_scores,
+    make_gradient_canaries,
+    trainable_vector,
+)
+from .one_run import (
+    PRIMARY_ANALYSIS,
+    PRIMARY_BOUND,
+    OneRunAudit,
+    audit_guesses,
+    empirical_epsilon,
+    p_value,
+)
+from .roc import REPORTED_FPRS, LowFpr, RocCurve, clopper_pearson, roc
+from .verdict import CanaryTest, SiteAudit, Verdict, worst
 
 __all__ = [
+    "PRIMARY_ANALYSIS",
+    "PRIMARY_BOUND",
     "REPORTED_FPRS",
     "AuditConfig",
+    "CanaryInjector",
+    "CanaryTest",
     "Canaries",
     "CanaryKind",
+    "GradientCanaries",
+    "LowFpr",
     "OneRunAudit",
     "RocCurve",
     "SiteAudit",
+    "Verdict",
     "audit_guesses",
+    "clopper_pearson",
     "empirical_epsilon",
     "lira_offline_scores",
     "logit_confidence",
     "loss_threshold_scores",
+    "gradient_canary_scores",
     "make_canaries",
+    "make_gradient_canaries",
     "p_value",
     "roc",
+    "trainable_vector",
+    "worst",
 ]

@@ -11,6 +11,9 @@ inclusion bits; the server does not see them (it never sees the data). Kinds
 - ``crafted``: strings of random word-pieces with a random label; they need no
   population data (any site can plant them) and sit far from the real text, the
   strongest signal for a black-box auditor.
+- ``gradient``: not records but white-box gradient canaries inserted into the
+  DP-SGD steps (:mod:`~fedshield.privacy.audit.gradient_canaries`); the most
+  power, testing the mechanism rather than the data pipeline.
 
 Canaries are neither PII nor real records: they may be stored and reported.
 """
@@ -33,6 +36,12 @@ _SYLLABLES = tuple(
 class CanaryKind(StrEnum):
     MISLABELLED = "mislabelled"
     CRAFTED = "crafted"
+    GRADIENT = "gradient"
+
+    @property
+    def is_data(self) -> bool:
+        """Canaries that are records (scored by the model's outputs)."""
+        return self is not CanaryKind.GRADIENT
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,10 @@ def make_canaries(
     canaries take ``count`` records of ``population`` (text, true label)."""
     if count < 1:
         raise ValueError(f"The canary count must be >= 1; found {count}.")
+    if not kind.is_data:
+        raise ValueError(
+            "Gradient canaries are not records; make them with make_gradient_canaries."
+        )
     if num_labels < 2:
         raise ValueError(f"Canaries need >= 2 classes; found {num_labels}.")
     rng = random.Random(seed)

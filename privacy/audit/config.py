@@ -43,10 +43,14 @@ class AuditConfig:
 
     @property
     def guesses(self) -> tuple[int, int]:
-        """(k_plus, k_minus): guesses "in" on the highest scores, "out" on the
-        lowest."""
-        r = max(2, round(self.guess_fraction * self.canaries))
-        r = min(r, self.canaries)
+        """(k_plus, k_minus) for one site's canaries."""
+        return self.guesses_for(self.canaries)
+
+    def guesses_for(self, canaries: int) -> tuple[int, int]:
+        """(k_plus, k_minus) for ``canaries`` canaries (one site's, or every
+        site's pooled): guesses "in" on the highest scores, "out" on the lowest,
+        ``guess_fraction`` of them in all (at least 2)."""
+        r = min(max(2, round(self.guess_fraction * canaries)), canaries)
         return (r + 1) // 2, r // 2
 
     @classmethod

@@ -22,18 +22,38 @@ The bound is a *lower* bound on the true eps of the mechanism for the canaries'
 neighbouring relation (add/remove one record: the sample-level eps). An empirical
 eps above the accountant's claimed eps means the implementation does not provide
 the claimed guarantee: a bug to report.
+
+The **ceiling** (:func:`ceiling`, :attr:`OneRunAudit.ceiling`) is the bound with all
+r guesses right: no outcome of the audit can show more, so a claim at or above it
+was not tested (:mod:`.verdict`). With delta > 0 each canary adds 2 delta to the
+p-value, which caps the ceiling however many guesses (:func:`guesses_needed`).
+Verdicts use one analysis, fixed here (:data:`PRIMARY_BOUND`); the f-DP analysis
+of the same guesses (:mod:`.fdp`) is reported beside it as a cross-check.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import binom
 
-__all__ = ["OneRunAudit", "audit_guesses", "empirical_epsilon", "p_value"]
+from .fdp import empirical_epsilon_fdp, empirical_mu_gdp
+
+__all__ = [
+    "PRIMARY_ANALYSIS",
+    "PRIMARY_BOUND",
+    "Bound",
+    "OneRunAudit",
+    "audit_guesses",
+    "ceiling",
+    "empirical_epsilon",
+    "guesses_needed",
+    "p_value",
+]
 
 
 def p_value(*, m: int, r: int, v: int, eps: float, delta: float) -> float:
@@ -44,10 +64,11 @@ def p_value(*, m: int, r: int, v: int, eps: float, delta: float) -> float:
         raise ValueError(f"Need eps >= 0 and delta in [0, 1]; found {eps}, {delta}.")
     q = 1.0 / (1.0 + math.exp(-eps))
     tail = float(binom.sf(v - 1, r, q))  # P[Binomial(r, q) >= v]
-    alpha, below = 0.0, 0.0  # below = P[v > Binomial(r, q) >= v - i]
-    for i in range(1, v + 1):
-        below += float(binom.pmf(v - i, r, q))
-        alpha = max(alpha, below / i)
+    alpha = 0.0
+    if v > 0 and delta > 0:
+        i = np.arange(1, v + 1)
+        below = np.cumsum(binom.pmf(v - i, r, q))  # P[v > Binomial(r, q) >= v - i]
+        alpha = float(np.max(below / i))
     return min(tail + alpha * delta * 2 * m, 1.0)
 
 
@@ -75,9 +96,20 @@ def empirical_epsilon(
     return low
 
 
+class Bound(Protocol):
+    """An empirical-epsilon analysis: the largest eps that ``v`` correct of ``r``
+    guesses on ``m`` canaries refute at ``confidence`` under (eps, delta)-DP."""
+
+    def __call__(
+        self, *, m: int, r: int, v: int, delta: float, confidence: float
+    ) -> float: ...
+
+
 @dataclass(frozen=True)
 class OneRunAudit:
-    """One site's canary audit: m canaries, r guesses, v correct, the bound."""
+    """A canary audit: m canaries, r guesses, v correct, the bound, and the
+    ceiling (the bound had all r guesses been right: no outcome of this audit
+    could show more)."""
 
     canaries: int
     guesses: int
@@ -85,15 +117,24 @@ class OneRunAudit:
     delta: float
     confidence: float
     empirical_epsilon: float
+    ceiling: float
+    analysis: str
+    # the same guesses, other analyses (never used for a verdict):
+    fdp_epsilon: float | None = None  # f-DP test of the same (eps, delta) claim
+    gdp_mu: float | None = None  # mu-GDP lower bound (no epsilon without a curve)
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | str | None]:
         return {
+            "fdp_epsilon": self.fdp_epsilon,
+            "gdp_mu": self.gdp_mu,
             "canaries": self.canaries,
             "guesses": self.guesses,
             "correct": self.correct,
             "delta": self.delta,
             "confidence": self.confidence,
             "empirical_epsilon": self.empirical_epsilon,
+            "ceiling": self.ceiling,
+            "analysis": self.analysis,
         }
 
 
@@ -105,11 +146,14 @@ def audit_guesses(
     k_minus: int,
     delta: float,
     confidence: float = 0.95,
+    bound: Bound = empirical_epsilon,
+    analysis: str = "Steinke et al. 2023",
 ) -> OneRunAudit:
     """Guess "in" for the ``k_plus`` highest scores and "out" for the ``k_minus``
-    lowest; count the correct guesses and bound eps. ``k_plus`` and ``k_minus``
-    must be fixed before the scores are seen (choosing them by looking at the
-    outcome would void the confidence level)."""
+    lowest; count the correct guesses and bound eps with ``bound`` (named
+    ``analysis``). ``k_plus`` and ``k_minus`` must be fixed before the scores are
+    seen (choosing them by looking at the outcome would void the confidence
+    level)."""
     s = np.asarray(scores, dtype=np.float64)
     truth = np.asarray(included, dtype=bool)
     m = s.size
@@ -132,7 +176,57 @@ def audit_guesses(
         correct=correct,
         delta=delta,
         confidence=confidence,
-        empirical_epsilon=empirical_epsilon(
+        empirical_epsilon=bound(
             m=m, r=r, v=correct, delta=delta, confidence=confidence
         ),
+        ceiling=bound(m=m, r=r, v=r, delta=delta, confidence=confidence),
+        analysis=analysis,
+        fdp_epsilon=empirical_epsilon_fdp(
+            m=m, r=r, v=correct, delta=delta, confidence=confidence
+        ),
+        gdp_mu=empirical_mu_gdp(m=m, r=r, v=correct, confidence=confidence),
     )
+
+
+# The analysis every verdict uses (one, fixed: taking the larger of two bounds
+# would not hold at the stated confidence).
+PRIMARY_BOUND: Bound = empirical_epsilon
+PRIMARY_ANALYSIS = "Steinke et al. 2023"
+
+
+def ceiling(
+    *, m: int, r: int, delta: float, confidence: float, bound: Bound | None = None
+) -> float:
+    """The largest bound ``r`` guesses on ``m`` canaries can give (all right)."""
+    return (bound or PRIMARY_BOUND)(m=m, r=r, v=r, delta=delta, confidence=confidence)
+
+
+def guesses_needed(
+    claimed: float,
+    *,
+    guess_fraction: float,
+    delta: float,
+    confidence: float,
+    max_guesses: int = 1 << 17,
+    bound: Bound | None = None,
+) -> int | None:
+    """The fewest guesses (on ``guesses / guess_fraction`` canaries) whose ceiling
+    exceeds ``claimed``; None if even ``max_guesses`` cannot (with delta > 0 the
+    bound is capped: each canary adds 2 delta to the p-value)."""
+
+    def reaches(r: int) -> bool:
+        m = max(r, math.ceil(r / guess_fraction))
+        return ceiling(m=m, r=r, delta=delta, confidence=confidence, bound=bound) > (
+            claimed
+        )
+
+    high = 2
+    while not reaches(high):
+        if high >= max_guesses:
+            return None
+        high = min(high * 2, max_guesses)
+    low = high // 2  # reaches(low) is False (or low < 2)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if reaches(mid) else (mid, high)
+    return high

@@ -18,7 +18,7 @@ from typing import Any
 
 from fedshield.common.storage import json_safe
 
-from .roc import REPORTED_FPRS, RocCurve
+from .roc import REPORTED_FPRS, LowFpr, RocCurve
 
 __all__ = ["SECTIONS", "render_html", "report_json", "roc_png"]
 
@@ -31,7 +31,7 @@ SECTIONS = (
     "Membership inference",
     "Empirical vs claimed epsilon",
 )
-ATTACK_NAMES = {"loss": "loss threshold (Yeom et al.)", "lira": "LiRA offline"}
+ATTACK_NAMES = {"phi": "confidence threshold (phi)", "lira": "LiRA offline"}
 
 
 def _fmt(value: Any) -> str:
@@ -51,6 +51,12 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
         for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _low_fpr_cell(point: LowFpr) -> str:
+    low, high = point.ci
+    where = "" if point.fpr == point.target else f" at FPR {point.fpr:.3g}"
+    return f"{point.tpr:.3f} [{low:.3f}, {high:.3f}]{where}"
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -132,22 +138,32 @@ def render_html(
     sites = audit["sites"]
     parts: list[str] = []
 
-    violations = audit["violations"]
-    if violations:
-        verdict = (
-            '<p class="bad">PRIVACY VIOLATION at '
-            + html.escape(", ".join(violations))
-            + ": an empirical epsilon lower bound exceeds the claimed epsilon. The "
-            "implementation does not deliver the guarantee it reports; treat this "
-            "as a bug.</p>"
-        )
-    else:
-        verdict = (
-            '<p class="ok">No empirical lower bound exceeds a claimed epsilon.</p>'
-        )
-    parts.append(f"<h2>Verdict</h2>{verdict}")
+    verdict = audit["verdict"]
+    pooled_test = audit["pooled_test"]
+    style = {"consistent": "ok", "violation": "bad"}.get(verdict, "warn")
+    headline = {
+        "violation": "PRIVACY VIOLATION at "
+        + ", ".join(audit["violations"])
+        + ": an empirical epsilon lower bound exceeds the claimed epsilon. The "
+        "implementation does not deliver the guarantee it reports; treat this as a "
+        "bug.",
+        "consistent": "Consistent: no empirical lower bound exceeds a claimed "
+        "epsilon, and the audit had the power to show one above the claim.",
+        "inconclusive": "Inconclusive: no violation found, but this audit could not "
+        "have shown one (its ceiling is not above the claim). It does not support "
+        "the claim either way.",
+        "not tested": "Not tested: no claim was tested (no canaries, no "
+        "sample-level DP, or too few guesses).",
+    }[verdict]
     parts.append(
-        _table(["site", "verdict"], [[s["site"], s["verdict"]] for s in sites])
+        f'<h2>Verdict</h2><p class="{style}">{html.escape(headline)}</p>'
+        f"<p>All sites pooled: {html.escape(pooled_test['explanation'])}</p>"
+    )
+    parts.append(
+        _table(
+            ["site", "verdict", "why"],
+            [[s["site"], s["verdict"], s["explanation"]] for s in sites],
+        )
     )
 
     config = summary.get("config", {})
@@ -217,15 +233,18 @@ def render_html(
             c.members,
             c.non_members,
             c.auc,
-            *(c.tpr_at(f) for f in REPORTED_FPRS),
+            *(_low_fpr_cell(c.low_fpr(f)) for f in REPORTED_FPRS),
         ]
         for site, by_attack in curves.items()
         for attack, c in by_attack.items()
     ]
     parts.append(
         "<h2>Membership inference</h2><p>Members: each site's training records; "
-        "non-members: its held-out records from the same distribution. Chance is "
-        "AUC 0.5 and TPR = FPR.</p>"
+        "non-members: its held-out records, reweighted to the members' label mix. "
+        "Score: the model's confidence phi in the true label. Chance is AUC 0.5 "
+        "and TPR = FPR. With n non-members the smallest FPR above 0 is 1/n: a "
+        "target below it is reported at FPR 0 and says so. Brackets: 95% "
+        "Clopper-Pearson intervals over the members.</p>"
         + _img(roc_png(curves), "ROC curves, log-log")
         + _table(
             [
@@ -241,33 +260,45 @@ def render_html(
     )
 
     eps_rows = []
-    for s in sites:
-        c = s["canaries"] or {}
+    for name, test in [*((s["site"], s) for s in sites), ("all sites", pooled_test)]:
+        c = test["canaries"] or {}
         eps_rows.append(
             [
-                s["site"],
+                name,
                 c.get("canaries"),
                 c.get("guesses"),
                 c.get("correct"),
+                c.get("confidence"),
                 c.get("empirical_epsilon"),
-                s["claimed_epsilon"],
-                s["delta"],
-                s["verdict"],
+                c.get("ceiling"),
+                test["claimed_epsilon"],
+                test["delta"],
+                test["verdict"],
             ]
         )
-    confidence = audit["audit_config"]["confidence"]
+    analysis = next(
+        (t["canaries"]["analysis"] for t in [pooled_test, *sites] if t["canaries"]),
+        "-",
+    )
     parts.append(
         "<h2>Empirical vs claimed epsilon</h2><p>One-run audit (Steinke, Nasr, "
-        f"Jagielski 2023): a lower bound on epsilon at {confidence:.0%} confidence "
-        "from the canaries' scores; the claimed epsilon is the site's sample-level "
-        "epsilon for this run.</p>"
+        f"Jagielski 2023; bound: {html.escape(analysis)}): a lower bound on epsilon "
+        "from the canaries' scores, against the site's claimed sample-level epsilon "
+        "for this run. The ceiling is the bound had every guess been right: no "
+        "outcome of this audit could show more, so a claim at or above it was not "
+        "tested ('inconclusive'). The pooled test takes every site's canaries "
+        "against the largest claim; the tests' confidence levels are "
+        "Bonferroni-corrected so that the whole page errs with probability at "
+        "most 1 - audit.confidence.</p>"
         + _table(
             [
-                "site",
+                "tested",
                 "canaries",
                 "guesses",
                 "correct",
+                "confidence",
                 "empirical epsilon (lower bound)",
+                "ceiling",
                 "claimed epsilon",
                 "delta",
                 "verdict",
@@ -282,6 +313,7 @@ def render_html(
         "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
         ".bad{color:#b00;font-weight:bold;font-size:120%}.ok{color:#070}"
+        ".warn{color:#a60;font-weight:bold}"
         "img{max-width:100%}"
     )
     return (

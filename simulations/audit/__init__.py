@@ -26,13 +26,16 @@ Modules, in the order the driver uses them:
 - :mod:`.records`: regenerate each site's members, non-members and canaries;
 - :mod:`.scoring`: per-record scores, reference models, the attacks;
 - :mod:`.result`: :class:`AuditResult`, what ``fedshield audit`` renders;
-- :mod:`.driver`: :func:`audit_run`, the entry point.
+- :mod:`.driver`: :func:`audit_run`, the entry point;
+- :mod:`.plan`: :func:`plan_audit`, whether a planned run's audit can refute its
+  claim (``fedshield simulate --audit`` warns before the run when it cannot).
 
 The statistics (ROC, LiRA, the one-run bound) and the report live in
 :mod:`fedshield.privacy.audit`; the command in :mod:`fedshield.cli.audit`.
 """
 
-from .driver import Progress, audit_run
+from .driver import Progress, audit_run, confidence_levels
+from .plan import AuditPlan, plan_audit, planned_claims
 from .records import PlantedCanaries, SiteRecords
 from .result import POOLED, AuditResult
 from .run import AuditError, FinishedRun, SiteClaim, load_run
@@ -41,6 +44,7 @@ from .scoring import RecordScores, SiteScores, score_records
 __all__ = [
     "POOLED",
     "AuditError",
+    "AuditPlan",
     "AuditResult",
     "FinishedRun",
     "PlantedCanaries",
@@ -50,6 +54,9 @@ __all__ = [
     "SiteRecords",
     "SiteScores",
     "audit_run",
+    "confidence_levels",
     "load_run",
+    "plan_audit",
+    "planned_claims",
     "score_records",
 ]

@@ -1,46 +1,79 @@
 """The audit's entry point: load a finished run, regenerate its sites' records,
-score them under the final model (and LiRA's reference models), attack.
+score them under the final model (and LiRA's reference models), attack, and test
+each site's claim and all sites' pooled.
 
     result = audit_run(Path("runs/demo"))           # -> AuditResult
-    result.violations                                # sites whose bound beats the claim
+    result.verdict                                   # Verdict of the run
+
+Canary tests, and why pooling is sound: site s's DP-SGD is (eps_s, delta_s)-DP for
+each of its records, canaries included, whatever the other sites do (their updates
+are post-processing of s's noisy releases and their own independent data), so
+the final model is (max eps_s, max delta_s)-DP in each canary's inclusion bit, and
+the one-run theorem applies to every site's canaries together. Pooling S sites
+multiplies the guesses, and with them the ceiling. The run is tested once pooled
+against the largest claim, and each site on its own against its own claim. So that
+the page as a whole raises a false alarm with probability at most beta = 1 -
+``audit.confidence``, the pooled test runs at confidence 1 - beta/2 and each of
+the S site tests at 1 - beta/(2S) (Bonferroni); with one site there is one test,
+at 1 - beta.
 
 The run's configs are parsed once, by :func:`~.run.load_run`; every later step
-takes the parsed :class:`~.run.FinishedRun`. The order of the steps is the order
-the numbers depend on: the same run audited twice gives the same loss-attack and
-canary numbers.
+takes the parsed :class:`~.run.FinishedRun`. The same run audited twice gives the
+same numbers.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from fedshield.privacy.audit import OneRunAudit, SiteAudit
+import numpy as np
+
+from fedshield.models import LoadedModel, load_model
+from fedshield.privacy.audit import (
+    CanaryTest,
+    Verdict,
+    gradient_canary_scores,
+    trainable_vector,
+)
 
 from .records import SiteRecords, reference_records, site_records
 from .result import POOLED, AuditResult
-from .run import load_final_model, load_run
+from .run import FinishedRun, SiteClaim, load_final_model, load_run, site_index
 from .scoring import (
+    RecordScores,
     SiteScores,
     attack_site,
-    canary_audit,
+    canary_scores,
+    canary_test,
     pooled_curves,
     score_records,
     score_site,
     train_reference,
 )
 
-__all__ = ["Progress", "audit_run"]
+__all__ = ["Progress", "audit_run", "confidence_levels"]
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
+def confidence_levels(confidence: float, sites: int) -> tuple[float, float]:
+    """(pooled, per site) confidence levels: 1 - beta/2 and 1 - beta/(2S) for S
+    > 1 sites, so that all S + 1 tests together err with probability <= beta."""
+    if sites <= 1:
+        return confidence, confidence
+    beta = 1 - confidence
+    return 1 - beta / 2, 1 - beta / (2 * sites)
+
+
 def audit_run(
     run_dir: Path, *, num_sites: int | None = None, progress: Progress | None = None
 ) -> AuditResult:
-    """Run the configured attacks on the finished run in ``run_dir``.
+    """Run the configured attacks and canary tests on the finished run in
+    ``run_dir``.
 
     ``num_sites``: how many sites the simulation had (default: one more than the
     highest site-<k> in the summary; a site that never reported would make that
@@ -67,6 +100,7 @@ def audit_run(
         name: score_site(final, records[name], max_length=max_length) for name in names
     }
     references: list[dict[str, SiteScores]] = []
+    reference_canaries: list[dict[str, RecordScores]] = []
     if run.audit.lira_references:
         population = reference_records(run)
         sigma = run.noise_multiplier
@@ -82,27 +116,37 @@ def audit_run(
             references.append(
                 {n: score_site(ref, records[n], max_length=max_length) for n in names}
             )
+            reference_canaries.append(
+                {
+                    n: score_records(ref, c.records, max_length=max_length)
+                    for n in names
+                    if (c := records[n].canaries) is not None
+                }
+            )
 
-    results: list[SiteAudit] = []
-    for name in names:
-        claim = run.claim(name)
-        canaries = records[name].canaries
-        one_run: OneRunAudit | None = None
-        if canaries is not None:
-            loss = score_records(final, canaries.records, max_length=max_length).loss
-            one_run = canary_audit(loss, canaries, audit=run.audit, delta=claim.delta)
-        result = attack_site(
+    say("scoring the canaries")
+    scores = _canary_scores(run, final, records, reference_canaries)
+    claims = {name: run.claim(name) for name in names}
+    pooled_conf, site_conf = confidence_levels(run.audit.confidence, len(scores))
+    tests = {
+        name: _site_test(run, name, scores.get(name), claims[name], site_conf)
+        for name in names
+    }
+    pooled = _pooled_test(run, scores, claims, pooled_conf)
+    results = [
+        attack_site(
             site=name,
             target=target[name],
             references=[r[name] for r in references],
-            one_run=one_run,
-            claim=claim,
+            test=tests[name],
         )
-        if result.violation:
-            logger.error("%s: %s", name, result.verdict())
-        results.append(result)
+        for name in names
+    ]
+    for r in results:
+        if r.verdict is Verdict.VIOLATION:
+            logger.error("%s: %s", r.site, r.test.explanation())
     curves = {
-        s.site: {"loss": s.loss_attack, **({"lira": s.lira} if s.lira else {})}
+        s.site: {"phi": s.phi_attack, **({"lira": s.lira} if s.lira else {})}
         for s in results
     }
     curves[POOLED] = pooled_curves(target, references, names)
@@ -111,5 +155,100 @@ def audit_run(
         summary=run.summary,
         audit=run.audit,
         sites=tuple(results),
+        pooled_test=pooled,
         curves=curves,
+    )
+
+
+CanaryScores = dict[str, tuple[np.ndarray, tuple[bool, ...]]]
+
+
+def _canary_scores(
+    run: FinishedRun,
+    final: LoadedModel,
+    records: dict[str, SiteRecords],
+    reference_canaries: Sequence[dict[str, RecordScores]],
+) -> CanaryScores:
+    """Per site with canaries: (scores, inclusion bits)."""
+    out: CanaryScores = {}
+    if run.audit.canaries == 0:
+        return out
+    if not run.audit.canary_kind.is_data:  # white-box: the weights moved
+        initial = trainable_vector(load_model(run.client.model).model)
+        moved = trainable_vector(final.model)
+        for name in run.sites:
+            canaries = run.scenario.gradient_canaries(
+                site_index(name),
+                run.num_partitions,
+                clip_norm=run.client.dp.max_grad_norm,
+            )
+            assert canaries is not None  # audit.canaries > 0, kind gradient
+            coords = canaries.coordinates(initial.size)
+            out[name] = (
+                gradient_canary_scores(initial, moved, coords),
+                canaries.included,
+            )
+        return out
+    max_length = run.client.model.max_length
+    for name in run.sites:
+        planted = records[name].canaries
+        if planted is None:
+            continue
+        under_final = score_records(final, planted.records, max_length=max_length)
+        refs = [r[name] for r in reference_canaries]
+        out[name] = (canary_scores(under_final, refs), planted.included)
+    return out
+
+
+def _site_test(
+    run: FinishedRun,
+    name: str,
+    scored: tuple[np.ndarray, tuple[bool, ...]] | None,
+    claim: SiteClaim,
+    confidence: float,
+) -> CanaryTest:
+    if scored is None:
+        return CanaryTest(
+            scope=name,
+            canaries=None,
+            claimed_epsilon=claim.epsilon,
+            delta=claim.delta,
+        )
+    scores, included = scored
+    return canary_test(
+        scope=name,
+        scores=scores,
+        included=included,
+        audit=run.audit,
+        claimed_epsilon=claim.epsilon,
+        delta=claim.delta,
+        confidence=confidence,
+    )
+
+
+def _pooled_test(
+    run: FinishedRun,
+    scores: CanaryScores,
+    claims: dict[str, SiteClaim],
+    confidence: float,
+) -> CanaryTest:
+    """Every site's canaries in one test against the largest claim (the sites
+    with a sample-level DP claim; all sites when none has one)."""
+    claimed = [n for n in scores if not math.isinf(claims[n].epsilon)]
+    pool = claimed or list(scores)
+    if not pool:
+        return CanaryTest(
+            scope=POOLED,
+            canaries=None,
+            claimed_epsilon=max(c.epsilon for c in claims.values()),
+            delta=max(c.delta for c in claims.values()),
+        )
+    return canary_test(
+        scope=POOLED,
+        scores=np.concatenate([scores[n][0] for n in pool]),
+        included=tuple(b for n in pool for b in scores[n][1]),
+        audit=run.audit,
+        claimed_epsilon=max(claims[n].epsilon for n in pool),
+        delta=max(claims[n].delta for n in pool),
+        confidence=confidence,
     )

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedshield.privacy.audit import AuditConfig, RocCurve, SiteAudit
+from fedshield.privacy.audit import (
+    AuditConfig,
+    CanaryTest,
+    RocCurve,
+    SiteAudit,
+    Verdict,
+)
 
 __all__ = ["POOLED", "AuditResult"]
 
@@ -24,14 +30,15 @@ POOLED = "all sites"  # the key of the pooled curves beside the sites' names
 
 @dataclass(frozen=True, kw_only=True)
 class AuditResult:
-    """The attacks on one finished run.
+    """The attacks and canary tests on one finished run.
 
     Attributes:
         run_dir: the audited run directory.
         summary: its ``summary.json``, as read.
         audit: the ``audit.*`` config the attacks ran with.
-        sites: each site's attacks, canary audit, claim and verdict, in site order.
-        curves: per site name, then :data:`POOLED` last: attack name (``"loss"``,
+        sites: each site's attacks, canary test and verdict, in site order.
+        pooled_test: every site's canaries in one test against the largest claim.
+        curves: per site name, then :data:`POOLED` last: attack name (``"phi"``,
             ``"lira"`` with reference models) -> ROC curve.
     """
 
@@ -39,6 +46,7 @@ class AuditResult:
     summary: Mapping[str, Any]
     audit: AuditConfig
     sites: tuple[SiteAudit, ...]
+    pooled_test: CanaryTest
     curves: Mapping[str, Mapping[str, RocCurve]]
 
     @property
@@ -48,8 +56,18 @@ class AuditResult:
 
     @property
     def violations(self) -> tuple[str, ...]:
-        """The sites whose empirical epsilon exceeds their claimed epsilon."""
-        return tuple(s.site for s in self.sites if s.violation)
+        """The tests (site names, or :data:`POOLED`) whose empirical epsilon
+        exceeds their claim."""
+        tests = [*(s.test for s in self.sites), self.pooled_test]
+        return tuple(t.scope for t in tests if t.verdict is Verdict.VIOLATION)
+
+    @property
+    def verdict(self) -> Verdict:
+        """The run's: a violation if any test shows one, else the pooled test's
+        (with one site, that site's)."""
+        if self.violations:
+            return Verdict.VIOLATION
+        return self.pooled_test.verdict
 
     def to_report(self) -> dict[str, Any]:
         """The mapping :func:`~fedshield.privacy.audit.report.render_html` and
@@ -57,6 +75,9 @@ class AuditResult:
         except the ``RocCurve``s under ``"curves"``."""
         return {
             "run_dir": str(self.run_dir),
+            "verdict": str(self.verdict),
+            "exit_code": self.verdict.exit_code,
+            "pooled_test": self.pooled_test.to_dict(),
             "pooled": {k: c.to_dict() for k, c in self.pooled.items()},
             "summary": self.summary,
             "audit_config": {

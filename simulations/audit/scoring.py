@@ -1,14 +1,19 @@
-"""Scoring: each record's loss and LiRA confidence under a model, the reference
-models LiRA compares against, and the attacks run on those scores.
+"""Scoring: each record's confidence under a model, the reference models LiRA
+compares against, and the attacks and canary tests run on those scores.
 
-- Loss threshold (Yeom et al. 2018): score = -loss under the final model.
-- Offline LiRA (Carlini et al. 2022): phi = log p_y - log(1 - p_y) under the final
-  model against phi under reference models trained the way the run trained (same
-  model, LoRA/full, DP settings and noise multiplier, rounds x local epochs) on
-  population records no site holds.
-- One-run audit (Steinke et al. 2023): the final model's loss ranks a site's
-  canaries; guesses on the extremes give an empirical epsilon lower bound, set
-  beside the site's claimed sample-level epsilon for this run.
+- Confidence threshold: score = phi = logit_y - logsumexp(other logits) under the
+  final model. For two classes it orders records as the loss does (Yeom et al.
+  2018's loss attack) but keeps full resolution where the float32 loss saturates
+  to exactly 0 (logit margins above ~17) and ties.
+- Offline LiRA (Carlini et al. 2022): phi under the final model against phi under
+  reference models trained the way the run trained (same model, LoRA/full, DP
+  settings and noise multiplier, rounds x local epochs) on population records no
+  site holds.
+- Both ROC curves compare members with non-members reweighted to the members'
+  label mix (:func:`fedshield.privacy.audit.roc`).
+- One-run canary tests (:func:`canary_test`): a site's (or all sites' pooled)
+  canary scores, guesses on the extremes fixed in advance, an empirical epsilon
+  lower bound and its ceiling, against the claimed epsilon.
 
 The statistics themselves (ROC, LiRA's Gaussian fit, the one-run bound) are the
 pure functions of :mod:`fedshield.privacy.audit`; this module feeds them.
@@ -31,25 +36,26 @@ from fedshield.common.device import pick_device
 from fedshield.models import LoadedModel, load_model
 from fedshield.models.texts import LabeledTexts, batch_inputs, tokenize
 from fedshield.privacy.audit import (
+    PRIMARY_ANALYSIS,
+    PRIMARY_BOUND,
     AuditConfig,
-    OneRunAudit,
+    CanaryTest,
     RocCurve,
     SiteAudit,
     audit_guesses,
     lira_offline_scores,
     logit_confidence,
-    loss_threshold_scores,
     roc,
 )
 
-from .records import PlantedCanaries, SiteRecords
-from .run import SiteClaim
+from .records import SiteRecords
 
 __all__ = [
     "RecordScores",
     "SiteScores",
     "attack_site",
-    "canary_audit",
+    "canary_scores",
+    "canary_test",
     "pooled_curves",
     "score_records",
     "score_site",
@@ -59,10 +65,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RecordScores:
-    """Per-record cross-entropy loss and LiRA confidence phi under one model."""
+    """Per-record cross-entropy loss and confidence phi under one model, and the
+    records' labels (for label-stratified ROC curves)."""
 
     loss: np.ndarray  # (n,)
     phi: np.ndarray  # (n,)
+    labels: np.ndarray  # (n,)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +103,7 @@ def score_records(
     return RecordScores(
         loss=torch.cat(losses).numpy().astype(np.float64),
         phi=torch.cat(phis).numpy().astype(np.float64),
+        labels=np.asarray(data.labels, dtype=np.int64),
     )
 
 
@@ -148,27 +157,57 @@ def _lira_curve(target: SiteScores, references: Sequence[SiteScores]) -> RocCurv
         [np.concatenate([r.members.phi, r.non_members.phi]) for r in references]
     )
     lira = lira_offline_scores(phi, ref_phi)
-    return roc(lira[: ins.phi.size], lira[ins.phi.size :])
+    return _roc(lira[: ins.phi.size], lira[ins.phi.size :], target)
 
 
-def canary_audit(
-    canary_loss: np.ndarray,
-    canaries: PlantedCanaries,
+def _roc(members: np.ndarray, non_members: np.ndarray, scores: SiteScores) -> RocCurve:
+    """ROC with the non-members stratified to the members' label mix."""
+    return roc(
+        members,
+        non_members,
+        member_labels=scores.members.labels.tolist(),
+        non_member_labels=scores.non_members.labels.tolist(),
+    )
+
+
+def canary_scores(
+    final: RecordScores, references: Sequence[RecordScores] = ()
+) -> np.ndarray:
+    """Data canaries' scores: their confidence phi under the final model (full
+    resolution where the float32 loss saturates to 0), calibrated per canary by
+    offline LiRA against reference models that never saw them, when there are
+    any."""
+    if not references:
+        return final.phi
+    return lira_offline_scores(final.phi, np.stack([r.phi for r in references]))
+
+
+def canary_test(
     *,
+    scope: str,
+    scores: np.ndarray,
+    included: Sequence[bool],
     audit: AuditConfig,
+    claimed_epsilon: float,
     delta: float,
-) -> OneRunAudit:
-    """The one-run audit of a site's canaries from their loss under the final
-    model (``canary_loss``, shape (m,)): ``audit.guesses`` guesses "in" on the
-    lowest losses and "out" on the highest, at ``audit.confidence``."""
-    k_plus, k_minus = audit.guesses
-    return audit_guesses(
-        loss_threshold_scores(canary_loss),
-        canaries.included,
+    confidence: float,
+) -> CanaryTest:
+    """The one-run test of ``scope``'s canaries: ``audit.guesses_for(m)`` guesses,
+    fixed before scoring ("in" on the highest scores, "out" on the lowest), bound
+    at ``confidence`` by the primary analysis, against the claim."""
+    k_plus, k_minus = audit.guesses_for(len(scores))
+    one_run = audit_guesses(
+        scores,
+        included,
         k_plus=k_plus,
         k_minus=k_minus,
         delta=delta,
-        confidence=audit.confidence,
+        confidence=confidence,
+        bound=PRIMARY_BOUND,
+        analysis=PRIMARY_ANALYSIS,
+    )
+    return CanaryTest(
+        scope=scope, canaries=one_run, claimed_epsilon=claimed_epsilon, delta=delta
     )
 
 
@@ -177,21 +216,16 @@ def attack_site(
     site: str,
     target: SiteScores,
     references: Sequence[SiteScores],
-    one_run: OneRunAudit | None,
-    claim: SiteClaim,
+    test: CanaryTest,
 ) -> SiteAudit:
     """Both attacks on one site's scores under the final model (LiRA only with
-    reference models), beside its canary audit and its claim."""
+    reference models), beside its canary test."""
     ins, outs = target.members, target.non_members
     return SiteAudit(
         site=site,
-        loss_attack=roc(
-            loss_threshold_scores(ins.loss), loss_threshold_scores(outs.loss)
-        ),
+        phi_attack=_roc(ins.phi, outs.phi, target),
         lira=_lira_curve(target, references) if references else None,
-        canaries=one_run,
-        claimed_epsilon=claim.epsilon,
-        delta=claim.delta,
+        test=test,
     )
 
 
@@ -203,9 +237,7 @@ def pooled_curves(
     """Both attacks over every site's members and non-members together."""
     pooled = _pool(target, names)
     ins, outs = pooled.members, pooled.non_members
-    curves = {
-        "loss": roc(loss_threshold_scores(ins.loss), loss_threshold_scores(outs.loss))
-    }
+    curves = {"phi": _roc(ins.phi, outs.phi, pooled)}
     if references:
         curves["lira"] = _lira_curve(pooled, [_pool(r, names) for r in references])
     return curves
@@ -218,6 +250,7 @@ def _pool(scores: Mapping[str, SiteScores], names: Sequence[str]) -> SiteScores:
         return RecordScores(
             loss=np.concatenate([s.loss for s in side]),
             phi=np.concatenate([s.phi for s in side]),
+            labels=np.concatenate([s.labels for s in side]),
         )
 
     return SiteScores(

@@ -13,7 +13,11 @@ from fedshield.common.config import ConfigError
 from fedshield.privacy.audit import (
     AuditConfig,
     CanaryKind,
+    CanaryTest,
+    OneRunAudit,
+    RocCurve,
     SiteAudit,
+    Verdict,
     audit_guesses,
     empirical_epsilon,
     lira_offline_scores,
@@ -21,7 +25,10 @@ from fedshield.privacy.audit import (
     make_canaries,
     p_value,
     roc,
+    worst,
 )
+
+POOLED_NAME = "all sites"
 
 
 def test_roc_auc_and_tpr_at_fpr_on_a_hand_computed_case() -> None:
@@ -180,6 +187,36 @@ def test_audit_config_explains_bad_values_and_splits_the_guesses() -> None:
         AuditConfig(confidence=1.0)
 
 
+def _test(scope: str, canaries: OneRunAudit | None, claimed: float) -> CanaryTest:
+    return CanaryTest(
+        scope=scope, canaries=canaries, claimed_epsilon=claimed, delta=1e-5
+    )
+
+
+def _report(sites: list[SiteAudit], pooled: CanaryTest, curve: RocCurve) -> dict:
+    verdict = worst([s.verdict for s in sites] + [pooled.verdict])
+    return {
+        "run_dir": "runs/x",
+        "verdict": str(verdict),
+        "exit_code": verdict.exit_code,
+        "pooled_test": pooled.to_dict(),
+        "summary": {
+            "config": {"model.source": "<script>alert(1)</script>"},
+            "initial": {"accuracy": 0.5, "loss": 0.7},
+            "rounds": [{"round": 1, "accuracy": 0.6, "loss": 0.65}],
+            "sites": {"site-0": {"run_epsilon": 1.0, "pii": {"PERSON": 3}}},
+        },
+        "audit_config": {"confidence": 0.95},
+        "sites": [s.to_dict() for s in sites],
+        "violations": [
+            t.scope
+            for t in [*(s.test for s in sites), pooled]
+            if t.verdict == "violation"
+        ],
+        "curves": {s.site: {"phi": curve} for s in sites},
+    }
+
+
 def test_a_violation_is_reported_loudly_and_config_values_are_escaped() -> None:
     from fedshield.privacy.audit.report import SECTIONS, render_html, report_json
 
@@ -188,30 +225,20 @@ def test_a_violation_is_reported_loudly_and_config_values_are_escaped() -> None:
         [5.0] * 20 + [-5.0] * 20, [True] * 20 + [False] * 20,
         k_plus=20, k_minus=20, delta=1e-5,
     )  # fmt: skip
-    bad = SiteAudit("site-0", curve, None, canaries, claimed_epsilon=1.0, delta=1e-5)
-    ok = SiteAudit("site-1", curve, curve, None, claimed_epsilon=2.0, delta=1e-5)
-    assert bad.violation and bad.verdict().startswith("VIOLATION")
-    assert not ok.violation and "no canaries" in ok.verdict()
-    audit = {
-        "run_dir": "runs/x",
-        "summary": {
-            "config": {"model.source": "<script>alert(1)</script>"},
-            "initial": {"accuracy": 0.5, "loss": 0.7},
-            "rounds": [{"round": 1, "accuracy": 0.6, "loss": 0.65}],
-            "sites": {"site-0": {"run_epsilon": 1.0, "pii": {"PERSON": 3}}},
-        },
-        "audit_config": {"confidence": 0.95},
-        "sites": [bad.to_dict(), ok.to_dict()],
-        "violations": ["site-0"],
-        "curves": {"site-0": {"loss": curve}, "site-1": {"loss": curve, "lira": curve}},
-    }
+    bad = SiteAudit("site-0", curve, None, _test("site-0", canaries, 1.0))
+    ok = SiteAudit("site-1", curve, curve, _test("site-1", None, 2.0))
+    assert bad.verdict is Verdict.VIOLATION
+    assert bad.test.explanation().startswith("VIOLATION")
+    assert ok.verdict is Verdict.NOT_TESTED and "no canaries" in ok.test.explanation()
+    audit = _report([bad, ok], _test(POOLED_NAME, canaries, 1.0), curve)
     page = render_html(audit, epsilon_png=None, ledger_epsilon={"site-0": 1.0})
     assert "PRIVACY VIOLATION at site-0" in page
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert all(f"<h2>{s}</h2>" in page for s in SECTIONS)
     doc = report_json(audit)
-    assert doc["violations"] == ["site-0"] and doc["sites"][0]["violation"]
-    assert doc["roc"]["site-1"]["lira"]["tpr"][-1] == 1.0
+    assert doc["violations"] == ["site-0", POOLED_NAME]
+    assert doc["sites"][0]["verdict"] == "violation" and doc["exit_code"] == 3
+    assert doc["roc"]["site-1"]["phi"]["tpr"][-1] == 1.0
 
 
 def test_simulated_sites_get_disjoint_canaries_and_crafted_ones_need_no_population(
@@ -240,7 +267,6 @@ def test_audit_result_pools_every_site_and_renders_as_the_report() -> None:
         POOLED,
         AuditResult,
         RecordScores,
-        SiteClaim,
         SiteScores,
     )
     from fedshield.simulations.audit.scoring import attack_site, pooled_curves
@@ -248,7 +274,11 @@ def test_audit_result_pools_every_site_and_renders_as_the_report() -> None:
     rng = np.random.default_rng(3)
 
     def scores(n: int, shift: float) -> RecordScores:
-        return RecordScores(loss=rng.normal(shift, 1, n), phi=rng.normal(-shift, 1, n))
+        return RecordScores(
+            loss=rng.normal(shift, 1, n),
+            phi=rng.normal(-shift, 1, n),
+            labels=np.arange(n) % 2,
+        )
 
     names = ("site-0", "site-1")
     target = {
@@ -262,14 +292,12 @@ def test_audit_result_pools_every_site_and_renders_as_the_report() -> None:
         }
         for _ in range(2)
     ]
-    claim = SiteClaim(epsilon=math.inf, delta=1e-5)
     sites = tuple(
         attack_site(
             site=n,
             target=target[n],
             references=[r[n] for r in refs],
-            one_run=None,
-            claim=claim,
+            test=_test(n, None, math.inf),
         )
         for n in names
     )
@@ -288,21 +316,28 @@ def test_audit_result_pools_every_site_and_renders_as_the_report() -> None:
         ]
     )
     lira = lira_offline_scores(phi, ref_phi)
-    assert pooled["lira"] == roc(lira[:60], lira[60:])
-    assert pooled["loss"].members == 60 and pooled["loss"].non_members == 40
+    labels = [*(np.arange(30) % 2).tolist() * 2]
+    assert pooled["lira"] == roc(
+        lira[:60],
+        lira[60:],
+        member_labels=labels,
+        non_member_labels=[*(np.arange(20) % 2).tolist() * 2],
+    )
+    assert pooled["phi"].members == 60 and pooled["phi"].non_members == 40
     result = AuditResult(
         run_dir=Path("runs/x"),
         summary={"config": {}, "sites": {}},
         audit=AuditConfig(),
         sites=sites,
-        curves={**{s.site: {"loss": s.loss_attack} for s in sites}, POOLED: pooled},
+        pooled_test=_test(POOLED, None, math.inf),
+        curves={**{s.site: {"phi": s.phi_attack} for s in sites}, POOLED: pooled},
     )
     report = result.to_report()
     assert result.violations == () and report["violations"] == []
+    assert result.verdict is Verdict.NOT_TESTED and report["exit_code"] == 5
     assert report["audit_config"]["canary_kind"] == "mislabelled"
     assert list(report["curves"]) == [*names, POOLED]
-    assert "No empirical lower bound" in render_html(
-        report, epsilon_png=None, ledger_epsilon={}
-    )
+    page = render_html(report, epsilon_png=None, ledger_epsilon={})
+    assert "Not tested" in page and 'class="ok"' not in page  # never green
     doc = report_json(report)
-    assert set(doc["pooled"]) == {"loss", "lira"} and len(doc["sites"]) == 2
+    assert set(doc["pooled"]) == {"phi", "lira"} and len(doc["sites"]) == 2
