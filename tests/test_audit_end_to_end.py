@@ -137,7 +137,7 @@ def test_gradient_canaries_through_the_real_run_and_an_untested_exit_code(
             "model.finetune='full' num-server-rounds=1 min-train-sites=1",
             "data.train-examples=80 data.test-examples=20 dp.enabled=false",
             "audit.canaries=200 audit.canary-kind='gradient' audit.guess-fraction=0.2",
-            "audit.lira-references=0 train.local-epochs=2",
+            "audit.lira-references=0 train.local-epochs=4",
         ]
     )
     proc = _simulate_audit(out, overrides, sites=2)
@@ -146,7 +146,10 @@ def test_gradient_canaries_through_the_real_run_and_an_untested_exit_code(
     assert doc["verdict"] == "not tested" and doc["exit_code"] == 5
     pooled = doc["pooled_test"]["canaries"]
     assert pooled["canaries"] == 400 and pooled["guesses"] == 80
-    assert pooled["correct"] >= 76  # the canaries stand out: coordinates agree
+    # the canaries stand out, so the sites' coordinates and the auditor's agree
+    # (chance: 40 of 80; each included canary is sampled about 4 times, so about
+    # 2 % of them never move)
+    assert pooled["correct"] >= 70
     assert "Verdict: not tested (exit code 5)" in proc.stdout
     report = (out / "audit" / "report.html").read_text()
     assert "Not tested" in report and 'class="ok"' not in report
