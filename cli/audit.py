@@ -95,7 +95,8 @@ def _print(result: AuditResult, out: AuditLayout) -> None:
             s.site,
             f"{s.phi_attack.auc:.3f}",
             f"{s.lira.auc:.3f}" if s.lira else "-",
-            f"{point.tpr:.3f}" + ("" if point.fpr == point.target else " (FPR 0)"),
+            f"{point.tpr:.3f}"
+            + ("" if point.fpr == point.target else f" (FPR {point.fpr:.2%})"),
             *_test_cells(s.test),
         )
     table.add_row("all sites", "-", "-", "-", *_test_cells(result.pooled_test))
@@ -105,8 +106,8 @@ def _print(result: AuditResult, out: AuditLayout) -> None:
         console.print(f"[{style}]{test.scope}: {test.explanation()}[/{style}]")
     verdict = result.verdict
     console.print(
-        f"[{_STYLE[verdict]}]Verdict: {verdict} (exit code {verdict.exit_code})"
-        f"[/{_STYLE[verdict]}]"
+        f"[{_STYLE[verdict]}]Verdict: {verdict} (exit code {verdict.exit_code}): "
+        f"{result.explanation()}[/{_STYLE[verdict]}]"
     )
     console.print(f"Report: {out.report}; numbers: {out.numbers}")
 

@@ -149,15 +149,27 @@ def render_html(
         "bug.",
         "consistent": "Consistent: no empirical lower bound exceeds a claimed "
         "epsilon, and the audit had the power to show one above the claim.",
-        "inconclusive": "Inconclusive: no violation found, but this audit could not "
-        "have shown one (its ceiling is not above the claim). It does not support "
-        "the claim either way.",
+        "inconclusive": "Inconclusive: no violation found, but at least one claim "
+        "had no test able to refute it (no ceiling above it). It does not support "
+        "that claim either way.",
         "not tested": "Not tested: no claim was tested (no canaries, no "
         "sample-level DP, or too few guesses).",
     }[verdict]
+    kind = audit["audit_config"].get("canary_kind", "")
+    scope = {
+        "gradient": "Canaries: white-box gradient canaries. They test the DP-SGD "
+        "mechanism as the sites run it (noise, sampling, accounting, aggregation), "
+        "not the clipping of real records, the data pipeline or leaks outside the "
+        "weights.",
+        "mislabelled": "Canaries: mislabelled records. They test the whole "
+        "pipeline, with less power than gradient canaries.",
+        "crafted": "Canaries: crafted records. They test the whole pipeline, with "
+        "less power than gradient canaries.",
+    }.get(kind, "")
     parts.append(
         f'<h2>Verdict</h2><p class="{style}">{html.escape(headline)}</p>'
-        f"<p>All sites pooled: {html.escape(pooled_test['explanation'])}</p>"
+        f"<p>{html.escape(audit.get('explanation') or pooled_test['explanation'])}"
+        f"</p><p>{html.escape(scope)}</p>"
     )
     parts.append(
         _table(

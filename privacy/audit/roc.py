@@ -22,7 +22,11 @@ Done so that no number says more than the data can:
   each non-member is weighted by ``P_members(label) / P_non_members(label)``, so a
   site whose training share is label-skewed is not compared with held-out records
   of another label mix (an attack would otherwise score the label, not
-  membership). FPRs are then weighted fractions.
+  membership). FPRs are then weighted fractions: the reachable ones are the
+  weighted cumulative sums, not multiples of 1/n, and a few heavy non-members can
+  set a threshold, so ``effective_non_members`` = (sum w)^2 / sum w^2 is
+  reported beside n. Members whose label no non-member has cannot be matched:
+  they are left out of the curve and counted (``unmatched_members``).
 """
 
 from __future__ import annotations
@@ -84,6 +88,8 @@ class RocCurve:
     members: int
     non_members: int
     min_fpr: float  # the smallest FPR above 0 the non-members can show (1/n)
+    effective_non_members: float = 0.0  # (sum w)^2 / sum w^2; n when unweighted
+    unmatched_members: int = 0  # left out: no non-member has their label
 
     def tpr_at(self, fpr: float) -> float:
         """The highest TPR whose FPR is at most ``fpr``."""
@@ -109,6 +115,8 @@ class RocCurve:
             "low_fpr": [self.low_fpr(f).to_dict() for f in REPORTED_FPRS],
             "members": self.members,
             "non_members": self.non_members,
+            "effective_non_members": self.effective_non_members,
+            "unmatched_members": self.unmatched_members,
             "min_fpr": self.min_fpr,
         }
 
@@ -148,11 +156,10 @@ def roc(
             f"An ROC curve needs members and non-members; found {members.size} and "
             f"{others.size}."
         )
-    scores = np.concatenate([members, others])
-    if not np.all(np.isfinite(scores)):
+    if not np.all(np.isfinite(np.concatenate([members, others]))):
         raise ValueError("Attack scores must be finite; found NaN or inf.")
-    truth = np.concatenate([np.ones(members.size), np.zeros(others.size)])
     weights = np.ones(others.size)
+    unmatched = 0
     if (member_labels is None) != (non_member_labels is None):
         raise ValueError("Give labels for both members and non-members, or neither.")
     if member_labels is not None and non_member_labels is not None:
@@ -161,7 +168,18 @@ def roc(
                 f"Labels must match the scores: {members.size} and {others.size} "
                 f"scores, {len(member_labels)} and {len(non_member_labels)} labels."
             )
+        matched = np.isin(np.asarray(member_labels), np.asarray(non_member_labels))
+        unmatched = int((~matched).sum())
+        if not matched.any():
+            raise ValueError(
+                "No non-member shares a label with the members: they cannot be "
+                "stratified by label."
+            )
+        member_labels = np.asarray(member_labels)[matched].tolist()
+        members = members[matched]
         weights = _label_weights(member_labels, non_member_labels)
+    scores = np.concatenate([members, others])
+    truth = np.concatenate([np.ones(members.size), np.zeros(others.size)])
     sample_weight = np.concatenate([np.ones(members.size), weights])
     fpr, tpr, _ = roc_curve(
         truth, scores, sample_weight=sample_weight, drop_intermediate=False
@@ -174,4 +192,6 @@ def roc(
         members=int(members.size),
         non_members=int(others.size),
         min_fpr=float(positive.min() / weights.sum()),
+        effective_non_members=float(weights.sum() ** 2 / (weights**2).sum()),
+        unmatched_members=unmatched,
     )

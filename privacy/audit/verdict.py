@@ -59,8 +59,8 @@ _RANK = (Verdict.VIOLATION, Verdict.INCONCLUSIVE, Verdict.NOT_TESTED)
 
 
 def worst(verdicts: list[Verdict]) -> Verdict:
-    """A run's verdict from its tests': any violation; else inconclusive if any
-    test was; else not tested if any; else consistent. No tests: not tested."""
+    """The most severe of several verdicts: any violation; else inconclusive if
+    any; else not tested if any; else consistent. None: not tested."""
     if not verdicts:
         return Verdict.NOT_TESTED
     for v in _RANK:

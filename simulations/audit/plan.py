@@ -50,15 +50,20 @@ class AuditPlan:
 
     def warning(self) -> str | None:
         """What to tell the user before the run, or None when the test can refute
-        the claim (or nothing is claimed)."""
-        if self.claimed is None or self.can_refute:
+        the claim."""
+        if self.claimed is None:
+            return (
+                "The run claims no sample-level DP: the audit will show what its "
+                "canaries prove leaks, with the verdict 'not tested' (exit code 5)."
+            )
+        if self.can_refute:
             return None
         text = (
             f"The pooled canary test can show at most epsilon = {self.ceiling:.2f} "
             f"({self.guesses} guesses on {self.canaries} canaries, delta = "
             f"{self.delta:g}, confidence {self.confidence:.3g}), and the sites will "
-            f"claim up to epsilon = {self.claimed:.2f}: the audit can only come out "
-            "'inconclusive'. "
+            f"claim up to epsilon = {self.claimed:.2f} if each trains every round: "
+            "the audit can only come out 'inconclusive'. "
         )
         if self.needed is None:
             text += (

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,12 +63,46 @@ class AuditResult:
         return tuple(t.scope for t in tests if t.verdict is Verdict.VIOLATION)
 
     @property
+    def uncovered(self) -> tuple[str, ...]:
+        """Sites whose own claim no test could have refuted: the pooled test only
+        tests the largest claim, so a site claiming less is covered only by its
+        own test being consistent."""
+        pooled = self.pooled_test
+        out = []
+        for s in self.sites:
+            claim = s.test.claimed_epsilon
+            if math.isinf(claim) or s.test.verdict is Verdict.CONSISTENT:
+                continue  # nothing claimed, or its own test had the power
+            at_pooled = claim >= pooled.claimed_epsilon - 1e-9 and (
+                s.test.canaries is not None
+            )
+            if not (at_pooled and pooled.verdict is Verdict.CONSISTENT):
+                out.append(s.site)
+        return tuple(out)
+
+    @property
     def verdict(self) -> Verdict:
-        """The run's: a violation if any test shows one, else the pooled test's
-        (with one site, that site's)."""
+        """The run's: a violation if any test shows one; else the pooled test's
+        if it was not consistent; else consistent only when every site's claim
+        was tested with the power to refute it (:attr:`uncovered` is empty),
+        inconclusive otherwise."""
         if self.violations:
             return Verdict.VIOLATION
-        return self.pooled_test.verdict
+        pooled = self.pooled_test.verdict
+        if pooled is not Verdict.CONSISTENT:
+            return pooled
+        return Verdict.INCONCLUSIVE if self.uncovered else Verdict.CONSISTENT
+
+    def explanation(self) -> str:
+        """One line for the run's verdict."""
+        verdict, pooled = self.verdict, self.pooled_test
+        if verdict is Verdict.INCONCLUSIVE and pooled.verdict is Verdict.CONSISTENT:
+            return (
+                f"the pooled test is consistent with the largest claim "
+                f"({pooled.claimed_epsilon:.3f}), but the smaller claims of "
+                f"{', '.join(self.uncovered)} had no test able to refute them"
+            )
+        return pooled.explanation()
 
     def to_report(self) -> dict[str, Any]:
         """The mapping :func:`~fedshield.privacy.audit.report.render_html` and
@@ -77,6 +112,8 @@ class AuditResult:
             "run_dir": str(self.run_dir),
             "verdict": str(self.verdict),
             "exit_code": self.verdict.exit_code,
+            "explanation": self.explanation(),
+            "uncovered": list(self.uncovered),
             "pooled_test": self.pooled_test.to_dict(),
             "pooled": {k: c.to_dict() for k, c in self.pooled.items()},
             "summary": self.summary,

@@ -140,7 +140,8 @@ def test_plan_warns_before_a_run_whose_audit_cannot_refute_its_claim(
     fixed = {**weak, "dp.target-epsilon": 0.0, "dp.noise-multiplier": 0.8}
     plan = plan_audit(RunConfig(fixed), 2)
     assert plan.claimed is not None and 0 < plan.claimed < math.inf
-    assert plan_audit(RunConfig({**weak, "dp.enabled": False}), 2).claimed is None
+    no_dp = plan_audit(RunConfig({**weak, "dp.enabled": False}), 2)
+    assert no_dp.claimed is None and "not tested" in (no_dp.warning() or "")
 
 
 # --- ROC figures ------------------------------------------------------------------
@@ -209,3 +210,69 @@ def test_label_skew_alone_does_not_look_like_membership() -> None:
         roc([1.0], [0.0], member_labels=[1])
     with pytest.raises(ValueError, match="shares a label"):
         roc([1.0], [0.0], member_labels=[1], non_member_labels=[0])
+
+
+def test_a_run_is_consistent_only_when_every_sites_claim_was_testable() -> None:
+    """The pooled test tests the largest claim only: a site claiming less, whose
+    own test had no power, leaves the run inconclusive, never green."""
+    from pathlib import Path
+
+    from fedshield.privacy.audit import AuditConfig, SiteAudit
+    from fedshield.simulations.audit import POOLED, AuditResult
+
+    curve = roc([1.0, 0.5], [0.0, 0.2])
+    weak = audit_guesses([1.0, -1.0] * 5, [True, False] * 5, k_plus=3, k_minus=3,
+                         delta=1e-5)  # fmt: skip
+    scores, included = _all_right(40)
+    strong = audit_guesses(scores, [not b for b in included] * 1, k_plus=40,
+                           k_minus=40, delta=1e-5)  # fmt: skip
+    assert weak.ceiling < 1.5 and strong.ceiling > 2.5
+    assert strong.empirical_epsilon == 0.0  # every guess wrong: no evidence
+
+    def site(name: str, claim: float) -> SiteAudit:
+        test = CanaryTest(scope=name, canaries=weak, claimed_epsilon=claim, delta=1e-5)
+        return SiteAudit(name, curve, None, test)
+
+    sites = (site("site-0", 1.5), site("site-1", 2.5))
+    pooled = CanaryTest(scope=POOLED, canaries=strong, claimed_epsilon=2.5, delta=1e-5)
+    result = AuditResult(
+        run_dir=Path("runs/x"),
+        summary={"config": {}, "sites": {}},
+        audit=AuditConfig(),
+        sites=sites,
+        pooled_test=pooled,
+        curves={POOLED: {"phi": curve}},
+    )
+    assert pooled.verdict is Verdict.CONSISTENT
+    assert result.uncovered == ("site-0",)  # site-1's claim is the pooled one
+    assert result.verdict is Verdict.INCONCLUSIVE
+    assert "site-0" in result.explanation()
+    assert result.to_report()["exit_code"] == 4
+    same = AuditResult(
+        run_dir=Path("runs/x"),
+        summary={"config": {}, "sites": {}},
+        audit=AuditConfig(),
+        sites=(site("site-0", 2.5), site("site-1", 2.5)),
+        pooled_test=pooled,
+        curves={POOLED: {"phi": curve}},
+    )
+    assert same.uncovered == () and same.verdict is Verdict.CONSISTENT
+
+
+def test_members_of_a_label_no_non_member_has_are_left_out_and_counted() -> None:
+    curve = roc(
+        [1.0, 2.0, 3.0, 4.0],
+        [0.0, 1.0, 0.5],
+        member_labels=[0, 0, 1, 1],
+        non_member_labels=[0, 0, 0],
+    )
+    assert curve.members == 2 and curve.unmatched_members == 2
+    assert curve.effective_non_members == pytest.approx(3.0)
+    skewed = roc(
+        [1.0, 2.0, 3.0],
+        [0.0, 1.0, 0.5, 0.2],
+        member_labels=[0, 0, 1],
+        non_member_labels=[0, 1, 1, 1],
+    )
+    # weights 2/3 / (1/4) for the label-0 non-member, 1/3 / (3/4) for the others
+    assert skewed.effective_non_members < 4
