@@ -577,7 +577,7 @@ KEYS: tuple[Key, ...] = (
         check=NON_NEGATIVE,
         doc=(
             "K reference models for offline LiRA, trained on population data no site "
-            "holds; `0` = loss-threshold attack only"
+            "holds; `0` = the confidence-threshold attack only"
         ),
     ),
     Key(

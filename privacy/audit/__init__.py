@@ -1,5 +1,5 @@
 """Membership-inference audits that test the privacy claims empirically: attacks on
-the final model (loss threshold, offline LiRA), the one-run canary audit (Steinke
+the final model (confidence threshold, offline LiRA), the one-run canary audit (Steinke
 et al. 2023) and the run's HTML/JSON audit report."""
 
 from .attacks import lira_offline_scores, logit_confidence, loss_threshold_scores

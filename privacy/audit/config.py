@@ -18,7 +18,8 @@ __all__ = ["AuditConfig"]
 class AuditConfig:
     """canaries: per site, 0 = no canary audit; guess_fraction: share of the
     canaries the auditor guesses on (half "in", half "out", fixed in advance);
-    lira_references: K reference models for offline LiRA (0 = loss attack only);
+    lira_references: K reference models for offline LiRA (0 = the confidence
+    attack only);
     reference_examples: population records each reference model trains on;
     confidence: of the empirical epsilon lower bound."""
 

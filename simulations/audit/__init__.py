@@ -5,7 +5,8 @@ For each simulated site, with the run's own config (``summary.json``):
 - members: the site's training records as training saw them (scrubbed, canaries
   left out); non-members: the site's evaluation share, drawn from the same
   distribution (same PII injection and scrubbing) and never trained on.
-- loss-threshold attack (Yeom et al. 2018) and offline LiRA (Carlini et al. 2022)
+- confidence-threshold attack (phi; Yeom et al. 2018's loss attack at full
+  resolution) and offline LiRA (Carlini et al. 2022)
   with ``audit.lira-references`` reference models, trained here the way the run
   trained (same model, LoRA/full, DP settings and noise multiplier, rounds x local
   epochs) on population records no site holds;
