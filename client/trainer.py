@@ -217,9 +217,10 @@ def _canary_injector(
         return None
     if private.mode is GradSampleMode.HOOKS:
         raise ConfigError(
-            'audit.canary-kind="gradient" needs dp.grad-sample-mode "bookkeeping" '
-            'or "ghost"; found "hooks", whose clipping runs inside the optimizer '
-            "step, after the canaries would be added. Change one of them."
+            'audit.canary-kind="gradient" needs book-keeping or Opacus ghost '
+            "clipping; this training uses Opacus' hooks mode, whose clipping runs "
+            "inside the optimizer step, after the canaries would be added. Train "
+            "with the default mode or plant record canaries."
         )
     return CanaryInjector(
         canaries,

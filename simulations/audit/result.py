@@ -27,6 +27,9 @@ from fedshield.privacy.audit import (
 __all__ = ["POOLED", "AuditResult"]
 
 POOLED = "all sites"  # the key of the pooled curves beside the sites' names
+# Claims this close are one claim: sites calibrated to one dp.target-epsilon land
+# within the accountant's search tolerance (0.01) below it.
+SAME_CLAIM = 0.01
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,15 +68,15 @@ class AuditResult:
     @property
     def uncovered(self) -> tuple[str, ...]:
         """Sites whose own claim no test could have refuted: the pooled test only
-        tests the largest claim, so a site claiming less is covered only by its
-        own test being consistent."""
+        tests the largest claim, so a site claiming less (by more than
+        :data:`SAME_CLAIM`) is covered only by its own test being consistent."""
         pooled = self.pooled_test
         out = []
         for s in self.sites:
             claim = s.test.claimed_epsilon
             if math.isinf(claim) or s.test.verdict is Verdict.CONSISTENT:
                 continue  # nothing claimed, or its own test had the power
-            at_pooled = claim >= pooled.claimed_epsilon - 1e-9 and (
+            at_pooled = claim >= pooled.claimed_epsilon - SAME_CLAIM and (
                 s.test.canaries is not None
             )
             if not (at_pooled and pooled.verdict is Verdict.CONSISTENT):

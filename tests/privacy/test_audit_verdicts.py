@@ -257,6 +257,16 @@ def test_a_run_is_consistent_only_when_every_sites_claim_was_testable() -> None:
         curves={POOLED: {"phi": curve}},
     )
     assert same.uncovered == () and same.verdict is Verdict.CONSISTENT
+    # sites calibrated to one target land within the accountant's tolerance of it
+    near = AuditResult(
+        run_dir=Path("runs/x"),
+        summary={"config": {}, "sites": {}},
+        audit=AuditConfig(),
+        sites=(site("site-0", 2.495), site("site-1", 2.5)),
+        pooled_test=pooled,
+        curves={POOLED: {"phi": curve}},
+    )
+    assert near.verdict is Verdict.CONSISTENT
 
 
 def test_members_of_a_label_no_non_member_has_are_left_out_and_counted() -> None:
