@@ -2,7 +2,7 @@
 the final model (confidence threshold, offline LiRA), the one-run canary audit (Steinke
 et al. 2023) and the run's HTML/JSON audit report."""
 
-from .attacks import lira_offline_scores, logit_confidence, loss_threshold_scores
+from .attacks import lira_offline_scores, logit_confidence
 from .canaries import Canaries, CanaryKind, make_canaries
 from .config import AuditConfig
 from .gradient_canaries import (
@@ -21,7 +21,7 @@ from .one_run import (
     p_value,
 )
 from .roc import REPORTED_FPRS, LowFpr, RocCurve, clopper_pearson, roc
-from .verdict import CanaryTest, SiteAudit, Verdict, worst
+from .verdict import CanaryTest, SiteAudit, Verdict
 
 __all__ = [
     "PRIMARY_ANALYSIS",
@@ -43,12 +43,10 @@ __all__ = [
     "empirical_epsilon",
     "lira_offline_scores",
     "logit_confidence",
-    "loss_threshold_scores",
     "gradient_canary_scores",
     "make_canaries",
     "make_gradient_canaries",
     "p_value",
     "roc",
     "trainable_vector",
-    "worst",
 ]

@@ -1,8 +1,8 @@
 """Membership-inference scores from a model's outputs on candidate records.
 
-- **Loss threshold** (Yeom et al., "Privacy Risk in Machine Learning", CSF 2018):
-  members tend to have lower loss, so the score is ``-loss``; sweeping the
-  threshold gives the ROC curve.
+- **Confidence threshold**: the score is phi (below); for two classes it orders
+  records as the loss attack of Yeom et al. ("Privacy Risk in Machine Learning",
+  CSF 2018) does, at full resolution where the float32 loss saturates to 0.
 - **LiRA, offline** (Carlini et al., "Membership Inference Attacks From First
   Principles", S&P 2022, Sec. VI-C): for a record (x, y), the target model's
   confidence is mapped to the logit scale, phi = log p_y - log(1 - p_y), where it is
@@ -23,7 +23,7 @@ import torch
 from numpy.typing import ArrayLike
 from scipy.stats import norm
 
-__all__ = ["lira_offline_scores", "logit_confidence", "loss_threshold_scores"]
+__all__ = ["lira_offline_scores", "logit_confidence"]
 
 
 def logit_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -32,11 +32,6 @@ def logit_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     correct = logits.gather(1, labels[:, None]).squeeze(1)  # (b,)
     others = logits.scatter(1, labels[:, None], float("-inf"))
     return correct - torch.logsumexp(others, dim=1)
-
-
-def loss_threshold_scores(losses: ArrayLike) -> np.ndarray:
-    """Yeom et al.: lower loss = more likely a member."""
-    return -np.asarray(losses, dtype=np.float64)
 
 
 def lira_offline_scores(

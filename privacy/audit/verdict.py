@@ -30,7 +30,7 @@ from typing import Any
 from .one_run import OneRunAudit
 from .roc import RocCurve
 
-__all__ = ["CanaryTest", "SiteAudit", "Verdict", "worst"]
+__all__ = ["CanaryTest", "SiteAudit", "Verdict"]
 
 
 class Verdict(StrEnum):
@@ -55,18 +55,6 @@ _EXIT = {
     Verdict.INCONCLUSIVE: 4,
     Verdict.NOT_TESTED: 5,
 }
-_RANK = (Verdict.VIOLATION, Verdict.INCONCLUSIVE, Verdict.NOT_TESTED)
-
-
-def worst(verdicts: list[Verdict]) -> Verdict:
-    """The most severe of several verdicts: any violation; else inconclusive if
-    any; else not tested if any; else consistent. None: not tested."""
-    if not verdicts:
-        return Verdict.NOT_TESTED
-    for v in _RANK:
-        if v in verdicts:
-            return v
-    return Verdict.CONSISTENT
 
 
 @dataclass(frozen=True)

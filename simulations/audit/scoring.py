@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from fedshield.client.config import ClientConfig
@@ -65,10 +64,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RecordScores:
-    """Per-record cross-entropy loss and confidence phi under one model, and the
-    records' labels (for label-stratified ROC curves)."""
+    """Per-record confidence phi under one model, and the records' labels (for
+    label-stratified ROC curves)."""
 
-    loss: np.ndarray  # (n,)
     phi: np.ndarray  # (n,)
     labels: np.ndarray  # (n,)
 
@@ -90,18 +88,16 @@ def score_records(
     batch_size: int = 128,
     device: torch.device | None = None,
 ) -> RecordScores:
-    """Each record's loss and phi = log p_y - log(1 - p_y) under ``loaded``."""
+    """Each record's phi = log p_y - log(1 - p_y) under ``loaded``."""
     device = device or pick_device()
     dataset = tokenize(data, loaded.tokenizer, max_length=max_length)
     model = loaded.model.to(device).eval()
-    losses, phis = [], []
+    phis = []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate):
         inputs, labels = batch_inputs(batch, device)
         logits = model(**inputs).logits.float()  # (b, num_labels)
-        losses.append(F.cross_entropy(logits, labels, reduction="none").cpu())
         phis.append(logit_confidence(logits, labels).cpu())
     return RecordScores(
-        loss=torch.cat(losses).numpy().astype(np.float64),
         phi=torch.cat(phis).numpy().astype(np.float64),
         labels=np.asarray(data.labels, dtype=np.int64),
     )
@@ -248,7 +244,6 @@ def _pool(scores: Mapping[str, SiteScores], names: Sequence[str]) -> SiteScores:
 
     def cat(side: Sequence[RecordScores]) -> RecordScores:
         return RecordScores(
-            loss=np.concatenate([s.loss for s in side]),
             phi=np.concatenate([s.phi for s in side]),
             labels=np.concatenate([s.labels for s in side]),
         )

@@ -25,7 +25,6 @@ from fedshield.privacy.audit import (
     make_canaries,
     p_value,
     roc,
-    worst,
 )
 
 POOLED_NAME = "all sites"
@@ -194,7 +193,9 @@ def _test(scope: str, canaries: OneRunAudit | None, claimed: float) -> CanaryTes
 
 
 def _report(sites: list[SiteAudit], pooled: CanaryTest, curve: RocCurve) -> dict:
-    verdict = worst([s.verdict for s in sites] + [pooled.verdict])
+    tests = [*(s.test for s in sites), pooled]
+    violated = any(t.verdict is Verdict.VIOLATION for t in tests)
+    verdict = Verdict.VIOLATION if violated else pooled.verdict
     return {
         "run_dir": "runs/x",
         "verdict": str(verdict),
@@ -275,7 +276,6 @@ def test_audit_result_pools_every_site_and_renders_as_the_report() -> None:
 
     def scores(n: int, shift: float) -> RecordScores:
         return RecordScores(
-            loss=rng.normal(shift, 1, n),
             phi=rng.normal(-shift, 1, n),
             labels=np.arange(n) % 2,
         )

@@ -17,7 +17,6 @@ from fedshield.privacy.audit import (
     clopper_pearson,
     empirical_epsilon,
     roc,
-    worst,
 )
 from fedshield.privacy.audit.one_run import ceiling, guesses_needed
 from fedshield.simulations.audit import confidence_levels, plan_audit
@@ -84,15 +83,6 @@ def test_an_untested_claim_is_never_consistent() -> None:
         scope="s", canaries=old_default, claimed_epsilon=8.0, delta=1e-5
     ).verdict
     assert verdict is Verdict.INCONCLUSIVE
-
-
-def test_a_run_takes_its_worst_verdict() -> None:
-    v = Verdict
-    assert worst([v.CONSISTENT, v.CONSISTENT]) is v.CONSISTENT
-    assert worst([v.CONSISTENT, v.NOT_TESTED]) is v.NOT_TESTED
-    assert worst([v.NOT_TESTED, v.INCONCLUSIVE, v.CONSISTENT]) is v.INCONCLUSIVE
-    assert worst([v.INCONCLUSIVE, v.VIOLATION]) is v.VIOLATION
-    assert worst([]) is v.NOT_TESTED
 
 
 def test_confidence_levels_bound_the_false_alarms_of_all_tests_together() -> None:
@@ -233,40 +223,28 @@ def test_a_run_is_consistent_only_when_every_sites_claim_was_testable() -> None:
         test = CanaryTest(scope=name, canaries=weak, claimed_epsilon=claim, delta=1e-5)
         return SiteAudit(name, curve, None, test)
 
-    sites = (site("site-0", 1.5), site("site-1", 2.5))
     pooled = CanaryTest(scope=POOLED, canaries=strong, claimed_epsilon=2.5, delta=1e-5)
-    result = AuditResult(
-        run_dir=Path("runs/x"),
-        summary={"config": {}, "sites": {}},
-        audit=AuditConfig(),
-        sites=sites,
-        pooled_test=pooled,
-        curves={POOLED: {"phi": curve}},
-    )
+
+    def run(claims: tuple[float, float]) -> AuditResult:
+        return AuditResult(
+            run_dir=Path("runs/x"),
+            summary={"config": {}, "sites": {}},
+            audit=AuditConfig(),
+            sites=tuple(site(f"site-{k}", c) for k, c in enumerate(claims)),
+            pooled_test=pooled,
+            curves={POOLED: {"phi": curve}},
+        )
+
+    result = run((1.5, 2.5))
     assert pooled.verdict is Verdict.CONSISTENT
     assert result.uncovered == ("site-0",)  # site-1's claim is the pooled one
     assert result.verdict is Verdict.INCONCLUSIVE
     assert "site-0" in result.explanation()
     assert result.to_report()["exit_code"] == 4
-    same = AuditResult(
-        run_dir=Path("runs/x"),
-        summary={"config": {}, "sites": {}},
-        audit=AuditConfig(),
-        sites=(site("site-0", 2.5), site("site-1", 2.5)),
-        pooled_test=pooled,
-        curves={POOLED: {"phi": curve}},
-    )
+    same = run((2.5, 2.5))
     assert same.uncovered == () and same.verdict is Verdict.CONSISTENT
     # sites calibrated to one target land within the accountant's tolerance of it
-    near = AuditResult(
-        run_dir=Path("runs/x"),
-        summary={"config": {}, "sites": {}},
-        audit=AuditConfig(),
-        sites=(site("site-0", 2.495), site("site-1", 2.5)),
-        pooled_test=pooled,
-        curves={POOLED: {"phi": curve}},
-    )
-    assert near.verdict is Verdict.CONSISTENT
+    assert run((2.495, 2.5)).verdict is Verdict.CONSISTENT
 
 
 def test_members_of_a_label_no_non_member_has_are_left_out_and_counted() -> None:
