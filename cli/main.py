@@ -274,11 +274,18 @@ def _follow(proc: subprocess.Popen[bytes], out: Path) -> None:
 
 
 def _print_final(summary: dict[str, Any], out: Path) -> None:
-    final = summary["rounds"][-1]
-    console.print(
-        f"[bold green]Done.[/bold green] Test accuracy {final['accuracy']:.4f} after "
-        f"{final['round']} rounds (initial {summary['initial']['accuracy']:.4f})."
-    )
+    final, initial = summary["rounds"][-1], summary["initial"]
+    if final.get("perplexity") is not None:  # causal LM
+        console.print(
+            f"[bold green]Done.[/bold green] Test perplexity "
+            f"{final['perplexity']:.2f} after {final['round']} rounds (initial "
+            f"{initial['perplexity']:.2f}); token accuracy {final['accuracy']:.4f}."
+        )
+    else:
+        console.print(
+            f"[bold green]Done.[/bold green] Test accuracy {final['accuracy']:.4f} "
+            f"after {final['round']} rounds (initial {initial['accuracy']:.4f})."
+        )
     for name, site in summary["sites"].items():
         # a value the site's policy withholds (release-metrics) is null
         if site.get("epsilon") is None:
@@ -300,6 +307,11 @@ def _print_final(summary: dict[str, Any], out: Path) -> None:
         console.print(
             f"  {escape(name)}: {counts + ', ' if counts else ''}{eps}"
             + (f"; refused round(s) {refused}" if refused else "")
+        )
+    for sample in (summary.get("generation") or {}).get("samples", []):
+        console.print(
+            f"  sample: {escape(sample['prompt'])!s} [dim]->[/dim] "
+            f"{escape(sample['text'])}"
         )
     client = summary.get("privacy", {}).get("client_level", {})
     if client.get("enabled"):

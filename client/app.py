@@ -55,10 +55,9 @@ from fedshield.models import (
     load_trainable_state,
     state_delta,
     state_to_arrays,
+    tasks,
     trainable_state,
 )
-from fedshield.models.evaluate import evaluate_model
-from fedshield.models.texts import tokenize
 from fedshield.privacy.budget import TargetEpsilonSpent, plan_release
 from fedshield.privacy.client_dp import clip_update
 from fedshield.privacy.fingerprint import dataset_fingerprint
@@ -208,9 +207,7 @@ def train(
     def run_training() -> TrainResult:
         nonlocal loaded, global_state
         loaded, global_state = _global_model(msg, cfg)
-        dataset = tokenize(
-            site.train, loaded.tokenizer, max_length=cfg.model.max_length
-        )
+        dataset = tasks.encode(site.train, loaded.tokenizer, cfg.model)
         return train_site(
             model=loaded.model,
             dataset=dataset,
@@ -221,6 +218,7 @@ def train(
             seed=training_seed(cfg, site.name, server_round),
             device=pick_device(),
             canaries=site.gradient_canaries,  # simulated sites only
+            per_sample_loss=tasks.per_sample_loss(cfg.model),
         )
 
     outcome = release_round(
@@ -308,9 +306,13 @@ def evaluate(
             "node config, or set fraction-evaluate=0 in the run config."
         )
     loaded, _ = _global_model(msg, cfg)
-    dataset = tokenize(site.eval, loaded.tokenizer, max_length=cfg.model.max_length)
-    result = evaluate_model(
-        loaded.model, dataset, batch_size=cfg.eval_batch_size, device=pick_device()
+    dataset = tasks.encode(site.eval, loaded.tokenizer, cfg.model)
+    result = tasks.evaluate(
+        loaded.model,
+        dataset,
+        cfg.model,
+        batch_size=cfg.eval_batch_size,
+        device=pick_device(),
     )
     metrics = MetricRecord(
         {

@@ -1,4 +1,9 @@
-"""A site's labelled text: read its own file (CSV, TSV or JSONL) and validate it.
+"""A site's text: read its own file and validate it.
+
+Sequence classification reads (text, label) rows from CSV, TSV or JSONL. The
+causal LM reads text only: one record per non-blank line of a ``.txt`` file, or
+the text column/field of a CSV, TSV or JSONL file (a multi-line document fits in
+one CSV cell or JSON string); one record is the privacy unit.
 
 The site's file is opened read-only and never modified. Each problem (missing or
 unreadable file, missing columns, no rows, empty text, labels outside the model's
@@ -32,11 +37,13 @@ class SiteDataError(ValueError):
 
 @dataclass(frozen=True)
 class SiteDataConfig:
-    """Columns of a site file and the names of the classes (index = label id)."""
+    """Columns of a site file and the names of the classes (index = label id);
+    ``labelled`` False (the causal LM): records are texts, no label is read."""
 
     text_column: str = default("data.text-column")
     label_column: str = default("data.label-column")
     label_names: tuple[str, ...] = tuple(default("data.label-names").split(","))
+    labelled: bool = True
 
     def __post_init__(self) -> None:
         check("data.text-column", self.text_column)
@@ -48,6 +55,13 @@ class SiteDataConfig:
         run = RunConfig.parse(run_config)
         names = tuple(n.strip() for n in run["data.label-names"].split(","))
         num_labels = run["model.num-labels"]
+        if run["model.task"] == "causal-lm":
+            return cls(
+                text_column=run["data.text-column"],
+                label_column=run["data.label-column"],
+                label_names=names,
+                labelled=False,
+            )
         if len(names) != num_labels:
             raise ConfigError(
                 f"`data.label-names` must list {num_labels} names (one per class, as "
@@ -60,9 +74,20 @@ class SiteDataConfig:
         )
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _rows(path: Path, cfg: SiteDataConfig) -> Iterator[tuple[int, dict[str, Any]]]:
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
+    if suffix == ".txt":
+        if cfg.labelled:
+            raise SiteDataError(
+                f"{path}: a .txt file holds text without labels, but this run trains a "
+                "classifier. Give a CSV, TSV or JSONL file with columns "
+                f"{cfg.text_column!r} and {cfg.label_column!r}."
+            )
+        with path.open(encoding="utf-8") as f:
+            for i, line in enumerate(f, start=1):
+                if line.strip():  # blank lines separate nothing: skipped
+                    yield i, {cfg.text_column: line.rstrip("\r\n")}
+    elif suffix in (".csv", ".tsv"):
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
             for i, row in enumerate(reader, start=2):  # row 1 is the header
@@ -86,8 +111,9 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     )
                 yield i, row
     else:
+        kinds = ".csv, .tsv or .jsonl" + ("" if cfg.labelled else " (or .txt)")
         raise SiteDataError(
-            f"{path}: unsupported file type {suffix!r}. Expected .csv, .tsv or .jsonl."
+            f"{path}: unsupported file type {suffix!r}. Expected {kinds}."
         )
 
 
@@ -109,24 +135,35 @@ def _label_id(raw: Any, cfg: SiteDataConfig, path: Path, line: int) -> int:
 
 
 def read_labeled_file(path: Path, cfg: SiteDataConfig) -> LabeledTexts:
-    """Read and validate a CSV/TSV/JSONL file of (text, label) rows."""
+    """Read and validate a site file: (text, label) rows, or texts only when
+    ``cfg.labelled`` is False (every label is then 0 and unused)."""
     path = Path(path)
     if not path.is_file():
+        wanted = (
+            f"a CSV or JSONL file with columns {cfg.text_column!r} and "
+            f"{cfg.label_column!r}"
+            if cfg.labelled
+            else f"a .txt file (one record per line) or a CSV/JSONL file with a "
+            f"{cfg.text_column!r} column"
+        )
         raise SiteDataError(
             f"Site data file {str(path)!r} does not exist (or is not a file). Set "
-            "`data-path` in the SuperNode's --node-config to a CSV or JSONL file with "
-            f"columns {cfg.text_column!r} and {cfg.label_column!r}."
+            f"`data-path` in the SuperNode's --node-config to {wanted}."
         )
     texts: list[str] = []
     labels: list[int] = []
+    columns = (
+        (cfg.text_column, cfg.label_column) if cfg.labelled else (cfg.text_column,)
+    )
     try:
-        for line, row in _rows(path):
-            missing = [c for c in (cfg.text_column, cfg.label_column) if c not in row]
+        for line, row in _rows(path, cfg):
+            missing = [c for c in columns if c not in row]
             if missing:
                 raise SiteDataError(
                     f"{path}: line {line} lacks column(s) {missing}; found columns "
-                    f"{sorted(row)}. Set data.text-column / data.label-column to the "
-                    "file's column names."
+                    f"{sorted(row)}. Set data.text-column"
+                    + (" / data.label-column" if cfg.labelled else "")
+                    + " to the file's column names."
                 )
             text = row[cfg.text_column]
             if text is None or not str(text).strip():
@@ -135,7 +172,9 @@ def read_labeled_file(path: Path, cfg: SiteDataConfig) -> LabeledTexts:
                     "Remove the row or fill in its text."
                 )
             texts.append(str(text))
-            labels.append(_label_id(row[cfg.label_column], cfg, path, line))
+            labels.append(
+                _label_id(row[cfg.label_column], cfg, path, line) if cfg.labelled else 0
+            )
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise SiteDataError(
             f"Site data file {str(path)!r} could not be read ({type(err).__name__}: "
@@ -144,6 +183,6 @@ def read_labeled_file(path: Path, cfg: SiteDataConfig) -> LabeledTexts:
     if not texts:
         raise SiteDataError(
             f"Site data file {str(path)!r} holds no data rows. A site needs at least "
-            "one labelled example to train."
+            "one record to train."
         )
     return LabeledTexts(texts=tuple(texts), labels=tuple(labels))

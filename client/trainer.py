@@ -22,13 +22,16 @@ from fedshield.common.config import ConfigError
 from fedshield.common.device import pick_device
 from fedshield.common.run_config import check_fields, default, read_fields
 from fedshield.models import is_head_parameter
+from fedshield.models.lm import TokenizedRecords
 from fedshield.models.texts import TokenizedTexts, batch_inputs
 from fedshield.privacy.audit.gradient_canaries import CanaryInjector, GradientCanaries
 from fedshield.privacy.budget import Release
 from fedshield.privacy.dp import (
     DPConfig,
     GradSampleMode,
+    PerSampleLoss,
     PrivateTraining,
+    classification_loss,
     make_non_private,
     make_private,
 )
@@ -89,7 +92,7 @@ class TrainResult:
 def train_site(
     *,
     model: torch.nn.Module,
-    dataset: TokenizedTexts,
+    dataset: TokenizedTexts | TokenizedRecords,
     train_cfg: TrainConfig,
     dp_cfg: DPConfig,
     mode: GradSampleMode,
@@ -97,12 +100,15 @@ def train_site(
     seed: int,
     device: torch.device | None = None,
     canaries: GradientCanaries | None = None,
+    per_sample_loss: PerSampleLoss = classification_loss,
 ) -> TrainResult:
     """Train ``model`` in place on ``dataset`` with DP-SGD at ``noise_multiplier``
     (ignored without DP); return metrics and the release this round made.
 
     ``canaries``: white-box audit canaries (simulation only), sampled into each
-    step like records (:class:`~fedshield.privacy.audit.CanaryInjector`)."""
+    step like records (:class:`~fedshield.privacy.audit.CanaryInjector`).
+    ``per_sample_loss``: each record's loss, the task's
+    (:func:`fedshield.models.tasks.per_sample_loss`)."""
     device = device or pick_device()
     model.to(device).train()
     generator = torch.Generator().manual_seed(seed)
@@ -138,10 +144,14 @@ def train_site(
             noise_multiplier=noise_multiplier,
             max_grad_norm=dp_cfg.max_grad_norm,
             mode=mode,
+            per_sample_loss=per_sample_loss,
         )
     else:
         private = make_non_private(
-            module=model, optimizer=optimizer, data_loader=loader
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            per_sample_loss=per_sample_loss,
         )
 
     injector = _canary_injector(canaries, model, private, seed)
@@ -150,14 +160,15 @@ def train_site(
         for batch in private.data_loader:
             inputs, labels = batch_inputs(batch, device)
             private.optimizer.zero_grad(set_to_none=True)
-            if labels.numel() == 0:  # an empty Poisson batch
+            records = labels.shape[0]  # labels: (b,) or, causal LM, (b, t)
+            if records == 0:  # an empty Poisson batch
                 _empty_step(private, injector)
                 steps += 1
                 continue
-            logits = private.module(**inputs).logits  # (b, num_labels)
+            logits = private.module(**inputs).logits  # (b, labels) or (b, t, vocab)
             loss = private.backward(logits, labels)
             if injector is not None:  # after clipping, before the noise
-                injector.add(labels.numel())
+                injector.add(records)
             private.optimizer.step()
             if not math.isfinite(loss):
                 raise FloatingPointError(

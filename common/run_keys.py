@@ -148,28 +148,37 @@ KEYS: tuple[Key, ...] = (
         name="model.source",
         kind=str,
         default="",
-        doc='local model folder or hub id; `""` = packaged all-MiniLM-L6-v2',
+        doc=(
+            'local model folder or hub id; `""` = the packaged model of the task '
+            "(all-MiniLM-L6-v2; SmolLM2-135M-Instruct for `causal-lm`)"
+        ),
     ),
     Key(
         name="model.task",
         kind=str,
         default="sequence-classification",
         check=OneOf("sequence-classification", "causal-lm"),
-        doc="task kind (causal LM comes next)",
+        doc=(
+            '`"sequence-classification"` (BERT-style) or `"causal-lm"` (GPT-style: '
+            "next-token loss per record, perplexity)"
+        ),
     ),
     Key(
         name="model.num-labels",
         kind=int,
         default=2,
         check=Range(2),
-        doc="classes of the classification head",
+        doc="classes of the classification head (sequence classification)",
     ),
     Key(
         name="model.max-length",
         kind=int,
         default=64,
         check=Range(8, 4096),
-        doc="tokens per example (truncation; batches pad to their longest text)",
+        doc=(
+            "tokens per record: longer records are truncated, never chunked (one "
+            "record is the privacy unit); batches pad to their longest record"
+        ),
     ),
     Key(
         name="model.pooling",
@@ -220,9 +229,12 @@ KEYS: tuple[Key, ...] = (
     Key(
         name="model.lora.targets",
         kind=str,
-        default="query,value",
+        default="attention",
         check=NAMES,
-        doc="comma-separated module names LoRA wraps",
+        doc=(
+            '`"attention"` (the architecture\'s query/value projections), '
+            '`"all-linear"`, or comma-separated module names LoRA wraps'
+        ),
     ),
     Key(
         name="train.local-epochs",
@@ -536,6 +548,22 @@ KEYS: tuple[Key, ...] = (
         default=128,
         check=AT_LEAST_1,
         doc="batch size of the central evaluation and of a site's federated evaluation",
+    ),
+    Key(
+        name="eval.prompts",
+        kind=str,
+        default="The movie was|I would describe the acting as|My account number is",
+        doc=(
+            "causal LM: `|`-separated prompts the final model continues (greedy); "
+            "prompts and continuations are PII-scrubbed into summary.json"
+        ),
+    ),
+    Key(
+        name="eval.generate-tokens",
+        kind=int,
+        default=24,
+        check=Range(0, 512),
+        doc="causal LM: new tokens per generation sample; `0` = no samples",
     ),
     Key(
         name="audit.canaries",

@@ -25,7 +25,7 @@ from .state import (
     unwrap,
 )
 from .texts import LabeledTexts, TokenizedTexts, batch_inputs, tokenize
-from .tiny import write_tiny_bert
+from .tiny import write_tiny_bert, write_tiny_causal_lm
 
 __all__ = [
     "EvalResult",
@@ -57,4 +57,5 @@ __all__ = [
     "unflatten_state",
     "unwrap",
     "write_tiny_bert",
+    "write_tiny_causal_lm",
 ]

@@ -15,6 +15,8 @@ from fedshield.common.config import ConfigError
 from fedshield.common.run_config import check, check_fields, default, read_fields
 
 __all__ = [
+    "ALL_LINEAR",
+    "ATTENTION",
     "FinetuneMode",
     "ModelConfig",
     "Pooling",
@@ -43,6 +45,13 @@ class Pooling(StrEnum):
     CLS = "cls"  # Hugging Face's own sequence-classification head ([CLS]/pooler)
 
 
+#: ``model.lora.targets`` values that name no module: the architecture's attention
+#: query/value projections (resolved in :func:`.loading.lora_targets`), or every
+#: linear layer but the output head.
+ATTENTION = "attention"
+ALL_LINEAR = "all-linear"
+
+
 def _names(value: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in value.split(",") if t.strip())
 
@@ -52,16 +61,19 @@ class ModelConfig:
     """How to build the shared model.
 
     Attributes:
-        source: local folder or Hugging Face hub id; ``""`` selects the packaged
-            all-MiniLM-L6-v2 (6-layer BERT, 22M parameters).
+        source: local folder or Hugging Face hub id; ``""`` selects the task's
+            packaged model: all-MiniLM-L6-v2 (6-layer BERT, 22M parameters) or,
+            for the causal LM, SmolLM2-135M-Instruct.
         task: sequence classification (BERT-style) or causal LM (GPT-style).
-        num_labels: classes of the classification head.
+        num_labels: classes of the classification head (unused by the causal LM).
         max_length: tokens per example after truncation/padding.
         finetune: LoRA adapters (+ task head) or full fine-tuning.
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling numerator (scale = alpha / r).
         lora_dropout: dropout on the LoRA branch.
-        lora_targets: module names LoRA wraps (e.g. ``("query", "value")``).
+        lora_targets: module names LoRA wraps (e.g. ``("q_proj", "v_proj")``), or
+            ``("attention",)`` (the architecture's query/value projections) or
+            ``("all-linear",)``.
         pooling: ``mean`` (masked mean of the last hidden states, our head) or
             ``cls`` (the Hugging Face sequence-classification head of the model).
         dropout: dropout before the ``mean`` head's classifier.
@@ -98,11 +110,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_fields(self, self.KEYS)
         check("model.lora.targets", ",".join(self.lora_targets))
-        if self.task is not TaskKind.SEQUENCE_CLASSIFICATION:
+        special = {ATTENTION, ALL_LINEAR} & set(self.lora_targets)
+        if special and len(self.lora_targets) > 1:
             raise ConfigError(
-                f"`model.task` = {self.task.value!r} is not available yet; only "
-                "'sequence-classification' is. "
-                'Set model.task="sequence-classification".'
+                f"`model.lora.targets` = {','.join(self.lora_targets)!r}: "
+                f"{sorted(special)[0]!r} stands alone; give it, or module names."
             )
 
     @classmethod

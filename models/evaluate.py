@@ -15,9 +15,11 @@ __all__ = ["EvalResult", "evaluate_model"]
 
 @dataclass(frozen=True)
 class EvalResult:
-    accuracy: float
-    loss: float
+    accuracy: float  # classification: of records; causal LM: of target tokens
+    loss: float  # mean cross-entropy (causal LM: per target token)
     num_examples: int
+    perplexity: float | None = None  # causal LM only: exp(loss)
+    tokens: int | None = None  # causal LM only: target tokens scored
 
 
 @torch.no_grad()

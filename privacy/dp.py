@@ -60,8 +60,10 @@ __all__ = [
     "AccountantKind",
     "DPConfig",
     "GradSampleMode",
+    "PerSampleLoss",
     "PrivateTraining",
     "accountant_to_json",
+    "classification_loss",
     "default_grad_sample_mode",
     "make_private",
     "make_non_private",
@@ -271,10 +273,44 @@ def _no_grad_samples(optimizer: DPOptimizer) -> Callable[[], None]:
     return empty
 
 
-def _mean_ce_backward(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    loss = F.cross_entropy(logits, labels)
-    loss.backward()
-    return float(loss.detach())
+#: ``(logits, labels) -> (b,)``: each record's loss, the quantity DP-SGD clips the
+#: gradient of. Classification: the cross-entropy of its label; causal LM: the
+#: mean next-token cross-entropy over its tokens
+#: (:func:`fedshield.models.lm.causal_lm_per_sample_loss`).
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels, reduction="none")  # (b,)
+
+
+class _Criterion(torch.nn.Module):
+    """A :data:`PerSampleLoss` with the ``reduction`` attribute Opacus' ghost
+    clipping sets to ``"none"`` to read the per-record losses (b,)."""
+
+    def __init__(self, per_sample: PerSampleLoss) -> None:
+        super().__init__()
+        self.per_sample = per_sample
+        self.reduction = "mean"
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        losses = self.per_sample(logits, labels)  # (b,)
+        if self.reduction == "none":
+            return losses
+        return losses.sum() if self.reduction == "sum" else losses.mean()
+
+
+def _mean_backward(
+    per_sample: PerSampleLoss,
+) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    """Backward of the mean of the records' losses (non-private, Opacus hooks)."""
+
+    def backward(logits: torch.Tensor, labels: torch.Tensor) -> float:
+        loss = per_sample(logits, labels).mean()
+        loss.backward()
+        return float(loss.detach())
+
+    return backward
 
 
 def make_non_private(
@@ -282,13 +318,14 @@ def make_non_private(
     module: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     data_loader: DataLoader,
+    per_sample_loss: PerSampleLoss = classification_loss,
 ) -> PrivateTraining:
     """The same interface without privacy (shuffled batches, no clipping/noise)."""
     return PrivateTraining(
         module=module,
         optimizer=optimizer,
         data_loader=data_loader,
-        backward=_mean_ce_backward,
+        backward=_mean_backward(per_sample_loss),
         mode=None,
         noise_multiplier=0.0,
         sample_rate=1.0 / max(len(data_loader), 1),
@@ -306,6 +343,7 @@ def _make_private_bookkeeping(
     data_loader: DataLoader,
     noise_multiplier: float,
     max_grad_norm: float,
+    per_sample_loss: PerSampleLoss,
 ) -> PrivateTraining:
     from .bookkeeping import make_private_bookkeeping
 
@@ -319,7 +357,7 @@ def _make_private_bookkeeping(
     )
 
     def bk_backward(logits: torch.Tensor, labels: torch.Tensor) -> float:
-        per_sample = F.cross_entropy(logits, labels, reduction="none")  # (b,)
+        per_sample = per_sample_loss(logits, labels)  # (b,)
         bk.backward(per_sample)
         return float(per_sample.detach().mean())
 
@@ -345,6 +383,7 @@ def make_private(
     noise_multiplier: float,
     max_grad_norm: float,
     mode: GradSampleMode,
+    per_sample_loss: PerSampleLoss = classification_loss,
 ) -> PrivateTraining:
     """Wrap model, optimizer and loader for DP-SGD with Poisson sampling.
 
@@ -365,6 +404,7 @@ def make_private(
                 data_loader=data_loader,
                 noise_multiplier=noise_multiplier,
                 max_grad_norm=max_grad_norm,
+                per_sample_loss=per_sample_loss,
             )
         except UnsupportedTrainableModuleError as err:
             logger.warning(
@@ -383,7 +423,7 @@ def make_private(
         grad_sample_mode=mode.value,
     )
     if mode is GradSampleMode.GHOST:
-        criterion = torch.nn.CrossEntropyLoss(reduction="mean")
+        criterion = _Criterion(per_sample_loss)
         p_module, p_opt, p_crit, p_loader = engine.make_private(
             criterion=criterion, **common
         )
@@ -393,11 +433,11 @@ def make_private(
             loss.backward()
             return float(loss.detach())
 
-        backward = ghost_backward
+        backward: Callable[[torch.Tensor, torch.Tensor], float] = ghost_backward
         empty_backward = _zero_grads(p_opt.params)  # p.grad holds the clipped sum
     else:
         p_module, p_opt, p_loader = engine.make_private(**common)
-        backward = _mean_ce_backward
+        backward = _mean_backward(per_sample_loss)
         empty_backward = _no_grad_samples(p_opt)
     # Opacus' make_private prices 1 / len(p_loader) = 1 / int(1 / q): for some
     # ceil(n/b) float rounding makes that a rate above the sampler's own q. Price q.

@@ -29,9 +29,11 @@ from fedshield.common.schema import TrainKey
 from fedshield.models import (
     FinetuneMode,
     MeanPoolingClassifier,
+    TaskKind,
     load_trainable_state,
     trainable_state,
 )
+from fedshield.models.evaluate import EvalResult
 from fedshield.privacy.distributed_dp import SkellamCalibration, calibrate
 
 from .central_dp import ClientLevelAccountant
@@ -44,6 +46,7 @@ from .checkpoint import (
 )
 from .config import ServerConfig
 from .evaluate import CentralEvaluator, CentralTestLoader
+from .generation import generation_samples
 from .report import print_round, print_start
 from .rounds import RoundAborted, run_round
 from .strategy import (
@@ -138,6 +141,13 @@ def server_app(*, central_test: CentralTestLoader) -> ServerApp:
     return app
 
 
+def _metrics(result: EvalResult) -> dict[str, float]:
+    out = {"accuracy": result.accuracy, "loss": result.loss}
+    if result.perplexity is not None:
+        out["perplexity"] = result.perplexity
+    return out
+
+
 def run_server(
     grid: Grid, context: Context, *, central_test: CentralTestLoader
 ) -> None:
@@ -163,7 +173,7 @@ def run_server(
         init = evaluator(state)
         history = {
             "run_key": secrets.token_hex(16),
-            "initial": {"accuracy": init.accuracy, "loss": init.loss},
+            "initial": _metrics(init),
             "rounds": [],
         }
         start = 1
@@ -195,7 +205,10 @@ def run_server(
     progress_path = cfg.layout.progress
 
     def summary(
-        status: str, weights: dict[str, str] | None = None, error: str | None = None
+        status: str,
+        weights: dict[str, str] | None = None,
+        error: str | None = None,
+        generation: dict[str, Any] | None = None,
     ) -> None:
         write_summary(
             cfg.out_dir,
@@ -210,6 +223,7 @@ def run_server(
                 client_level=central.summary() if central else None,
                 weights=weights,
                 error=error,
+                generation=generation,
             ),
         )
 
@@ -261,6 +275,7 @@ def run_server(
             )
         result = evaluator(state)
         log.accuracy, log.loss = result.accuracy, result.loss
+        log.perplexity = result.perplexity
         history["rounds"].append(log.as_dict())
         save_checkpoint(
             cfg.out_dir,
@@ -275,7 +290,13 @@ def run_server(
         print_round(log, cfg.num_rounds)
 
     load_trainable_state(evaluator.loaded.model, state)  # the model to save
-    summary("completed", _save_final_weights(evaluator, cfg))
+    weights = _save_final_weights(evaluator, cfg)
+    generation = (
+        generation_samples(evaluator, cfg)
+        if cfg.model.task is TaskKind.CAUSAL_LM
+        else None
+    )
+    summary("completed", weights, generation=generation)
     atomic_write_json(
         progress_path,
         {"round": cfg.num_rounds, "num_rounds": cfg.num_rounds, "status": "completed"},

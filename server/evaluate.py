@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from fedshield.common.device import pick_device
-from fedshield.models import LoadedModel, load_model, load_trainable_state
-from fedshield.models.evaluate import EvalResult, evaluate_model
-from fedshield.models.texts import LabeledTexts, tokenize
+from fedshield.models import LoadedModel, load_model, load_trainable_state, tasks
+from fedshield.models.evaluate import EvalResult
+from fedshield.models.texts import LabeledTexts
 
 from .config import ServerConfig
 
@@ -27,16 +27,16 @@ class CentralEvaluator:
     def __init__(self, cfg: ServerConfig, test: LabeledTexts) -> None:
         self.loaded: LoadedModel = load_model(cfg.model)
         self.device = pick_device()
-        self.dataset = tokenize(
-            test, self.loaded.tokenizer, max_length=cfg.model.max_length
-        )
+        self.model_cfg = cfg.model
+        self.dataset = tasks.encode(test, self.loaded.tokenizer, cfg.model)
         self.batch_size = cfg.eval_batch_size
 
     def __call__(self, state: dict[str, torch.Tensor]) -> EvalResult:
         load_trainable_state(self.loaded.model, state)
-        return evaluate_model(
+        return tasks.evaluate(
             self.loaded.model,
             self.dataset,
+            self.model_cfg,
             batch_size=self.batch_size,
             device=self.device,
         )

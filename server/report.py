@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedshield.common.schema import Metric, epsilon_from_json
+from fedshield.models import TaskKind
 
 from .config import ServerConfig
 from .rounds import RoundLog
@@ -49,13 +50,28 @@ def print_start(cfg: ServerConfig, initial: dict[str, float]) -> None:
             f"; client-level DP: clip {cdp.clip_norm:g}, noise multiplier "
             f"{cdp.noise_multiplier:g}, delta={cdp.delta:g}"
         )
-    _console.print(
-        f"[bold]fedshield[/bold]: {cfg.num_rounds} rounds, model "
-        f"{cfg.model.source or 'packaged all-MiniLM-L6-v2'} "
-        f"({cfg.model.finetune.value}), "
-        f"{privacy}\nout-dir: {cfg.out_dir}\ninitial test accuracy "
-        f"{initial['accuracy']:.4f}, loss {initial['loss']:.4f}"
+    packaged = (
+        "packaged SmolLM2-135M-Instruct"
+        if cfg.model.task is TaskKind.CAUSAL_LM
+        else "packaged all-MiniLM-L6-v2"
     )
+    _console.print(
+        f"[bold]fedshield[/bold]: {cfg.num_rounds} rounds, {cfg.model.task.value} "
+        f"model {cfg.model.source or packaged} ({cfg.model.finetune.value}), "
+        f"{privacy}\nout-dir: {cfg.out_dir}\ninitial {test_metrics(initial)}"
+    )
+
+
+def test_metrics(m: dict[str, Any]) -> str:
+    """The central evaluation (``accuracy``, ``loss``, ``perplexity`` for a causal
+    LM) in words."""
+    ppl = m.get("perplexity")
+    if ppl is not None:
+        return (
+            f"test perplexity {ppl:.2f}, token accuracy {m['accuracy']:.4f}, "
+            f"loss {m['loss']:.4f}"
+        )
+    return f"test accuracy {m['accuracy']:.4f}, test loss {m['loss']:.4f}"
 
 
 def _epsilon(m: dict[str, Any]) -> str:
@@ -89,8 +105,7 @@ def round_table(log: RoundLog, num_rounds: int) -> Table:
         client += f", {log.saturated} update values clipped by secagg"
     table = Table(
         title=f"Round {log.server_round}/{num_rounds}: "
-        f"test accuracy {log.accuracy:.4f}, "
-        f"test loss {log.loss:.4f}, mean train loss "
+        f"{test_metrics(log.as_dict())}, mean train loss "
         f"{WITHHELD if math.isnan(log.train_loss) else format(log.train_loss, '.4f')}"
         f"{client} ({log.seconds:.0f}s)"
     )

@@ -62,8 +62,9 @@ class RoundLog:
     refusals: list[dict[str, Any]] = field(default_factory=list)
     sampled: int = 0  # sites asked to train
     available: int = 0  # sites connected when the round was configured
-    accuracy: float = float("nan")
+    accuracy: float = float("nan")  # causal LM: token accuracy
     loss: float = float("nan")
+    perplexity: float | None = None  # causal LM only
     train_loss: float = float("nan")
     seconds: float = 0.0
     client_epsilon: float | None = None  # run's client-level epsilon after the round
@@ -82,6 +83,7 @@ class RoundLog:
             available=d.get("available", 0),
             accuracy=d["accuracy"],
             loss=d["loss"],
+            perplexity=d.get("perplexity"),
             train_loss=d["train_loss"],
             seconds=d["seconds"],
             client_epsilon=d.get("client_epsilon"),
@@ -94,6 +96,7 @@ class RoundLog:
             "round": self.server_round,
             "accuracy": self.accuracy,
             "loss": self.loss,
+            **({"perplexity": self.perplexity} if self.perplexity is not None else {}),
             "train_loss": self.train_loss,
             "seconds": round(self.seconds, 2),
             "sampled": self.sampled,

@@ -83,6 +83,7 @@ def build_summary(
     client_level: dict[str, Any] | None = None,
     weights: dict[str, str] | None = None,
     error: str | None = None,
+    generation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     summary = {
         "status": status,
@@ -106,6 +107,8 @@ def build_summary(
         },
         "weights": weights or {},
     }
+    if generation is not None:  # causal LM: samples of the final model, scrubbed
+        summary["generation"] = generation
     return json_safe(summary)
 
 

@@ -100,7 +100,7 @@ def _toy_private(model: torch.nn.Module, mode: GradSampleMode, n: int = 16):
 
 def test_unsupported_layer_falls_back_to_opacus_ghost() -> None:
     model = torch.nn.Sequential(
-        torch.nn.Linear(4, 4), torch.nn.RMSNorm(4), torch.nn.Linear(4, 2)
+        torch.nn.Linear(4, 4), torch.nn.GroupNorm(2, 4), torch.nn.Linear(4, 2)
     )
     engine, private = _toy_private(model, GradSampleMode.BOOKKEEPING)
     assert private.mode is GradSampleMode.GHOST
