@@ -101,6 +101,13 @@ def _print(result: AuditResult, out: AuditLayout) -> None:
         )
     table.add_row("all sites", "-", "-", "-", *_test_cells(result.pooled_test))
     console.print(table)
+    for site, e in (result.exposure or {}).items():
+        planted = [x.exposure for x in e.secrets if x.repeats > 0]
+        console.print(
+            f"{site}: secrets' exposure {sum(planted) / max(len(planted), 1):.2f} bits "
+            f"on average ({len(planted)} planted; held out {e.held_out_mean:.2f}, "
+            f"chance {e.chance:.2f})"
+        )
     for test in [*(s.test for s in result.sites), result.pooled_test]:
         style = _STYLE[test.verdict]
         console.print(f"[{style}]{test.scope}: {test.explanation()}[/{style}]")

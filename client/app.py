@@ -22,6 +22,7 @@ aggregate metrics are released without DP noise; keep ``fraction-evaluate`` at 0
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -58,6 +59,7 @@ from fedshield.models import (
     tasks,
     trainable_state,
 )
+from fedshield.models.texts import LabeledTexts
 from fedshield.privacy.budget import TargetEpsilonSpent, plan_release
 from fedshield.privacy.client_dp import clip_update
 from fedshield.privacy.fingerprint import dataset_fingerprint
@@ -167,6 +169,16 @@ def _policy_refusal(
     return None
 
 
+def _with_late_records(site: SiteData) -> SiteData:
+    """``site`` with its ``after_scrubbing`` records (simulated audit canaries)
+    appended to its training data, last."""
+    late = site.after_scrubbing
+    if late is None:
+        return site
+    train = LabeledTexts(site.train.texts + late.texts, site.train.labels + late.labels)
+    return dataclasses.replace(site, train=train, after_scrubbing=None)
+
+
 def train(
     msg: Message, context: Context, *, sites: SiteSource = DEPLOYED_SITE
 ) -> Message:
@@ -188,7 +200,7 @@ def train(
     raw_fingerprint = dataset_fingerprint(site.train.texts, site.train.labels)
     # PII is removed before anything is tokenized
     scrubbed = scrub_site(site, cfg=cfg.pii, state_dir=budget.state_dir)
-    site = scrubbed.site
+    site = _with_late_records(scrubbed.site)
     try:
         planned = plan_release(
             cfg.dp,

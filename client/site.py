@@ -24,14 +24,17 @@ __all__ = ["SiteData", "SiteFiles", "SiteSource"]
 
 @dataclass(frozen=True)
 class SiteData:
-    """A site's examples. ``gradient_canaries``: white-box audit canaries for its
-    DP-SGD steps, set only by the simulation's loader; a deployed site's
-    (:class:`SiteFiles`) are always None, whatever the run config says."""
+    """A site's examples. Set only by the simulation's loader, for the audit (a
+    deployed site's, :class:`SiteFiles`, are always None, whatever the run config
+    says): ``gradient_canaries``, white-box canaries for its DP-SGD steps, and
+    ``after_scrubbing``, canary records appended to ``train`` after its PII
+    scrubbing (``secret`` canaries)."""
 
     name: str
     train: LabeledTexts
     eval: LabeledTexts | None
     gradient_canaries: GradientCanaries | None = None
+    after_scrubbing: LabeledTexts | None = None
 
 
 class SiteSource(Protocol):

@@ -580,12 +580,14 @@ KEYS: tuple[Key, ...] = (
         name="audit.canary-kind",
         kind=str,
         default="mislabelled",
-        check=OneOf("mislabelled", "crafted", "gradient"),
+        check=OneOf("mislabelled", "crafted", "gradient", "secret"),
         doc=(
             "`mislabelled` (population snippets with a wrong label), `crafted` "
-            "(random word-piece strings, random label) or `gradient` (white-box "
+            "(random word-piece strings, random label), `gradient` (white-box "
             "Dirac gradients inserted into the simulated sites' DP-SGD steps: the "
-            "most power; tests the mechanism, not the data pipeline)"
+            "most power; tests the mechanism, not the data pipeline) or, for "
+            "`causal-lm`, `secret` (Secret-Sharer records with 9 random digits, "
+            "scored by loss and by exposure)"
         ),
     ),
     Key(

@@ -88,6 +88,9 @@ class SimulatedSites(SiteFiles):
             gradient_canaries=scenario.gradient_canaries(
                 node.partition_id, node.num_partitions, clip_norm=cfg.dp.max_grad_norm
             ),
+            after_scrubbing=scenario.after_scrubbing(
+                node.partition_id, node.num_partitions
+            ),
         )
 
 

@@ -94,9 +94,11 @@ class Scenario:
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> Scenario:
         run = RunConfig.parse(run_config)
+        audit = AuditConfig.from_run_config(run)
+        audit.check_task(causal_lm=run["model.task"] == "causal-lm")
         return cls(
             data=ScenarioConfig.from_run_config(run),
-            audit=AuditConfig.from_run_config(run),
+            audit=audit,
             num_labels=run["model.num-labels"],
         )
 
@@ -145,10 +147,21 @@ class Scenario:
             held, in_held = self._with_pii(held, seed=2 * partition_id + 1)
             injected = [*in_train.values(), *in_held.values()]
         canaries = self.canaries(partition_id, num_partitions)
-        if canaries is not None:
+        if canaries is not None and not canaries.kind.after_scrubbing:
             texts, labels = canaries.included_records()
             train = LabeledTexts(train.texts + texts, train.labels + labels)
         return train, held, injected
+
+    def after_scrubbing(
+        self, partition_id: int, num_partitions: int
+    ) -> LabeledTexts | None:
+        """The records a simulated site appends to its training share after PII
+        scrubbing: its included ``secret`` canaries (None for other kinds)."""
+        canaries = self.canaries(partition_id, num_partitions)
+        if canaries is None or not canaries.kind.after_scrubbing:
+            return None
+        texts, labels = canaries.included_records()
+        return LabeledTexts(texts=texts, labels=labels)
 
     def canaries(self, partition_id: int, num_partitions: int) -> Canaries | None:
         """The ``audit.canaries`` canaries of a simulated site (None when 0): for
@@ -160,7 +173,7 @@ class Scenario:
             return None
         seed = self.data.seed * 1_000_003 + 7919 * (partition_id + 1)
         m = audit.canaries
-        if audit.canary_kind is CanaryKind.CRAFTED:
+        if audit.canary_kind in (CanaryKind.CRAFTED, CanaryKind.SECRET):
             return make_canaries(
                 kind=audit.canary_kind, count=m, num_labels=self.num_labels, seed=seed
             )

@@ -1,10 +1,20 @@
 """Membership-inference audits that test the privacy claims empirically: attacks on
 the final model (confidence threshold, offline LiRA), the one-run canary audit (Steinke
-et al. 2023) and the run's HTML/JSON audit report."""
+et al. 2023), Secret-Sharer exposure of planted secrets (causal LM) and the run's
+HTML/JSON audit report."""
 
 from .attacks import lira_offline_scores, logit_confidence
-from .canaries import Canaries, CanaryKind, make_canaries
+from .canaries import SECRET_FORMAT, Canaries, CanaryKind, make_canaries
 from .config import AuditConfig
+from .exposure import (
+    ExposureAudit,
+    ExposureMethod,
+    PlantedSecrets,
+    SecretFormat,
+    chance_exposure,
+    measure_exposure,
+    plant_secrets,
+)
 from .gradient_canaries import (
     CanaryInjector,
     GradientCanaries,
@@ -27,18 +37,24 @@ __all__ = [
     "PRIMARY_ANALYSIS",
     "PRIMARY_BOUND",
     "REPORTED_FPRS",
+    "SECRET_FORMAT",
     "AuditConfig",
     "CanaryInjector",
     "CanaryTest",
     "Canaries",
     "CanaryKind",
+    "ExposureAudit",
+    "ExposureMethod",
     "GradientCanaries",
     "LowFpr",
     "OneRunAudit",
+    "PlantedSecrets",
     "RocCurve",
+    "SecretFormat",
     "SiteAudit",
     "Verdict",
     "audit_guesses",
+    "chance_exposure",
     "clopper_pearson",
     "empirical_epsilon",
     "lira_offline_scores",
@@ -46,7 +62,9 @@ __all__ = [
     "gradient_canary_scores",
     "make_canaries",
     "make_gradient_canaries",
+    "measure_exposure",
     "p_value",
+    "plant_secrets",
     "roc",
     "trainable_vector",
 ]

@@ -14,6 +14,15 @@ inclusion bits; the server does not see them (it never sees the data). Kinds
 - ``gradient``: not records but white-box gradient canaries inserted into the
   DP-SGD steps (:mod:`~fedshield.privacy.audit.gradient_canaries`); the most
   power, testing the mechanism rather than the data pipeline.
+- ``secret`` (causal LM only): Secret-Sharer records "my account number is
+  4-8-1-5-1-6-2-3-4", nine random digits each (:mod:`.exposure`): high-entropy
+  sequences no other record predicts, so inclusion shows in the record's loss
+  (the rare-sequence canaries of Panda et al., ICLR 2025, in the Secret Sharer's
+  format), and the excluded ones are the held-out baseline of their exposure.
+  They enter a site's records *after* PII scrubbing (simulation only), because
+  the scrubber tags such digit strings, inconsistently (measured: the dashed form
+  becomes ``<DATE_TIME>``, the spaced form stays): scrubbed secrets would test
+  the scrubber, which the PII benchmark measures, not what training memorises.
 
 Canaries are neither PII nor real records: they may be stored and reported.
 """
@@ -25,7 +34,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Canaries", "CanaryKind", "make_canaries"]
+import numpy as np
+
+from .exposure import SecretFormat
+
+__all__ = ["SECRET_FORMAT", "Canaries", "CanaryKind", "make_canaries"]
+
+#: The format of ``secret`` canaries: 10**9 candidates, one token per digit.
+SECRET_FORMAT = SecretFormat(template="my account number is {secret}", digits=9)
 
 # a fixed vocabulary of short lower-case syllables for crafted canaries
 _SYLLABLES = tuple(
@@ -37,11 +53,17 @@ class CanaryKind(StrEnum):
     MISLABELLED = "mislabelled"
     CRAFTED = "crafted"
     GRADIENT = "gradient"
+    SECRET = "secret"
 
     @property
     def is_data(self) -> bool:
         """Canaries that are records (scored by the model's outputs)."""
         return self is not CanaryKind.GRADIENT
+
+    @property
+    def after_scrubbing(self) -> bool:
+        """Records added to a site's data after its PII scrubbing (see above)."""
+        return self is CanaryKind.SECRET
 
 
 @dataclass(frozen=True)
@@ -52,6 +74,7 @@ class Canaries:
     texts: tuple[str, ...]
     labels: tuple[int, ...]
     included: tuple[bool, ...]
+    values: tuple[int, ...] = ()  # secret canaries: each one's value in its format
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -77,9 +100,18 @@ def make_canaries(
         raise ValueError(
             "Gradient canaries are not records; make them with make_gradient_canaries."
         )
+    rng = random.Random(seed)
+    if kind is CanaryKind.SECRET:
+        values = tuple(SECRET_FORMAT.random_values(np.random.default_rng(seed), count))
+        return Canaries(
+            kind=kind,
+            texts=tuple(SECRET_FORMAT.render(v) for v in values),
+            labels=(0,) * count,
+            included=tuple(rng.random() < 0.5 for _ in range(count)),
+            values=values,
+        )
     if num_labels < 2:
         raise ValueError(f"Canaries need >= 2 classes; found {num_labels}.")
-    rng = random.Random(seed)
     if kind is CanaryKind.MISLABELLED:
         if len(population) < count:
             raise ValueError(

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from fedshield.common.config import ConfigError
 from fedshield.common.run_config import check_fields, default, read_fields
 
 from .canaries import CanaryKind
@@ -41,6 +42,24 @@ class AuditConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, self.KEYS)
+
+    def check_task(self, causal_lm: bool) -> None:
+        """Refuse a canary kind the task cannot score: labels mean nothing to a
+        causal LM; a classifier has no loss on a secret's digits."""
+        if self.canaries == 0:
+            return
+        kind = self.canary_kind
+        if causal_lm and kind is CanaryKind.MISLABELLED:
+            raise ConfigError(
+                '`audit.canary-kind` = "mislabelled" needs labels, which a causal LM '
+                'does not train on. Use "secret", "crafted" or "gradient".'
+            )
+        if not causal_lm and kind is CanaryKind.SECRET:
+            raise ConfigError(
+                '`audit.canary-kind` = "secret" plants Secret-Sharer records for a '
+                'causal LM (model.task="causal-lm"). For a classifier use '
+                '"mislabelled", "crafted" or "gradient".'
+            )
 
     @property
     def guesses(self) -> tuple[int, int]:

@@ -99,6 +99,59 @@ def roc_png(curves: Mapping[str, Mapping[str, RocCurve]]) -> bytes:
     return buf.getvalue()
 
 
+def _exposure_section(exposure: Mapping[str, Mapping[str, Any]]) -> str:
+    """Secret-Sharer exposure per site: the planted secrets against the held-out
+    ones (chance), in bits."""
+    rows = []
+    for site, e in exposure.items():
+        planted = [s for s in e["secrets"] if s["repeats"] > 0]
+        held = [s for s in e["secrets"] if s["repeats"] == 0]
+
+        def mean(xs: list[Mapping[str, Any]], key: str = "exposure") -> float | None:
+            return sum(x[key] for x in xs) / len(xs) if xs else None
+
+        rows.append(
+            [
+                site,
+                len(planted),
+                mean(planted),
+                max((x["exposure"] for x in planted), default=None),
+                mean(planted, "exposure_low"),
+                sum(x["lower_bound"] for x in planted),
+                len(held),
+                mean(held),
+                e["chance"],
+                e["samples"],
+            ]
+        )
+    first = next(iter(exposure.values()))
+    return (
+        "<h2>Memorization: Secret-Sharer exposure</h2><p>Each site planted secrets "
+        f"of the form {html.escape(first['template'])!r} (a space of "
+        f"{first['space_size']:.3g} values), half of them trained on. Exposure = "
+        "log2 |space| - log2 rank of the secret among the candidates by the final "
+        "model's loss (Carlini et al. 2019), the rank estimated from sampled "
+        "candidates (the estimate saturates near log2 of the samples; such secrets "
+        "are counted as lower-bounded). Secrets never trained on show the chance "
+        "level; planted secrets well above it were memorised.</p>"
+        + _table(
+            [
+                "site",
+                "planted",
+                "mean exposure (bits)",
+                "max",
+                "mean lower confidence bound",
+                "lower-bounded",
+                "held out",
+                "held-out mean",
+                "chance",
+                "candidates sampled",
+            ],
+            rows,
+        )
+    )
+
+
 def report_json(audit: Mapping[str, Any]) -> dict[str, Any]:
     """The report's numbers, JSON-safe: an infinite epsilon as "inf", NaN as null,
     ROC points included."""
@@ -318,6 +371,9 @@ def render_html(
             eps_rows,
         )
     )
+
+    if audit.get("exposure"):
+        parts.append(_exposure_section(audit["exposure"]))
 
     title = f"fedshield audit: {audit['run_dir']}"
     style = (

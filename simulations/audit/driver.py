@@ -33,6 +33,7 @@ import numpy as np
 
 from fedshield.models import LoadedModel, load_model
 from fedshield.privacy.audit import (
+    CanaryKind,
     CanaryTest,
     Verdict,
     gradient_canary_scores,
@@ -51,6 +52,7 @@ from .scoring import (
     pooled_curves,
     score_records,
     score_site,
+    secret_exposure,
     train_reference,
 )
 
@@ -150,6 +152,10 @@ def audit_run(
         for s in results
     }
     curves[POOLED] = pooled_curves(target, references, names)
+    exposure = None
+    if run.audit.canary_kind is CanaryKind.SECRET and run.audit.canaries:
+        say("ranking the secrets among sampled candidates (exposure)")
+        exposure = secret_exposure(final, records, names, max_length=max_length)
     return AuditResult(
         run_dir=run_dir,
         summary=run.summary,
@@ -157,6 +163,7 @@ def audit_run(
         sites=tuple(results),
         pooled_test=pooled,
         curves=curves,
+        exposure=exposure,
     )
 
 

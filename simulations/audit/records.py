@@ -6,8 +6,9 @@ For each simulated site (:func:`site_records`):
   left out);
 - non-members: the site's evaluation share, drawn from the same distribution
   (same PII injection and scrubbing) and never trained on;
-- its canaries (``audit.canaries``), scrubbed with the site's own scrubber, and
-  which of them were included in training.
+- its canaries (``audit.canaries``), scrubbed with the site's own scrubber
+  (``secret`` canaries, added after scrubbing, as they are), and which of them
+  were included in training.
 
 For LiRA's reference models (:func:`reference_records`): population records no
 site holds and no canary comes from, scrubbed as a site would scrub them.
@@ -44,6 +45,7 @@ class PlantedCanaries:
 
     records: LabeledTexts
     included: tuple[bool, ...]
+    values: tuple[int, ...] = ()  # secret canaries: their values (exposure)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,11 +67,16 @@ def site_records(run: FinishedRun, name: str) -> SiteRecords:
         canaries = run.scenario.canaries(k, run.num_partitions)
     except (ConfigError, ValueError) as err:
         raise AuditError(f"Regenerating {name}'s records: {err}") from err
+    # included canaries are appended to the end of the site's training share,
+    # before its scrubbing or, for ``secret`` ones, after it
+    planted = sum(canaries.included) if canaries else 0
+    late = planted if canaries is not None and canaries.kind.after_scrubbing else 0
+    trained = len(train) + late
     reported = run.site_summary(name).get("examples")
-    if len(train) != int(reported if reported is not None else -1):
+    if trained != int(reported if reported is not None else -1):
         raise AuditError(
             f"{name} trained on {reported} records, but regenerating its share for "
-            f"{run.num_partitions} sites gives {len(train)}. Pass the run's number "
+            f"{run.num_partitions} sites gives {trained}. Pass the run's number "
             "of sites (--sites N)."
         )
     site = scrub_site(
@@ -78,20 +85,18 @@ def site_records(run: FinishedRun, name: str) -> SiteRecords:
         state_dir=run.state_dir(name),
     ).site
     assert site.eval is not None
-    # the canaries a site includes are appended to the end of its training share
-    planted = sum(canaries.included) if canaries else 0
     planted_canaries = None
     if canaries is not None:
-        scrubber = _scrubber(run.client, run.state_dir(name))
+        texts = canaries.texts
+        if not canaries.kind.after_scrubbing:  # as the site's scrubber left them
+            texts = tuple(_scrubber(run.client, run.state_dir(name)).scrub_many(texts))
         planted_canaries = PlantedCanaries(
-            records=LabeledTexts(
-                texts=tuple(scrubber.scrub_many(canaries.texts)),
-                labels=canaries.labels,
-            ),
+            records=LabeledTexts(texts=texts, labels=canaries.labels),
             included=canaries.included,
+            values=canaries.values,
         )
     return SiteRecords(
-        members=site.train.subset(list(range(len(site.train) - planted))),
+        members=site.train.subset(list(range(len(site.train) - (planted - late)))),
         non_members=site.eval,
         canaries=planted_canaries,
     )

@@ -19,6 +19,7 @@ from typing import Any
 from fedshield.privacy.audit import (
     AuditConfig,
     CanaryTest,
+    ExposureAudit,
     RocCurve,
     SiteAudit,
     Verdict,
@@ -44,6 +45,8 @@ class AuditResult:
         pooled_test: every site's canaries in one test against the largest claim.
         curves: per site name, then :data:`POOLED` last: attack name (``"phi"``,
             ``"lira"`` with reference models) -> ROC curve.
+        exposure: per site, the Secret-Sharer exposure of its ``secret``
+            canaries (causal LM; None for other canary kinds).
     """
 
     run_dir: Path
@@ -52,6 +55,7 @@ class AuditResult:
     sites: tuple[SiteAudit, ...]
     pooled_test: CanaryTest
     curves: Mapping[str, Mapping[str, RocCurve]]
+    exposure: Mapping[str, ExposureAudit] | None = None
 
     @property
     def pooled(self) -> Mapping[str, RocCurve]:
@@ -127,4 +131,9 @@ class AuditResult:
             "sites": [s.to_dict() for s in self.sites],
             "violations": list(self.violations),
             "curves": self.curves,
+            **(
+                {"exposure": {n: e.to_dict() for n, e in self.exposure.items()}}
+                if self.exposure is not None
+                else {}
+            ),
         }

@@ -4,7 +4,9 @@ compares against, and the attacks and canary tests run on those scores.
 - Confidence threshold: score = phi = logit_y - logsumexp(other logits) under the
   final model. For two classes it orders records as the loss does (Yeom et al.
   2018's loss attack) but keeps full resolution where the float32 loss saturates
-  to exactly 0 (logit margins above ~17) and ties.
+  to exactly 0 (logit margins above ~17) and ties. A causal LM's score is minus
+  the record's mean next-token loss (the loss attack itself: a mean over tokens
+  does not saturate).
 - Offline LiRA (Carlini et al. 2022): phi under the final model against phi under
   reference models trained the way the run trained (same model, LoRA/full, DP
   settings and noise multiplier, rounds x local epochs) on population records no
@@ -32,22 +34,29 @@ from torch.utils.data import DataLoader
 from fedshield.client.config import ClientConfig
 from fedshield.client.trainer import train_site
 from fedshield.common.device import pick_device
-from fedshield.models import LoadedModel, load_model
-from fedshield.models.texts import LabeledTexts, batch_inputs, tokenize
+from fedshield.models import LoadedModel, TaskKind, load_model, tasks
+from fedshield.models.lm import IGNORE_INDEX, causal_lm_per_sample_loss
+from fedshield.models.texts import LabeledTexts, batch_inputs
 from fedshield.privacy.audit import (
     PRIMARY_ANALYSIS,
     PRIMARY_BOUND,
+    SECRET_FORMAT,
     AuditConfig,
     CanaryTest,
+    ExposureAudit,
+    ExposureMethod,
+    PlantedSecrets,
     RocCurve,
     SiteAudit,
     audit_guesses,
     lira_offline_scores,
     logit_confidence,
+    measure_exposure,
     roc,
 )
 
 from .records import SiteRecords
+from .run import site_index
 
 __all__ = [
     "RecordScores",
@@ -58,8 +67,14 @@ __all__ = [
     "pooled_curves",
     "score_records",
     "score_site",
+    "secret_exposure",
     "train_reference",
 ]
+
+#: Candidates sampled from the 10**9 secrets to rank each secret against: the
+#: estimate resolves exposure up to about log2(2000) = 11 bits (a secret below
+#: every sample is flagged a lower bound), at ~30 s of SmolLM2-135M on 2 CPU cores.
+EXPOSURE_SAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -88,15 +103,22 @@ def score_records(
     batch_size: int = 128,
     device: torch.device | None = None,
 ) -> RecordScores:
-    """Each record's phi = log p_y - log(1 - p_y) under ``loaded``."""
+    """Each record's score under ``loaded``: phi = log p_y - log(1 - p_y) for a
+    classifier; for a causal LM minus the record's loss (its mean next-token
+    cross-entropy, Yeom et al.'s loss attack: higher = more likely trained on)."""
     device = device or pick_device()
-    dataset = tokenize(data, loaded.tokenizer, max_length=max_length)
+    cfg = dataclasses.replace(loaded.config, max_length=max_length)
+    causal = cfg.task is TaskKind.CAUSAL_LM
+    dataset = tasks.encode(data, loaded.tokenizer, cfg)
     model = loaded.model.to(device).eval()
     phis = []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate):
         inputs, labels = batch_inputs(batch, device)
-        logits = model(**inputs).logits.float()  # (b, num_labels)
-        phis.append(logit_confidence(logits, labels).cpu())
+        logits = model(**inputs).logits.float()  # (b, num_labels) or (b, t, vocab)
+        if causal:
+            phis.append(-causal_lm_per_sample_loss(logits, labels).cpu())
+        else:
+            phis.append(logit_confidence(logits, labels).cpu())
     return RecordScores(
         phi=torch.cat(phis).numpy().astype(np.float64),
         labels=np.asarray(data.labels, dtype=np.int64),
@@ -111,6 +133,68 @@ def score_site(
         members=score_records(loaded, records.members, max_length=max_length),
         non_members=score_records(loaded, records.non_members, max_length=max_length),
     )
+
+
+@torch.no_grad()
+def record_nll(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    device: torch.device | None = None,
+) -> np.ndarray:
+    """Each text's *total* next-token negative log-likelihood (end token
+    included, as training saw it) under a causal LM. For texts sharing a prefix,
+    the prefix's tokens add the same amount to every text, so the total ranks
+    texts as the likelihood of what follows the prefix does."""
+    device = device or pick_device()
+    cfg = dataclasses.replace(loaded.config, max_length=max_length)
+    dataset = tasks.encode(
+        LabeledTexts(texts=tuple(texts), labels=(0,) * len(texts)),
+        loaded.tokenizer,
+        cfg,
+    )
+    model = loaded.model.to(device).eval()
+    out = []
+    for batch in DataLoader(dataset, batch_size=128, collate_fn=dataset.collate):
+        inputs, labels = batch_inputs(batch, device)
+        logits = model(**inputs).logits.float()  # (b, t, vocab)
+        counts = (labels[:, 1:] != IGNORE_INDEX).sum(dim=1).clamp(min=1)  # (b,)
+        out.append((causal_lm_per_sample_loss(logits, labels) * counts).cpu())
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def secret_exposure(
+    final: LoadedModel,
+    records: Mapping[str, SiteRecords],
+    names: Sequence[str],
+    *,
+    max_length: int,
+) -> dict[str, ExposureAudit]:
+    """Per site with ``secret`` canaries, their Secret-Sharer exposure under the
+    final model: the included secrets as planted, the excluded ones as the
+    held-out baseline (same format, never trained on), ranked against the same
+    :data:`EXPOSURE_SAMPLES` sampled candidates."""
+    out = {}
+    for name in names:
+        planted = records[name].canaries
+        if planted is None or not planted.values:
+            continue
+        pairs = list(zip(planted.values, planted.included, strict=True))
+        secrets = PlantedSecrets(
+            format=SECRET_FORMAT,
+            values=tuple(v for v, inc in pairs if inc),
+            repeats=tuple(1 for _, inc in pairs if inc),
+            held_out=tuple(v for v, inc in pairs if not inc),
+        )
+        out[name] = measure_exposure(
+            secrets,
+            lambda texts: record_nll(final, texts, max_length=max_length),
+            method=ExposureMethod.SAMPLED,
+            samples=EXPOSURE_SAMPLES,
+            seed=site_index(name),
+        )
+    return out
 
 
 def train_reference(
@@ -134,12 +218,13 @@ def train_reference(
     )
     train_site(
         model=loaded.model,
-        dataset=tokenize(data, loaded.tokenizer, max_length=cfg.model.max_length),
+        dataset=tasks.encode(data, loaded.tokenizer, cfg.model),
         train_cfg=train_cfg,
         dp_cfg=cfg.dp,
         mode=cfg.grad_sample_mode,
         noise_multiplier=noise_multiplier,
         seed=seed,
+        per_sample_loss=tasks.per_sample_loss(cfg.model),
     )
     return loaded
 
