@@ -77,6 +77,11 @@ class Workload:
     warmup: int
     steps: int
     quick: bool
+    model: str = "minilm"  # or "smollm2": the packaged causal LM (benchmarks/lm.py)
+
+    @property
+    def causal(self) -> bool:
+        return self.model == "smollm2"
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,53 @@ def _reset_peak_rss() -> None:
         refs.write("5")  # resets VmHWM to the current RSS
 
 
+def _build_causal_lm(finetune: Finetune, work: Workload):
+    """SmolLM2-135M-Instruct (packaged; a tiny random Llama with --quick), LoRA
+    r=8 on q_proj,v_proj or full fine-tuning with the tied embedding frozen (as
+    models.loading does); the batch's own tokens are its labels."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if work.quick:
+        config = LlamaConfig(
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        )
+        model = LlamaForCausalLM(config)
+    else:
+        from fedshield.models.packaged_lm import packaged_lm_path
+
+        model = AutoModelForCausalLM.from_pretrained(
+            str(packaged_lm_path()), dtype=torch.float32
+        )
+    if finetune is Finetune.LORA:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=8,
+            lora_alpha=16,
+            target_modules=["q_proj", "v_proj"],
+        )
+        model = get_peft_model(model, lora)
+    else:
+        model.get_input_embeddings().weight.requires_grad_(False)  # tied: frozen
+    vocab = int(model.config.vocab_size)
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, vocab, (work.batch, work.seq_len), generator=gen)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return model.train(), batch, ids.clone()
+
+
 def _build_model(finetune: Finetune, work: Workload):
+    if work.causal:
+        return _build_causal_lm(finetune, work)
     import torch
     from transformers import AutoModelForSequenceClassification, BertConfig
     from transformers import BertForSequenceClassification as Bert
@@ -161,12 +212,15 @@ def _build_model(finetune: Finetune, work: Workload):
 def _make_step(method: Method, model, batch, labels, work: Workload):
     """Return (module, step) where step() -> (forward_s, backward_s, optimizer_s)."""
     import torch
-    import torch.nn.functional as F
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
     from fedshield.models import forward_inputs
+    from fedshield.models.lm import causal_lm_per_sample_loss
     from fedshield.privacy.bookkeeping import make_private_bookkeeping
+    from fedshield.privacy.dp import PerSampleCriterion, classification_loss
+
+    per_sample = causal_lm_per_sample_loss if work.causal else classification_loss
 
     inputs = forward_inputs(batch)  # contiguous (B, T) position ids for Opacus
     params = [p for p in model.parameters() if p.requires_grad]
@@ -188,16 +242,18 @@ def _make_step(method: Method, model, batch, labels, work: Workload):
         module, opt = model, optimizer
 
         def backward(logits):
-            F.cross_entropy(logits, labels).backward()
+            per_sample(logits, labels).mean().backward()
     elif method is Method.OPACUS_HOOKS:
         module, opt, _ = engine.make_private(module=model, **dp)
 
         def backward(logits):
-            F.cross_entropy(logits, labels).backward()
+            per_sample(logits, labels).mean().backward()
     elif method is Method.OPACUS_GHOST:
-        criterion = torch.nn.CrossEntropyLoss()
         module, opt, criterion, _ = engine.make_private(
-            module=model, criterion=criterion, grad_sample_mode="ghost", **dp
+            module=model,
+            criterion=PerSampleCriterion(per_sample),
+            grad_sample_mode="ghost",
+            **dp,
         )
 
         def backward(logits):
@@ -207,7 +263,7 @@ def _make_step(method: Method, model, batch, labels, work: Workload):
         module, opt = private.module, private.optimizer
 
         def backward(logits):
-            private.backward(F.cross_entropy(logits, labels, reduction="none"))
+            private.backward(per_sample(logits, labels))
 
     def step() -> tuple[float, float, float, float]:
         cpu = time.process_time()
@@ -255,7 +311,7 @@ def _run_child(method: Method, finetune: Finetune, work: Workload) -> RunResult:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child"]
     cmd += [f"{method.value}:{finetune.value}", "--batch", str(work.batch)]
     cmd += ["--seq-len", str(work.seq_len), "--warmup", str(work.warmup)]
-    cmd += ["--steps", str(work.steps)]
+    cmd += ["--steps", str(work.steps), "--model", work.model]
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if done.returncode != 0:
@@ -357,12 +413,15 @@ def summarize(runs: list[RunResult], work: Workload) -> dict:
         "configs": configs,
         "workload": {
             **asdict(work),
-            "model": "tiny random BERT" if work.quick else "all-MiniLM-L6-v2",
+            "model": _model_name(work),
             "threads": THREADS,
             "noise_multiplier": NOISE_MULTIPLIER,
             "max_grad_norm": MAX_GRAD_NORM,
             "optimizer": "SGD, zero_grad(set_to_none=True)",
-            "lora": "r=8, alpha=16, query,value + classifier (SEQ_CLS)",
+            "lora": "r=8, alpha=16, q_proj,v_proj (CAUSAL_LM; full: tied embedding "
+            "frozen)"
+            if work.causal
+            else "r=8, alpha=16, query,value + classifier (SEQ_CLS)",
         },
         "method": {
             "timing": "median over all timed steps of all rounds; a step is "
@@ -388,6 +447,12 @@ def summarize(runs: list[RunResult], work: Workload) -> dict:
     }
 
 
+def _model_name(work: Workload) -> str:
+    if work.causal:
+        return "tiny random Llama" if work.quick else "SmolLM2-135M-Instruct"
+    return "tiny random BERT" if work.quick else "all-MiniLM-L6-v2"
+
+
 def _write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -404,6 +469,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--seq-len", type=int, default=None)
+    parser.add_argument("--model", choices=["minilm", "smollm2"], default="minilm")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -417,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup if args.warmup is not None else (1 if quick else 3),
         steps=args.steps or (2 if quick else 5),
         quick=quick,
+        model=args.model,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)

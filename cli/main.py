@@ -49,6 +49,7 @@ from fedshield.simulations.launcher import (
     started_run_id,
     stop_run,
 )
+from fedshield.simulations.presets import preset_overrides
 from fedshield.simulations.superlink import private_superlink
 
 from .audit import audit, write_audit
@@ -122,10 +123,32 @@ def simulate(
             "finished run (report in OUT/audit).",
         ),
     ] = False,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            "--preset",
+            help="Start from a named set of run-config values that --run-config "
+            "overrides key by key: causal-lm (SmolLM2-135M, LoRA, DP, secure "
+            "aggregation, ~15 minutes).",
+        ),
+    ] = None,
 ) -> None:
     """Run a federated simulation and write OUT/summary.json."""
     overrides = list(run_config or [])
     values = _override_values(overrides)
+    if preset is not None:
+        try:
+            overrides = [*preset_overrides(preset, values), *overrides]
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="--preset") from err
+        values = _override_values(overrides)
+    if (
+        run_audit
+        and values.get("model.task", "").strip("'\"") == "causal-lm"
+        and "audit.canary-kind" not in values
+    ):
+        overrides.append("audit.canary-kind='secret'")
+        values = _override_values(overrides)
     if run_audit and "audit.canaries" not in values:
         overrides.append(f"audit.canaries={DEFAULT_AUDIT_CANARIES}")
         console.print(

@@ -97,32 +97,43 @@ def _resolve_source(source: str, task: TaskKind) -> tuple[str, bool]:
     return source, False
 
 
-def _from_pretrained(factory: Any, source: str, is_local: bool, **kwargs: Any) -> Any:
+def _from_pretrained(
+    factory: Any,
+    source: str,
+    is_local: bool,
+    task: TaskKind = TaskKind.SEQUENCE_CLASSIFICATION,
+    **kwargs: Any,
+) -> Any:
     """``factory.from_pretrained`` that never hangs on a hub without network."""
     try:
         return factory.from_pretrained(source, local_files_only=True, **kwargs)
     except OSError as cached_err:
         if is_local or os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise ModelLoadError(_offline_message(source, cached_err)) from cached_err
+            raise ModelLoadError(
+                _offline_message(source, cached_err, task)
+            ) from cached_err
     try:
         return factory.from_pretrained(source, **kwargs)
     except OSError as err:  # includes connection errors raised by huggingface_hub
-        raise ModelLoadError(_offline_message(source, err)) from err
+        raise ModelLoadError(_offline_message(source, err, task)) from err
 
 
-def _offline_message(source: str, err: Exception) -> str:
+def _offline_message(source: str, err: Exception, task: TaskKind) -> str:
+    packaged = (
+        "SmolLM2-135M-Instruct" if task is TaskKind.CAUSAL_LM else "all-MiniLM-L6-v2"
+    )
     return (
         f"Could not load {source!r}: it is not in the local Hugging Face cache and "
         f"could not be downloaded ({type(err).__name__}: {err}). This machine may be "
         'offline. Use a local model folder (model.source="/path/to/model"), or '
-        "leave model.source empty for the packaged all-MiniLM-L6-v2."
+        f"leave model.source empty for the packaged {packaged}."
     )
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
     """Build the tokenizer and the model for ``cfg`` (LoRA-wrapped when asked)."""
     source, is_local = _resolve_source(cfg.source, cfg.task)
-    tokenizer = _from_pretrained(AutoTokenizer, source, is_local)
+    tokenizer = _from_pretrained(AutoTokenizer, source, is_local, cfg.task)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ModelLoadError(
@@ -170,7 +181,7 @@ def _causal_lm(
     is frozen anyway.
     """
     model = _from_pretrained(
-        AutoModelForCausalLM, source, is_local, dtype=torch.float32
+        AutoModelForCausalLM, source, is_local, cfg.task, dtype=torch.float32
     )
     model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.finetune is FinetuneMode.FULL:

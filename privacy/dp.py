@@ -60,6 +60,7 @@ __all__ = [
     "AccountantKind",
     "DPConfig",
     "GradSampleMode",
+    "PerSampleCriterion",
     "PerSampleLoss",
     "PrivateTraining",
     "accountant_to_json",
@@ -284,7 +285,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits, labels, reduction="none")  # (b,)
 
 
-class _Criterion(torch.nn.Module):
+class PerSampleCriterion(torch.nn.Module):
     """A :data:`PerSampleLoss` with the ``reduction`` attribute Opacus' ghost
     clipping sets to ``"none"`` to read the per-record losses (b,)."""
 
@@ -423,7 +424,7 @@ def make_private(
         grad_sample_mode=mode.value,
     )
     if mode is GradSampleMode.GHOST:
-        criterion = _Criterion(per_sample_loss)
+        criterion = PerSampleCriterion(per_sample_loss)
         p_module, p_opt, p_crit, p_loader = engine.make_private(
             criterion=criterion, **common
         )

@@ -56,12 +56,18 @@ class SimulationLaunch:
 def flwr_command(
     *, superlink: PrivateSuperLink, overrides: list[str], num_sites: int
 ) -> SimulationLaunch:
-    """The ``flwr run`` invocation of the app on ``superlink`` with ``num_sites``."""
+    """The ``flwr run`` invocation of the app on ``superlink`` with ``num_sites``.
+
+    Every override goes into **one** ``--run-config`` string: flwr 1.41 parses each
+    ``--run-config`` item as a TOML document and merges the items table by table,
+    so a later item's ``audit.canary-kind`` would replace an earlier item's whole
+    ``audit`` table (``audit.canaries`` silently lost)."""
     flwr = venv_script("flwr")
     cwd = app_dir()
     command = [str(flwr), "run", str(cwd), superlink.connection, "--stream"]
-    for item in overrides:
-        command += ["--run-config", item]
+    joined = " ".join(item.strip() for item in overrides if item.strip())
+    if joined:
+        command += ["--run-config", joined]
     command += ["--federation-config", f"num-supernodes={num_sites}"]
     return SimulationLaunch(
         command=command,

@@ -93,3 +93,54 @@ def test_label_names_must_match_num_labels(default_run_config) -> None:
     cfg = dict(default_run_config, **{"data.label-names": "a,b,c"})
     with pytest.raises(ConfigError, match="must list 2 names"):
         SiteDataConfig.from_run_config(cfg)
+
+
+# --- causal LM: text-only records --------------------------------------------
+
+LM = SiteDataConfig(labelled=False)
+
+
+def test_lm_txt_is_one_record_per_non_blank_line(tmp_path: Path) -> None:
+    f = _csv(tmp_path / "notes.txt", "first note, with a comma\n\n  second note\r\n")
+    data = read_labeled_file(f, LM)
+    assert data.texts == ("first note, with a comma", "  second note")
+    assert data.labels == (0, 0)  # unused by the causal LM
+
+
+def test_lm_reads_only_the_text_column_of_csv_and_jsonl(tmp_path: Path) -> None:
+    csv_file = _csv(tmp_path / "s.csv", 'text\n"a document\nover two lines"\nb\n')
+    assert read_labeled_file(csv_file, LM).texts == ("a document\nover two lines", "b")
+    jsonl = tmp_path / "s.jsonl"
+    jsonl.write_text(json.dumps({"text": "x", "other": 1}) + "\n", encoding="utf-8")
+    assert read_labeled_file(jsonl, LM).texts == ("x",)
+
+
+def test_lm_run_config_reads_text_only(default_run_config) -> None:
+    cfg = SiteDataConfig.from_run_config(
+        {**default_run_config, "model.task": "causal-lm", "model.num-labels": 3}
+    )
+    assert cfg.labelled is False  # label names need not match num-labels
+
+
+def test_txt_is_refused_for_a_classifier(tmp_path: Path) -> None:
+    f = _csv(tmp_path / "notes.txt", "a\n")
+    with pytest.raises(SiteDataError, match="without labels"):
+        read_labeled_file(f, CFG)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_lm_empty_file_is_a_clear_error(tmp_path: Path, content: str) -> None:
+    with pytest.raises(SiteDataError, match="no data rows"):
+        read_labeled_file(_csv(tmp_path / "empty.txt", content), LM)
+
+
+def test_lm_non_utf8_file_is_a_clear_error(tmp_path: Path) -> None:
+    f = tmp_path / "latin1.txt"
+    f.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(SiteDataError, match="UTF-8"):
+        read_labeled_file(f, LM)
+
+
+def test_lm_missing_file_names_the_text_formats(tmp_path: Path) -> None:
+    with pytest.raises(SiteDataError, match=r"\.txt file \(one record per line\)"):
+        read_labeled_file(tmp_path / "nope.txt", LM)

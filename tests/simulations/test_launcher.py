@@ -36,15 +36,32 @@ def test_flwr_run_targets_the_private_superlink_with_config_and_sites(
         "fedshield",
         "--stream",
         "--run-config",
-        "a=1 b=2",
-        "--run-config",
-        "out-dir='/x'",
+        "a=1 b=2 out-dir='/x'",
         "--federation-config",
         "num-supernodes=3",
     ]
     assert launch.env["FLWR_HOME"] == str(tmp_path / "home")
     assert launch.connection == link.connection == "fedshield"
     assert launch.cwd == launcher.app_dir()
+
+
+def test_overrides_of_one_table_in_separate_items_all_reach_the_run(
+    tmp_path: Path,
+) -> None:
+    """flwr merges separate --run-config items table by table: the later
+    ``audit.canary-kind`` item would drop the earlier ``audit.canaries``."""
+    from flwr.common.config import parse_config_args
+
+    launch = launcher.flwr_command(
+        superlink=_superlink(tmp_path),
+        overrides=["audit.canaries=30 eval.prompts='a b|c'", "audit.canary-kind='x'"],
+        num_sites=2,
+    )
+    args = launch.command
+    items = [args[i + 1] for i, a in enumerate(args) if a == "--run-config"]
+    parsed = parse_config_args(items)
+    assert parsed["audit.canaries"] == 30 and parsed["audit.canary-kind"] == "x"
+    assert parsed["eval.prompts"] == "a b|c"
 
 
 def test_started_run_id_is_the_last_one_flwr_printed(tmp_path: Path) -> None:
