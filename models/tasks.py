@@ -13,11 +13,12 @@ branch on the task themselves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
-
-from fedshield.privacy.dp import PerSampleLoss, classification_loss
 
 from .config import ModelConfig, TaskKind
 from .evaluate import EvalResult, evaluate_model
@@ -29,9 +30,25 @@ from .lm import (
 )
 from .texts import LabeledTexts, TokenizedTexts, tokenize
 
-__all__ = ["encode", "evaluate", "per_sample_loss"]
+__all__ = [
+    "PerSampleLoss",
+    "classification_loss",
+    "encode",
+    "evaluate",
+    "per_sample_loss",
+]
 
 Examples = TokenizedTexts | TokenizedRecords
+
+#: ``(logits, labels) -> (b,)``: each record's loss, the quantity DP-SGD clips the
+#: gradient of. Classification: the cross-entropy of its label; causal LM: the
+#: mean next-token cross-entropy over its tokens
+#: (:func:`.lm.causal_lm_per_sample_loss`).
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels, reduction="none")  # (b,)
 
 
 def encode(

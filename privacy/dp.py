@@ -43,7 +43,6 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.accountant import IAccountant
@@ -55,6 +54,7 @@ from torch.utils.data import DataLoader
 from fedshield.common.config import ConfigError
 from fedshield.common.run_config import check_fields, default, read_fields
 from fedshield.models.config import FinetuneMode
+from fedshield.models.tasks import PerSampleLoss, classification_loss
 
 __all__ = [
     "AccountantKind",
@@ -274,17 +274,6 @@ def _no_grad_samples(optimizer: DPOptimizer) -> Callable[[], None]:
     return empty
 
 
-#: ``(logits, labels) -> (b,)``: each record's loss, the quantity DP-SGD clips the
-#: gradient of. Classification: the cross-entropy of its label; causal LM: the
-#: mean next-token cross-entropy over its tokens
-#: (:func:`fedshield.models.lm.causal_lm_per_sample_loss`).
-PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, labels, reduction="none")  # (b,)
-
-
 class PerSampleCriterion(torch.nn.Module):
     """A :data:`PerSampleLoss` with the ``reduction`` attribute Opacus' ghost
     clipping sets to ``"none"`` to read the per-record losses (b,)."""
@@ -375,6 +364,13 @@ def _make_private_bookkeeping(
     )
 
 
+def _ties(module: torch.nn.Module) -> bool:
+    """Whether a trainable parameter is registered under two names (tied)."""
+    named = [p for _, p in module.named_parameters(remove_duplicate=False)]
+    trainable = [id(p) for p in named if p.requires_grad]
+    return len(trainable) != len(set(trainable))
+
+
 def make_private(
     *,
     engine: PrivacyEngine,
@@ -408,12 +404,15 @@ def make_private(
                 per_sample_loss=per_sample_loss,
             )
         except UnsupportedTrainableModuleError as err:
+            # Opacus ghost clipping refuses tied weights only at the first forward
+            # ("Parameter tying is not supported"); its hooks mode handles them
+            mode = GradSampleMode.HOOKS if _ties(module) else GradSampleMode.GHOST
             logger.warning(
                 "Book-keeping clipping does not support this model (%s); using "
-                "Opacus ghost clipping instead (same per-sample clipping, slower).",
+                "Opacus %s clipping instead (same per-sample clipping, slower).",
                 err,
+                mode.value,
             )
-            mode = GradSampleMode.GHOST
     common: dict[str, Any] = dict(
         module=module,
         optimizer=optimizer,

@@ -13,9 +13,26 @@ supported module's forward its parameters are temporarily marked
 gradient; a tensor hook on the module output captures g. We then spend one weight-
 gradient GEMM per layer (the one autograd skipped) plus the ghost norms. Extra
 memory: the output gradients g of every tapped layer, held until the end of the
-backward pass. A module called k times per forward is book-kept k times and its
-calls are concatenated along the token axis (its gradient is the sum over all k T
-tokens).
+backward pass.
+
+Which parameter uses are exact. Summing per-layer squared norms is exact when each
+trainable parameter is reached through exactly one module:
+
+- a module called k times per forward (or registered under several names) is
+  book-kept k times and its calls are concatenated along the token axis: its
+  gradient is one sum over all k T tokens, so the layer identities hold unchanged;
+- a parameter owned by two modules (tied weights: GPT-2's and SmolLM2's lm_head is
+  the input embedding) is refused by :func:`find_sites`: ||A_i + B_i||^2 needs the
+  cross term 2 <A_i, B_i>, which per-layer norms drop (Opacus' ghost mode refuses
+  tying too, at the first forward);
+- a parameter also read outside its module's forward (``F.linear(x, emb.weight)``)
+  gets a real gradient from autograd there, because requires_grad is only off
+  inside the module; ``backward`` detects that, drops all gradients and raises.
+
+Any per-sample loss that is a function of sample i's forward alone is exact, e.g. a
+causal LM's mean token cross-entropy over the record's non-padding targets
+(``(ce * mask).sum(1) / mask.sum(1)``, labels -100 on right padding): g of sample i
+is then d loss_i / d y_i, and padded positions get g = 0.
 """
 
 from __future__ import annotations
@@ -28,7 +45,13 @@ import torch
 from opacus.optimizers import DPOptimizer
 from torch import Tensor, nn
 
-from .layers import Finish, Records, layer_norms, unsupported_reason
+from .layers import (
+    Finish,
+    Records,
+    layer_norms,
+    supported_names,
+    unsupported_reason,
+)
 
 __all__ = [
     "Clipper",
@@ -57,32 +80,64 @@ class Site:
 
 
 def find_sites(module: nn.Module) -> list[Site]:
-    """Map every trainable parameter to its (supported) owning module, or raise."""
+    """Map every trainable parameter to its (supported) owning module, or raise.
+
+    A module registered under several names is one site (its calls are book-kept
+    once each). A trainable parameter owned by two different modules (tied weights,
+    e.g. ``lm_head.weight`` is ``embed_tokens.weight``) is refused: its per-sample
+    gradient G_i = A_i + B_i has ||G_i||^2 = ||A_i||^2 + ||B_i||^2 + 2 <A_i, B_i>,
+    and summing per-layer norms would drop the cross term, under-estimating the
+    norm whenever <A_i, B_i> > 0 (a clipped sample would exceed C).
+    """
     sites: list[Site] = []
-    owners: dict[int, str] = {}  # id(parameter) -> owning module name
-    problems: list[str] = []
+    owners: dict[int, tuple[nn.Module, str]] = {}  # id(parameter) -> owner, name
+    unsupported: list[str] = []
+    tied: list[str] = []
+    visited: set[int] = set()  # id(module): one site per module, whatever its names
     for name, sub in module.named_modules(remove_duplicate=False):
-        params = tuple(p for p in sub.parameters(recurse=False) if p.requires_grad)
-        if not params:
+        named = [
+            (f"{name}.{n}" if name else n, p)
+            for n, p in sub.named_parameters(recurse=False)
+            if p.requires_grad
+        ]
+        if not named:
             continue
+        for full_name, p in named:
+            owner = owners.setdefault(id(p), (sub, full_name))
+            if owner[0] is not sub:
+                tied.append(f"`{full_name}` is `{owner[1]}`")
+        if id(sub) in visited:
+            continue  # the same module under another name
+        visited.add(id(sub))
         reason = unsupported_reason(sub)
         if reason is not None:
-            problems.append(f"`{name}` ({reason})")
-        for p in params:
-            if id(p) in owners and owners[id(p)] != name:
-                problems.append(f"`{name}` shares a parameter with `{owners[id(p)]}`")
-            owners[id(p)] = name
-        if reason is None and not any(s.module is sub for s in sites):
-            sites.append(Site(name=name, module=sub, params=params))
-    if problems:
-        raise UnsupportedTrainableModuleError(
+            unsupported.append(f"`{name}` ({reason})")
+        else:
+            sites.append(Site(name=name, module=sub, params=tuple(p for _, p in named)))
+    problems = []
+    if unsupported:
+        problems.append(
             "Book-keeping clipping cannot compute per-sample gradients of the "
-            "trainable parameters of: " + "; ".join(problems) + ". Expected each "
-            "trainable parameter to belong to exactly one nn.Linear, nn.Embedding "
-            "(without max_norm/scale_grad_by_freq/sparse) or nn.LayerNorm. Freeze "
+            "trainable parameters of: " + "; ".join(unsupported) + ". Expected "
+            f"each trainable parameter to belong to one {supported_names()} "
+            "(nn.Embedding without max_norm/scale_grad_by_freq/sparse). Freeze "
             "those parameters (p.requires_grad_(False)), or use Opacus' "
             "PrivacyEngine.make_private(grad_sample_mode='hooks') instead."
         )
+    if tied:
+        problems.append(
+            "Expected each trainable parameter to be used by one module; found "
+            "tied (shared) trainable parameters: " + "; ".join(tied) + ". Their "
+            "per-sample gradient is the sum of both modules' parts, whose norm "
+            "needs a cross term that per-layer norms (book-keeping's and Opacus' "
+            "ghost clipping's) do not compute. Freeze the tied weight (e.g. "
+            "model.get_input_embeddings().weight.requires_grad_(False), which "
+            "also freezes a tied lm_head), untie it (tie_word_embeddings=False), "
+            "or use Opacus' grad_sample_mode='hooks', which sums the per-sample "
+            "gradients of both uses before taking the norm."
+        )
+    if problems:
+        raise UnsupportedTrainableModuleError(" ".join(problems))
     return sites
 
 
@@ -113,7 +168,9 @@ class Clipper:
             )
             self._handles.append(
                 sub.register_forward_hook(
-                    partial(self._after_forward, site), always_call=True
+                    partial(self._after_forward, site),
+                    with_kwargs=True,
+                    always_call=True,
                 )
             )
         _ATTACHED[module] = self
@@ -132,14 +189,22 @@ class Clipper:
                     site.toggled.append(p)
 
     def _after_forward(
-        self, site: Site, module: nn.Module, args: tuple, out: object
+        self, site: Site, module: nn.Module, args: tuple, kwargs: dict, out: object
     ) -> Tensor | None:
         for p in site.toggled:
             p.requires_grad_(True)
         site.toggled.clear()
-        if not (torch.is_grad_enabled() and isinstance(out, Tensor) and args):
+        if not torch.is_grad_enabled() or out is None:  # no_grad, or forward raised
             return None
-        saved = args[0].detach()  # activations a (Linear, LayerNorm) or token ids
+        inputs = [*args, *kwargs.values()]  # every supported forward takes one input
+        if not (isinstance(out, Tensor) and len(inputs) == 1):
+            raise RuntimeError(
+                f"Expected `{site.name}` to be called with one input tensor and to "
+                f"return a tensor; found {len(inputs)} inputs and a "
+                f"{type(out).__name__}. Book-keeping cannot form its per-sample "
+                "gradients."
+            )
+        saved = inputs[0].detach()  # activations a (Linear, norms) or token ids
         replaced = None
         if not out.requires_grad:  # nothing upstream is trainable: start the graph
             replaced = out = out.requires_grad_().clone()
@@ -180,18 +245,45 @@ class Clipper:
                 f"{per_sample_loss.requires_grad}."
             )
         batch = per_sample_loss.shape[0]
-        for site in self._sites:
-            site.records.clear()
+        self._drop_grads()  # overwritten below; None lets us detect direct uses
         self._armed = True
         try:
             per_sample_loss.sum().backward()  # one pass: input grads + g capture
+            self._armed = False
+            self._refuse_direct_uses()
+            self._clip_and_sum(batch, per_sample_loss.dtype)
+        except BaseException:
+            self._drop_grads()  # never leave an unclipped or partial sum in p.grad
+            raise
         finally:
             self._armed = False
-        try:
-            self._clip_and_sum(batch, per_sample_loss.dtype)
-        finally:
             for site in self._sites:
                 site.records.clear()
+
+    def _drop_grads(self) -> None:
+        for site in self._sites:
+            for p in site.params:
+                p.grad = None
+
+    def _refuse_direct_uses(self) -> None:
+        """A site parameter that autograd gave a gradient was used OUTSIDE its
+        module's forward (where requires_grad is off), e.g. ``F.linear(x,
+        emb.weight)``; book-keeping never saw that use, so its per-sample norm
+        would be wrong. Raise (``backward`` then drops the unclipped gradients)."""
+        misused = [
+            s.name for s in self._sites if any(p.grad is not None for p in s.params)
+        ]
+        if misused:
+            raise RuntimeError(
+                "Expected the trainable parameters of book-kept modules to be used "
+                "only by calling their module; found parameters of "
+                + ", ".join(f"`{n}`" for n in misused)
+                + " used directly elsewhere in the forward (e.g. a weight passed to "
+                "F.linear). Book-keeping cannot see that use, so its per-sample norms "
+                "would be wrong; no gradient was kept. Freeze those parameters, or "
+                "call the module instead of reading its weight (Opacus' per-sample "
+                "hooks cannot see such a use either)."
+            )
 
     def _clip_and_sum(self, batch: int, dtype: torch.dtype) -> None:
         cache: dict[tuple, Tensor] = {}

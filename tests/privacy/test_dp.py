@@ -182,3 +182,27 @@ def test_non_private_training_records_a_non_private_release(tiny_model_dir) -> N
     )
     assert result.release == Release(0.0, 1 / 5, 5) and not result.release.private
     assert result.steps == 5 and math.isfinite(result.mean_loss)
+
+
+def test_a_tied_trainable_weight_falls_back_to_opacus_hooks_not_ghost() -> None:
+    """Book-keeping refuses a weight two layers share; Opacus ghost would fail at
+    the first forward, its hooks mode clips the shared weight exactly."""
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight  # tied, trainable
+
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.head = emb, head
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.emb(ids)).mean(dim=1)
+
+    engine, private = _toy_private(Tied(), GradSampleMode.BOOKKEEPING)
+    assert private.mode is GradSampleMode.HOOKS
+    ids, y = torch.randint(0, 10, (4, 3)), torch.randint(0, 10, (4,))
+    private.optimizer.zero_grad()
+    private.backward(private.module(ids), y)
+    private.optimizer.step()
+    assert len(engine.accountant.history) == 1
