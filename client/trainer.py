@@ -19,7 +19,7 @@ from opacus import PrivacyEngine
 from torch.utils.data import DataLoader
 
 from fedshield.common.config import ConfigError
-from fedshield.common.device import pick_device
+from fedshield.common.device import forward_precision, pick_device
 from fedshield.common.run_config import check_fields, default, read_fields
 from fedshield.models import is_head_parameter
 from fedshield.models.lm import TokenizedRecords
@@ -165,7 +165,8 @@ def train_site(
                 _empty_step(private, injector)
                 steps += 1
                 continue
-            logits = private.module(**inputs).logits  # (b, labels) or (b, t, vocab)
+            with forward_precision(device):  # bf16 autocast on a GPU only
+                logits = private.module(**inputs).logits  # (b, labels)/(b, t, V)
             loss = private.backward(logits, labels)
             if injector is not None:  # after clipping, before the noise
                 injector.add(records)

@@ -48,7 +48,7 @@ PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, labels, reduction="none")  # (b,)
+    return F.cross_entropy(logits.float(), labels, reduction="none")  # (b,)
 
 
 def encode(

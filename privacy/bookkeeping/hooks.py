@@ -226,7 +226,10 @@ class Clipper:
                 f"The input of `{site.name}` was modified in place after its forward; "
                 "book-keeping needs it unchanged to form per-sample gradients."
             )
-        site.records.append((saved, grad.detach()))
+        # clipping runs in float32 whatever the forward's precision (bf16 autocast
+        # on a GPU): a norm rounded down in bf16 would let a record exceed C
+        a = saved.float() if saved.is_floating_point() else saved  # ids stay ints
+        site.records.append((a, grad.detach().float()))
 
     def backward(self, per_sample_loss: Tensor) -> None:
         if self.removed:
