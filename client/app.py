@@ -220,6 +220,16 @@ def train(
         nonlocal loaded, global_state
         loaded, global_state = _global_model(msg, cfg)
         dataset = tasks.encode(site.train, loaded.tokenizer, cfg.model)
+        truncated = getattr(dataset, "truncated", 0)  # causal LM: cut, not chunked
+        if truncated:
+            logger.warning(
+                "%s: %d of %d records exceed model.max-length=%d tokens and are "
+                "truncated (one record is one example: never chunked)",
+                site.name,
+                truncated,
+                len(dataset),
+                cfg.model.max_length,
+            )
         return train_site(
             model=loaded.model,
             dataset=dataset,

@@ -7,8 +7,8 @@ result *truncated* to ``model.max-length`` tokens: never chunked. Chunking a lon
 record into k training examples would let that one record contribute k clipped
 gradients to a step, multiplying its sensitivity by k while the accountant prices
 one; truncation keeps one record = one example = one clipped gradient. The
-tokens past the limit are not trained on (:func:`truncated_records` counts them,
-and sites report how many records were cut).
+tokens past the limit are not trained on (:attr:`TokenizedRecords.truncated`
+counts the records cut; a site logs it).
 
 Per-record loss (Opacus' convention for generative tasks, and what book-keeping
 clips): the logits at position t predict token t + 1; the token cross-entropy is
@@ -58,9 +58,10 @@ class TokenizedRecords(Dataset[tuple[torch.Tensor, ...]]):
     so :func:`~fedshield.models.texts.batch_inputs` splits either.
     """
 
-    def __init__(self, ids: list[list[int]], pad_id: int) -> None:
+    def __init__(self, ids: list[list[int]], pad_id: int, truncated: int = 0) -> None:
         self.ids = ids
         self.pad_id = pad_id
+        self.truncated = truncated  # records that lost tokens to max_length
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -102,8 +103,12 @@ def tokenize_records(
 ) -> TokenizedRecords:
     """Token ids of each record, end token appended, truncated to ``max_length``
     (one record = one example; see the module docstring)."""
-    ids = [row[:max_length] for row in _encode(texts, tokenizer)]
-    return TokenizedRecords(ids, pad_id=int(tokenizer.pad_token_id))
+    full = _encode(texts, tokenizer)
+    return TokenizedRecords(
+        [row[:max_length] for row in full],
+        pad_id=int(tokenizer.pad_token_id),
+        truncated=sum(len(row) > max_length for row in full),
+    )
 
 
 def truncated_records(

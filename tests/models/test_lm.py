@@ -62,6 +62,8 @@ def test_records_get_an_end_token_and_are_truncated_never_chunked(tiny_lm) -> No
     assert truncated_records(TEXTS, tok, max_length=5) == sum(
         len(r) > 5 for r in full.ids
     )
+    assert cut.truncated == truncated_records(TEXTS, tok, max_length=5) > 0
+    assert full.truncated == 0
 
 
 def test_collate_right_pads_and_masks_padding_out_of_the_labels(tiny_lm) -> None:
