@@ -171,7 +171,7 @@ def show(
             datasets = sorted({r.entry.dataset_fingerprint for r in recorded})
             console.print(
                 f"{first.timestamp} .. {last.timestamp}; dataset(s): "
-                + ", ".join(d.removeprefix("sha256:")[:16] for d in datasets)
+                + ", ".join(d.split(":", 1)[-1][:16] for d in datasets)
                 + " (full values: --json)"
             )
         if report.ok:

@@ -195,9 +195,10 @@ def train(
         site=site.name,
         run_delta=cfg.dp.delta,
     )
-    # the budget's scope is the site's RAW records: no run setting (pii.*, the
-    # pseudonym key) can present the same data as a new dataset with a fresh budget
-    raw_fingerprint = dataset_fingerprint(site.train.texts, site.train.labels)
+    # the budget's scope is the site's RAW texts: no run setting (pii.*, the
+    # pseudonym key, the task, the label column) can present the same data as a new
+    # dataset with a fresh budget
+    raw_fingerprint = dataset_fingerprint(site.train.texts)
     # PII is removed before anything is tokenized
     scrubbed = scrub_site(site, cfg=cfg.pii, state_dir=budget.state_dir)
     site = _with_late_records(scrubbed.site)

@@ -40,10 +40,8 @@ class ScrubbedSite:
 
 def _cache_key(site: SiteData, cfg: PIIConfig, key: bytes) -> str:
     parts = {
-        "train": dataset_fingerprint(site.train.texts, site.train.labels),
-        "eval": dataset_fingerprint(site.eval.texts, site.eval.labels)
-        if site.eval is not None
-        else "",
+        "train": dataset_fingerprint(site.train.texts),
+        "eval": dataset_fingerprint(site.eval.texts) if site.eval is not None else "",
         "mode": cfg.mode.value,
         "model": cfg.spacy_model,
         "entities": list(cfg.entities),

@@ -1,9 +1,20 @@
 """The fingerprint of a site's training data: what the ledger composes epsilon over.
 
-``fingerprint = "sha256:" + SHA-256(sorted(SHA-256(json([text, label])) for each
-record))``: a digest of the *multiset* of records the trainer sees (after PII
-scrubbing), so reordering the file or converting CSV to JSONL keeps the
-fingerprint, while adding, removing or editing any record changes it.
+``fingerprint = "text-sha256:" + SHA-256(sorted(SHA-256(json(text)) for each
+record))``: a digest of the *multiset* of the records' raw texts, before PII
+scrubbing, so reordering the file or converting CSV to JSONL keeps the
+fingerprint, while adding, removing or editing any text changes it.
+
+**Texts only, not labels.** Every setting that changes what a site reads besides
+the texts themselves is the coordinator's: the task (a causal LM reads no label),
+``data.label-column``, ``data.label-names``. Were labels part of the fingerprint,
+a coordinator could present the same texts as a new dataset, with a fresh budget,
+by switching ``model.task`` or pointing ``data.label-column`` elsewhere.
+Relabelling the same texts therefore composes with every earlier release on them
+(an upper bound for any record). (Fingerprints written before this rule,
+``sha256:`` over (text, label) pairs, do not match the new ones: a ledger from
+then composes from scratch under the dataset scope; ``budget-scope="site"``
+composes every release whatever the fingerprint.)
 
 A changed dataset starts a new composition under the default budget scope; records
 carried over from the old version are then protected by each version's epsilon
@@ -20,16 +31,12 @@ from collections.abc import Sequence
 
 __all__ = ["dataset_fingerprint"]
 
+PREFIX = "text-sha256:"
 
-def dataset_fingerprint(texts: Sequence[str], labels: Sequence[int]) -> str:
-    if len(texts) != len(labels):
-        raise ValueError(
-            f"{len(texts)} texts but {len(labels)} labels; they must pair."
-        )
+
+def dataset_fingerprint(texts: Sequence[str]) -> str:
     digests = sorted(
-        hashlib.sha256(
-            json.dumps([t, int(y)], ensure_ascii=False).encode("utf-8")
-        ).digest()
-        for t, y in zip(texts, labels, strict=True)
+        hashlib.sha256(json.dumps(t, ensure_ascii=False).encode("utf-8")).digest()
+        for t in texts
     )
-    return "sha256:" + hashlib.sha256(b"".join(digests)).hexdigest()
+    return PREFIX + hashlib.sha256(b"".join(digests)).hexdigest()

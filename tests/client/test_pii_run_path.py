@@ -171,9 +171,8 @@ def test_the_trainer_tokenizes_only_scrubbed_text_and_the_ledger_scopes_raw_reco
     tmp_path: Path, site_file: Path, run_config: dict[str, Any], tokenized: list[str]
 ) -> None:
     rows = _rows()
-    labels = [y for _, y in rows]
     state = tmp_path / "state"
-    raw = dataset_fingerprint([text for text, _ in rows], labels)
+    raw = dataset_fingerprint([text for text, _ in rows])
     trained = []
     for server_round in (1, 2):  # round 2 reads the site's scrub cache
         tokenized.clear()
@@ -192,7 +191,7 @@ def test_the_trainer_tokenizes_only_scrubbed_text_and_the_ledger_scopes_raw_reco
         metrics = reply.content.metric_records["metrics"]
         for kind in PLANTED:
             assert metrics[f"pii-{kind}"] >= 1, kind
-        trained.append(dataset_fingerprint(tokenized, labels))
+        trained.append(dataset_fingerprint(tokenized))
 
     # the ledger scopes the site's budget to its raw records, not to the scrubbed
     # text it trained on (which any pii.* setting changes)
@@ -332,3 +331,40 @@ def test_changing_pii_settings_does_not_restart_the_sites_budget(
     )
     refusal = again.content.config_records["refusal"]
     assert "above the site's budget" in str(refusal["reason"])  # not a fresh budget
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fedshield.models import write_tiny_causal_lm
+
+    return write_tiny_causal_lm(tmp_path_factory.mktemp("lm") / "llama")
+
+
+def test_switching_the_task_or_label_column_does_not_restart_the_sites_budget(
+    tmp_path: Path, run_config: dict[str, Any], tiny_lm_dir: Path
+) -> None:
+    """The coordinator spends the site's budget on a classifier, then asks for a
+    causal LM (no labels read) or another label column over the same file: the
+    same texts, so the same budget, which refuses the second round."""
+    site_file = tmp_path / "site.csv"
+    with site_file.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label", "flipped"])
+        writer.writerows((t, y, 1 - y) for t, y in _rows())
+    state = tmp_path / "state"
+    first = _send_train(run_config, data=site_file, state=state)
+    spent = first.content.metric_records["metrics"]["epsilon"]
+    for switched in (
+        {"model.task": "causal-lm", "model.source": str(tiny_lm_dir)},
+        {"data.label-column": "flipped"},
+    ):
+        again = _send_train(
+            {**run_config, **switched},
+            data=site_file,
+            state=state,
+            server_round=2,
+            max_epsilon=spent * 1.001,
+        )
+        refusal = again.content.config_records["refusal"]
+        assert "above the site's budget" in str(refusal["reason"]), switched
+    assert len(set(_ledger_fingerprints(state))) == 1
