@@ -45,6 +45,7 @@ from fedshield.simulations.launcher import (
     SimulationLaunch,
     app_dir,
     flwr_command,
+    override_pairs,
     run_logged,
     started_run_id,
     stop_run,
@@ -84,8 +85,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _override_values(overrides: list[str]) -> dict[str, str]:
     """``key -> raw value`` of ``--run-config "k=v k2=v2"`` items (last one wins)."""
-    pairs = (part.split("=", 1) for item in overrides for part in item.split())
-    return {kv[0].strip(): kv[1].strip() if len(kv) == 2 else "" for kv in pairs}
+    return override_pairs(overrides)
 
 
 def _log_tail(log: Path, lines: int = 30) -> str:

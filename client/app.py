@@ -39,6 +39,7 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
+from fedshield.common.config import ConfigError
 from fedshield.common.device import pick_device
 from fedshield.common.run_config import RunConfig
 from fedshield.common.schema import (
@@ -201,6 +202,7 @@ def train(
     raw_fingerprint = dataset_fingerprint(site.train.texts)
     # PII is removed before anything is tokenized
     scrubbed = scrub_site(site, cfg=cfg.pii, state_dir=budget.state_dir)
+    late = scrubbed.site.after_scrubbing  # simulated secret canaries, or None
     site = _with_late_records(scrubbed.site)
     try:
         planned = plan_release(
@@ -221,6 +223,17 @@ def train(
         nonlocal loaded, global_state
         loaded, global_state = _global_model(msg, cfg)
         dataset = tasks.encode(site.train, loaded.tokenizer, cfg.model)
+        if late is not None:  # a truncated secret would test nothing: refuse
+            cut = getattr(
+                tasks.encode(late, loaded.tokenizer, cfg.model), "truncated", 0
+            )
+            if cut:
+                raise ConfigError(
+                    f"{cut} of the audit's {len(late)} secret canaries are longer than "
+                    f"model.max-length={cfg.model.max_length} tokens and would be "
+                    "truncated, so the audit could not rank their digits. Raise "
+                    "model.max-length (secrets take about 25 tokens)."
+                )
         truncated = getattr(dataset, "truncated", 0)  # causal LM: cut, not chunked
         if truncated:
             logger.warning(

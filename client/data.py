@@ -88,6 +88,7 @@ def _rows(path: Path, cfg: SiteDataConfig) -> Iterator[tuple[int, dict[str, Any]
                 if line.strip():  # blank lines separate nothing: skipped
                     yield i, {cfg.text_column: line.rstrip("\r\n")}
     elif suffix in (".csv", ".tsv"):
+        csv.field_size_limit(2**31 - 1)  # a whole document may sit in one cell
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
             for i, row in enumerate(reader, start=2):  # row 1 is the header

@@ -8,6 +8,7 @@ update may leave. Runs on the site's GPU when it has one, else on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Mapping
@@ -155,6 +156,10 @@ def train_site(
         )
 
     injector = _canary_injector(canaries, model, private, seed)
+    # Opacus computes per-sample norms in the forward's dtype: a bf16 norm rounded
+    # down would let a record exceed C. Book-keeping clips from float32 copies.
+    bk_or_none = private.mode in (GradSampleMode.BOOKKEEPING, None)
+    precision = forward_precision(device) if bk_or_none else contextlib.nullcontext()
     total_loss, steps, loss_batches = 0.0, 0, 0
     for _ in range(train_cfg.local_epochs):
         for batch in private.data_loader:
@@ -165,7 +170,7 @@ def train_site(
                 _empty_step(private, injector)
                 steps += 1
                 continue
-            with forward_precision(device):  # bf16 autocast on a GPU only
+            with precision:  # bf16 autocast on a GPU under book-keeping only
                 logits = private.module(**inputs).logits  # (b, labels)/(b, t, V)
             loss = private.backward(logits, labels)
             if injector is not None:  # after clipping, before the noise

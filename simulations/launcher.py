@@ -53,6 +53,21 @@ class SimulationLaunch:
     connection: str  # the SuperLink connection name in env["FLWR_HOME"]
 
 
+_TOKEN = re.compile(r"""(?:[^\s'"]+|'[^']*'|"[^"]*")+""")
+
+
+def override_pairs(items: list[str]) -> dict[str, str]:
+    """``key -> raw value`` of ``--run-config "k=v k2='a b'"`` items, split on
+    whitespace outside quotes; a key given twice keeps its last value."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        for token in _TOKEN.findall(item):
+            key, _, value = token.partition("=")
+            pairs.pop(key.strip(), None)  # re-insert: the last one wins, in order
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
 def flwr_command(
     *, superlink: PrivateSuperLink, overrides: list[str], num_sites: int
 ) -> SimulationLaunch:
@@ -65,9 +80,9 @@ def flwr_command(
     flwr = venv_script("flwr")
     cwd = app_dir()
     command = [str(flwr), "run", str(cwd), superlink.connection, "--stream"]
-    joined = " ".join(item.strip() for item in overrides if item.strip())
-    if joined:
-        command += ["--run-config", joined]
+    pairs = override_pairs(overrides)  # one TOML document: a key at most once
+    if pairs:
+        command += ["--run-config", " ".join(f"{k}={v}" for k, v in pairs.items())]
     command += ["--federation-config", f"num-supernodes={num_sites}"]
     return SimulationLaunch(
         command=command,

@@ -86,3 +86,33 @@ def test_a_canary_kind_the_task_cannot_score_is_refused(
                 }
             )
         )
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_secret_canaries_longer_than_max_length_are_refused(
+    default_run_config: dict, tiny_lm: Path, tmp_path: Path
+) -> None:
+    """A truncated secret would rank nothing: the site refuses before training."""
+    from fedshield.client.app import train
+
+    from .site_round import server_message, site_context
+
+    run = dict(
+        _run(
+            default_run_config,
+            tiny_lm,
+            **{
+                "audit.canaries": 10,
+                "audit.canary-kind": "secret",
+                "model.max-length": 12,
+                "secagg.enabled": False,
+                "pii.mode": "off",
+            },
+        )
+    )
+    msg = server_message(
+        run, message_type="train", config={"server-round": 1, "run-key": "k"}, node_id=3
+    )
+    node = {"partition-id": 0, "num-partitions": 2, "state-dir": str(tmp_path)}
+    with pytest.raises(ConfigError, match="secret canaries are longer"):
+        train(msg, site_context(run, node, node_id=3), sites=SimulatedSites())

@@ -64,6 +64,23 @@ def test_overrides_of_one_table_in_separate_items_all_reach_the_run(
     assert parsed["eval.prompts"] == "a b|c"
 
 
+def test_a_key_given_twice_keeps_its_last_value(tmp_path: Path) -> None:
+    from flwr.common.config import parse_config_args
+
+    launch = launcher.flwr_command(
+        superlink=_superlink(tmp_path),
+        overrides=[
+            'num-server-rounds=2 eval.prompts="It\'s a|b c"',
+            "num-server-rounds=5",
+        ],
+        num_sites=2,
+    )
+    args = launch.command
+    items = [args[i + 1] for i, a in enumerate(args) if a == "--run-config"]
+    parsed = parse_config_args(items)
+    assert parsed["num-server-rounds"] == 5 and parsed["eval.prompts"] == "It's a|b c"
+
+
 def test_started_run_id_is_the_last_one_flwr_printed(tmp_path: Path) -> None:
     log = tmp_path / "flwr.log"
     assert launcher.started_run_id(log) is None  # no log yet
