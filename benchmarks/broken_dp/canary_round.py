@@ -18,6 +18,7 @@ from fedshield.privacy.audit import (
     GradientCanaries,
     gradient_canary_scores,
     make_gradient_canaries,
+    trainable_sizes,
     trainable_vector,
 )
 from fedshield.privacy.budget import Release, plan_release
@@ -88,7 +89,10 @@ def canary_round(
             canaries=planted,
         )
     scores = gradient_canary_scores(
-        initial, trainable_vector(loaded.model), planted.coordinates(initial.size)
+        initial,
+        trainable_vector(loaded.model),
+        planted.coordinates(initial.size),
+        sizes=trainable_sizes(loaded.model),
     )
     return CanaryRound(
         scores=scores,

@@ -20,6 +20,7 @@ from .gradient_canaries import (
     GradientCanaries,
     gradient_canary_scores,
     make_gradient_canaries,
+    trainable_sizes,
     trainable_vector,
 )
 from .one_run import (
@@ -66,5 +67,6 @@ __all__ = [
     "p_value",
     "plant_secrets",
     "roc",
+    "trainable_sizes",
     "trainable_vector",
 ]

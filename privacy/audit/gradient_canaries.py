@@ -36,6 +36,7 @@ coordinator sends can make a real site train on them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,7 @@ __all__ = [
     "GradientCanaries",
     "gradient_canary_scores",
     "make_gradient_canaries",
+    "trainable_sizes",
     "trainable_vector",
 ]
 
@@ -120,17 +122,70 @@ def trainable_vector(model: torch.nn.Module) -> np.ndarray:
     )
 
 
+def trainable_sizes(model: torch.nn.Module) -> list[int]:
+    """The sizes of the trainable parameters, in :func:`trainable_vector`'s order."""
+    return [p.numel() for p in _trainable(model)]
+
+
+#: A parameter needs this many coordinates without a canary to calibrate its own
+#: canaries' scores; one with fewer is calibrated on all such coordinates.
+MIN_REFERENCE = 32
+
+
 def gradient_canary_scores(
-    initial: np.ndarray, final: np.ndarray, coordinates: np.ndarray
+    initial: np.ndarray,
+    final: np.ndarray,
+    coordinates: np.ndarray,
+    *,
+    sizes: Sequence[int] | None = None,
+    planted: np.ndarray | None = None,
 ) -> np.ndarray:
     """Each canary's score: how far training moved its coordinate against the
-    canary's gradient, ``-(final - initial)[i]`` (higher = more likely included)."""
+    canary's gradient, ``-(final - initial)[i]`` (higher = more likely included).
+
+    With ``sizes`` (:func:`trainable_sizes`), each score is standardised within
+    its parameter tensor: minus the median, over the MAD-estimated spread (x
+    1.4826), of the same tensor's coordinates that hold no canary (``planted``:
+    every site's canary coordinates; default ``coordinates``). Tensors move at
+    different scales (a LoRA ``B`` starting at zero, a ``A`` and the head under
+    the data's gradient, the optimizer's per-coordinate steps), and raw
+    movements pooled across them rank by tensor rather than by canary. The
+    calibration reads only the final and initial weights and where canaries
+    were planted, never which were included."""
     if initial.shape != final.shape:
         raise ValueError(
             f"Initial and final weights differ in shape: {initial.shape} and "
             f"{final.shape}; were they loaded from the same model?"
         )
-    return -(final[coordinates] - initial[coordinates])
+    moved = -(final - initial)
+    if sizes is None:
+        return moved[coordinates]
+    if sum(sizes) != moved.size:
+        raise ValueError(
+            f"The parameter sizes sum to {sum(sizes)}, the weights have "
+            f"{moved.size} values; pass trainable_sizes() of the same model."
+        )
+    free = np.ones(moved.size, dtype=bool)
+    free[coordinates if planted is None else planted] = False
+    bounds = np.cumsum([0, *sizes])
+    segment = np.searchsorted(bounds, coordinates, side="right") - 1  # (m,)
+
+    def robust(values: np.ndarray) -> tuple[float, float]:
+        center = float(np.median(values))
+        scale = 1.4826 * float(np.median(np.abs(values - center)))
+        return center, scale if scale > 0 else float(np.std(values)) or 1.0
+
+    overall = robust(moved[free])
+    scores = np.empty(coordinates.size, dtype=np.float64)
+    for k in np.unique(segment):
+        lo, hi = bounds[k], bounds[k + 1]
+        reference = moved[lo:hi][free[lo:hi]]
+        center, scale = (
+            robust(reference) if reference.size >= MIN_REFERENCE else overall
+        )
+        mine = segment == k
+        scores[mine] = (moved[coordinates[mine]] - center) / scale
+    return scores
 
 
 class CanaryInjector:

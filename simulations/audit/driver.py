@@ -37,6 +37,7 @@ from fedshield.privacy.audit import (
     CanaryTest,
     Verdict,
     gradient_canary_scores,
+    trainable_sizes,
     trainable_vector,
 )
 
@@ -183,16 +184,23 @@ def _canary_scores(
     if not run.audit.canary_kind.is_data:  # white-box: the weights moved
         initial = trainable_vector(load_model(run.client.model).model)
         moved = trainable_vector(final.model)
-        for name in run.sites:
-            canaries = run.scenario.gradient_canaries(
-                site_index(name),
-                run.num_partitions,
-                clip_norm=run.client.dp.max_grad_norm,
+        every = {
+            k: run.scenario.gradient_canaries(
+                k, run.num_partitions, clip_norm=run.client.dp.max_grad_norm
             )
+            for k in range(run.num_partitions)
+        }
+        coords = {k: c.coordinates(initial.size) for k, c in every.items() if c}
+        everywhere = np.concatenate(list(coords.values()))  # every site's canaries
+        sizes = trainable_sizes(final.model)
+        for name in run.sites:
+            k = site_index(name)
+            canaries = every[k]
             assert canaries is not None  # audit.canaries > 0, kind gradient
-            coords = canaries.coordinates(initial.size)
             out[name] = (
-                gradient_canary_scores(initial, moved, coords),
+                gradient_canary_scores(
+                    initial, moved, coords[k], sizes=sizes, planted=everywhere
+                ),
                 canaries.included,
             )
         return out

@@ -198,3 +198,34 @@ def test_the_honest_dp_sgd_stays_within_its_claim(tiny_model_dir: Path) -> None:
     """The control: the same round with the noise it reports (measured: 272 of
     400 right, epsilon >= 0.57 against the claimed 2, ceiling 4.84)."""
     assert _audited_round(tiny_model_dir, noise_factor=1.0) is Verdict.CONSISTENT
+
+
+def test_scores_are_standardised_within_each_parameter_tensor() -> None:
+    """Two tensors that moved differently (a LoRA B drifting off zero, an A
+    under the data's gradient: another centre, another spread): raw movements
+    rank by tensor, standardised ones by canary. The calibration reads where
+    canaries are, never which were included."""
+    rng = np.random.default_rng(0)
+    sizes = [4000, 4000]
+    initial = np.zeros(sum(sizes))
+    centre = np.r_[np.full(4000, 8.0), np.zeros(4000)]
+    spread = np.r_[np.full(4000, 3.0), np.ones(4000)]
+    coords = rng.choice(initial.size, size=2000, replace=False)
+    included = rng.random(2000) < 0.5
+    push = np.zeros(initial.size)
+    push[coords[included]] = 1.0  # an included canary moves its coordinate 1 sd
+    final = -((rng.normal(size=initial.size) + push) * spread + centre)
+    raw = gradient_canary_scores(initial, final, coords)
+    std = gradient_canary_scores(initial, final, coords, sizes=sizes)
+
+    def separation(scores: np.ndarray) -> float:
+        return float(
+            (scores[included].mean() - scores[~included].mean()) / scores.std()
+        )
+
+    assert separation(raw) < 0.4  # the tensors' offsets drown the canaries
+    assert separation(std) > 0.8  # each canary against its own tensor
+    in_small = coords >= 4000
+    assert abs(np.median(std[in_small & ~included])) < 0.1  # centred per tensor
+    with pytest.raises(ValueError, match="sum to"):
+        gradient_canary_scores(initial, final, coords, sizes=[10])
