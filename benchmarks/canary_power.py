@@ -19,7 +19,8 @@ zero, ``A`` and the head follow the data): scores are therefore standardised
 within each parameter tensor (``gradient_canary_scores(..., sizes=...)``).
 Measured: raw LoRA scores gave SNR 0.17 (honest) and 0.21 (a quarter of the
 noise), calibrated ones 0.31 and 1.15, as under full fine-tuning (0.31, 1.27).
-Headline: ``snr_{full,lora}_{honest,broken}`` and ``eps_lb_{full,lora}_{honest,broken}``.
+Headline: ``snr_{full,lora}_{honest,broken}`` and
+``eps_lb_{full,lora}_{honest,broken}``.
 """
 
 from __future__ import annotations
