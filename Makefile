@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedshield-installed
 
-.PHONY: install demo test test-fast lint mutants bench-dp bench-secagg bench-pii bench-audit bench-canary-power bench-red-team clean-venv
+.PHONY: install demo test test-fast lint mutants bench-dp bench-secagg bench-pii bench-audit bench-canary-power bench-red-team bench-lm clean-venv
 
 install: $(STAMP)
 
@@ -64,6 +64,10 @@ bench-canary-power: install
 	PYTHONPATH=. $(BIN)/python benchmarks/canary_power.py
 
 # A curious or malicious coordinator against real sites (issue 14); a few minutes.
+# the causal LM: DP step cost on SmolLM2-135M, perplexity and exposure, DP vs not
+bench-lm: install
+	PYTHONPATH=. $(BIN)/python benchmarks/lm.py
+
 bench-red-team: install
 	PYTHONPATH=. $(BIN)/python benchmarks/red_team.py
 

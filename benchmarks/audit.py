@@ -1,51 +1,57 @@
-"""Can the audit catch an over-claim? A non-private control, an honest DP run, and a
-deliberately broken DP run, each audited by ``fedshield simulate --audit`` with
+"""Can the audit catch an over-claim? A non-private control, an honest DP run, and
+deliberately broken DP runs, each audited by ``fedshield simulate --audit`` with
 white-box gradient canaries.
 
-Run (about 30 minutes on 2 CPU cores; writes benchmarks/results/audit.json):
+Run (about 40 minutes on 2 CPU cores; writes benchmarks/results/audit.json):
 
     cd /work/main && PYTHONPATH=. .venv/bin/python benchmarks/audit.py
 
 Smoke run (tiny random BERT, about 4 minutes): ``--quick --out /tmp/audit.json``.
 
-Settings, fixed before any run (the three runs differ only where named):
+Settings, fixed before any run (the runs differ only where named):
 
-- The packaged all-MiniLM-L6-v2, **full fine-tuning** (random coordinates of a
-  large model see almost no data gradient, so a gradient canary there is
-  measured against the DP noise alone; under LoRA every trainable coordinate
-  carries the data's gradient, which drowns canaries: ``make bench-canary-power``
-  measures both), sequence length 32, 1000 training reviews, learning rates
-  5e-5 (encoder) and 0.005 (head), batch 32, 2 rounds x 5 local epochs: each
-  included canary is sampled in about 10 steps. (A first run with the demo's
-  head rate, 0.03, left the DP model at 0.552 with its train loss rising: 10
-  epochs of noisy Adam steps at that rate random-walk the head.)
-- **One simulated site** (secure aggregation off: it needs two). The audit
-  tests one site's DP-SGD as fedshield runs it; in a federation the other sites'
-  noise lands on the same coordinates and only hides a site's canaries (adds
-  privacy), so a lone site is the mechanism's sharpest test.
-- 8000 gradient canaries (``audit.canary-kind = "gradient"``), each included
-  with probability 1/2; the auditor guesses on 10 %, fixed in advance: "in" for
-  the 400 highest scores, "out" for the 400 lowest. All 800 right would prove
-  epsilon >= ``ceiling`` (5.36 at delta 1e-5).
-- No LiRA reference models (the canary test is the headline; the confidence
-  attack's AUC is reported for the contrast).
+- The packaged all-MiniLM-L6-v2, sequence length 32, 1000 training reviews, 500
+  test reviews, 2 rounds, **one simulated site** (secure aggregation off: it needs
+  two). The audit tests one site's DP-SGD as fedshield runs it; in a federation the
+  other sites' noise lands on the same coordinates and only hides a site's
+  canaries (adds privacy), so a lone site is the mechanism's sharpest test.
+- Two trainable sets, each where it is informative:
+  - **full fine-tuning** (``nondp``, ``broken``): random coordinates of a large
+    model see almost no data gradient, so a gradient canary there is measured
+    against the DP noise alone: the canaries' best case. Batch 32, 2 x 5 local
+    epochs, learning rates 5e-5 (encoder) and 0.005 (head); 8000 canaries, 10 %
+    guessed (all 800 right would prove epsilon >= 5.36).
+  - **LoRA** r=8 (``dp``, ``broken_lora``): what learns under DP at epsilon 2 on
+    1000 records. Full fine-tuning there predicts the majority class (measured
+    before this run was fixed, one site, 1000-4000 records, batch 64-256, encoder
+    rates 1e-6 to 5e-5, head rates 0.01-0.03: 0.584-0.604 against a majority of
+    0.584). Batch 64, 2 x 2 local epochs, learning rates 2e-4 and 0.03 (the
+    demo's); 30000 canaries (LoRA has ~75k trainable values), 5 % guessed
+    (ceiling 5.24). Canary scores are standardised within each parameter tensor
+    (LoRA's A, B and the head move differently).
+- Each canary is included with probability 1/2; the auditor guesses "in" on the
+  highest scores and "out" on the lowest, fixed in advance. No LiRA reference
+  models (the canary test is the headline; the confidence attack's AUC is
+  reported for the contrast).
 
 Runs:
 
-- ``nondp``: ``dp.enabled = false``, the control: nothing is claimed, so its
-  verdict is "not tested"; its empirical epsilon shows the canaries' power.
-- ``dp``: DP-SGD at ``dp.target-epsilon = 2`` (sigma from the accountant for the
-  planned rounds), clipping 1, delta 1e-5.
-- ``broken``: the ``dp`` run with a DP-SGD that adds a quarter of the noise it
-  reports (``benchmarks/broken_dp``: its ``sitecustomize`` patches Opacus' noise
-  step in every process of that run only; the accountant still records the full
-  sigma, so the sites claim epsilon 2). Never reachable from the CLI.
+- ``nondp``: ``dp.enabled = false`` (full), the control: nothing is claimed, so
+  its verdict is "not tested"; its empirical epsilon shows the canaries' power.
+- ``dp``: DP-SGD at ``dp.target-epsilon = 2`` (LoRA; sigma from the accountant
+  for the planned rounds), clipping 1, delta 1e-5.
+- ``broken`` (full) and ``broken_lora``: the same claim with a DP-SGD that adds a
+  quarter of the noise it reports (``benchmarks/broken_dp``: its
+  ``sitecustomize`` patches Opacus' noise step in every process of that run only;
+  the accountant still records the full sigma, so the site claims epsilon 2).
+  Never reachable from the CLI.
 
 Headline: ``nondp_eps_lb``, ``dp_eps_lb``, ``dp_claimed_eps``, ``broken_eps_lb``
-(the pooled test's empirical epsilon), ``broken_detected`` (the broken run's
-verdict is "violation"), ``dp_verdict``, ``dp_acc`` and ``dp_acc_minus_majority``
-(test accuracy minus the majority class's share of the test set), ``nondp_acc``,
-``ceiling`` (the ``dp`` run's pooled ceiling), ``nondp_auc`` and ``dp_auc`` (the
+and ``broken_lora_eps_lb`` (the pooled test's empirical epsilon),
+``broken_detected`` and ``broken_lora_detected`` (the verdict is "violation"),
+``dp_verdict``, ``dp_acc`` and ``dp_acc_minus_majority`` (test accuracy minus the
+majority class's share of the test set), ``nondp_acc``, ``ceiling`` (the ``dp``
+run's pooled ceiling), ``nondp_ceiling``, ``nondp_auc`` and ``dp_auc`` (the
 confidence attack on members vs held-out records).
 """
 
