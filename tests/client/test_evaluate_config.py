@@ -42,11 +42,11 @@ def test_site_evaluation_uses_the_configured_batch_size(
 ) -> None:
     sizes: list[int] = []
 
-    def record(model, dataset, *, batch_size, device):
+    def record(model, dataset, cfg, *, batch_size, device):
         sizes.append(batch_size)
         return EvalResult(accuracy=0.5, loss=0.7, num_examples=len(dataset))
 
-    monkeypatch.setattr(client_app, "evaluate_model", record)
+    monkeypatch.setattr(client_app.tasks, "evaluate", record)
     cfg = {**tiny_run_config, "pii.mode": "off", "eval.batch-size": 3}
     reply = _evaluate(tmp_path, cfg)
     assert sizes == [3]
