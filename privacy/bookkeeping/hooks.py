@@ -149,6 +149,12 @@ def attached_clipper(module: nn.Module) -> Clipper | None:
     return _ATTACHED.get(module)
 
 
+def _at_least_float32(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is in a narrower float (bf16/fp16), else as is
+    (a float64 model keeps its precision)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 class Clipper:
     """Owns the hooks; turns one backward pass into clipped summed gradients."""
 
@@ -228,8 +234,8 @@ class Clipper:
             )
         # clipping runs in float32 whatever the forward's precision (bf16 autocast
         # on a GPU): a norm rounded down in bf16 would let a record exceed C
-        a = saved.float() if saved.is_floating_point() else saved  # ids stay ints
-        site.records.append((a, grad.detach().float()))
+        a = _at_least_float32(saved) if saved.is_floating_point() else saved  # ids
+        site.records.append((a, _at_least_float32(grad.detach())))
 
     def backward(self, per_sample_loss: Tensor) -> None:
         if self.removed:
