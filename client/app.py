@@ -224,15 +224,15 @@ def train(
         loaded, global_state = _global_model(msg, cfg)
         dataset = tasks.encode(site.train, loaded.tokenizer, cfg.model)
         if late is not None:  # a truncated secret would test nothing: refuse
-            cut = getattr(
-                tasks.encode(late, loaded.tokenizer, cfg.model), "truncated", 0
+            longest = 1 + max(  # + the end token
+                len(loaded.tokenizer(t)["input_ids"]) for t in late.texts
             )
-            if cut:
+            if longest > cfg.model.max_length:
                 raise ConfigError(
-                    f"{cut} of the audit's {len(late)} secret canaries are longer than "
-                    f"model.max-length={cfg.model.max_length} tokens and would be "
-                    "truncated, so the audit could not rank their digits. Raise "
-                    "model.max-length (secrets take about 25 tokens)."
+                    f"The audit's secret canaries take up to {longest} tokens with "
+                    "this tokenizer, more than model.max-length="
+                    f"{cfg.model.max_length}: truncated, the audit could not rank "
+                    f"their digits. Raise model.max-length to at least {longest}."
                 )
         truncated = getattr(dataset, "truncated", 0)  # causal LM: cut, not chunked
         if truncated:

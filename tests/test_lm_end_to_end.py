@@ -28,7 +28,7 @@ def lm_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     model = write_tiny_causal_lm(work / "llama")
     out = work / "run"
     overrides = (
-        f"model.task='causal-lm' model.source='{model}' model.max-length=32 "
+        f"model.task='causal-lm' model.source='{model}' model.max-length=64 "
         "train.batch-size=8 train.lr=0.01 data.train-examples=80 "
         "data.test-examples=30 num-server-rounds=2 min-train-sites=1 "
         "secagg.threshold=0.5 audit.canaries=30 audit.lira-references=0 "

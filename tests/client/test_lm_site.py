@@ -114,5 +114,5 @@ def test_secret_canaries_longer_than_max_length_are_refused(
         run, message_type="train", config={"server-round": 1, "run-key": "k"}, node_id=3
     )
     node = {"partition-id": 0, "num-partitions": 2, "state-dir": str(tmp_path)}
-    with pytest.raises(ConfigError, match="secret canaries are longer"):
+    with pytest.raises(ConfigError, match="secret canaries take up to"):
         train(msg, site_context(run, node, node_id=3), sites=SimulatedSites())
