@@ -19,14 +19,14 @@ LoRA r=8 BK 1.06x, hooks 1.02x (a tie within run-to-run noise; memory 1.01x vs
 0.29 s is Opacus' optimizer step (noise for 22M parameters, which Opacus ghost pays
 too), ~0.1 s the ghost-norm Gram matrices, the rest hooks and the c-scaling passes.
 
-Causal LM (SmolLM2-135M's shape with random weights: 30 layers, hidden 576, 9/3
-heads, vocab 49152, tied embeddings; LoRA r=8 on q_proj, v_proj; batch 8 of length
-128, right-padded records of 32-128 tokens; mean token loss per record; 2 CPU
-threads; methods interleaved one step each per round, median of 3 rounds after a
-warm-up, on a machine loaded by other work, so +-5%): non-DP 44.8 s, BK 44.4 s
-(0.99x), Opacus hooks 47.1 s (1.05x), Opacus ghost 71.0 s (1.58x). With LoRA the
-forward and the input-gradient backward (through the 49152-way lm_head) dominate;
-BK adds only the rank-8 per-sample gradients, ghost a second backward.
+Causal LM (``benchmarks/dp_overhead.py --model smollm2 --batch 8 --seq-len 128``,
+the packaged SmolLM2-135M, random token ids, mean token loss per record, 2 CPU
+threads, nothing else running; benchmarks/results/dp_overhead_smollm2.json):
+LoRA r=8 on q_proj, v_proj: non-DP 4.45 s, BK 4.47 s (1.00x, memory 1.00x),
+Opacus hooks 1.07x, Opacus ghost 1.63x; full fine-tuning (tied embedding frozen):
+non-DP 5.83 s, BK 7.25 s (1.24x, memory 1.08x), hooks 1.54x, ghost 1.91x. With
+LoRA the forward and the input-gradient backward (through the 49152-way lm_head)
+dominate; BK adds only the rank-8 per-sample gradients, ghost a second backward.
 
 Why our own code: Opacus 1.6 has no single-backward book-keeping mode; its ghost
 mode always does the second backward. Everything that is not per-sample clipping is
