@@ -55,14 +55,8 @@ class SiteDataConfig:
         run = RunConfig.parse(run_config)
         names = tuple(n.strip() for n in run["data.label-names"].split(","))
         num_labels = run["model.num-labels"]
-        if run["model.task"] == "causal-lm":
-            return cls(
-                text_column=run["data.text-column"],
-                label_column=run["data.label-column"],
-                label_names=names,
-                labelled=False,
-            )
-        if len(names) != num_labels:
+        labelled = run["model.task"] != "causal-lm"  # a causal LM reads texts only
+        if labelled and len(names) != num_labels:
             raise ConfigError(
                 f"`data.label-names` must list {num_labels} names (one per class, as "
                 f"`model.num-labels` says). Found {list(names)}."
@@ -71,6 +65,7 @@ class SiteDataConfig:
             text_column=run["data.text-column"],
             label_column=run["data.label-column"],
             label_names=names,
+            labelled=labelled,
         )
 
 

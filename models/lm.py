@@ -41,8 +41,8 @@ __all__ = [
     "causal_lm_per_sample_loss",
     "evaluate_lm",
     "generate_samples",
+    "token_nll",
     "tokenize_records",
-    "truncated_records",
 ]
 
 IGNORE_INDEX = -100  # labels at padding: excluded from the loss and its mean
@@ -80,10 +80,6 @@ class TokenizedRecords(Dataset[tuple[torch.Tensor, ...]]):
         labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
         return [ids, mask, labels]  # each (b, t)
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(r) for r in self.ids)
-
 
 def _encode(
     texts: Sequence[str], tokenizer: PreTrainedTokenizerBase
@@ -111,28 +107,30 @@ def tokenize_records(
     )
 
 
-def truncated_records(
-    texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, *, max_length: int
-) -> int:
-    """How many records lose tokens to ``max_length`` (end token included)."""
-    return sum(len(row) > max_length for row in _encode(texts, tokenizer))
+def token_nll(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token negative log-likelihoods (b, t-1), in float32 whatever the
+    logits' dtype, 0 where the target is padding, and the mask of real targets:
+    the logits at position t predict token t + 1."""
+    shift_logits = logits[:, :-1, :].float()  # (b, t-1, V)
+    targets = labels[:, 1:]  # (b, t-1)
+    nll = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(targets.shape)
+    return nll, targets != IGNORE_INDEX
 
 
 def causal_lm_per_sample_loss(
     logits: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
     """Per-record loss (b,): next-token cross-entropy averaged over each record's
-    target tokens, in float32 whatever the logits' dtype."""
-    shift_logits = logits[:, :-1, :].float()  # (b, t-1, V)
-    targets = labels[:, 1:]  # (b, t-1)
-    token_loss = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view(targets.shape)  # (b, t-1), 0 where ignored
-    counts = (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)  # (b,)
-    return token_loss.sum(dim=1) / counts
+    target tokens."""
+    nll, valid = token_nll(logits, labels)
+    return nll.sum(dim=1) / valid.sum(dim=1).clamp(min=1)
 
 
 @torch.no_grad()
@@ -152,19 +150,13 @@ def evaluate_lm(
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate)
     for ids, mask, labels in loader:
         ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-        logits = model(**forward_inputs({"input_ids": ids, "attention_mask": mask}))
-        logits = logits.logits[:, :-1, :].float()  # (b, t-1, V)
-        targets = labels[:, 1:]  # (b, t-1)
-        valid = targets != IGNORE_INDEX
-        nll += float(
-            F.cross_entropy(
-                logits.reshape(-1, logits.size(-1)),
-                targets.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            )
-        )
-        correct += int(((logits.argmax(dim=-1) == targets) & valid).sum())
+        logits = model(
+            **forward_inputs({"input_ids": ids, "attention_mask": mask})
+        ).logits  # (b, t, V)
+        token_loss, valid = token_nll(logits, labels)  # (b, t-1) each
+        nll += float(token_loss.sum())
+        guess = logits[:, :-1, :].argmax(dim=-1)  # (b, t-1)
+        correct += int(((guess == labels[:, 1:]) & valid).sum())
         tokens += int(valid.sum())
     if tokens == 0:
         raise ValueError(

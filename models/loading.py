@@ -32,6 +32,7 @@ from .config import ALL_LINEAR, ATTENTION, FinetuneMode, ModelConfig, Pooling, T
 from .heads import MeanPoolingClassifier
 
 __all__ = [
+    "PACKAGED_NAMES",
     "LoadedModel",
     "ModelLoadError",
     "forward_inputs",
@@ -118,15 +119,19 @@ def _from_pretrained(
         raise ModelLoadError(_offline_message(source, err, task)) from err
 
 
+#: What ``model.source = ""`` selects, by task.
+PACKAGED_NAMES: dict[TaskKind, str] = {
+    TaskKind.SEQUENCE_CLASSIFICATION: "all-MiniLM-L6-v2",
+    TaskKind.CAUSAL_LM: "SmolLM2-135M-Instruct",
+}
+
+
 def _offline_message(source: str, err: Exception, task: TaskKind) -> str:
-    packaged = (
-        "SmolLM2-135M-Instruct" if task is TaskKind.CAUSAL_LM else "all-MiniLM-L6-v2"
-    )
     return (
         f"Could not load {source!r}: it is not in the local Hugging Face cache and "
         f"could not be downloaded ({type(err).__name__}: {err}). This machine may be "
         'offline. Use a local model folder (model.source="/path/to/model"), or '
-        f"leave model.source empty for the packaged {packaged}."
+        f"leave model.source empty for the packaged {PACKAGED_NAMES[task]}."
     )
 
 

@@ -76,10 +76,12 @@ def evaluate(
     device: torch.device,
 ) -> EvalResult:
     """Held-out metrics of ``model`` on examples built by :func:`encode`."""
-    if isinstance(dataset, TokenizedRecords):
+    causal = cfg.task is TaskKind.CAUSAL_LM
+    if causal and isinstance(dataset, TokenizedRecords):
         return evaluate_lm(model, dataset, batch_size=batch_size, device=device)
-    if not isinstance(dataset, TokenizedTexts):
-        raise TypeError(f"Cannot evaluate on a {type(dataset).__name__}.")
-    if cfg.task is TaskKind.CAUSAL_LM:
-        raise TypeError("A causal LM is evaluated on tokenize_records' examples.")
-    return evaluate_model(model, dataset, batch_size=batch_size, device=device)
+    if not causal and isinstance(dataset, TokenizedTexts):
+        return evaluate_model(model, dataset, batch_size=batch_size, device=device)
+    raise TypeError(
+        f"A {cfg.task.value} model cannot be evaluated on a "
+        f"{type(dataset).__name__}; build its examples with encode()."
+    )

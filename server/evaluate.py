@@ -27,7 +27,6 @@ class CentralEvaluator:
     def __init__(self, cfg: ServerConfig, test: LabeledTexts) -> None:
         self.loaded: LoadedModel = load_model(cfg.model)
         self.device = pick_device()
-        self.model_cfg = cfg.model
         self.dataset = tasks.encode(test, self.loaded.tokenizer, cfg.model)
         self.batch_size = cfg.eval_batch_size
 
@@ -36,7 +35,7 @@ class CentralEvaluator:
         return tasks.evaluate(
             self.loaded.model,
             self.dataset,
-            self.model_cfg,
+            self.loaded.config,
             batch_size=self.batch_size,
             device=self.device,
         )

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedshield.common.schema import Metric, epsilon_from_json
-from fedshield.models import TaskKind
+from fedshield.models.loading import PACKAGED_NAMES
 
 from .config import ServerConfig
 from .rounds import RoundLog
@@ -50,14 +50,10 @@ def print_start(cfg: ServerConfig, initial: dict[str, float]) -> None:
             f"; client-level DP: clip {cdp.clip_norm:g}, noise multiplier "
             f"{cdp.noise_multiplier:g}, delta={cdp.delta:g}"
         )
-    packaged = (
-        "packaged SmolLM2-135M-Instruct"
-        if cfg.model.task is TaskKind.CAUSAL_LM
-        else "packaged all-MiniLM-L6-v2"
-    )
+    source = cfg.model.source or f"packaged {PACKAGED_NAMES[cfg.model.task]}"
     _console.print(
         f"[bold]fedshield[/bold]: {cfg.num_rounds} rounds, {cfg.model.task.value} "
-        f"model {cfg.model.source or packaged} ({cfg.model.finetune.value}), "
+        f"model {source} ({cfg.model.finetune.value}), "
         f"{privacy}\nout-dir: {cfg.out_dir}\ninitial {test_metrics(initial)}"
     )
 

@@ -102,14 +102,14 @@ def roc_png(curves: Mapping[str, Mapping[str, RocCurve]]) -> bytes:
 def _exposure_section(exposure: Mapping[str, Mapping[str, Any]]) -> str:
     """Secret-Sharer exposure per site: the planted secrets against the held-out
     ones (chance), in bits."""
+
+    def mean(xs: list[Mapping[str, Any]], key: str = "exposure") -> float | None:
+        return sum(x[key] for x in xs) / len(xs) if xs else None
+
     rows = []
     for site, e in exposure.items():
         planted = [s for s in e["secrets"] if s["repeats"] > 0]
         held = [s for s in e["secrets"] if s["repeats"] == 0]
-
-        def mean(xs: list[Mapping[str, Any]], key: str = "exposure") -> float | None:
-            return sum(x[key] for x in xs) / len(xs) if xs else None
-
         rows.append(
             [
                 site,

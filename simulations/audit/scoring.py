@@ -24,7 +24,7 @@ pure functions of :mod:`fedshield.privacy.audit`; this module feeds them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +35,7 @@ from fedshield.client.config import ClientConfig
 from fedshield.client.trainer import train_site
 from fedshield.common.device import pick_device
 from fedshield.models import LoadedModel, TaskKind, load_model, tasks
-from fedshield.models.lm import IGNORE_INDEX, causal_lm_per_sample_loss
+from fedshield.models.lm import causal_lm_per_sample_loss, token_nll
 from fedshield.models.texts import LabeledTexts, batch_inputs
 from fedshield.privacy.audit import (
     PRIMARY_ANALYSIS,
@@ -94,7 +94,37 @@ class SiteScores:
     non_members: RecordScores
 
 
+PerRecord = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # -> (b,)
+
+
 @torch.no_grad()
+def _per_record(
+    loaded: LoadedModel,
+    data: LabeledTexts,
+    score: PerRecord,
+    *,
+    max_length: int,
+    batch_size: int = 128,
+    device: torch.device | None = None,
+) -> np.ndarray:
+    """``score(logits, labels)`` of every record of ``data`` under ``loaded``,
+    the records encoded for its task at ``max_length``."""
+    device = device or pick_device()
+    cfg = dataclasses.replace(loaded.config, max_length=max_length)
+    dataset = tasks.encode(data, loaded.tokenizer, cfg)
+    model = loaded.model.to(device).eval()
+    out = []
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate):
+        inputs, labels = batch_inputs(batch, device)
+        logits = model(**inputs).logits.float()  # (b, num_labels) or (b, t, vocab)
+        out.append(score(logits, labels).cpu())
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def _minus_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return -causal_lm_per_sample_loss(logits, labels)
+
+
 def score_records(
     loaded: LoadedModel,
     data: LabeledTexts,
@@ -106,23 +136,16 @@ def score_records(
     """Each record's score under ``loaded``: phi = log p_y - log(1 - p_y) for a
     classifier; for a causal LM minus the record's loss (its mean next-token
     cross-entropy, Yeom et al.'s loss attack: higher = more likely trained on)."""
-    device = device or pick_device()
-    cfg = dataclasses.replace(loaded.config, max_length=max_length)
-    causal = cfg.task is TaskKind.CAUSAL_LM
-    dataset = tasks.encode(data, loaded.tokenizer, cfg)
-    model = loaded.model.to(device).eval()
-    phis = []
-    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate):
-        inputs, labels = batch_inputs(batch, device)
-        logits = model(**inputs).logits.float()  # (b, num_labels) or (b, t, vocab)
-        if causal:
-            phis.append(-causal_lm_per_sample_loss(logits, labels).cpu())
-        else:
-            phis.append(logit_confidence(logits, labels).cpu())
-    return RecordScores(
-        phi=torch.cat(phis).numpy().astype(np.float64),
-        labels=np.asarray(data.labels, dtype=np.int64),
+    causal = loaded.config.task is TaskKind.CAUSAL_LM
+    phi = _per_record(
+        loaded,
+        data,
+        _minus_loss if causal else logit_confidence,
+        max_length=max_length,
+        batch_size=batch_size,
+        device=device,
     )
+    return RecordScores(phi=phi, labels=np.asarray(data.labels, dtype=np.int64))
 
 
 def score_site(
@@ -135,33 +158,19 @@ def score_site(
     )
 
 
-@torch.no_grad()
+def _total_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return token_nll(logits, labels)[0].sum(dim=1)
+
+
 def record_nll(
-    loaded: LoadedModel,
-    texts: Sequence[str],
-    *,
-    max_length: int,
-    device: torch.device | None = None,
+    loaded: LoadedModel, texts: Sequence[str], *, max_length: int
 ) -> np.ndarray:
     """Each text's *total* next-token negative log-likelihood (end token
     included, as training saw it) under a causal LM. For texts sharing a prefix,
     the prefix's tokens add the same amount to every text, so the total ranks
     texts as the likelihood of what follows the prefix does."""
-    device = device or pick_device()
-    cfg = dataclasses.replace(loaded.config, max_length=max_length)
-    dataset = tasks.encode(
-        LabeledTexts(texts=tuple(texts), labels=(0,) * len(texts)),
-        loaded.tokenizer,
-        cfg,
-    )
-    model = loaded.model.to(device).eval()
-    out = []
-    for batch in DataLoader(dataset, batch_size=128, collate_fn=dataset.collate):
-        inputs, labels = batch_inputs(batch, device)
-        logits = model(**inputs).logits.float()  # (b, t, vocab)
-        counts = (labels[:, 1:] != IGNORE_INDEX).sum(dim=1).clamp(min=1)  # (b,)
-        out.append((causal_lm_per_sample_loss(logits, labels) * counts).cpu())
-    return torch.cat(out).numpy().astype(np.float64)
+    data = LabeledTexts(texts=tuple(texts), labels=(0,) * len(texts))
+    return _per_record(loaded, data, _total_nll, max_length=max_length)
 
 
 def secret_exposure(

@@ -35,9 +35,9 @@ VOCAB, PAD, IGNORE = 128, 0, -100
 LENGTHS = (10, 7, 4, 9, 2)  # right padding to T = 10, every record a different length
 
 
-def _llama(*, tie: bool = True) -> nn.Module:
+def _decoder(config_cls: type, model_cls: type, *, tie: bool) -> nn.Module:
     torch.manual_seed(0)
-    config = LlamaConfig(
+    config = config_cls(
         vocab_size=VOCAB,
         hidden_size=32,
         num_hidden_layers=2,
@@ -48,24 +48,16 @@ def _llama(*, tie: bool = True) -> nn.Module:
         tie_word_embeddings=tie,
         pad_token_id=PAD,
     )
-    return LlamaForCausalLM(config).double().train()
+    return model_cls(config).double().train()
+
+
+def _llama(*, tie: bool = True) -> nn.Module:
+    return _decoder(LlamaConfig, LlamaForCausalLM, tie=tie)
 
 
 def _qwen2() -> nn.Module:
     """Untied: embedding and lm_head both trainable; q/k/v Linears with biases."""
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-        pad_token_id=PAD,
-    )
-    return Qwen2ForCausalLM(config).double().train()
+    return _decoder(Qwen2Config, Qwen2ForCausalLM, tie=False)
 
 
 def _gpt2() -> nn.Module:
