@@ -6,6 +6,8 @@ Run (about 60 minutes on 2 CPU cores; writes benchmarks/results/lm.json):
     cd /work/main && PYTHONPATH=. .venv/bin/python benchmarks/lm.py
 
 Smoke run (tiny random Llama, a few minutes): ``--quick --out /tmp/lm.json``.
+``--step-cost benchmarks/results/dp_overhead_smollm2.json`` reuses a step-cost
+measurement taken on quiet cores (the federated runs' timings matter less).
 
 Settings, fixed before any run:
 
@@ -15,20 +17,24 @@ Settings, fixed before any run:
   ghost, for LoRA r=8 on q_proj,v_proj and for full fine-tuning (tied embedding
   frozen); median step over 2 rounds x 3 timed steps; memory as peak step RSS.
 - **Federated runs** (``fedshield simulate --preset causal-lm --audit``): 4 sites,
-  the preset's data (800 review snippets as text, 10 % with a synthetic PII
-  sentence, scrubbed), LoRA, secure aggregation, 2 rounds x 2 local epochs
-  (same data and passes for both runs), and 100 secret canaries per site
-  (half trained on); ``nondp`` with ``dp.enabled=false``, ``dp`` with DP-SGD
-  calibrated to epsilon 8 per site over the run (delta 1e-5). No LiRA
-  reference models.
+  the preset's data (400 training review snippets as text, 100 held out, 10 %
+  with a synthetic PII sentence, scrubbed), LoRA, secure aggregation, 2 rounds x
+  2 local epochs (same data and passes for both runs), 100 secret canaries per
+  site (each trained on once with probability 1/2: the one-run test's) and 10
+  more secrets per site trained on 6 times each (a secret seen once stayed at
+  chance without DP: mean exposure 1.47-1.94 bits against 1.34-1.58 for
+  held-out secrets, one site of 4 per number, measured before this setting);
+  ``nondp`` with ``dp.enabled=false``, ``dp`` with DP-SGD calibrated to
+  epsilon 8 per site over the run (delta 1e-5). No LiRA reference models.
 
 Headline: ``lora_step_ratio`` (target <= 1.15), ``full_step_ratio``,
 ``mem_ratio`` (LoRA, DP / non-DP peak step memory), ``ppl_base`` (the packaged
 model before fine-tuning, central test set), ``ppl_nondp``, ``ppl_dp_eps8``
 (target: within 15 % of ``ppl_nondp``), ``ppl_dp_vs_nondp``, ``exposure_nondp``
-and ``exposure_dp`` (mean exposure in bits of the planted secrets, all sites;
-``exposure_chance`` is what held-out secrets show by chance, and
-``exposure_held_out_*`` what they showed), and each run's seconds.
+and ``exposure_dp`` (mean exposure in bits of the secrets trained on 6 times, all
+sites; ``exposure_once_*`` of those trained on once; ``exposure_chance`` is
+what held-out secrets show by chance, and ``exposure_held_out_*`` what they
+showed), and each run's seconds.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 FEDERATED: dict[str, Any] = {
     "train.local-epochs": 2,
     "audit.canaries": 100,
+    "audit.repeated-secrets": 10,
+    "audit.secret-repeats": 6,
     "audit.lira-references": 0,
 }
 RUNS: dict[str, dict[str, Any]] = {
@@ -78,10 +86,12 @@ def _federated(name: str, values: dict[str, Any], work: Path) -> dict[str, Any]:
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
     audit = json.loads((out / "audit" / "audit.json").read_text())
-    planted, held = [], []
+    by_repeats: dict[int, list[float]] = {}
     for site in audit["exposure"].values():
         for s in site["secrets"]:
-            (planted if s["repeats"] else held).append(s["exposure"])
+            by_repeats.setdefault(int(s["repeats"]), []).append(s["exposure"])
+    held, once = by_repeats.pop(0), by_repeats.pop(1)
+    repeated = [e for k in sorted(by_repeats) for e in by_repeats[k]]
     chance = next(iter(audit["exposure"].values()))["chance"]
     return {
         "seconds": round(seconds, 1),
@@ -90,7 +100,8 @@ def _federated(name: str, values: dict[str, Any], work: Path) -> dict[str, Any]:
         "ppl_final": summary["rounds"][-1]["perplexity"],
         "token_accuracy": summary["rounds"][-1]["accuracy"],
         "epsilon": {n: s["epsilon"] for n, s in summary["sites"].items()},
-        "exposure_planted": sum(planted) / len(planted),
+        "exposure_repeated": sum(repeated) / len(repeated),
+        "exposure_once": sum(once) / len(once),
         "exposure_held_out": sum(held) / len(held),
         "exposure_chance": chance,
         "loss_attack_auc": audit["pooled"]["phi"]["auc"],
@@ -101,9 +112,16 @@ def _federated(name: str, values: dict[str, Any], work: Path) -> dict[str, Any]:
     }
 
 
-def _step_cost(quick: bool, work: Path) -> dict[str, Any]:
+def _step_cost(quick: bool, work: Path, reuse: Path | None) -> dict[str, Any]:
     import dp_overhead
 
+    if reuse is not None:  # measured earlier on quiet cores by the same command
+        measured: dict[str, Any] = json.loads(reuse.read_text())
+        if "SmolLM2" not in str(measured.get("workload", {}).get("model")):
+            raise SystemExit(
+                f"{reuse} is not a `dp_overhead.py --model smollm2` result."
+            )
+        return {**measured, "reused_from": str(reuse)}
     out = work / "step_cost.json"
     args = ["--model", "smollm2", "--out", str(out)]
     args += ["--quick"] if quick else ["--batch", "8", "--seq-len", "128"]
@@ -117,6 +135,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/lm.json")
     parser.add_argument("--work", type=Path, default=None, help="where runs go")
     parser.add_argument("--quick", action="store_true", help="tiny random Llama")
+    parser.add_argument(
+        "--step-cost",
+        type=Path,
+        default=None,
+        help="reuse this `dp_overhead.py --model smollm2` result (measured on quiet "
+        "cores) instead of measuring the step cost again",
+    )
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="fedshield-lm-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -128,16 +153,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         federated.update(
             {
                 "model.source": str(tiny),
-                "model.max-length": 24,
+                "model.max-length": 40,
                 "data.train-examples": 120,
                 "data.test-examples": 40,
                 "train.batch-size": 8,
                 "train.lr": 0.01,
                 "audit.canaries": 20,
+                "audit.repeated-secrets": 4,
                 "eval.generate-tokens": 4,
             }
         )
-    steps = _step_cost(args.quick, work)
+    steps = _step_cost(args.quick, work, args.step_cost)
     runs = {n: _federated(n, {**federated, **RUNS[n]}, work) for n in RUNS}
     nondp, dp = runs["nondp"], runs["dp"]
     step = steps["headline"]
@@ -154,8 +180,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "ppl_nondp": nondp["ppl_final"],
         "ppl_dp_eps8": dp["ppl_final"],
         "ppl_dp_vs_nondp": dp["ppl_final"] / nondp["ppl_final"],
-        "exposure_nondp": nondp["exposure_planted"],
-        "exposure_dp": dp["exposure_planted"],
+        "exposure_nondp": nondp["exposure_repeated"],
+        "exposure_dp": dp["exposure_repeated"],
+        "exposure_once_nondp": nondp["exposure_once"],
+        "exposure_once_dp": dp["exposure_once"],
         "exposure_held_out_nondp": nondp["exposure_held_out"],
         "exposure_held_out_dp": dp["exposure_held_out"],
         "exposure_chance": dp["exposure_chance"],

@@ -7,6 +7,7 @@
     fedshield scrub notes.csv --out notes.clean.csv            # see scrub.py
     fedshield simulate --out runs/audited --audit             # + canaries, audit report
     fedshield audit runs/demo                                  # see audit.py
+    fedshield evaluate runs/demo --attack                      # see evaluate.py
 
 ``simulate`` runs the fedshield Flower app on Flower's simulation engine
 (``flwr run``), shows a progress display of rounds and sites, prints one table per
@@ -54,6 +55,7 @@ from fedshield.simulations.presets import preset_overrides
 from fedshield.simulations.superlink import private_superlink
 
 from .audit import audit, write_audit
+from .evaluate import evaluate
 from .ledger import ledger_app
 from .scrub import scrub
 
@@ -68,6 +70,7 @@ console = Console()
 app.add_typer(ledger_app, name="ledger")
 app.command()(scrub)
 app.command()(audit)
+app.command()(evaluate)
 DEFAULT_AUDIT_CANARIES = 100
 
 

@@ -255,6 +255,7 @@ def train(
             device=pick_device(),
             canaries=site.gradient_canaries,  # simulated sites only
             per_sample_loss=tasks.per_sample_loss(cfg.model),
+            adversarial=cfg.adversarial,
         )
 
     outcome = release_round(

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from fedshield.common.run_config import RunConfig, check_fields, read_fields
 from fedshield.models import ModelConfig
+from fedshield.privacy.adversarial import AdversarialConfig
 from fedshield.privacy.client_dp import ClientDPConfig
 from fedshield.privacy.dp import DPConfig, GradSampleMode, default_grad_sample_mode
 from fedshield.privacy.pii import PIIConfig
@@ -24,6 +25,7 @@ class ClientConfig:
     model: ModelConfig
     train: TrainConfig
     dp: DPConfig
+    adversarial: AdversarialConfig
     client_dp: ClientDPConfig
     secagg: SecAggConfig
     pii: PIIConfig
@@ -53,6 +55,7 @@ class ClientConfig:
             model=ModelConfig.from_run_config(run_config),
             train=TrainConfig.from_run_config(run_config),
             dp=DPConfig.from_run_config(run_config),
+            adversarial=AdversarialConfig.from_run_config(run_config),
             client_dp=ClientDPConfig.from_run_config(run_config),
             secagg=SecAggConfig.from_run_config(run_config),
             pii=PIIConfig.from_run_config(run_config),

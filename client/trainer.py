@@ -23,8 +23,10 @@ from fedshield.common.config import ConfigError
 from fedshield.common.device import forward_precision, pick_device
 from fedshield.common.run_config import check_fields, default, read_fields
 from fedshield.models import is_head_parameter
+from fedshield.models.embeddings import input_embedding, logits_of
 from fedshield.models.lm import TokenizedRecords
 from fedshield.models.texts import TokenizedTexts, batch_inputs
+from fedshield.privacy.adversarial import AdversarialConfig, attack_deltas, objective
 from fedshield.privacy.audit.gradient_canaries import CanaryInjector, GradientCanaries
 from fedshield.privacy.budget import Release
 from fedshield.privacy.dp import (
@@ -37,7 +39,7 @@ from fedshield.privacy.dp import (
     make_private,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "train_site"]
+__all__ = ["TrainConfig", "TrainResult", "adversarial_backward", "train_site"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ def train_site(
     device: torch.device | None = None,
     canaries: GradientCanaries | None = None,
     per_sample_loss: PerSampleLoss = classification_loss,
+    adversarial: AdversarialConfig | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``dataset`` with DP-SGD at ``noise_multiplier``
     (ignored without DP); return metrics and the release this round made.
@@ -109,7 +112,9 @@ def train_site(
     ``canaries``: white-box audit canaries (simulation only), sampled into each
     step like records (:class:`~fedshield.privacy.audit.CanaryInjector`).
     ``per_sample_loss``: each record's loss, the task's
-    (:func:`fedshield.models.tasks.per_sample_loss`)."""
+    (:func:`fedshield.models.tasks.per_sample_loss`). ``adversarial``: train on
+    each record's adversarial objective (:mod:`fedshield.privacy.adversarial`),
+    clipped per record like the clean loss, priced the same."""
     device = device or pick_device()
     model.to(device).train()
     generator = torch.Generator().manual_seed(seed)
@@ -146,6 +151,7 @@ def train_site(
             max_grad_norm=dp_cfg.max_grad_norm,
             mode=mode,
             per_sample_loss=per_sample_loss,
+            several_calls=adversarial is not None and adversarial.enabled,
         )
     else:
         private = make_non_private(
@@ -161,6 +167,7 @@ def train_site(
     bk_or_none = private.mode in (GradSampleMode.BOOKKEEPING, None)
     precision = forward_precision(device) if bk_or_none else contextlib.nullcontext()
     total_loss, steps, loss_batches = 0.0, 0, 0
+    attack_generator = torch.Generator().manual_seed(seed ^ 0xAD5)  # random starts
     for _ in range(train_cfg.local_epochs):
         for batch in private.data_loader:
             inputs, labels = batch_inputs(batch, device)
@@ -170,9 +177,22 @@ def train_site(
                 _empty_step(private, injector)
                 steps += 1
                 continue
-            with precision:  # bf16 autocast on a GPU under book-keeping only
-                logits = private.module(**inputs).logits  # (b, labels)/(b, t, V)
-            loss = private.backward(logits, labels)
+            if adversarial is not None and adversarial.enabled:
+                loss = adversarial_backward(
+                    private,
+                    model,
+                    inputs,
+                    labels,
+                    per_sample_loss=per_sample_loss,
+                    cfg=adversarial,
+                    params=[p for _, p in named],
+                    generator=attack_generator,
+                    precision=precision,
+                )
+            else:
+                with precision:  # bf16 autocast on a GPU under book-keeping only
+                    logits = private.module(**inputs).logits  # (b, labels)/(b, t, V)
+                loss = private.backward(logits, labels)
             if injector is not None:  # after clipping, before the noise
                 injector.add(records)
             private.optimizer.step()
@@ -190,6 +210,43 @@ def train_site(
         mean_loss=total_loss / max(loss_batches, 1),
         release=_recorded_release(engine, private, steps),
     )
+
+
+def adversarial_backward(
+    private: PrivateTraining,
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    per_sample_loss: PerSampleLoss,
+    cfg: AdversarialConfig,
+    params: list[torch.nn.Parameter],
+    generator: torch.Generator,
+    precision: contextlib.AbstractContextManager[Any],
+) -> float:
+    """One step's backward on each record's adversarial objective: the attack's
+    inner passes (parameters frozen, no per-sample capture), then the objective's
+    1 + K model calls, clipped per record in one backward."""
+    embedding = input_embedding(model)
+    logits = logits_of(private.module, inputs, embedding)
+
+    def loss_of(delta: torch.Tensor | None) -> torch.Tensor:
+        return per_sample_loss(logits(delta), labels)
+
+    with precision:
+        with private.attack_context(), torch.no_grad():
+            like = embedding(inputs["input_ids"])
+        with private.attack_context():
+            deltas = attack_deltas(
+                loss_of,
+                like,
+                inputs["attention_mask"],
+                cfg,
+                generator=generator,
+                params=params,
+            )
+        per_record = objective(loss_of, deltas, cfg.mix)
+    return private.backward_losses(per_record)
 
 
 def _recorded_release(

@@ -322,6 +322,66 @@ KEYS: tuple[Key, ...] = (
         doc='`"rdp"` or `"prv"` (Opacus accountants; composes both ε\'s)',
     ),
     Key(
+        name="adversarial.method",
+        kind=str,
+        default="off",
+        check=OneOf("off", "fgm", "pgd", "freelb"),
+        doc=(
+            "adversarial training in embedding space, inside DP-SGD's per-record "
+            "clipping (`privacy/adversarial/`): `off`, `fgm` (one gradient step; "
+            "FGSM under `linf`), `pgd` (K projected steps) or `freelb` (K ascent "
+            "steps, their losses averaged)"
+        ),
+    ),
+    Key(
+        name="adversarial.epsilon",
+        kind=float,
+        default=0.05,
+        check=POSITIVE,
+        doc=(
+            "radius of each record's perturbation of its input embeddings: `l2`: "
+            "||δ||₂ ≤ ε·√tokens (ε is the root-mean-square move per token); "
+            "`linf`: |δ| ≤ ε per coordinate"
+        ),
+    ),
+    Key(
+        name="adversarial.steps",
+        kind=int,
+        default=3,
+        check=AT_LEAST_1,
+        doc="ascent steps K of `pgd` and `freelb` (`fgm` takes one)",
+    ),
+    Key(
+        name="adversarial.alpha",
+        kind=float,
+        default=0.0,
+        check=NON_NEGATIVE,
+        doc=(
+            "step size of each ascent step, in ε's units; `0` = 2.5·ε/K (Madry et "
+            "al.'s rule; `fgm` always steps to the ball's edge)"
+        ),
+    ),
+    Key(
+        name="adversarial.norm",
+        kind=str,
+        default="l2",
+        check=OneOf("l2", "linf"),
+        doc=(
+            "the perturbation's ball: `l2` (normalized gradient steps) or `linf` "
+            "(signed)"
+        ),
+    ),
+    Key(
+        name="adversarial.mix",
+        kind=float,
+        default=0.5,
+        check=Range(0.0, 1.0, lo_open=True),
+        doc=(
+            "weight of the adversarial loss in each record's objective "
+            "(1 − mix on its clean loss); `1` = adversarial loss only"
+        ),
+    ),
+    Key(
         name="client-dp.enabled",
         kind=bool,
         default=False,
@@ -566,6 +626,53 @@ KEYS: tuple[Key, ...] = (
         doc="causal LM: new tokens per generation sample; `0` = no samples",
     ),
     Key(
+        name="eval.attacks",
+        kind=bool,
+        default=False,
+        doc=(
+            "classifier: measure robustness every round on the first "
+            "`eval.attack-examples` test records (embedding PGD accuracy, character "
+            "attack success; `privacy/adversarial/robustness.py`)"
+        ),
+    ),
+    Key(
+        name="eval.robust-epsilon",
+        kind=float,
+        default=0.05,
+        check=POSITIVE,
+        doc=(
+            "radius of the evaluation's embedding PGD, in `adversarial.epsilon`'s "
+            "units and ball (`adversarial.norm`)"
+        ),
+    ),
+    Key(
+        name="eval.robust-steps",
+        kind=int,
+        default=10,
+        check=AT_LEAST_1,
+        doc="steps of the evaluation's embedding PGD",
+    ),
+    Key(
+        name="eval.char-edits",
+        kind=int,
+        default=3,
+        check=AT_LEAST_1,
+        doc=(
+            "edit budget of the character attack: words edited per text, one "
+            "character each"
+        ),
+    ),
+    Key(
+        name="eval.attack-examples",
+        kind=int,
+        default=200,
+        check=AT_LEAST_1,
+        doc=(
+            "test records the robustness evaluation attacks (the first ones, every "
+            "round)"
+        ),
+    ),
+    Key(
         name="audit.canaries",
         kind=int,
         default=0,
@@ -589,6 +696,24 @@ KEYS: tuple[Key, ...] = (
             "`causal-lm`, `secret` (Secret-Sharer records with 9 random digits, "
             "scored by loss and by exposure)"
         ),
+    ),
+    Key(
+        name="audit.repeated-secrets",
+        kind=int,
+        default=0,
+        check=NON_NEGATIVE,
+        doc=(
+            "`secret` canaries: per simulated site, this many more secrets, each "
+            "trained on `audit.secret-repeats` times (exposure's dose-response; "
+            "outside the one-run test, since k copies are a group of k records)"
+        ),
+    ),
+    Key(
+        name="audit.secret-repeats",
+        kind=int,
+        default=8,
+        check=Range(2),
+        doc="copies of each repeated secret in its site's training records",
     ),
     Key(
         name="audit.guess-fraction",

@@ -20,6 +20,9 @@ class EvalResult:
     num_examples: int
     perplexity: float | None = None  # causal LM only: exp(loss)
     tokens: int | None = None  # causal LM only: target tokens scored
+    # classifier with eval.attacks (fedshield.privacy.adversarial.robustness)
+    robust_accuracy: float | None = None  # under embedding PGD
+    char_attack_success: float | None = None  # of the correctly classified texts
 
 
 @torch.no_grad()

@@ -41,19 +41,29 @@ class MeanPoolingClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(int(encoder.config.hidden_size), num_labels)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The encoder's word embedding (what ``inputs_embeds`` replaces)."""
+        return self.encoder.get_input_embeddings()  # type: ignore[no-any-return]
+
     def forward(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> SequenceClassifierOutput:
+        """``inputs_embeds`` (b, t, d) replaces the word embeddings of
+        ``input_ids`` (adversarial training perturbs them)."""
+        if attention_mask is None:
+            raise ValueError("MeanPoolingClassifier needs the attention_mask.")
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         hidden = self.encoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
             **extra,
         ).last_hidden_state  # (b, t, d)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (b, t, 1)

@@ -34,10 +34,11 @@ trainable layers book-keeping does not support. Materialising per-sample gradien
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -232,6 +233,10 @@ class PrivateTraining:
 
     Loop: ``optimizer.zero_grad(); loss = backward(logits, labels);
     optimizer.step()``; ``backward`` returns the batch's mean loss as a float.
+    An objective that calls the model several times per step (adversarial
+    training) passes its per-record losses (b,) to ``backward_losses`` instead,
+    and runs its attack's inner passes inside ``attack_context()`` (no
+    per-sample capture; see :mod:`privacy.adversarial.attacks`).
     An empty batch (possible under Poisson sampling; HF models cannot forward
     B = 0): ``empty_backward()`` then ``optimizer.step()``. Under DP that is the
     step DP-SGD takes on an empty batch in every mode, noise sigma C on a zero
@@ -248,7 +253,12 @@ class PrivateTraining:
     sample_rate: float
     # leaves a zero gradient (sum) for an empty Poisson batch's step
     empty_backward: Callable[[], None]
+    # per-record losses (b,) -> their mean, after the (clipped) backward
+    backward_losses: Callable[[torch.Tensor], float]
     close: Callable[[], None] = lambda: None
+    attack_context: Callable[[], contextlib.AbstractContextManager[None]] = (
+        contextlib.nullcontext
+    )
 
 
 def _zero_grads(params: Sequence[torch.Tensor]) -> Callable[[], None]:
@@ -290,17 +300,46 @@ class PerSampleCriterion(torch.nn.Module):
         return losses.sum() if self.reduction == "sum" else losses.mean()
 
 
+def _mean_of_losses(per_sample: torch.Tensor) -> float:
+    """Backward of the mean of the records' losses (b,) (non-private, Opacus
+    hooks: its per-sample gradients of every model call of the step are summed
+    per record before clipping)."""
+    loss = per_sample.mean()
+    loss.backward()
+    return float(loss.detach())
+
+
 def _mean_backward(
     per_sample: PerSampleLoss,
 ) -> Callable[[torch.Tensor, torch.Tensor], float]:
     """Backward of the mean of the records' losses (non-private, Opacus hooks)."""
 
     def backward(logits: torch.Tensor, labels: torch.Tensor) -> float:
-        loss = per_sample(logits, labels).mean()
-        loss.backward()
-        return float(loss.detach())
+        return _mean_of_losses(per_sample(logits, labels))
 
     return backward
+
+
+def _one_call_only(per_sample: torch.Tensor) -> float:
+    raise RuntimeError(
+        "Opacus' ghost clipping takes one model call per step; an objective that "
+        "calls the model several times (adversarial training) needs book-keeping "
+        "or Opacus hooks (make_private(several_calls=True) picks hooks)."
+    )
+
+
+def _hooks_paused(module: Any) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """Opacus' GradSampleModule with its hooks off for the block."""
+
+    @contextlib.contextmanager
+    def paused() -> Iterator[None]:
+        module.disable_hooks()
+        try:
+            yield
+        finally:
+            module.enable_hooks()
+
+    return paused
 
 
 def make_non_private(
@@ -322,6 +361,7 @@ def make_non_private(
         empty_backward=_zero_grads(
             [p for g in optimizer.param_groups for p in g["params"]]
         ),
+        backward_losses=_mean_of_losses,
     )
 
 
@@ -346,10 +386,12 @@ def _make_private_bookkeeping(
         max_grad_norm=max_grad_norm,
     )
 
-    def bk_backward(logits: torch.Tensor, labels: torch.Tensor) -> float:
-        per_sample = per_sample_loss(logits, labels)  # (b,)
-        bk.backward(per_sample)
+    def bk_losses(per_sample: torch.Tensor) -> float:
+        bk.backward(per_sample)  # (b,)
         return float(per_sample.detach().mean())
+
+    def bk_backward(logits: torch.Tensor, labels: torch.Tensor) -> float:
+        return bk_losses(per_sample_loss(logits, labels))
 
     return PrivateTraining(
         module=bk.module,
@@ -360,6 +402,7 @@ def _make_private_bookkeeping(
         noise_multiplier=noise_multiplier,
         sample_rate=1.0 / len(data_loader),
         empty_backward=lambda: bk.backward(torch.zeros(0)),
+        backward_losses=bk_losses,
         close=bk.remove,
     )
 
@@ -381,15 +424,24 @@ def make_private(
     max_grad_norm: float,
     mode: GradSampleMode,
     per_sample_loss: PerSampleLoss = classification_loss,
+    several_calls: bool = False,
 ) -> PrivateTraining:
     """Wrap model, optimizer and loader for DP-SGD with Poisson sampling.
 
     ``engine`` carries the round's accountant; every optimizer step is recorded in
     it at the sampler's rate ``q = 1 / len(data_loader)``, the rate
-    ``DPDataLoader.from_data_loader`` samples at.
+    ``DPDataLoader.from_data_loader`` samples at. ``several_calls``: the step's
+    objective calls the model more than once (adversarial training), which
+    Opacus' ghost mode cannot clip: hooks replace it.
     """
     if not noise_multiplier > 0:
         raise ConfigError(f"noise multiplier must be > 0. Found {noise_multiplier}.")
+    if several_calls and mode is GradSampleMode.GHOST:
+        logger.warning(
+            "Opacus ghost clipping takes one model call per step; adversarial "
+            "training calls the model several times: using Opacus hooks instead."
+        )
+        mode = GradSampleMode.HOOKS
     if mode is GradSampleMode.BOOKKEEPING:
         from .bookkeeping import UnsupportedTrainableModuleError
 
@@ -406,7 +458,8 @@ def make_private(
         except UnsupportedTrainableModuleError as err:
             # Opacus ghost clipping refuses tied weights only at the first forward
             # ("Parameter tying is not supported"); its hooks mode handles them
-            mode = GradSampleMode.HOOKS if _ties(module) else GradSampleMode.GHOST
+            tied_or_several = _ties(module) or several_calls
+            mode = GradSampleMode.HOOKS if tied_or_several else GradSampleMode.GHOST
             logger.warning(
                 "Book-keeping clipping does not support this model (%s); using "
                 "Opacus %s clipping instead (same per-sample clipping, slower).",
@@ -434,11 +487,17 @@ def make_private(
             return float(loss.detach())
 
         backward: Callable[[torch.Tensor, torch.Tensor], float] = ghost_backward
+        backward_losses: Callable[[torch.Tensor], float] = _one_call_only
         empty_backward = _zero_grads(p_opt.params)  # p.grad holds the clipped sum
+        attack_context: Callable[[], contextlib.AbstractContextManager[None]] = (
+            contextlib.nullcontext
+        )
     else:
         p_module, p_opt, p_loader = engine.make_private(**common)
         backward = _mean_backward(per_sample_loss)
+        backward_losses = _mean_of_losses
         empty_backward = _no_grad_samples(p_opt)
+        attack_context = _hooks_paused(p_module)
     # Opacus' make_private prices 1 / len(p_loader) = 1 / int(1 / q): for some
     # ceil(n/b) float rounding makes that a rate above the sampler's own q. Price q.
     sample_rate = 1.0 / len(data_loader)
@@ -452,5 +511,7 @@ def make_private(
         noise_multiplier=noise_multiplier,
         sample_rate=sample_rate,
         empty_backward=empty_backward,
+        backward_losses=backward_losses,
         close=p_module.remove_hooks,
+        attack_context=attack_context,
     )

@@ -145,6 +145,10 @@ def _metrics(result: EvalResult) -> dict[str, float]:
     out = {"accuracy": result.accuracy, "loss": result.loss}
     if result.perplexity is not None:
         out["perplexity"] = result.perplexity
+    if result.robust_accuracy is not None:
+        out["robust_accuracy"] = result.robust_accuracy
+    if result.char_attack_success is not None:
+        out["char_attack_success"] = result.char_attack_success
     return out
 
 
@@ -276,6 +280,8 @@ def run_server(
         result = evaluator(state)
         log.accuracy, log.loss = result.accuracy, result.loss
         log.perplexity = result.perplexity
+        log.robust_accuracy = result.robust_accuracy
+        log.char_attack_success = result.char_attack_success
         history["rounds"].append(log.as_dict())
         save_checkpoint(
             cfg.out_dir,

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from fedshield.common.config import ConfigError
 from fedshield.common.layout import RunLayout
 from fedshield.common.run_config import RunConfig, check_fields, read_fields
-from fedshield.models import ModelConfig
+from fedshield.models import ModelConfig, TaskKind
+from fedshield.privacy.adversarial.robustness import RobustnessConfig
 from fedshield.privacy.client_dp import ClientDPConfig
 from fedshield.privacy.dp import DPConfig, GradSampleMode, default_grad_sample_mode
 from fedshield.privacy.secagg import SecAggConfig
@@ -46,6 +48,7 @@ class ServerConfig:
     client_dp: ClientDPConfig
     secagg: SecAggConfig
     strategy: StrategyConfig
+    robustness: RobustnessConfig
     run_config: RunConfig  # every key, parsed (what summary.json and resume compare)
     num_rounds: int
     fraction_train: float
@@ -74,6 +77,12 @@ class ServerConfig:
         check_fields(self, self.KEYS)
         if self.secagg.enabled:  # fail at run start, not deep inside round 1
             self.secagg.counts(max(2, self.min_train_sites))
+        if self.robustness.enabled and self.model.task is TaskKind.CAUSAL_LM:
+            raise ConfigError(
+                "`eval.attacks` = true measures a classifier's robust accuracy and "
+                "character-attack success; found model.task = 'causal-lm', which "
+                "has neither. Set eval.attacks=false for a causal LM."
+            )
 
     @property
     def grad_sample_mode(self) -> GradSampleMode:
@@ -94,6 +103,7 @@ class ServerConfig:
             client_dp=ClientDPConfig.from_run_config(run_config),
             secagg=SecAggConfig.from_run_config(run_config),
             strategy=StrategyConfig.from_run_config(run_config),
+            robustness=RobustnessConfig.from_run_config(run_config),
             run_config=run_config,
             out_dir=Path(run_config["out-dir"]).expanduser().resolve(),
             **read_fields(run_config, cls.KEYS),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ from fedshield.common.device import pick_device
 from fedshield.models import LoadedModel, load_model, load_trainable_state, tasks
 from fedshield.models.evaluate import EvalResult
 from fedshield.models.texts import LabeledTexts
+from fedshield.privacy.adversarial.robustness import evaluate_robustness
 
 from .config import ServerConfig
 
@@ -22,20 +24,42 @@ CentralTestLoader = Callable[[str, Mapping[str, Any]], LabeledTexts]
 
 
 class CentralEvaluator:
-    """Holds one model and the tokenized test set; evaluates any trainable state."""
+    """Holds one model and the tokenized test set; evaluates any trainable state
+    (with ``eval.attacks``, its robustness too, on the same attacked records and
+    attack randomness every round)."""
 
     def __init__(self, cfg: ServerConfig, test: LabeledTexts) -> None:
         self.loaded: LoadedModel = load_model(cfg.model)
         self.device = pick_device()
+        self.test = test
         self.dataset = tasks.encode(test, self.loaded.tokenizer, cfg.model)
         self.batch_size = cfg.eval_batch_size
+        self.robustness = cfg.robustness
+        self.seed = cfg.seed
 
     def __call__(self, state: dict[str, torch.Tensor]) -> EvalResult:
         load_trainable_state(self.loaded.model, state)
-        return tasks.evaluate(
+        result = tasks.evaluate(
             self.loaded.model,
             self.dataset,
             self.loaded.config,
             batch_size=self.batch_size,
             device=self.device,
+        )
+        if not self.robustness.enabled:
+            return result
+        robust = evaluate_robustness(
+            self.loaded.model,
+            self.loaded.tokenizer,
+            self.test,
+            self.robustness,
+            max_length=self.loaded.config.max_length,
+            batch_size=self.batch_size,
+            device=self.device,
+            seed=self.seed,
+        )
+        return dataclasses.replace(
+            result,
+            robust_accuracy=robust.robust_accuracy,
+            char_attack_success=robust.char_attack_success,
         )

@@ -67,7 +67,12 @@ def test_metrics(m: dict[str, Any]) -> str:
             f"test perplexity {ppl:.2f}, token accuracy {m['accuracy']:.4f}, "
             f"loss {m['loss']:.4f}"
         )
-    return f"test accuracy {m['accuracy']:.4f}, test loss {m['loss']:.4f}"
+    words = f"test accuracy {m['accuracy']:.4f}, test loss {m['loss']:.4f}"
+    if m.get("robust_accuracy") is not None:
+        words += f", robust accuracy {m['robust_accuracy']:.4f}"
+    if m.get("char_attack_success") is not None:
+        words += f", character-attack success {m['char_attack_success']:.4f}"
+    return words
 
 
 def _epsilon(m: dict[str, Any]) -> str:

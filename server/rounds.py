@@ -65,6 +65,8 @@ class RoundLog:
     accuracy: float = float("nan")  # causal LM: token accuracy
     loss: float = float("nan")
     perplexity: float | None = None  # causal LM only
+    robust_accuracy: float | None = None  # eval.attacks: under embedding PGD
+    char_attack_success: float | None = None  # eval.attacks
     train_loss: float = float("nan")
     seconds: float = 0.0
     client_epsilon: float | None = None  # run's client-level epsilon after the round
@@ -84,6 +86,8 @@ class RoundLog:
             accuracy=d["accuracy"],
             loss=d["loss"],
             perplexity=d.get("perplexity"),
+            robust_accuracy=d.get("robust_accuracy"),
+            char_attack_success=d.get("char_attack_success"),
             train_loss=d["train_loss"],
             seconds=d["seconds"],
             client_epsilon=d.get("client_epsilon"),
@@ -97,6 +101,10 @@ class RoundLog:
             "accuracy": self.accuracy,
             "loss": self.loss,
             **({"perplexity": self.perplexity} if self.perplexity is not None else {}),
+            **_present(
+                robust_accuracy=self.robust_accuracy,
+                char_attack_success=self.char_attack_success,
+            ),
             "train_loss": self.train_loss,
             "seconds": round(self.seconds, 2),
             "sampled": self.sampled,
@@ -108,6 +116,11 @@ class RoundLog:
             "failures": self.failures,
             "refusals": self.refusals,
         }
+
+
+def _present(**values: float | None) -> dict[str, float]:
+    """The values that were measured (not None)."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def mean_train_loss(sites: dict[str, dict[str, float]]) -> float:

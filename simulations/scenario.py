@@ -175,7 +175,12 @@ class Scenario:
         m = audit.canaries
         if audit.canary_kind in (CanaryKind.CRAFTED, CanaryKind.SECRET):
             return make_canaries(
-                kind=audit.canary_kind, count=m, num_labels=self.num_labels, seed=seed
+                kind=audit.canary_kind,
+                count=m,
+                num_labels=self.num_labels,
+                seed=seed,
+                repeated=audit.repeated_secrets,
+                repeats=audit.secret_repeats,
             )
         population = self.data.split().population
         if len(population) < num_partitions * m:

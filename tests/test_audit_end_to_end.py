@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from fedshield.privacy.audit.one_run import empirical_epsilon
 from fedshield.privacy.audit.report import SECTIONS
 from fedshield.simulations.audit import confidence_levels
+from tests.subprocess_env import fedshield_cli
 
 pytestmark = pytest.mark.slow  # a whole run (make test-fast skips it)
 
@@ -35,14 +35,7 @@ AUDIT = {
 }
 
 
-def _fedshield(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fedshield.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
+_fedshield = fedshield_cli
 
 
 @pytest.fixture(scope="module")

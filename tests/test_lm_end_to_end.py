@@ -32,6 +32,7 @@ def lm_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
         "train.batch-size=8 train.lr=0.01 data.train-examples=80 "
         "data.test-examples=30 num-server-rounds=2 min-train-sites=1 "
         "secagg.threshold=0.5 audit.canaries=30 audit.lira-references=0 "
+        "audit.repeated-secrets=3 audit.secret-repeats=4 "
         f"eval.prompts='the film was|{PII_PROMPT}' eval.generate-tokens=6"
     )
     proc = subprocess.run(
@@ -92,7 +93,9 @@ def test_the_audit_ranks_the_secrets_and_tests_the_claim(lm_run) -> None:
     for site in report["exposure"].values():
         planted = [s for s in site["secrets"] if s["repeats"] > 0]
         held = [s for s in site["secrets"] if s["repeats"] == 0]
-        assert planted and held and len(planted) + len(held) == 30
+        repeated = [s for s in planted if s["repeats"] == 4]
+        assert len(repeated) == 3  # audit.repeated-secrets, 4 copies each
+        assert held and len(planted) + len(held) == 33
         assert all(0 <= s["exposure"] <= math.log2(site["space_size"]) for s in planted)
     assert report["audit_config"]["canary_kind"] == "secret"  # --audit chose it
     # a tiny model with a large claim: the test cannot refute it

@@ -75,13 +75,22 @@ class Canaries:
     labels: tuple[int, ...]
     included: tuple[bool, ...]
     values: tuple[int, ...] = ()  # secret canaries: each one's value in its format
+    # secret canaries: more secrets, always trained on, ``repeats`` copies each
+    # (exposure's dose-response; not in the one-run test: k copies are a group)
+    repeated: tuple[int, ...] = ()
+    repeats: int = 0
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def included_records(self) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """The included canaries, then each repeated secret ``repeats`` times."""
         keep = [i for i, inc in enumerate(self.included) if inc]
-        return tuple(self.texts[i] for i in keep), tuple(self.labels[i] for i in keep)
+        copies = [
+            SECRET_FORMAT.render(v) for v in self.repeated for _ in range(self.repeats)
+        ]
+        texts = tuple(self.texts[i] for i in keep) + tuple(copies)
+        return texts, tuple(self.labels[i] for i in keep) + (0,) * len(copies)
 
 
 def make_canaries(
@@ -91,9 +100,13 @@ def make_canaries(
     num_labels: int,
     seed: int,
     population: Sequence[tuple[str, int]] = (),
+    repeated: int = 0,
+    repeats: int = 0,
 ) -> Canaries:
     """``count`` canaries of ``kind``, reproducible from ``seed``. Mislabelled
-    canaries take ``count`` records of ``population`` (text, true label)."""
+    canaries take ``count`` records of ``population`` (text, true label).
+    Secret canaries: ``repeated`` more secrets, ``repeats`` copies each, drawn
+    distinct from the others (the first ``count`` are as without them)."""
     if count < 1:
         raise ValueError(f"The canary count must be >= 1; found {count}.")
     if not kind.is_data:
@@ -103,12 +116,20 @@ def make_canaries(
     rng = random.Random(seed)
     if kind is CanaryKind.SECRET:
         values = tuple(SECRET_FORMAT.random_values(np.random.default_rng(seed), count))
+        extra: list[int] = []
+        more = np.random.default_rng([seed, 1])
+        while len(extra) < repeated:  # distinct from every other secret
+            v = SECRET_FORMAT.random_values(more, 1)[0]
+            if v not in values and v not in extra:
+                extra.append(v)
         return Canaries(
             kind=kind,
             texts=tuple(SECRET_FORMAT.render(v) for v in values),
             labels=(0,) * count,
             included=tuple(rng.random() < 0.5 for _ in range(count)),
             values=values,
+            repeated=tuple(extra),
+            repeats=repeats if extra else 0,
         )
     if num_labels < 2:
         raise ValueError(f"Canaries need >= 2 classes; found {num_labels}.")

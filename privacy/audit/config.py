@@ -22,7 +22,9 @@ class AuditConfig:
     lira_references: K reference models for offline LiRA (0 = the confidence
     attack only);
     reference_examples: population records each reference model trains on;
-    confidence: of the empirical epsilon lower bound."""
+    confidence: of the empirical epsilon lower bound;
+    repeated_secrets, secret_repeats: ``secret`` canaries only, per site, secrets
+    always trained on, ``secret_repeats`` copies each (exposure only)."""
 
     canaries: int = default("audit.canaries")
     canary_kind: CanaryKind = CanaryKind(default("audit.canary-kind"))
@@ -30,6 +32,8 @@ class AuditConfig:
     lira_references: int = default("audit.lira-references")
     reference_examples: int = default("audit.reference-examples")
     confidence: float = default("audit.confidence")
+    repeated_secrets: int = default("audit.repeated-secrets")
+    secret_repeats: int = default("audit.secret-repeats")
 
     KEYS: ClassVar[dict[str, str]] = {
         "canaries": "audit.canaries",
@@ -38,6 +42,8 @@ class AuditConfig:
         "lira_references": "audit.lira-references",
         "reference_examples": "audit.reference-examples",
         "confidence": "audit.confidence",
+        "repeated_secrets": "audit.repeated-secrets",
+        "secret_repeats": "audit.secret-repeats",
     }
 
     def __post_init__(self) -> None:
@@ -46,6 +52,16 @@ class AuditConfig:
     def check_task(self, causal_lm: bool) -> None:
         """Refuse a canary kind the task cannot score: labels mean nothing to a
         causal LM; a classifier has no loss on a secret's digits."""
+        if self.repeated_secrets and (
+            self.canaries == 0 or self.canary_kind is not CanaryKind.SECRET
+        ):
+            raise ConfigError(
+                f"`audit.repeated-secrets` = {self.repeated_secrets} plants repeated "
+                "Secret-Sharer records beside the `secret` canaries; found "
+                f"audit.canary-kind = {self.canary_kind.value!r} with "
+                f"audit.canaries = {self.canaries}. Set audit.canary-kind='secret' "
+                "and audit.canaries > 0, or audit.repeated-secrets=0."
+            )
         if self.canaries == 0:
             return
         kind = self.canary_kind

@@ -25,6 +25,9 @@ trainable parameter is reached through exactly one module:
   the input embedding) is refused by :func:`find_sites`: ||A_i + B_i||^2 needs the
   cross term 2 <A_i, B_i>, which per-layer norms drop (Opacus' ghost mode refuses
   tying too, at the first forward);
+- a call while the module's parameters are frozen (``requires_grad`` off, as
+  during an adversarial attack's inner ascent passes, :mod:`privacy.adversarial`)
+  is not book-kept: it adds nothing to any parameter's gradient;
 - a parameter also read outside its module's forward (``F.linear(x, emb.weight)``)
   gets a real gradient from autograd there, because requires_grad is only off
   inside the module; ``backward`` detects that, drops all gradients and raises.
@@ -197,10 +200,11 @@ class Clipper:
     def _after_forward(
         self, site: Site, module: nn.Module, args: tuple, kwargs: dict, out: object
     ) -> Tensor | None:
+        booked = bool(site.toggled)  # False under no_grad or with params frozen
         for p in site.toggled:
             p.requires_grad_(True)
         site.toggled.clear()
-        if not torch.is_grad_enabled() or out is None:  # no_grad, or forward raised
+        if not booked or out is None:  # forward raised: nothing to book-keep
             return None
         inputs = [*args, *kwargs.values()]  # every supported forward takes one input
         if not (isinstance(out, Tensor) and len(inputs) == 1):

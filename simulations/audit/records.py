@@ -46,6 +46,8 @@ class PlantedCanaries:
     records: LabeledTexts
     included: tuple[bool, ...]
     values: tuple[int, ...] = ()  # secret canaries: their values (exposure)
+    repeated: tuple[int, ...] = ()  # secrets always trained on, ``repeats`` times
+    repeats: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +72,8 @@ def site_records(run: FinishedRun, name: str) -> SiteRecords:
     # included canaries are appended to the end of the site's training share,
     # before its scrubbing or, for ``secret`` ones, after it
     planted = sum(canaries.included) if canaries else 0
+    if canaries is not None:  # repeated secrets: copies after the included ones
+        planted += len(canaries.repeated) * canaries.repeats
     late = planted if canaries is not None and canaries.kind.after_scrubbing else 0
     trained = len(train) + late
     reported = run.site_summary(name).get("examples")
@@ -94,6 +98,8 @@ def site_records(run: FinishedRun, name: str) -> SiteRecords:
             records=LabeledTexts(texts=texts, labels=canaries.labels),
             included=canaries.included,
             values=canaries.values,
+            repeated=canaries.repeated,
+            repeats=canaries.repeats,
         )
     return SiteRecords(
         members=site.train.subset(list(range(len(site.train) - (planted - late)))),

@@ -116,8 +116,9 @@ def _per_record(
     out = []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate):
         inputs, labels = batch_inputs(batch, device)
-        logits = model(**inputs).logits.float()  # (b, num_labels) or (b, t, vocab)
-        out.append(score(logits, labels).cpu())
+        with torch.no_grad():  # scoring only: no graph through the trainable weights
+            logits = model(**inputs).logits.float()  # (b, labels) or (b, t, vocab)
+            out.append(score(logits, labels).cpu())
     return torch.cat(out).numpy().astype(np.float64)
 
 
@@ -190,10 +191,11 @@ def secret_exposure(
         if planted is None or not planted.values:
             continue
         pairs = list(zip(planted.values, planted.included, strict=True))
+        once = tuple(v for v, inc in pairs if inc)
         secrets = PlantedSecrets(
             format=SECRET_FORMAT,
-            values=tuple(v for v, inc in pairs if inc),
-            repeats=tuple(1 for _, inc in pairs if inc),
+            values=once + planted.repeated,
+            repeats=(1,) * len(once) + (planted.repeats,) * len(planted.repeated),
             held_out=tuple(v for v, inc in pairs if not inc),
         )
         out[name] = measure_exposure(
@@ -215,7 +217,8 @@ def train_reference(
     seed: int,
 ) -> LoadedModel:
     """A reference model trained like the run: same starting model, rounds x
-    local epochs over ``examples`` population records, the run's DP settings."""
+    local epochs over ``examples`` population records, the run's DP and
+    adversarial-training settings."""
     rng = np.random.default_rng(seed)
     take = rng.choice(
         len(population), size=min(examples, len(population)), replace=False
@@ -234,6 +237,7 @@ def train_reference(
         noise_multiplier=noise_multiplier,
         seed=seed,
         per_sample_loss=tasks.per_sample_loss(cfg.model),
+        adversarial=cfg.adversarial,  # a robust run's references train robustly too
     )
     return loaded
 

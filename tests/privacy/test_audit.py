@@ -26,6 +26,7 @@ from fedshield.privacy.audit import (
     p_value,
     roc,
 )
+from fedshield.privacy.audit.canaries import SECRET_FORMAT
 
 POOLED_NAME = "all sites"
 
@@ -341,3 +342,33 @@ def test_audit_result_pools_every_site_and_renders_as_the_report() -> None:
     assert "Not tested" in page and 'class="ok"' not in page  # never green
     doc = report_json(report)
     assert set(doc["pooled"]) == {"phi", "lira"} and len(doc["sites"]) == 2
+
+
+def test_repeated_secrets_are_distinct_copied_and_leave_the_one_run_canaries_alone():
+    plain = make_canaries(kind=CanaryKind.SECRET, count=40, num_labels=2, seed=3)
+    more = make_canaries(
+        kind=CanaryKind.SECRET, count=40, num_labels=2, seed=3, repeated=5, repeats=4
+    )
+    # the one-run test's canaries and inclusion bits do not move
+    assert (more.texts, more.included, more.values) == (
+        plain.texts,
+        plain.included,
+        plain.values,
+    )
+    assert len(set(more.repeated)) == 5 and not set(more.repeated) & set(more.values)
+    texts, labels = more.included_records()
+    once, copies = texts[: sum(more.included)], texts[sum(more.included) :]
+    assert once == plain.included_records()[0]
+    assert len(copies) == 20 == len(labels) - len(once)
+    for value in more.repeated:
+        assert copies.count(SECRET_FORMAT.render(value)) == 4
+
+
+def test_repeated_secrets_need_secret_canaries() -> None:
+    with pytest.raises(ConfigError, match="audit.repeated-secrets"):
+        AuditConfig(canaries=10, repeated_secrets=2).check_task(causal_lm=True)
+    with pytest.raises(ConfigError, match="audit.secret-repeats"):
+        AuditConfig(secret_repeats=1)
+    AuditConfig(
+        canaries=10, canary_kind=CanaryKind.SECRET, repeated_secrets=2
+    ).check_task(causal_lm=True)
