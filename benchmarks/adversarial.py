@@ -23,13 +23,16 @@ Settings, fixed before any run:
   on the first 300 test records each round (``eval.attacks``): embedding PGD
   (10 steps) at the training radius, and the character attack with 3 edited
   words. The audit: the loss attack per record, pooled over the sites (no
-  canaries, no LiRA references), ``mia_auc`` its AUC.
+  canaries, no LiRA references), ``mia_auc`` its AUC. Two more runs without DP
+  (``base_nondp``, ``pgd_nondp``) show the membership risk adversarial training
+  adds when nothing holds it down (Song, Shokri and Mittal, CCS 2019).
 
 Headline: ``clean_acc_base``, ``robust_acc_base``, ``charattack_success_base``,
 ``mia_auc_base``, then for each method ``clean_acc_<m>``, ``robust_acc_<m>``,
 ``charattack_success_<m>``, ``mia_auc_<m>``, ``step_cost_ratio_<m>``; and
 ``*_adv``: the method with the highest robust accuracy (every method is
-reported). Targets: ``robust_acc_adv >= robust_acc_base + 0.10``, ``clean_acc_adv
+reported); ``mia_auc_base_nondp``, ``mia_auc_pgd_nondp`` and their robust
+accuracies. Targets: ``robust_acc_adv >= robust_acc_base + 0.10``, ``clean_acc_adv
 >= clean_acc_base - 0.02``, ``mia_auc_adv <= 0.56``, ``step_cost_ratio_fgm <=
 2.2``.
 """
@@ -217,6 +220,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     runs = {"base": _federated("base", federated, work)}
     for m in METHODS:
         runs[m] = _federated(m, {**federated, "adversarial.method": m}, work)
+    # the privacy cost of robustness without DP (Song, Shokri and Mittal 2019)
+    no_dp = {**federated, "dp.enabled": "false"}
+    runs["base_nondp"] = _federated("base_nondp", no_dp, work)
+    runs["pgd_nondp"] = _federated(
+        "pgd_nondp", {**no_dp, "adversarial.method": "pgd"}, work
+    )
     base = runs["base"]
     best = max(METHODS, key=lambda m: runs[m]["robust_acc"])
     headline: dict[str, Any] = {
@@ -239,6 +248,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "robust_acc_adv": runs[best]["robust_acc"],
         "charattack_success_adv": runs[best]["charattack_success"],
         "mia_auc_adv": runs[best]["mia_auc"],
+        "mia_auc_base_nondp": runs["base_nondp"]["mia_auc"],
+        "mia_auc_pgd_nondp": runs["pgd_nondp"]["mia_auc"],
+        "robust_acc_base_nondp": runs["base_nondp"]["robust_acc"],
+        "robust_acc_pgd_nondp": runs["pgd_nondp"]["robust_acc"],
         "step_cost_ratio": steps["step_cost_ratio"],
         "robust_radius": RADIUS,
         "max_epsilon": max(e for r in runs.values() for e in r["epsilon"].values()),

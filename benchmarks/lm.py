@@ -1,7 +1,8 @@
 """The causal LM, measured: what DP costs per step, what it costs in perplexity,
 and what it buys against memorization.
 
-Run (about 60 minutes on 2 CPU cores; writes benchmarks/results/lm.json):
+Run (about 45 minutes on 2 quiet CPU cores, 30 with ``--step-cost``; writes
+benchmarks/results/lm.json):
 
     cd /work/main && PYTHONPATH=. .venv/bin/python benchmarks/lm.py
 
@@ -19,11 +20,12 @@ Settings, fixed before any run:
 - **Federated runs** (``fedshield simulate --preset causal-lm --audit``): 4 sites,
   the preset's data (400 training review snippets as text, 100 held out, 10 %
   with a synthetic PII sentence, scrubbed), LoRA, secure aggregation, 2 rounds x
-  2 local epochs (same data and passes for both runs), 100 secret canaries per
+  1 local epoch (same data and passes for both runs), 100 secret canaries per
   site (each trained on once with probability 1/2: the one-run test's) and 10
   more secrets per site trained on 6 times each (a secret seen once stayed at
-  chance without DP: mean exposure 1.47-1.94 bits against 1.34-1.58 for
-  held-out secrets, one site of 4 per number, measured before this setting);
+  chance without DP even after 2 rounds x 2 epochs: mean exposure 1.47-1.94
+  bits against 1.34-1.58 for held-out secrets, one site of 4 per number,
+  measured before this setting);
   ``nondp`` with ``dp.enabled=false``, ``dp`` with DP-SGD calibrated to
   epsilon 8 per site over the run (delta 1e-5). No LiRA reference models.
 
@@ -53,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 FEDERATED: dict[str, Any] = {
-    "train.local-epochs": 2,
+    "train.local-epochs": 1,
     "audit.canaries": 100,
     "audit.repeated-secrets": 10,
     "audit.secret-repeats": 6,
