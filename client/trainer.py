@@ -292,9 +292,10 @@ def _canary_injector(
     if private.mode is GradSampleMode.HOOKS:
         raise ConfigError(
             'audit.canary-kind="gradient" needs book-keeping or Opacus ghost '
-            "clipping; this training uses Opacus' hooks mode, whose clipping runs "
-            "inside the optimizer step, after the canaries would be added. Train "
-            "with the default mode or plant record canaries."
+            "clipping; this training uses Opacus' hooks mode (the model's layers, "
+            "or adversarial training under ghost clipping, chose it), whose "
+            "clipping runs inside the optimizer step, after the canaries would be "
+            "added. Train with the default mode or plant record canaries."
         )
     return CanaryInjector(
         canaries,

@@ -337,25 +337,26 @@ KEYS: tuple[Key, ...] = (
         name="adversarial.epsilon",
         kind=float,
         default=0.05,
-        check=POSITIVE,
+        check=Range(0.0, 10.0, lo_open=True),
         doc=(
             "radius of each record's perturbation of its input embeddings: `l2`: "
             "||δ||₂ ≤ ε·√tokens (ε is the root-mean-square move per token); "
-            "`linf`: |δ| ≤ ε per coordinate"
+            "`linf`: |δ| ≤ ε per coordinate; at most 10 (word embeddings have "
+            "norms near 1), so no setting can overflow an attack"
         ),
     ),
     Key(
         name="adversarial.steps",
         kind=int,
         default=3,
-        check=AT_LEAST_1,
+        check=Range(1, 50),
         doc="ascent steps K of `pgd` and `freelb` (`fgm` takes one)",
     ),
     Key(
         name="adversarial.alpha",
         kind=float,
         default=0.0,
-        check=NON_NEGATIVE,
+        check=Range(0.0, 10.0),
         doc=(
             "step size of each ascent step, in ε's units; `0` = 2.5·ε/K (Madry et "
             "al.'s rule; `fgm` always steps to the ball's edge)"
@@ -639,7 +640,7 @@ KEYS: tuple[Key, ...] = (
         name="eval.robust-epsilon",
         kind=float,
         default=0.05,
-        check=POSITIVE,
+        check=Range(0.0, 10.0, lo_open=True),
         doc=(
             "radius of the evaluation's embedding PGD, in `adversarial.epsilon`'s "
             "units and ball (`adversarial.norm`)"
@@ -649,14 +650,14 @@ KEYS: tuple[Key, ...] = (
         name="eval.robust-steps",
         kind=int,
         default=10,
-        check=AT_LEAST_1,
+        check=Range(1, 200),
         doc="steps of the evaluation's embedding PGD",
     ),
     Key(
         name="eval.char-edits",
         kind=int,
         default=3,
-        check=AT_LEAST_1,
+        check=Range(1, 50),
         doc=(
             "edit budget of the character attack: words edited per text, one "
             "character each"

@@ -1,9 +1,10 @@
 """A model's forward with its input embeddings moved: what embedding-space
 attacks (:mod:`fedshield.privacy.adversarial`) differentiate and train on.
 
-``delta`` is added to the *word* embeddings of ``input_ids``; the model then
-adds its position (and token-type) embeddings as usual, and a causal LM still
-predicts the clean next tokens (the labels come from ``input_ids``).
+``delta`` is added to the *word* embeddings of ``input_ids`` (the output of the
+model's input embedding module); the model then adds its position (and
+token-type) embeddings as usual, and a causal LM still predicts the clean next
+tokens (the labels come from ``input_ids``).
 """
 
 from __future__ import annotations
@@ -41,16 +42,26 @@ def logits_of(
 ) -> LogitsOf:
     """``delta -> logits`` of ``forward`` (the model, or its DP wrapper) on
     ``inputs`` (:func:`fedshield.models.texts.batch_inputs`' keyword inputs).
-    Each call embeds ``input_ids`` afresh through ``embedding`` (so a trainable
-    embedding gets its gradient from every call)."""
-    rest = {k: v for k, v in inputs.items() if k != "input_ids"}
-    input_ids = inputs["input_ids"]
+
+    The model is always called with its usual inputs, ``input_ids`` included;
+    ``delta`` is added to the output of ``embedding`` by a forward hook that lives
+    for that one call. Passing ``inputs_embeds`` instead would hide ``input_ids``
+    from the model, and Hugging Face's decoder classifiers (Llama, GPT-2, ...)
+    then read every record's logits at the batch's last position: a record's
+    output would depend on the other records' lengths. A trainable embedding gets
+    its gradient from every call."""
 
     def logits(delta: torch.Tensor | None) -> torch.Tensor:
         if delta is None:
             return forward(**inputs).logits  # type: ignore[no-any-return]
-        embeds = embedding(input_ids)
-        embeds = embeds + delta.to(embeds.dtype)
-        return forward(inputs_embeds=embeds, **rest).logits  # type: ignore[no-any-return]
+
+        def moved(_m: nn.Module, _args: object, out: torch.Tensor) -> torch.Tensor:
+            return out + delta.to(out.dtype)
+
+        handle = embedding.register_forward_hook(moved)
+        try:
+            return forward(**inputs).logits  # type: ignore[no-any-return]
+        finally:
+            handle.remove()
 
     return logits

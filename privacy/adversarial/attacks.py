@@ -170,8 +170,8 @@ def _gradient(loss_of: LossOf, delta: Tensor) -> Tensor:
     if not loss.requires_grad:
         raise RuntimeError(
             "The adversarial attack's loss does not depend on the input embeddings; "
-            "expected the model to read `inputs_embeds`. Set adversarial.method=off "
-            "for this model."
+            "expected the output of the model's get_input_embeddings() module to "
+            "feed its forward. Set adversarial.method=off for this model."
         )
     (grad,) = torch.autograd.grad(loss.float().sum(), delta)
     return grad.detach()

@@ -186,13 +186,17 @@ def test_objective_mixes_clean_and_adversarial_losses() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "words"),
     [
-        ("adversarial.epsilon", -0.1, ["adversarial.epsilon", "> 0"]),
-        ("adversarial.epsilon", 0.0, ["adversarial.epsilon", "> 0"]),
-        ("adversarial.steps", 0, ["adversarial.steps", ">= 1"]),
+        ("adversarial.epsilon", -0.1, ["adversarial.epsilon", "(0, 10]"]),
+        ("adversarial.epsilon", 0.0, ["adversarial.epsilon", "(0, 10]"]),
+        ("adversarial.steps", 0, ["adversarial.steps", "[1, 50]"]),
+        # a coordinator's overflow: a radius that turns long records into NaN
+        ("adversarial.epsilon", 1e38, ["adversarial.epsilon", "(0, 10]"]),
+        ("adversarial.alpha", 1e30, ["adversarial.alpha", "[0, 10]"]),
+        ("adversarial.steps", 10**6, ["adversarial.steps", "[1, 50]"]),
         ("adversarial.method", "fgsm", ["adversarial.method", "'fgm'"]),
         ("adversarial.norm", "l1", ["adversarial.norm", "'l2'"]),
         ("adversarial.mix", 0.0, ["adversarial.mix", "(0, 1]"]),
-        ("adversarial.alpha", -1.0, ["adversarial.alpha", ">= 0"]),
+        ("adversarial.alpha", -1.0, ["adversarial.alpha", "[0, 10]"]),
     ],
 )
 def test_bad_settings_are_refused_naming_the_key(key, value, words) -> None:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from opacus import PrivacyEngine
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
+from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from fedshield.client.trainer import TrainConfig, train_site
 from fedshield.models.embeddings import input_embedding, logits_of
@@ -62,10 +63,10 @@ def _batch(vocab: int, *, token_types: bool, seed: int = 4):
     return inputs
 
 
-def _classifier(make):
+def _classifier(make, *, token_types: bool = True):
     def build():
         model = make()
-        inputs = _batch(100, token_types=True)
+        inputs = _batch(100, token_types=token_types)
         labels = torch.tensor([0, 1, 1, 0, 1])
         loss = lambda logits, y: F.cross_entropy(logits, y, reduction="none")  # noqa: E731
         return model, inputs, labels, loss
@@ -83,8 +84,27 @@ def _lm(name: str):
     return build
 
 
+def _llama_classifier() -> nn.Module:
+    """A decoder classifier: Hugging Face reads each record's logits at its last
+    real token, which it finds from input_ids (the padding)."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        num_labels=2,
+    )
+    return LlamaForSequenceClassification(config).double()
+
+
 CASES = {
     "bert-full": _classifier(_tiny_bert),
+    "llama-classifier-full": _classifier(_llama_classifier, token_types=False),
     "bert-lora": _classifier(_tiny_lora),
     "llama-lora": _lm("llama-lora"),
     "llama-full": _lm("llama-full"),
@@ -241,8 +261,8 @@ def _round(tiny_model_dir, adversarial: AdversarialConfig | None, seed: int = 3)
     "cfg",
     [
         AdversarialConfig(method=AdversarialMethod.PGD, steps=2),
-        # a coordinator's extreme settings: a huge ball, adversarial loss only
-        AdversarialConfig(method=AdversarialMethod.FREELB, epsilon=50.0, mix=1.0),
+        # a coordinator's extreme settings: the largest ball, adversarial loss only
+        AdversarialConfig(method=AdversarialMethod.FREELB, epsilon=10.0, mix=1.0),
     ],
     ids=["pgd", "freelb-extreme"],
 )

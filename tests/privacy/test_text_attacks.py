@@ -133,7 +133,7 @@ def test_attacks_on_a_tiny_classifier(tiny_model_dir) -> None:
     assert math.isnan(chars.success_rate) or 0.0 <= chars.success_rate <= 1.0
     dataset = tokenize(data, loaded.tokenizer, max_length=16)
     tiny = AdversarialConfig(method=AdversarialMethod.PGD, epsilon=1e-6, steps=2)
-    huge = AdversarialConfig(method=AdversarialMethod.PGD, epsilon=50.0, steps=5)
+    huge = AdversarialConfig(method=AdversarialMethod.PGD, epsilon=10.0, steps=5)
     clean = embedding_pgd_accuracy(
         loaded.model, dataset, tiny, batch_size=4, device=CPU
     )
