@@ -234,9 +234,9 @@ def adversarial_backward(
         return per_sample_loss(logits(delta), labels)
 
     with precision:
-        with private.attack_context(), torch.no_grad():
-            like = embedding(inputs["input_ids"])
         with private.attack_context():
+            with torch.no_grad():
+                like = embedding(inputs["input_ids"])
             deltas = attack_deltas(
                 loss_of,
                 like,

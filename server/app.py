@@ -48,7 +48,7 @@ from .config import ServerConfig
 from .evaluate import CentralEvaluator, CentralTestLoader
 from .generation import generation_samples
 from .report import print_round, print_start
-from .rounds import RoundAborted, run_round
+from .rounds import RoundAborted, measured, run_round
 from .strategy import (
     STRATEGY_STATE_KEY,
     build_strategy,
@@ -142,14 +142,15 @@ def server_app(*, central_test: CentralTestLoader) -> ServerApp:
 
 
 def _metrics(result: EvalResult) -> dict[str, float]:
-    out = {"accuracy": result.accuracy, "loss": result.loss}
-    if result.perplexity is not None:
-        out["perplexity"] = result.perplexity
-    if result.robust_accuracy is not None:
-        out["robust_accuracy"] = result.robust_accuracy
-    if result.char_attack_success is not None:
-        out["char_attack_success"] = result.char_attack_success
-    return out
+    return {
+        "accuracy": result.accuracy,
+        "loss": result.loss,
+        **measured(
+            perplexity=result.perplexity,
+            robust_accuracy=result.robust_accuracy,
+            char_attack_success=result.char_attack_success,
+        ),
+    }
 
 
 def run_server(

@@ -41,6 +41,7 @@ __all__ = [
     "RoundAborted",
     "RoundLog",
     "collect_replies",
+    "measured",
     "run_round",
 ]
 
@@ -100,8 +101,8 @@ class RoundLog:
             "round": self.server_round,
             "accuracy": self.accuracy,
             "loss": self.loss,
-            **({"perplexity": self.perplexity} if self.perplexity is not None else {}),
-            **_present(
+            **measured(
+                perplexity=self.perplexity,
                 robust_accuracy=self.robust_accuracy,
                 char_attack_success=self.char_attack_success,
             ),
@@ -118,8 +119,8 @@ class RoundLog:
         }
 
 
-def _present(**values: float | None) -> dict[str, float]:
-    """The values that were measured (not None)."""
+def measured(**values: float | None) -> dict[str, float]:
+    """The values that were measured (not None): what a metric dict carries."""
     return {k: v for k, v in values.items() if v is not None}
 
 

@@ -76,6 +76,7 @@ __all__ = [
     "attack_deltas",
     "ball_radius",
     "frozen",
+    "input_gradient",
     "objective",
     "project",
     "random_start",
@@ -163,8 +164,9 @@ def random_start(
     return project(delta.to(like), attention_mask, cfg)
 
 
-def _gradient(loss_of: LossOf, delta: Tensor) -> Tensor:
-    """d sum_i loss_i / d delta: row i is record i's own gradient."""
+def input_gradient(loss_of: LossOf, delta: Tensor) -> Tensor:
+    """d sum_i loss_i / d delta at ``delta``: row i is record i's own gradient
+    (the attacks' step direction; the character attack's word importance)."""
     delta = delta.detach().requires_grad_(True)
     loss = loss_of(delta)
     if not loss.requires_grad:
@@ -194,15 +196,17 @@ def attack_deltas(
     with frozen(params):
         if cfg.method is AdversarialMethod.FGM:
             zero = torch.zeros_like(like)
-            return [_ascend(zero, _gradient(loss_of, zero), attention_mask, cfg)]
+            return [_ascend(zero, input_gradient(loss_of, zero), attention_mask, cfg)]
         delta = random_start(like, attention_mask, cfg, generator)
         if cfg.method is AdversarialMethod.PGD:
             for _ in range(cfg.steps):
-                delta = _ascend(delta, _gradient(loss_of, delta), attention_mask, cfg)
+                delta = _ascend(
+                    delta, input_gradient(loss_of, delta), attention_mask, cfg
+                )
             return [delta]
         deltas = [delta]  # FreeLB: the loss at every point of the ascent
         for _ in range(cfg.steps - 1):
-            delta = _ascend(delta, _gradient(loss_of, delta), attention_mask, cfg)
+            delta = _ascend(delta, input_gradient(loss_of, delta), attention_mask, cfg)
             deltas.append(delta)
         return deltas
 

@@ -26,7 +26,7 @@ from fedshield.models.embeddings import LogitsOf, input_embedding, logits_of
 from fedshield.models.loading import forward_inputs
 from fedshield.models.texts import LabeledTexts, TokenizedTexts, batch_inputs, tokenize
 
-from .attacks import attack_deltas, frozen
+from .attacks import attack_deltas, frozen, input_gradient
 from .config import AdversarialConfig, AdversarialMethod, BallNorm
 from .text_attacks import CharAttackResult, char_attack, word_spans
 
@@ -206,13 +206,11 @@ def text_attack(
             chunk = texts[i : i + batch_size]
             inputs, offsets = _encode(tokenizer, chunk, max_length, device)
             y = torch.tensor(labels[i : i + batch_size], device=device)
-            logits = logits_of(model, inputs, embedding)
+            loss_of = partial(_loss_under, logits_of(model, inputs, embedding), y)
             with torch.no_grad():
                 like = embedding(inputs["input_ids"])
-            delta = torch.zeros_like(like, requires_grad=True)
             with frozen(_params(model)):
-                loss = F.cross_entropy(logits(delta).float(), y, reduction="sum")
-                (grad,) = torch.autograd.grad(loss, delta)
+                grad = input_gradient(loss_of, torch.zeros_like(like))
             token_scores = grad.norm(dim=-1).cpu()  # (b, t)
             for row, text in enumerate(chunk):
                 scores = []

@@ -116,9 +116,8 @@ def _per_record(
     out = []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate):
         inputs, labels = batch_inputs(batch, device)
-        with torch.no_grad():  # scoring only: no graph through the trainable weights
-            logits = model(**inputs).logits.float()  # (b, labels) or (b, t, vocab)
-            out.append(score(logits, labels).cpu())
+        logits = model(**inputs).logits.float()  # (b, num_labels) or (b, t, vocab)
+        out.append(score(logits, labels).cpu())
     return torch.cat(out).numpy().astype(np.float64)
 
 
