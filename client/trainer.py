@@ -26,7 +26,13 @@ from fedshield.models import is_head_parameter
 from fedshield.models.embeddings import input_embedding, logits_of
 from fedshield.models.lm import TokenizedRecords
 from fedshield.models.texts import TokenizedTexts, batch_inputs
-from fedshield.privacy.adversarial import AdversarialConfig, attack_deltas, objective
+from fedshield.privacy.adversarial import (
+    AdversarialConfig,
+    AdversarialMethod,
+    attack_deltas,
+    fgm_in_parts,
+    objective,
+)
 from fedshield.privacy.audit.gradient_canaries import CanaryInjector, GradientCanaries
 from fedshield.privacy.budget import Release
 from fedshield.privacy.dp import (
@@ -226,24 +232,32 @@ def adversarial_backward(
 ) -> float:
     """One step's backward on each record's adversarial objective: the attack's
     inner passes (parameters frozen, no per-sample capture), then the objective's
-    1 + K model calls, clipped per record in one backward."""
+    1 + K model calls, clipped per record in one backward. FGM with a clean part
+    takes its direction from that clean part's own backward where the mode can
+    clip several backward passes as one (book-keeping, no DP): one pass fewer."""
     embedding = input_embedding(model)
     logits = logits_of(private.module, inputs, embedding)
 
     def loss_of(delta: torch.Tensor | None) -> torch.Tensor:
         return per_sample_loss(logits(delta), labels)
 
+    with torch.no_grad():
+        like = embedding(inputs["input_ids"])
+    mask = inputs["attention_mask"]
+    fgm_mixed = cfg.method is AdversarialMethod.FGM and cfg.mix < 1.0
+    if fgm_mixed and private.backward_parts is not None:
+
+        def precise_loss_of(delta: torch.Tensor | None) -> torch.Tensor:
+            with precision:  # the forward only; each backward runs outside it
+                return loss_of(delta)
+
+        with private.backward_parts() as backward_part:
+            per_record = fgm_in_parts(precise_loss_of, like, mask, cfg, backward_part)
+        return float(per_record.mean())
     with precision:
         with private.attack_context():
-            with torch.no_grad():
-                like = embedding(inputs["input_ids"])
             deltas = attack_deltas(
-                loss_of,
-                like,
-                inputs["attention_mask"],
-                cfg,
-                generator=generator,
-                params=params,
+                loss_of, like, mask, cfg, generator=generator, params=params
             )
         per_record = objective(loss_of, deltas, cfg.mix)
     return private.backward_losses(per_record)

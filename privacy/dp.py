@@ -259,6 +259,20 @@ class PrivateTraining:
     attack_context: Callable[[], contextlib.AbstractContextManager[None]] = (
         contextlib.nullcontext
     )
+    # ``with backward_parts() as part: part(l1); part(l2)``: the records'
+    # objective l1 + l2 in several backward passes, clipped once per record at the
+    # end; None where the mode cannot (Opacus' hooks would clip each part as a
+    # sample of its own: it concatenates the grad_sample of successive backwards)
+    backward_parts: (
+        Callable[[], contextlib.AbstractContextManager[Callable[[torch.Tensor], None]]]
+        | None
+    ) = None
+
+
+@contextlib.contextmanager
+def _summed_parts() -> Iterator[Callable[[torch.Tensor], None]]:
+    """Non-private parts: each part's mean backward, accumulated in ``p.grad``."""
+    yield lambda part: part.mean().backward()
 
 
 def _zero_grads(params: Sequence[torch.Tensor]) -> Callable[[], None]:
@@ -362,6 +376,7 @@ def make_non_private(
             [p for g in optimizer.param_groups for p in g["params"]]
         ),
         backward_losses=_mean_of_losses,
+        backward_parts=_summed_parts,
     )
 
 
@@ -404,6 +419,7 @@ def _make_private_bookkeeping(
         empty_backward=lambda: bk.backward(torch.zeros(0)),
         backward_losses=bk_losses,
         close=bk.remove,
+        backward_parts=bk.backward_parts,
     )
 
 

@@ -44,6 +44,14 @@ data); the sum gets N(0, sigma^2 C^2) noise. The loss function is free. Here:
 3. The inner ascent passes run with every trainable parameter frozen and outside
    the per-sample capture (:func:`frozen`): they produce no parameter gradient, so
    nothing unclipped reaches the update, and they release nothing.
+   FGM with a clean part (mix < 1) under book-keeping, or without DP, skips
+   that pass (:func:`fgm_in_parts`): its direction is the input gradient that
+   the objective's own clean part leaves behind, ``(1 - mix)`` times record i's
+   own. The clean part's backward is then the first of two backward passes whose
+   per-record sum book-keeping clips once (``Clipper.parts``); nothing is
+   released between them. Opacus' hooks mode keeps the separate pass: it would
+   clip each backward's per-sample gradients as samples of their own
+   (``grad_sample`` lists are concatenated), a sensitivity of 2C.
 4. Hence the accountant's (sigma, q, steps) and the ledger's releases are those
    of the clean run with the same settings; :mod:`privacy.budget` prices them the
    same way.
@@ -75,6 +83,7 @@ __all__ = [
     "LossOf",
     "attack_deltas",
     "ball_radius",
+    "fgm_in_parts",
     "frozen",
     "input_gradient",
     "objective",
@@ -209,6 +218,39 @@ def attack_deltas(
             delta = _ascend(delta, input_gradient(loss_of, delta), attention_mask, cfg)
             deltas.append(delta)
         return deltas
+
+
+def fgm_in_parts(
+    loss_of: LossOf,
+    like: Tensor,
+    attention_mask: Tensor,
+    cfg: AdversarialConfig,
+    backward_part: Callable[[Tensor], None],
+) -> Tensor:
+    """FGM's objective (mix < 1) in two backward passes, with no separate attack
+    pass: the clean part's backward books the clean call and leaves on a zero
+    perturbation ``(1 - mix)`` times each record's own input gradient, FGM's
+    direction (it is scale-free); the adversarial part's backward follows.
+    ``backward_part`` must clip the two parts' sum once per record (book-keeping's
+    ``backward_parts``). Returns the objective's per-record values (b,)."""
+    if cfg.method is not AdversarialMethod.FGM or not 0.0 < cfg.mix < 1.0:
+        raise ValueError(
+            f"fgm_in_parts is FGM with a clean part; found method {cfg.method} "
+            f"and mix {cfg.mix}. Use attack_deltas and objective."
+        )
+    zero = torch.zeros_like(like).requires_grad_(True)
+    clean = loss_of(zero)  # a zero move: the clean forward, differentiable in it
+    backward_part((1.0 - cfg.mix) * clean)
+    if zero.grad is None:
+        raise RuntimeError(
+            "The adversarial attack's loss does not depend on the input embeddings; "
+            "expected the output of the model's get_input_embeddings() module to "
+            "feed its forward. Set adversarial.method=off for this model."
+        )
+    delta = _ascend(zero.detach(), zero.grad, attention_mask, cfg)
+    adversarial = loss_of(delta)
+    backward_part(cfg.mix * adversarial)
+    return ((1.0 - cfg.mix) * clean + cfg.mix * adversarial).detach()
 
 
 def objective(loss_of: LossOf, deltas: Sequence[Tensor], mix: float) -> Tensor:

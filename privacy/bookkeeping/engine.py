@@ -38,6 +38,7 @@ hold the clipped SUM), and the engine's accountant step hook, wired exactly as
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from .hooks import Clipper, attached_clipper, find_sites
+from .hooks import BackwardPart, Clipper, attached_clipper, find_sites
 
 __all__ = ["BookkeepingPrivate", "make_private_bookkeeping"]
 
@@ -109,6 +110,16 @@ class BookkeepingPrivate:
                 ``torch.zeros(0)`` (all gradients become 0) and call ``step()``.
         """
         self._clipper.backward(per_sample_loss)
+
+    def backward_parts(self) -> contextlib.AbstractContextManager[BackwardPart]:
+        """Several backward passes on parts of each record's objective, whose sum
+        is clipped once per record on leaving the block (:meth:`Clipper.parts`)::
+
+            with private.backward_parts() as backward_part:
+                backward_part(part_1)  # (B,) each
+                backward_part(part_2)  # may use input gradients left by part_1
+        """
+        return self._clipper.parts()
 
     @property
     def last_per_sample_norms(self) -> Tensor | None:

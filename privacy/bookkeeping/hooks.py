@@ -41,6 +41,8 @@ is then d loss_i / d y_i, and padded positions get g = 0.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -57,6 +59,7 @@ from .layers import (
 )
 
 __all__ = [
+    "BackwardPart",
     "Clipper",
     "Site",
     "UnsupportedTrainableModuleError",
@@ -64,7 +67,11 @@ __all__ = [
     "find_sites",
 ]
 
-_CLIP_EPS = 1e-6  # Opacus: c_i = min(1, C / (norm_i + 1e-6))
+_CLIP_EPS = 1e-6
+
+#: ``backward_part(loss_part)``: one backward pass on a (B,) part of the records'
+#: objective, inside :meth:`Clipper.parts`.
+BackwardPart = Callable[[Tensor], None]  # Opacus: c_i = min(1, C / (norm_i + 1e-6))
 
 
 class UnsupportedTrainableModuleError(ValueError):
@@ -242,29 +249,64 @@ class Clipper:
         site.records.append((a, _at_least_float32(grad.detach())))
 
     def backward(self, per_sample_loss: Tensor) -> None:
-        if self.removed:
-            raise RuntimeError("backward() after remove(): hooks are gone.")
         if per_sample_loss.shape == (0,):  # empty Poisson batch: a noise-only step
+            if self.removed:
+                raise RuntimeError("backward() after remove(): hooks are gone.")
             for site in self._sites:
                 for p in site.params:
                     p.grad = torch.zeros_like(p)
             self.last_per_sample_norms = per_sample_loss.detach()
             return
-        if per_sample_loss.dim() != 1 or not per_sample_loss.requires_grad:
-            raise ValueError(
-                "Expected per_sample_loss of shape (B,) that requires grad (e.g. "
-                "F.cross_entropy(logits, labels, reduction='none')); found shape "
-                f"{tuple(per_sample_loss.shape)}, requires_grad="
-                f"{per_sample_loss.requires_grad}."
-            )
-        batch = per_sample_loss.shape[0]
+        with self.parts() as backward_part:
+            backward_part(per_sample_loss)
+
+    @contextmanager
+    def parts(self) -> Iterator[BackwardPart]:
+        """Backward passes on parts of each record's objective, clipped together.
+
+        Inside the block, ``backward_part(loss_part)`` (shape (B,)) runs one
+        backward pass and books its calls; on leaving, the per-record gradient is
+        the SUM over the parts (each layer's calls of every part concatenated
+        along the token axis), clipped once, as if ``backward`` had been called
+        on ``sum(parts)``. Leaves that require grad (an input perturbation) get
+        their ``.grad`` from each part, so a later part may depend on an earlier
+        part's input gradient (FGM's direction, :mod:`privacy.adversarial`).
+        Raises, leaving no gradient, if the block raises or has no part.
+        """
+        if self.removed:
+            raise RuntimeError("backward() after remove(): hooks are gone.")
+        shape: list[tuple[int, torch.dtype]] = []
+
+        def backward_part(per_sample_loss: Tensor) -> None:
+            if per_sample_loss.dim() != 1 or not per_sample_loss.requires_grad:
+                raise ValueError(
+                    "Expected per_sample_loss of shape (B,) that requires grad (e.g. "
+                    "F.cross_entropy(logits, labels, reduction='none')); found shape "
+                    f"{tuple(per_sample_loss.shape)}, requires_grad="
+                    f"{per_sample_loss.requires_grad}."
+                )
+            if shape and shape[0][0] != per_sample_loss.shape[0]:
+                raise ValueError(
+                    "Expected every part of one step's objective to hold the same "
+                    f"records; found {shape[0][0]} then {per_sample_loss.shape[0]}."
+                )
+            shape.append((per_sample_loss.shape[0], per_sample_loss.dtype))
+            self._armed = True
+            try:
+                per_sample_loss.sum().backward()  # input grads + g capture
+            finally:
+                self._armed = False
+
         self._drop_grads()  # overwritten below; None lets us detect direct uses
-        self._armed = True
         try:
-            per_sample_loss.sum().backward()  # one pass: input grads + g capture
-            self._armed = False
+            yield backward_part
+            if not shape:
+                raise RuntimeError(
+                    "Expected at least one backward_part() in the block; found "
+                    "none, so there is no per-record gradient to clip."
+                )
             self._refuse_direct_uses()
-            self._clip_and_sum(batch, per_sample_loss.dtype)
+            self._clip_and_sum(*shape[0])
         except BaseException:
             self._drop_grads()  # never leave an unclipped or partial sum in p.grad
             raise

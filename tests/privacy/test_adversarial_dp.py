@@ -10,6 +10,7 @@ none changes what a record can contribute (at most C) or what is accounted.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from fedshield.client.trainer import TrainConfig, train_site
+from fedshield.client.trainer import TrainConfig, adversarial_backward, train_site
 from fedshield.models.embeddings import input_embedding, logits_of
 from fedshield.privacy.adversarial import (
     AdversarialConfig,
@@ -31,7 +32,12 @@ from fedshield.privacy.adversarial import (
     objective,
 )
 from fedshield.privacy.budget import plan_release
-from fedshield.privacy.dp import DPConfig, GradSampleMode, make_private
+from fedshield.privacy.dp import (
+    DPConfig,
+    GradSampleMode,
+    make_non_private,
+    make_private,
+)
 
 from .test_bookkeeping import (
     REL_TOL,
@@ -219,6 +225,102 @@ def test_adversarial_objective_is_clipped_per_record_exactly(
         per_sample = [p.grad_sample.flatten(1) for p in params]
         got = torch.cat(per_sample, dim=1).norm(dim=1)
         torch.testing.assert_close(got, norms, rtol=REL_TOL, atol=0)
+    private.close()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("mode", [GradSampleMode.BOOKKEEPING, GradSampleMode.HOOKS])
+def test_the_trainers_fgm_step_is_clipped_per_record_exactly(mode, case) -> None:
+    """The trainer's own step (adversarial_backward). Under book-keeping, FGM with a
+    clean part takes its direction from the clean part's backward and clips the two
+    backward passes' per-record sum once; under Opacus hooks, which would clip each
+    pass as a sample of its own, it keeps the separate attack pass. Either way each
+    record contributes its objective's gradient, clipped once."""
+    cfg = METHODS["fgm-mixed"]
+    model, inputs, labels, loss = CASES[case]()
+    model.train()
+    deltas = _deltas(model, inputs, labels, loss, cfg)
+    grads = _reference(model, inputs, labels, loss, cfg, deltas)
+    norms = torch.stack([_norm(g) for g in grads])
+    clip = norms.median().item()
+
+    private = _private(model, mode, clip)
+    assert (private.backward_parts is not None) == (mode is GradSampleMode.BOOKKEEPING)
+    private.optimizer.zero_grad(set_to_none=True)
+    mean = adversarial_backward(
+        private,
+        model,
+        inputs,
+        labels,
+        per_sample_loss=loss,
+        cfg=cfg,
+        params=_trainable(model),
+        generator=torch.Generator().manual_seed(7),
+        precision=contextlib.nullcontext(),
+    )
+    plain = logits_of(model, inputs, input_embedding(model))
+    want_mean = objective(lambda d: loss(plain(d), labels), deltas, cfg.mix).mean()
+    assert math.isclose(mean, want_mean.item(), rel_tol=1e-6)
+    params = _trainable(model)
+    if mode is GradSampleMode.BOOKKEEPING:
+        torch.testing.assert_close(
+            norms_from_bookkeeping(model), norms, rtol=REL_TOL, atol=0
+        )
+        want = [torch.zeros_like(p) for p in params]
+        for g_i, norm in zip(grads, norms, strict=True):
+            factor = min(1.0, clip / (norm.item() + 1e-6))
+            for acc, g in zip(want, g_i, strict=True):
+                acc += factor * g
+        _assert_close([_grad(p) for p in params], want)
+    else:
+        per_sample = [p.grad_sample.flatten(1) for p in params]
+        got = torch.cat(per_sample, dim=1).norm(dim=1)
+        torch.testing.assert_close(got, norms, rtol=REL_TOL, atol=0)
+    private.close()
+
+
+def test_fgm_without_dp_is_the_mean_objectives_gradient() -> None:
+    """Without DP the two backward passes accumulate the mean objective's gradient."""
+    cfg = METHODS["fgm-mixed"]
+    model, inputs, labels, loss = CASES["bert-lora"]()
+    model.train()
+    deltas = _deltas(model, inputs, labels, loss, cfg)
+    grads = _reference(model, inputs, labels, loss, cfg, deltas)
+    params = _trainable(model)
+    loader = DataLoader(TensorDataset(torch.zeros(20, 1)), batch_size=5)
+    private = make_non_private(
+        module=model, optimizer=torch.optim.SGD(params, lr=1.0), data_loader=loader
+    )
+    private.optimizer.zero_grad(set_to_none=True)
+    adversarial_backward(
+        private,
+        model,
+        inputs,
+        labels,
+        per_sample_loss=loss,
+        cfg=cfg,
+        params=params,
+        generator=torch.Generator().manual_seed(7),
+        precision=contextlib.nullcontext(),
+    )
+    want = [sum(g[j] for g in grads) / len(grads) for j in range(len(params))]
+    _assert_close([_grad(p) for p in params], want)
+
+
+def test_backward_parts_refuses_an_empty_or_ragged_objective() -> None:
+    model, inputs, labels, loss = CASES["bert-lora"]()
+    private = _private(model, GradSampleMode.BOOKKEEPING, clip=1.0)
+    assert private.backward_parts is not None
+    with pytest.raises(RuntimeError, match="at least one backward_part"):
+        with private.backward_parts():
+            pass
+    logits = private.module(**inputs).logits
+    per_record = loss(logits, labels)
+    with pytest.raises(ValueError, match="same records"):
+        with private.backward_parts() as backward_part:
+            backward_part(per_record[:3].clone())
+            backward_part(per_record[3:].clone())
+    assert all(p.grad is None for p in _trainable(model))  # nothing half-clipped
     private.close()
 
 
