@@ -55,6 +55,7 @@ from fedshield.simulations.presets import preset_overrides
 from fedshield.simulations.superlink import private_superlink
 
 from .audit import audit, write_audit
+from .deploy import federation_app, site_app, superlink_app
 from .evaluate import evaluate
 from .ledger import ledger_app
 from .scrub import scrub
@@ -68,6 +69,9 @@ app = typer.Typer(
 )
 console = Console()
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(federation_app, name="federation")
+app.add_typer(superlink_app, name="superlink")
+app.add_typer(site_app, name="site")
 app.command()(scrub)
 app.command()(audit)
 app.command()(evaluate)
@@ -297,6 +301,33 @@ def _follow(proc: subprocess.Popen[bytes], out: Path) -> None:
             if done:
                 break
             time.sleep(1.0)
+
+
+def follow_run(command: list[str], env: dict[str, str], cwd: Path, out: Path) -> int:
+    """``flwr run`` of a deployed federation, followed like a simulation (log in
+    OUT/flwr.log); 0 only when the summary says the run completed."""
+    launch = SimulationLaunch(command=command, env=env, cwd=cwd, connection=command[3])
+    layout = RunLayout(out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        returncode = _run(launch, layout.log, out)
+    except KeyboardInterrupt:
+        console.print("[yellow]Stopped; the run was stopped at the SuperLink.[/yellow]")
+        return 130
+    summary = _read_json(layout.summary)
+    if summary and summary.get("status") == "completed" and returncode == 0:
+        _print_final(summary, out)
+        return 0
+    if summary and summary.get("status") == "aborted":
+        error = escape(str(summary.get("error")))
+        console.print(f"[red]The run stopped: {error}[/red]")
+    else:
+        status = (summary or {}).get("status", "no summary")
+        console.print(
+            f"[red]The run did not complete (status: {status}; flwr exit code "
+            f"{returncode}). Full log: {layout.log}[/red]\n{_log_tail(layout.log)}"
+        )
+    return 1
 
 
 def _print_final(summary: dict[str, Any], out: Path) -> None:

@@ -89,7 +89,8 @@ class RoundLog:
             perplexity=d.get("perplexity"),
             robust_accuracy=d.get("robust_accuracy"),
             char_attack_success=d.get("char_attack_success"),
-            train_loss=d["train_loss"],
+            # withheld by every site: NaN in memory, null in summary.json
+            train_loss=float("nan") if d["train_loss"] is None else d["train_loss"],
             seconds=d["seconds"],
             client_epsilon=d.get("client_epsilon"),
             saturated=d.get("saturated"),

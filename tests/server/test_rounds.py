@@ -399,4 +399,12 @@ def test_a_round_of_sites_that_withhold_their_metrics_is_reported_and_summarised
     )
     assert summary["sites"]["a"]["epsilon"] == 1.5
     assert summary["sites"]["b"]["epsilon"] is None
+    # the CLI reads the rounds back from summary.json (NaN written as null)
+    import json
+
+    from fedshield.common.storage import json_safe
+
+    again = RoundLog.from_dict(json.loads(json.dumps(json_safe(log.as_dict()))))
+    console.print(round_table(again, 3))
+    assert "withheld" in console.export_text()
     assert summary["sites"]["b"]["examples"] is None

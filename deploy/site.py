@@ -1,0 +1,253 @@
+"""A data-owning site's SuperNode: its key, a check of its node config before
+anything starts, and ``flower-supernode`` with TLS and its key.
+
+``fedshield site keygen DIR`` makes the site's key pair (the private key never
+leaves the site; ``supernode_key.pub`` goes to the coordinator).
+``fedshield site check --node-config "..."`` reads the node config as the
+ClientApp will (unknown keys refused, the site policy parsed), then checks what
+would otherwise fail only in round 1: the data file exists, is readable and
+parses (with the columns the run will use), the eval file too, and the state dir
+(ledger, signing key, scrub cache) is writable. ``fedshield site start`` runs the
+same check, then ``flower-supernode`` connected with TLS (the federation's CA)
+and SuperNode authentication (the site's key); when the SuperLink refuses the
+key, it says so and what to do, instead of Flower's bare "Failed to activate
+SuperNode".
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.common.config import parse_config_args
+
+from fedshield.client.data import SiteDataConfig, SiteDataError, read_labeled_file
+from fedshield.client.node import NodeConfig
+from fedshield.client.release import site_state_dir
+from fedshield.common.config import ConfigError
+from fedshield.common.storage import read_key_file
+from fedshield.simulations.process_tree import dies_with_parent
+
+from .pki import SiteKey, make_site_key
+
+__all__ = [
+    "SiteCheck",
+    "check_site",
+    "keygen",
+    "parse_node_config",
+    "supernode_command",
+]
+
+# what flower-supernode prints when the SuperLink does not know the node's key
+_REFUSED = ("Failed to activate SuperNode", "code: 2004")
+
+
+def keygen(folder: Path) -> SiteKey:
+    return make_site_key(folder)
+
+
+def parse_node_config(text: str) -> dict[str, Any]:
+    """``--node-config`` as Flower's SuperNode parses it (TOML-typed values)."""
+    try:
+        parsed = parse_config_args([text]) if text.strip() else {}
+    except Exception as err:  # flwr raises ValueError or tomli's error
+        raise ConfigError(
+            f"Expected a node config of key=value pairs (strings in quotes, e.g. "
+            f"\"data-path='/data/notes.csv' max-epsilon=8\"); found {text!r}: {err}"
+        ) from err
+    return dict(parsed)
+
+
+@dataclass(frozen=True)
+class SiteCheck:
+    node: NodeConfig
+    site: str
+    state_dir: Path
+    records: int
+    eval_records: int | None
+
+
+def _writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".check-"):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"Expected the site's state dir {folder} to be writable (it holds the "
+            f"privacy ledger, its signing key and the scrub cache); it is not: "
+            f"{err}. Set `state-dir` in the node config to a folder this user owns."
+        ) from err
+
+
+def check_site(
+    node_config: Mapping[str, Any], run_config: Mapping[str, Any] | None = None
+) -> SiteCheck:
+    """What would fail in round 1, checked now (``run_config``: the run's data.*
+    and model.* settings when they are not the defaults)."""
+    node = NodeConfig.parse(dict(node_config))
+    if node.simulated:
+        raise ConfigError(
+            "Expected a deployed site's node config; found `partition-id`, which "
+            "only Flower's simulation engine sets."
+        )
+    if node.data_path is None:
+        raise ConfigError(
+            "Expected `data-path` in the node config (the site's CSV/TSV/JSONL "
+            "training file); found none."
+        )
+    data_cfg = SiteDataConfig.from_run_config(dict(run_config or {}))
+    try:
+        train = read_labeled_file(node.data_path, data_cfg)
+        held = (
+            read_labeled_file(node.eval_data_path, data_cfg)
+            if node.eval_data_path is not None
+            else None
+        )
+    except SiteDataError as err:
+        raise ConfigError(str(err)) from err
+    site = node.site_name or "this site"
+    state = site_state_dir(node, {}, site)
+    _writable(state)
+    return SiteCheck(
+        node=node,
+        site=site,
+        state_dir=state,
+        records=len(train),
+        eval_records=None if held is None else len(held),
+    )
+
+
+def supernode_command(
+    *,
+    superlink: str,
+    root_certificates: Path,
+    key: Path,
+    node_config: str,
+    port: int = 9094,
+    executable: str = "flower-supernode",
+) -> list[str]:
+    """``flower-supernode`` with TLS (``root_certificates``: the federation's CA)
+    and the site's key; runtime dependency installation stays off (its default)."""
+    if not root_certificates.is_file():
+        raise ConfigError(
+            f"Expected the federation's CA certificate at {root_certificates}; found "
+            "nothing. The coordinator sends ca.pem with the federation's address."
+        )
+    read_key_file(
+        key,
+        error=ConfigError,
+        why="anyone who reads it can connect as this site",
+    )
+    if not key.is_file():
+        raise ConfigError(
+            f"Expected the site's private key at {key}; found nothing. Make one "
+            "with `fedshield site keygen DIR` and send DIR/supernode_key.pub to "
+            "the coordinator."
+        )
+    return [
+        executable,
+        "--superlink",
+        superlink,
+        "--root-certificates",
+        str(root_certificates),
+        "--auth-supernode-private-key",
+        str(key),
+        "--node-config",
+        node_config,
+        "--isolation",
+        "subprocess",
+        "--port",
+        str(port),
+    ]
+
+
+def _stop_group(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
+    """SIGTERM to the SuperNode's process group, up to ``grace`` seconds for the
+    SuperNode to exit, then SIGKILL to whatever is left of the group: its
+    SuperExec outlives a SuperNode that exits and would retry forever."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        if sig is signal.SIGTERM:
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def run_supernode(command: list[str], *, key: Path, superlink: str) -> int:
+    """Run ``command`` (the SuperNode) in the foreground, its output passed
+    through, and stop its whole process group when it ends. A refused key is
+    explained and ends the run (Flower's SuperExec would otherwise retry
+    forever). Returns the SuperNode's exit code (2 for a refused key)."""
+    env = dict(os.environ)
+    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        bufsize=1,
+        start_new_session=True,  # one group: the SuperNode and its SuperExec
+        preexec_fn=dies_with_parent(signal.SIGTERM),  # this process killed outright
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    refused = False
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # systemd's SIGTERM: stop the group, then exit
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                if proc.poll() is not None:
+                    break  # exited; its SuperExec may hold the pipe open
+                continue
+            if line is None:
+                break
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if any(mark in line for mark in _REFUSED):
+                refused = True
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop_group(proc)
+        signal.signal(signal.SIGTERM, previous)
+    code = proc.wait()
+    if refused:
+        pub = key.with_name(key.name + ".pub")
+        sys.stderr.write(
+            f"\nThe SuperLink at {superlink} refused this site's key: no registered "
+            f"SuperNode has the public key of {key} (it was never registered, or it "
+            f"was revoked). Send {pub} to the coordinator, who registers it with "
+            "`fedshield federation register DIR SITE`, then start again.\n"
+        )
+        return 2
+    return code
