@@ -1,6 +1,9 @@
 """The ``fedshield`` command, its verbs grouped by who runs them.
 
-- site operators: ``scrub`` (PII-scrub a file), ``ledger show|plot|export``;
+- site operators: ``scrub`` (PII-scrub a file), ``ledger show|plot|export``,
+  ``site keygen|check|start`` (the SuperNode);
+- coordinators: ``federation init|add-site|register|revoke|sites|run``,
+  ``superlink start``;
 - simulation: ``simulate`` (the Flower app on the simulation engine);
 - auditors: ``audit`` (membership-inference audit of a run), ``ledger verify``.
 
