@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-GENERIC = ("server", "client", "models", "privacy", "simulations", "cli", "common")
+GENERIC = (
+    "server",
+    "client",
+    "models",
+    "privacy",
+    "simulations",
+    "cli",
+    "common",
+    "deploy",
+)
 
 
 @pytest.fixture(scope="module")
