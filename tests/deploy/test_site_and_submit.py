@@ -112,9 +112,8 @@ def test_the_supernode_runs_with_tls_and_the_sites_key(tmp_path) -> None:
 def test_a_deployed_run_needs_central_test_data(tmp_path) -> None:
     with pytest.raises(ConfigError, match="central test data"):
         prepare_run({"out-dir": f"'{tmp_path / 'r'}'"})
-    # federated evaluation instead: its privacy cost is the sites' policy
-    ok = prepare_run({"out-dir": f"'{tmp_path / 'r'}'", "fraction-evaluate": "0.5"})
-    assert ok.test_records is None
+    with pytest.raises(ConfigError, match="central test data"):  # not instead
+        prepare_run({"out-dir": f"'{tmp_path / 'r'}'", "fraction-evaluate": "0.5"})
 
 
 def test_out_dir_and_test_path_are_made_absolute_and_checked(tmp_path) -> None:

