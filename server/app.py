@@ -63,7 +63,19 @@ __all__ = ["run_server", "server_app"]
 logger = logging.getLogger(__name__)
 
 # Keys that may differ between a run and its resumption; all others must match.
-RESUMABLE_KEYS = {"num-server-rounds", "resume", "round-timeout"}
+# What a resumed run may change, and why each is safe. Everything else (the model,
+# data, DP, secure aggregation's other settings, the strategy) must match the
+# checkpoint: the rounds before and after would otherwise be different runs.
+RESUMABLE_KEYS = {
+    "num-server-rounds": "more rounds: each site's ledger composes them",
+    "resume": "the switch itself",
+    "round-timeout": "how long the server waits; no site's data depends on it",
+    # a federation that lost a site must be able to go on with the sites left;
+    # every site still enforces its own floor (policy secagg-min-sites,
+    # secagg-min-threshold, secagg-max-colluders), so the run cannot lower it
+    "min-train-sites": "fewer sites left: the sites' own policy floors still hold",
+    "secagg.threshold": "fewer sites left: the sites' own policy floors still hold",
+}
 
 
 def _check_resumable(saved: dict[str, Any], now: RunConfig) -> None:
@@ -76,7 +88,9 @@ def _check_resumable(saved: dict[str, Any], now: RunConfig) -> None:
         raise CheckpointError(
             "Cannot resume: the run config differs from the checkpoint's in "
             f"{details}. "
-            "Resume with the original settings (only num-server-rounds may grow)."
+            "Resume with the original settings; only these may change: "
+            + ", ".join(sorted(RESUMABLE_KEYS))
+            + "."
         )
 
 

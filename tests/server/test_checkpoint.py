@@ -46,6 +46,17 @@ def test_resume_refuses_a_changed_setup_but_allows_more_rounds() -> None:
         _check_resumable(saved, dict(saved, **{"dp.noise-multiplier": 0.5}))
 
 
+def test_a_federation_that_lost_a_site_resumes_with_a_threshold_that_fits() -> None:
+    """Fewer sites left: min-train-sites and secagg.threshold may be lowered on
+    resume (each site's policy floors still hold); the privacy setup may not."""
+    saved = {"min-train-sites": 3, "secagg.threshold": 3, "secagg.clip-range": 8.0}
+    _check_resumable(
+        saved, dict(saved, **{"min-train-sites": 2, "secagg.threshold": 2})
+    )
+    with pytest.raises(CheckpointError, match="secagg.clip-range"):
+        _check_resumable(saved, dict(saved, **{"secagg.clip-range": 16.0}))
+
+
 def test_new_run_never_overwrites_an_existing_one(
     tmp_path: Path, default_run_config
 ) -> None:
