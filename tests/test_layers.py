@@ -2,6 +2,7 @@
 imports inside functions included.
 
     cli          -> everything below
+    deploy       -> simulations, client, privacy, models, common (operator tools)
     simulations  -> client, server, privacy, models, common (the one wiring place)
     client       -> privacy, models, common          (never server)
     server       -> privacy, models, common          (never client)
@@ -30,7 +31,8 @@ ALLOWED = {
     "client": {"privacy", "models", "common"},
     "server": {"privacy", "models", "common"},
     "simulations": {"client", "server", "privacy", "models", "common"},
-    "cli": {"simulations", "client", "server", "privacy", "models", "common"},
+    "deploy": {"simulations", "client", "privacy", "models", "common"},
+    "cli": {"deploy", "simulations", "client", "server", "privacy", "models", "common"},
 }
 
 
