@@ -137,11 +137,28 @@ def mean_train_loss(sites: dict[str, dict[str, float]]) -> float:
     )
 
 
+def _attributed(reply: Message, asked: Message | None) -> Message:
+    """``reply`` as the reply of the node that ``asked`` went to. An error the
+    SuperLink makes for a node it lost (offline, message expired: flwr 1.41
+    ``linkstate/utils.py``) carries the SuperLink's own id (1) as its source,
+    which would blame the SuperLink, or a wrong site, for the dead site's failure;
+    it is re-made as the asked node's error. A reply that is not an error comes
+    from the asked node (the SuperLink refuses any other source)."""
+    if asked is None or not reply.has_error():
+        return reply
+    if reply.metadata.src_node_id == asked.metadata.dst_node_id:
+        return reply
+    return Message(reply.error, reply_to=asked)
+
+
 def collect_replies(
     grid: Grid, messages: list[Message], *, timeout: float, progress: Progress
 ) -> list[Message]:
-    """Push ``messages`` and pull replies until all arrive or ``timeout`` passes."""
-    ids = set(grid.push_messages(messages))
+    """Push ``messages`` and pull replies until all arrive or ``timeout`` passes.
+    Each reply is attributed to the node that was asked (:func:`_attributed`)."""
+    pushed = list(grid.push_messages(messages))
+    asked = {mid: m for mid, m in zip(pushed, messages, strict=True) if mid}
+    ids = set(asked)
     replies: list[Message] = []
     deadline = time.monotonic() + timeout
     progress(0, len(ids))
@@ -150,8 +167,9 @@ def collect_replies(
     wait = 0.005
     while ids and time.monotonic() < deadline:
         for reply in grid.pull_messages(list(ids)):
-            ids.discard(reply.metadata.reply_to_message_id)
-            replies.append(reply)
+            mid = reply.metadata.reply_to_message_id
+            ids.discard(mid)
+            replies.append(_attributed(reply, asked.get(mid)))
             progress(len(replies), len(messages))
         if ids:
             time.sleep(wait)

@@ -111,3 +111,34 @@ def test_a_deployed_run_without_central_test_data_is_refused(
     with pytest.raises(ConfigError, match="data.test-path"):
         run_server(deployed, _context(run_config), central_test=_central_test)
     assert not (tmp_path / "run").exists()
+
+
+class LostSites(InMemoryGrid):
+    """Every site is lost: the SuperLink itself makes the error replies, with its
+    own id (1) as their source, as flwr 1.41 does for a node gone offline."""
+
+    def reply(self, msg: Message, node: int) -> Message:
+        return Message(Error(code=5, reason="node unavailable"), reply_to=msg)
+
+    def pull_messages(self, ids):
+        out = super().pull_messages(ids)
+        for reply in out:
+            reply.metadata.__dict__["_src_node_id"] = 1  # SUPERLINK_NODE_ID
+        return out
+
+
+def test_a_lost_sites_failure_names_that_site_never_the_superlink(
+    tmp_path: Path, tiny_run_config: dict[str, Any]
+) -> None:
+    out = tmp_path / "run"
+    run_config = {**tiny_run_config, "out-dir": str(out), "round-timeout": 5.0}
+    with pytest.raises(RoundAborted, match="node unavailable"):
+        run_server(
+            LostSites([11, 22, 33], run_config),
+            _context(run_config),
+            central_test=_central_test,
+        )
+    error = json.loads((out / "summary.json").read_text())["error"]
+    for node in (11, 22, 33):
+        assert f"node-{node}" in error
+    assert "node-1:" not in error and "node-1 " not in error
