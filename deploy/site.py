@@ -11,13 +11,15 @@ parses (with the columns the run will use), the eval file too, and the state dir
 same check, then ``flower-supernode`` connected with TLS (the federation's CA)
 and SuperNode authentication (the site's key); when the SuperLink refuses the
 key, it says so and what to do, instead of Flower's bare "Failed to activate
-SuperNode".
+SuperNode". The SuperNode runs the site's own installed fedshield ClientApp,
+never code from the coordinator's app bundle (:mod:`.trusted_clientapp`).
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +40,7 @@ from fedshield.common.storage import read_key_file
 from fedshield.simulations.process_tree import dies_with_parent
 
 from .pki import SiteKey, make_site_key
+from .trusted_clientapp import write_shim
 
 __all__ = [
     "SiteCheck",
@@ -194,6 +197,11 @@ def run_supernode(command: list[str], *, key: Path, superlink: str) -> int:
     forever). Returns the SuperNode's exit code (2 for a refused key)."""
     env = dict(os.environ)
     env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    # Flower's SuperExec launches `flwr-clientapp` by name: ours comes first, and
+    # runs the site's installed fedshield ClientApp, never the bundle's code
+    shims = Path(tempfile.mkdtemp(prefix="fedshield-site-"))
+    write_shim(shims)
+    env["PATH"] = f"{shims}{os.pathsep}{env.get('PATH', '')}"
     proc = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -240,6 +248,7 @@ def run_supernode(command: list[str], *, key: Path, superlink: str) -> int:
     finally:
         _stop_group(proc)
         signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(shims, ignore_errors=True)
     code = proc.wait()
     if refused:
         pub = key.with_name(key.name + ".pub")

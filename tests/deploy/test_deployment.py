@@ -185,3 +185,42 @@ def test_a_tls_node_authenticated_federation_trains_and_refuses_strangers(
         assert verified.returncode == 0, verified.stdout + verified.stderr
     # nothing went over plain HTTP: the SuperLink served TLS only
     assert "Uvicorn running on https://" in processes.log("superlink")
+
+    # A coordinator ships its own ClientApp in the bundle: fedshield's id and
+    # version, but components naming code of its own. The sites run their
+    # installed fedshield ClientApp; the bundle's code never runs at any site.
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    marker = tmp_path / "coordinator-code-ran"
+    pyproject = (
+        (REPO / "pyproject.toml")
+        .read_text()
+        .replace(
+            'clientapp = "fedshield.simulations.apps:clientapp"',
+            'clientapp = "evil:app"',
+        )
+    )
+    assert 'clientapp = "evil:app"' in pyproject
+    (bundle / "pyproject.toml").write_text(pyproject)
+    (bundle / "evil.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "from flwr.clientapp import ClientApp\napp = ClientApp()\n"
+    )
+    evil_out = tmp_path / "evil-run"
+    overrides = (
+        f"out-dir='{evil_out}' data.test-path='{test}' model.source='{tiny_model_dir}' "
+        "model.max-length=16 num-server-rounds=1 round-timeout=240"
+    )
+    env = {**subprocess_env(), "FLWR_HOME": str(fed.flwr_home)}
+    shipped = subprocess.run(
+        [flwr, "run", str(bundle), fed.name, "--stream", "--run-config", overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    evil_summary = json.loads((evil_out / "summary.json").read_text())
+    assert evil_summary["status"] == "completed", shipped.stdout[-3000:]
+    assert set(evil_summary["rounds"][-1]["sites"]) == {"a", "b", "c"}
+    assert not marker.exists()
