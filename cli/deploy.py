@@ -47,7 +47,7 @@ from fedshield.deploy.site import (
     run_supernode,
     supernode_command,
 )
-from fedshield.deploy.submit import flwr_run_command, prepare_run
+from fedshield.deploy.submit import flwr_run_command, prepare_run, typed_values
 from fedshield.simulations.launcher import app_dir, override_pairs
 from fedshield.simulations.superlink import venv_script
 
@@ -248,10 +248,7 @@ def site_keygen(
 
 def _checked(node_config: str, run_config: list[str] | None) -> None:
     raw = parse_node_config(node_config)
-    overrides = {
-        k: v.strip("'\"") for k, v in override_pairs(list(run_config or [])).items()
-    }
-    result = check_site(raw, overrides)
+    result = check_site(raw, typed_values(override_pairs(list(run_config or []))))
     extra = (
         f", eval {result.eval_records} records"
         if result.eval_records is not None

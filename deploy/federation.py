@@ -37,9 +37,9 @@ from typing import Any
 
 from fedshield.common.config import ConfigError
 from fedshield.common.storage import atomic_write_json
+from fedshield.simulations.superlink import write_connection
 
 from .pki import (
-    load_ca,
     make_ca,
     make_server_certificate,
     make_site_key,
@@ -157,15 +157,9 @@ class Federation:
 
 def _write_connection(fed: Federation) -> Path:
     """``flwr-home/config.toml``: the one connection ``[superlink.<name>]``."""
-    fed.flwr_home.mkdir(parents=True, exist_ok=True)
-    config = fed.flwr_home / "config.toml"
-    config.write_text(
-        f'[superlink]\ndefault = "{fed.name}"\n\n'
-        f"[superlink.{fed.name}]\n"
-        f'address = "{fed.address}"\n'
-        f'root-certificates = "{fed.ca_cert.resolve()}"\n'
+    return write_connection(
+        fed.flwr_home, fed.address, name=fed.name, root_certificates=fed.ca_cert
     )
-    return config
 
 
 def init_federation(
@@ -209,19 +203,6 @@ def load_federation(root: Path) -> Federation:
         port=int(raw["port"]),
         sites={n: Site(**s) for n, s in raw.get("sites", {}).items()},
     )
-
-
-def reissue_server_certificate(fed: Federation, hosts: list[str]) -> None:
-    """A new SuperLink certificate for ``hosts`` (the old one moved aside)."""
-    ca = load_ca(fed.root / "ca")
-    for suffix in ("pem", "key"):
-        old = fed.superlink_dir / f"server.{suffix}"
-        if old.exists():
-            old.rename(old.with_suffix(f".{suffix}.old"))
-    make_server_certificate(ca, fed.superlink_dir, hosts)
-    fed.hosts = list(hosts)
-    fed.save()
-    _write_connection(fed)
 
 
 def flwr_env(fed: Federation) -> dict[str, str]:

@@ -32,9 +32,11 @@ from typing import Any
 
 from flwr.common.config import parse_config_args
 
-from fedshield.client.data import SiteDataConfig, SiteDataError, read_labeled_file
+from fedshield.client.config import ClientConfig
+from fedshield.client.data import SiteDataError
 from fedshield.client.node import NodeConfig
 from fedshield.client.release import site_state_dir
+from fedshield.client.site import SiteFiles
 from fedshield.common.config import ConfigError
 from fedshield.common.storage import read_key_file
 from fedshield.simulations.process_tree import dies_with_parent
@@ -108,14 +110,9 @@ def check_site(
             "Expected `data-path` in the node config (the site's CSV/TSV/JSONL "
             "training file); found none."
         )
-    data_cfg = SiteDataConfig.from_run_config(dict(run_config or {}))
-    try:
-        train = read_labeled_file(node.data_path, data_cfg)
-        held = (
-            read_labeled_file(node.eval_data_path, data_cfg)
-            if node.eval_data_path is not None
-            else None
-        )
+    run = dict(run_config or {})
+    try:  # the ClientApp's own reading of a deployed site's files
+        data = SiteFiles().load(node, ClientConfig.from_run_config(run), run, 0)
     except SiteDataError as err:
         raise ConfigError(str(err)) from err
     site = node.site_name or "this site"
@@ -125,8 +122,8 @@ def check_site(
         node=node,
         site=site,
         state_dir=state,
-        records=len(train),
-        eval_records=None if held is None else len(held),
+        records=len(data.train),
+        eval_records=None if data.eval is None else len(data.eval),
     )
 
 

@@ -21,6 +21,7 @@ the coordinator:
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from fedshield.common.run_config import RunConfig
 
 from .federation import Federation, flwr_env
 
-__all__ = ["PreparedRun", "flwr_run_command", "prepare_run"]
+__all__ = ["PreparedRun", "flwr_run_command", "prepare_run", "typed_values"]
 
 
 @dataclass(frozen=True)
@@ -42,14 +43,18 @@ class PreparedRun:
     test_records: int
 
 
-def _typed(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(
-            f"Expected a TOML value (strings in single quotes, e.g. "
-            f"out-dir='/srv/runs/r1'); found {raw!r}: {err}"
-        ) from err
+def typed_values(overrides: Mapping[str, str]) -> dict[str, Any]:
+    """``--run-config`` values as Flower reads them (each a TOML value)."""
+    values = {}
+    for key, raw in overrides.items():
+        try:
+            values[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(
+                f"Expected a TOML value for `{key}` (strings in single quotes, e.g. "
+                f"out-dir='/srv/runs/r1'); found {raw!r}: {err}"
+            ) from err
+    return values
 
 
 def _quoted(path: Path) -> str:
@@ -63,7 +68,7 @@ def prepare_run(overrides: dict[str, str], *, cwd: Path | None = None) -> Prepar
     """The run's overrides, checked, with ``out-dir`` and ``data.test-path`` made
     absolute (against ``cwd``, default the current folder)."""
     base = (cwd or Path.cwd()).resolve()
-    values = {k: _typed(v) for k, v in overrides.items()}
+    values = typed_values(overrides)
     run = RunConfig.parse(values)  # unknown keys, types, ranges: refused here
     pairs = dict(overrides)
 

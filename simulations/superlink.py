@@ -115,12 +115,26 @@ def _environment(flwr_home: Path) -> dict[str, str]:
     return env
 
 
-def write_connection(flwr_home: Path, address: str) -> Path:
-    """``FLWR_HOME/config.toml`` with one default connection to ``address``."""
+def write_connection(
+    flwr_home: Path,
+    address: str,
+    *,
+    name: str = CONNECTION,
+    root_certificates: Path | None = None,
+) -> Path:
+    """``FLWR_HOME/config.toml`` with one default connection ``name`` to
+    ``address``: TLS verified against ``root_certificates`` (an absolute path, as
+    flwr requires), or plain HTTP without them (a loopback simulation)."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    transport = (
+        "insecure = true\n"
+        if root_certificates is None
+        else f'root-certificates = "{root_certificates.resolve()}"\n'
+    )
     config = flwr_home / "config.toml"
     config.write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-        f'[superlink.{CONNECTION}]\naddress = "{address}"\ninsecure = true\n'
+        f'[superlink]\ndefault = "{name}"\n\n'
+        f'[superlink.{name}]\naddress = "{address}"\n{transport}'
     )
     return config
 

@@ -155,3 +155,29 @@ def test_a_folder_holding_a_run_is_never_overwritten(tmp_path) -> None:
         prepare_run(runs, cwd=tmp_path)
     with pytest.raises(ConfigError, match="no checkpoint.pt"):
         prepare_run({**runs, "resume": "true"}, cwd=tmp_path)
+
+
+def test_run_config_values_are_read_as_flower_reads_them() -> None:
+    """site check and federation run type --run-config values as TOML, as flwr
+    does: a number stays a number, a quoted string a string."""
+    from fedshield.deploy.submit import typed_values
+
+    got = typed_values({"model.num-labels": "3", "data.text-column": "'note'"})
+    assert got == {"model.num-labels": 3, "data.text-column": "note"}
+    with pytest.raises(ConfigError, match="`data.text-column`"):
+        typed_values({"data.text-column": "note"})
+
+
+def test_the_connection_names_the_federation_and_its_ca(tmp_path) -> None:
+    import tomllib
+
+    from fedshield.deploy.federation import init_federation
+
+    fed = init_federation(tmp_path / "f", "clinics", ["fl.example.org"], 9443, [])
+    config = tomllib.loads((fed.flwr_home / "config.toml").read_text())
+    assert config["superlink"]["default"] == "clinics"
+    entry = config["superlink"]["clinics"]
+    assert entry == {
+        "address": "fl.example.org:9443",
+        "root-certificates": str(fed.ca_cert),
+    }

@@ -48,7 +48,7 @@ from .test_bookkeeping import (
     _tiny_lora,
 )
 from .test_bookkeeping_lm import MODELS as LM_MODELS
-from .test_bookkeeping_lm import _causal_lm_loss
+from .test_bookkeeping_lm import _causal_lm_loss, _decoder
 from .test_dp import _tiny_dataset
 
 LENGTHS = (9, 5, 3, 7, 8)
@@ -93,19 +93,9 @@ def _lm(name: str):
 def _llama_classifier() -> nn.Module:
     """A decoder classifier: Hugging Face reads each record's logits at its last
     real token, which it finds from input_ids (the padding)."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        num_labels=2,
+    return _decoder(
+        LlamaConfig, LlamaForSequenceClassification, tie=False, num_labels=2
     )
-    return LlamaForSequenceClassification(config).double()
 
 
 CASES = {

@@ -35,7 +35,7 @@ VOCAB, PAD, IGNORE = 128, 0, -100
 LENGTHS = (10, 7, 4, 9, 2)  # right padding to T = 10, every record a different length
 
 
-def _decoder(config_cls: type, model_cls: type, *, tie: bool) -> nn.Module:
+def _decoder(config_cls: type, model_cls: type, *, tie: bool, **extra) -> nn.Module:
     torch.manual_seed(0)
     config = config_cls(
         vocab_size=VOCAB,
@@ -47,6 +47,7 @@ def _decoder(config_cls: type, model_cls: type, *, tie: bool) -> nn.Module:
         max_position_embeddings=64,
         tie_word_embeddings=tie,
         pad_token_id=PAD,
+        **extra,
     )
     return model_cls(config).double().train()
 
