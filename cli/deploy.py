@@ -293,6 +293,7 @@ def site_start(
             port=port,
             executable=str(venv_script("flower-supernode")),
         )
+        code = run_supernode(cmd, key=key, superlink=superlink)
     except ConfigError as err:
         raise _fail(err) from err
-    raise typer.Exit(run_supernode(cmd, key=key, superlink=superlink))
+    raise typer.Exit(code)

@@ -187,6 +187,23 @@ def _stop_group(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
                 pass
 
 
+def supernode_path(shims: Path, path: str) -> str:
+    """The SuperNode's ``PATH``: the trusted ``flwr-clientapp`` shim first, then
+    this environment's console scripts, then ``path``. The SuperNode starts
+    ``flower-superexec`` by name; with a virtual environment that was never
+    activated (``.venv/bin/fedshield site start``), it would not find it and would
+    hang after its traceback. Raises :class:`ConfigError` when it is nowhere."""
+    path = os.pathsep.join([str(shims), str(Path(sys.executable).parent), path])
+    if shutil.which("flower-superexec", path=path) is None:
+        raise ConfigError(
+            "Expected Flower's `flower-superexec` command beside this Python "
+            f"({Path(sys.executable).parent}) or on PATH; found neither. Install "
+            "fedshield with its dependencies (`make install`, or `pip install "
+            "fedshield`) in the environment that runs `fedshield site start`."
+        )
+    return path
+
+
 def run_supernode(command: list[str], *, key: Path, superlink: str) -> int:
     """Run ``command`` (the SuperNode) in the foreground, its output passed
     through, and stop its whole process group when it ends. A refused key is
@@ -197,8 +214,12 @@ def run_supernode(command: list[str], *, key: Path, superlink: str) -> int:
     # Flower's SuperExec launches `flwr-clientapp` by name: ours comes first, and
     # runs the site's installed fedshield ClientApp, never the bundle's code
     shims = Path(tempfile.mkdtemp(prefix="fedshield-site-"))
-    write_shim(shims)
-    env["PATH"] = f"{shims}{os.pathsep}{env.get('PATH', '')}"
+    try:
+        write_shim(shims)
+        env["PATH"] = supernode_path(shims, env.get("PATH", ""))
+    except ConfigError:
+        shutil.rmtree(shims, ignore_errors=True)
+        raise
     proc = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,

@@ -55,10 +55,17 @@ class Processes:
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("wb")
+        env = subprocess_env()
+        # as an operator runs `.venv/bin/fedshield` without activating the venv
+        # (and as CI runs the suite): this environment's scripts are not on PATH
+        bin_dir = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join(
+            p for p in env.get("PATH", "").split(os.pathsep) if p != bin_dir
+        )
         proc = subprocess.Popen(
             [sys.executable, "-m", "fedshield.cli", *args],
             cwd=REPO,
-            env=subprocess_env(),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -69,6 +76,12 @@ class Processes:
 
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def print_logs(self, tail: int = 4000) -> None:
+        """Each process's log tail, shown by pytest when a test fails."""
+        for log in sorted(self.logs.glob("*.log")):
+            text = log.read_text(errors="replace")
+            print(f"----- {log.name} (last {tail} characters) -----\n{text[-tail:]}")
 
     def stop_all(self) -> None:
         for proc in self.started:
@@ -94,6 +107,7 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
         yield procs
     finally:
         procs.stop_all()
+        procs.print_logs()
 
 
 def _wait_https(port: int, ca: Path, proc: subprocess.Popen[bytes]) -> None:

@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
+from pathlib import Path
 
 import pytest
 
 from fedshield.common.config import ConfigError
 from fedshield.deploy.federation import Federation
 from fedshield.deploy.pki import make_site_key
-from fedshield.deploy.site import check_site, parse_node_config, supernode_command
+from fedshield.deploy.site import (
+    check_site,
+    parse_node_config,
+    supernode_command,
+    supernode_path,
+)
 from fedshield.deploy.submit import flwr_run_command, prepare_run
 
 
@@ -107,6 +114,25 @@ def test_the_supernode_runs_with_tls_and_the_sites_key(tmp_path) -> None:
             node_config="",
         )
     assert stat.S_IMODE(key.public_path.stat().st_mode) == 0o644
+
+
+def test_the_supernode_finds_flowers_commands_without_an_activated_venv(
+    tmp_path, monkeypatch
+) -> None:
+    # `.venv/bin/fedshield site start` with the venv never activated: the
+    # SuperNode starts `flower-superexec` by name, and must find this
+    # environment's; the trusted `flwr-clientapp` shim still comes first
+    shims = tmp_path / "shims"
+    path = supernode_path(shims, "/usr/bin")
+    parts = path.split(os.pathsep)
+    assert parts[0] == str(shims) and parts[-1] == "/usr/bin"
+    assert str(Path(sys.executable).parent) in parts
+    # an environment without Flower is refused before anything starts
+    bare = tmp_path / "bare" / "bin"
+    bare.mkdir(parents=True)
+    monkeypatch.setattr(sys, "executable", str(bare / "python"))
+    with pytest.raises(ConfigError, match="flower-superexec"):
+        supernode_path(shims, str(tmp_path / "nothing"))
 
 
 def test_a_deployed_run_needs_central_test_data(tmp_path) -> None:
