@@ -44,6 +44,7 @@ from fedshield.deploy.site import (
     check_site,
     keygen,
     parse_node_config,
+    reseal_secrets,
     run_supernode,
     supernode_command,
 )
@@ -258,6 +259,8 @@ def _checked(node_config: str, run_config: list[str] | None) -> None:
         f"Site {result.site}: {result.records} training records{extra}; state dir "
         f"{result.state_dir} (writable); policy: {result.node.policy}"
     )
+    secrets = ", ".join(f"{k} {v}" for k, v in result.secrets.items())
+    console.print(f"Secrets at rest: {secrets}")
 
 
 @site_app.command("check")
@@ -268,6 +271,35 @@ def site_check(node_config: NodeConfigOpt, run_config: RunConfigOpt = None) -> N
         _checked(node_config, run_config)
     except ConfigError as err:
         raise _fail(err) from err
+
+
+StateDirArg = Annotated[
+    Path, typer.Argument(help="The site's state dir (node config `state-dir`).")
+]
+
+
+def _resealed(state_dir: Path, *, to_sealed: bool) -> None:
+    try:
+        done = reseal_secrets(state_dir.expanduser(), to_sealed=to_sealed)
+    except ConfigError as err:
+        raise _fail(err) from err
+    for name, what in done.items():
+        console.print(escape(f"{state_dir / name}: {what}"))
+
+
+@site_app.command("seal-secrets")
+def site_seal_secrets(state_dir: StateDirArg) -> None:
+    """Seal the site's ledger and pseudonym keys with the passphrase in
+    FEDSHIELD_SECRETS_PASSPHRASE (the keys stay the same)."""
+    _resealed(state_dir, to_sealed=True)
+
+
+@site_app.command("unseal-secrets")
+def site_unseal_secrets(state_dir: StateDirArg) -> None:
+    """Store the site's sealed keys in clear again (mode 0600), opened with the
+    passphrase in FEDSHIELD_SECRETS_PASSPHRASE; to change the passphrase, unseal
+    with the old one and seal with the new."""
+    _resealed(state_dir, to_sealed=False)
 
 
 @site_app.command("start")

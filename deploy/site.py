@@ -38,19 +38,36 @@ from fedshield.client.node import NodeConfig
 from fedshield.client.release import site_state_dir
 from fedshield.client.site import SiteFiles
 from fedshield.common.config import ConfigError
+from fedshield.common.sealing import (
+    PASSPHRASE_ENV,
+    SealingError,
+    is_sealed,
+    passphrase,
+    read_secret,
+    reseal_file,
+)
 from fedshield.common.storage import read_key_file
+from fedshield.privacy.ledger import KEY_NAME as LEDGER_KEY_NAME
+from fedshield.privacy.pii.scrubber import KEY_NAME as PII_KEY_NAME
 from fedshield.simulations.process_tree import dies_with_parent
 
 from .pki import SiteKey, make_site_key
 from .trusted_clientapp import write_shim
 
 __all__ = [
+    "SECRET_FILES",
     "SiteCheck",
     "check_site",
     "keygen",
     "parse_node_config",
+    "reseal_secrets",
+    "secrets_status",
     "supernode_command",
 ]
+
+# the site's secrets in its state dir (common.sealing): the ledger's signing key
+# and the pseudonym key. The SuperNode's own key stays in clear: Flower reads it.
+SECRET_FILES = (LEDGER_KEY_NAME, PII_KEY_NAME)
 
 # what flower-supernode prints when the SuperLink does not know the node's key
 _REFUSED = ("Failed to activate SuperNode", "code: 2004")
@@ -79,6 +96,7 @@ class SiteCheck:
     state_dir: Path
     records: int
     eval_records: int | None
+    secrets: dict[str, str]  # file name -> "sealed", "in clear" or "not made yet"
 
 
 def _writable(folder: Path) -> None:
@@ -124,7 +142,55 @@ def check_site(
         state_dir=state,
         records=len(data.train),
         eval_records=None if data.eval is None else len(data.eval),
+        secrets=secrets_status(state),
     )
+
+
+def secrets_status(state_dir: Path) -> dict[str, str]:
+    """Each site secret's form at rest; every existing one is opened, so a wrong
+    or missing passphrase fails now rather than in round 1."""
+    status = {}
+    for name in SECRET_FILES:
+        path = state_dir / name
+        secret = read_secret(path, error=ConfigError, why="it is a site secret")
+        if secret is None:
+            status[name] = "not made yet"
+        else:
+            status[name] = "sealed" if is_sealed(path.read_bytes()) else "in clear"
+    return status
+
+
+def reseal_secrets(state_dir: Path, *, to_sealed: bool) -> dict[str, str]:
+    """Seal the site's existing secrets with the passphrase in
+    ``FEDSHIELD_SECRETS_PASSPHRASE`` (``to_sealed``), or open them back to clear.
+    The keys stay the same: the ledger verifies as before and pseudonyms do not
+    change. Returns what happened to each file."""
+    try:
+        secret_passphrase = passphrase()
+    except SealingError as err:
+        raise ConfigError(str(err)) from err
+    if secret_passphrase is None:
+        raise ConfigError(
+            f"Expected the passphrase in {PASSPHRASE_ENV}; found it unset. Set it "
+            "(the SuperNode's environment needs the same value afterwards)."
+        )
+    if not state_dir.is_dir():
+        raise ConfigError(f"Expected a site state dir at {state_dir}; found nothing.")
+    done = {}
+    for name in SECRET_FILES:
+        path = state_dir / name
+        if not path.exists():
+            done[name] = "not made yet (made sealed on first use)"
+            continue
+        try:
+            changed = reseal_file(
+                path, to_sealed=to_sealed, secret_passphrase=secret_passphrase
+            )
+        except SealingError as err:
+            raise ConfigError(str(err)) from err
+        form = "sealed" if to_sealed else "in clear"
+        done[name] = form if changed else f"already {form}"
+    return done
 
 
 def supernode_command(

@@ -2,10 +2,11 @@
 
 Only the site (and the server, for its client-level ledger) opens a
 :class:`SiteLedger`. On first use it creates the state directory, the Ed25519
-private key ``ledger_key.pem`` (mode 0600; anyone holding it can rewrite the
-ledger), its public half ``ledger_key.pub`` and the database. Every append writes
-the entry and rewrites the signed head in one transaction (:mod:`.chain`), so a
-crash leaves either both or neither. Everyone else reads with
+private key ``ledger_key.pem`` (mode 0600, sealed with the site's passphrase when
+it set one; anyone holding it can rewrite the ledger), its public half
+``ledger_key.pub`` and the database. Every append writes the entry and rewrites
+the signed head in one transaction (:mod:`.chain`), so a crash leaves either both
+or neither. Everyone else reads with
 :class:`~.reader.LedgerReader`.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedshield.common.storage import read_key_file, write_key_file
+from fedshield.common.sealing import read_secret, write_secret
 
 from .chain import GENESIS_HASH, entry_hash, head_message
 from .entries import LedgerEntry, LedgerError, RecordedEntry
@@ -32,8 +33,10 @@ KEY_NAME = "ledger_key.pem"
 
 
 def _load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
+    """The ledger's signing key, sealed at rest when the site set a passphrase
+    (:mod:`fedshield.common.sealing`)."""
     path = state_dir / KEY_NAME
-    pem = read_key_file(
+    pem = read_secret(
         path, error=LedgerError, why="anyone with this key can rewrite the ledger"
     )
     if pem is not None:
@@ -47,7 +50,7 @@ def _load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    write_key_file(path, pem)
+    write_secret(path, pem, error=LedgerError)
     return key
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedshield.common.storage import read_key_file, write_key_file
+from fedshield.common.sealing import read_secret, write_secret
 
 from . import analyzer
 from .config import PIIConfig, PIIError, PIIMode
@@ -35,16 +35,17 @@ KEY_NAME = "pii_key"
 
 
 def load_site_key(state_dir: Path) -> bytes:
-    """The site's 32-byte pseudonym key (``<state_dir>/pii_key``, mode 0600),
-    created on first use. Losing it changes every surrogate; leaking it lets anyone
-    test guesses of original values."""
+    """The site's 32-byte pseudonym key (``<state_dir>/pii_key``, mode 0600, sealed
+    with the site's passphrase when it set one), created on first use. Losing it
+    changes every surrogate; leaking it lets anyone test guesses of original
+    values."""
     path = Path(state_dir) / KEY_NAME
-    key = read_key_file(
+    key = read_secret(
         path, error=PIIError, why="anyone with it can test guesses of original values"
     )
     if key is None:
         key = os.urandom(32)
-        write_key_file(path, key)
+        write_secret(path, key, error=PIIError)
     if len(key) != 32:
         raise PIIError(f"{path} is not a 32-byte key; restore it from a backup.")
     return key

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from fedshield.common.sealing import PASSPHRASE_ENV, is_sealed
 from fedshield.deploy.federation import init_federation, load_federation, register
+from fedshield.privacy.ledger import KEY_NAME as LEDGER_KEY
 from fedshield.privacy.ledger import LedgerReader
 from fedshield.simulations.superlink import free_port, venv_script
 from tests.subprocess_env import REPO, subprocess_env
@@ -53,9 +55,11 @@ class Processes:
         self.logs = logs
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, *args: str, env_extra: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("wb")
-        env = subprocess_env()
+        env = {**subprocess_env(), **(env_extra or {})}
         # as an operator runs `.venv/bin/fedshield` without activating the venv
         # (and as CI runs the suite): this environment's scripts are not on PATH
         bin_dir = str(Path(sys.executable).parent)
@@ -163,6 +167,8 @@ def test_a_tls_node_authenticated_federation_trains_and_refuses_strangers(
             node_config,
             "--port",
             str(free_port()),
+            # site a seals its secrets: the passphrase reaches its ClientApp
+            env_extra={PASSPHRASE_ENV: "site a's passphrase"} if site == "a" else None,
         )
 
     # the stranger is refused, and its operator is told why and what to do
@@ -191,6 +197,8 @@ def test_a_tls_node_authenticated_federation_trains_and_refuses_strangers(
         with LedgerReader(tmp_path / site) as ledger:
             report = ledger.verify()
         assert report.ok and report.entries >= 2, report.problems
+    assert is_sealed((tmp_path / "a" / LEDGER_KEY).read_bytes())
+    assert not is_sealed((tmp_path / "b" / LEDGER_KEY).read_bytes())
     # nothing went over plain HTTP: the SuperLink served TLS only
     assert "Uvicorn running on https://" in processes.log("superlink")
 
