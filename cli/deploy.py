@@ -181,7 +181,9 @@ def run(
 
     try:
         fed = load_federation(root)
-        prepared = prepare_run(override_pairs(list(run_config or [])))
+        prepared = prepare_run(
+            override_pairs(list(run_config or [])), signing_key=fed.checkpoint_key
+        )
         command, env = flwr_run_command(
             fed, prepared, flwr=str(venv_script("flwr")), app=app_dir()
         )

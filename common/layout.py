@@ -3,7 +3,8 @@
 <out-dir>/
   summary.json                  per round and per site; status of the run
   progress.json                 the round in flight (for progress displays)
-  checkpoint.pt                 signed, resumable state after the last round
+  checkpoint.pt                 resumable state after the last round
+  checkpoint.sig.json           its signature, when `checkpoint.signing-key` is set
   final_trainable.safetensors   the final trainable weights (adapter + head)
   adapter/ | encoder/ | model/  the final model as a Hugging Face/peft folder
   flwr.log                      the full log of `fedshield simulate`
@@ -38,6 +39,10 @@ class RunLayout:
     @property
     def checkpoint(self) -> Path:
         return self.root / "checkpoint.pt"
+
+    @property
+    def checkpoint_signatures(self) -> Path:
+        return self.root / "checkpoint.sig.json"
 
     @property
     def final_trainable(self) -> Path:

@@ -84,6 +84,18 @@ KEYS: tuple[Key, ...] = (
         doc="continue the run in `out-dir` from its checkpoint",
     ),
     Key(
+        name="checkpoint.signing-key",
+        kind=str,
+        default="",
+        doc=(
+            "the coordinator's Ed25519 key that signs every checkpoint (an absolute "
+            "path outside `out-dir`; made on first use; sealed when "
+            "`FEDSHIELD_SECRETS_PASSPHRASE` is set); `resume` then refuses a "
+            'checkpoint changed since, unsigned, or signed by another key. `""` = '
+            "unsigned; `fedshield federation run` sets the federation's key"
+        ),
+    ),
+    Key(
         name="round-timeout",
         kind=float,
         default=3600.0,

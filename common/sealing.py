@@ -34,6 +34,8 @@ import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
@@ -43,6 +45,7 @@ __all__ = [
     "PASSPHRASE_ENV",
     "SealingError",
     "is_sealed",
+    "load_signing_key",
     "passphrase",
     "read_secret",
     "reseal_file",
@@ -209,3 +212,27 @@ def reseal_file(path: Path, *, to_sealed: bool, secret_passphrase: bytes) -> boo
         new = unseal(raw, secret_passphrase, purpose=path.name)
     atomic_write_bytes(path, new, mode=0o600)
     return True
+
+
+def load_signing_key(
+    path: Path, *, error: type[Exception], why: str
+) -> Ed25519PrivateKey:
+    """The Ed25519 private key in ``path`` (PKCS#8 PEM; sealed when the passphrase
+    is set), made on first use; raises ``error`` (``why``: what a leak allows)."""
+    pem = read_secret(path, error=error, why=why)
+    if pem is not None:
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except ValueError as err:
+            raise error(f"{path} is not a PEM private key ({err}).") from err
+        if not isinstance(key, Ed25519PrivateKey):
+            raise error(f"{path} is not an Ed25519 private key.")
+        return key
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    write_secret(path, pem, error=error)
+    return key

@@ -107,6 +107,12 @@ class Federation:
     def flwr_home(self) -> Path:
         return self.root / "flwr-home"
 
+    @property
+    def checkpoint_key(self) -> Path:
+        """The key that signs the coordinator's checkpoints (made by the first
+        run; the run config's ``checkpoint.signing-key``)."""
+        return self.root / "coordinator" / "checkpoint_key.pem"
+
     def save(self) -> None:
         atomic_write_json(
             self.root / MANIFEST,

@@ -64,9 +64,15 @@ def _quoted(path: Path) -> str:
     return f"'{text}'"
 
 
-def prepare_run(overrides: dict[str, str], *, cwd: Path | None = None) -> PreparedRun:
-    """The run's overrides, checked, with ``out-dir`` and ``data.test-path`` made
-    absolute (against ``cwd``, default the current folder)."""
+def prepare_run(
+    overrides: dict[str, str],
+    *,
+    cwd: Path | None = None,
+    signing_key: Path | None = None,
+) -> PreparedRun:
+    """The run's overrides, checked, with ``out-dir``, ``data.test-path`` and
+    ``checkpoint.signing-key`` made absolute (against ``cwd``, default the current
+    folder); ``signing_key`` signs the checkpoints unless the run names a key."""
     base = (cwd or Path.cwd()).resolve()
     values = typed_values(overrides)
     run = RunConfig.parse(values)  # unknown keys, types, ranges: refused here
@@ -112,6 +118,13 @@ def prepare_run(overrides: dict[str, str], *, cwd: Path | None = None) -> Prepar
         raise ConfigError(f"data.test-path: {err}") from err
     test_records = len(held)
     pairs["data.test-path"] = _quoted(path)
+
+    key = Path(str(run["checkpoint.signing-key"])).expanduser()
+    if run["checkpoint.signing-key"]:
+        key = key if key.is_absolute() else base / key
+        pairs["checkpoint.signing-key"] = _quoted(key)
+    elif signing_key is not None:
+        pairs["checkpoint.signing-key"] = _quoted(signing_key.resolve())
     return PreparedRun(overrides=pairs, out=out, test_records=test_records)
 
 

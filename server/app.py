@@ -42,6 +42,7 @@ from .checkpoint import (
     Checkpoint,
     CheckpointError,
     atomic_write_json,
+    checkpoint_signer,
     load_checkpoint,
     save_checkpoint,
 )
@@ -192,8 +193,12 @@ def run_server(
     _prepare_out_dir(cfg)
     evaluator = CentralEvaluator(cfg, central_test(cfg.test_path, cfg.run_config))
 
+    key_path = cfg.signing_key_path
+    signer = None if key_path is None else checkpoint_signer(key_path)
     if cfg.resume:
-        ckpt = load_checkpoint(cfg.out_dir)
+        ckpt = load_checkpoint(
+            cfg.out_dir, verifier=None if signer is None else signer.public_key()
+        )
         _check_resumable(ckpt.run_config, cfg.run_config)
         if ckpt.server_round >= cfg.num_rounds:
             raise ConfigError(
@@ -317,6 +322,7 @@ def run_server(
                     history=history,
                     run_config=run_config,
                 ),
+                signer=signer,
             )
             summary("running")
             print_round(log, cfg.num_rounds)

@@ -41,6 +41,7 @@ class ServerConfig:
         round_timeout: seconds to wait for sites' replies in a round.
         eval_batch_size: batch size of the central evaluation.
         test_path: central test file (CSV/JSONL); "" = default dataset's test split.
+        checkpoint_key: the checkpoint signing key's path ("" = unsigned).
     """
 
     model: ModelConfig
@@ -59,6 +60,7 @@ class ServerConfig:
     round_timeout: float
     eval_batch_size: int
     test_path: str
+    checkpoint_key: str
     seed: int
 
     KEYS: ClassVar[dict[str, str]] = {
@@ -70,6 +72,7 @@ class ServerConfig:
         "round_timeout": "round-timeout",
         "eval_batch_size": "eval.batch-size",
         "test_path": "data.test-path",
+        "checkpoint_key": "checkpoint.signing-key",
         "seed": "seed",
     }
 
@@ -77,6 +80,15 @@ class ServerConfig:
         check_fields(self, self.KEYS)
         if self.secagg.enabled:  # fail at run start, not deep inside round 1
             self.secagg.counts(max(2, self.min_train_sites))
+        key = self.signing_key_path
+        if key is not None and (
+            not key.is_absolute() or key.resolve().is_relative_to(self.out_dir)
+        ):
+            raise ConfigError(
+                "Expected `checkpoint.signing-key` to be an absolute path outside "
+                f"out-dir ({self.out_dir}): whoever can write the checkpoint must not "
+                f"also hold the key that vouches for it. Found {self.checkpoint_key!r}."
+            )
         if self.robustness.enabled and self.model.task is TaskKind.CAUSAL_LM:
             raise ConfigError(
                 "`eval.attacks` = true measures a classifier's robust accuracy and "
@@ -88,6 +100,10 @@ class ServerConfig:
     def grad_sample_mode(self) -> GradSampleMode:
         """How the sites compute per-sample gradients (for the run's banner)."""
         return default_grad_sample_mode(self.model.finetune)
+
+    @property
+    def signing_key_path(self) -> Path | None:
+        return Path(self.checkpoint_key).expanduser() if self.checkpoint_key else None
 
     @property
     def layout(self) -> RunLayout:

@@ -50,8 +50,10 @@ def _simulate(
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model_dir) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("e2e") / "run"
+    key = out.parent / "coordinator" / "checkpoint_key.pem"  # signs the checkpoints
     overrides = (
         f"model.source='{tiny_model_dir}' model.max-length=16 train.batch-size=8 "
+        f"checkpoint.signing-key='{key}' "
         "data.train-examples=150 data.test-examples=40 min-train-sites=1 "
         "client-dp.enabled=true client-dp.noise-multiplier=0.5 "
         # simulated sites trust each other (no colluders): a 3-site secure round
@@ -84,6 +86,7 @@ def test_summary_has_finite_accuracy_and_epsilon_for_every_site(finished_run) ->
     assert client["enabled"] and client["rounds"] == 2 and client["epsilon"] > 0
     assert (out / "final_trainable.safetensors").is_file()
     assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "checkpoint.sig.json").is_file()  # resumed below, verified
 
 
 def test_existing_run_is_not_overwritten(finished_run) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedshield.common.sealing import read_secret, write_secret
+from fedshield.common.sealing import load_signing_key
 
 from .chain import GENESIS_HASH, entry_hash, head_message
 from .entries import LedgerEntry, LedgerError, RecordedEntry
@@ -35,23 +35,11 @@ KEY_NAME = "ledger_key.pem"
 def _load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
     """The ledger's signing key, sealed at rest when the site set a passphrase
     (:mod:`fedshield.common.sealing`)."""
-    path = state_dir / KEY_NAME
-    pem = read_secret(
-        path, error=LedgerError, why="anyone with this key can rewrite the ledger"
+    return load_signing_key(
+        state_dir / KEY_NAME,
+        error=LedgerError,
+        why="anyone with this key can rewrite the ledger",
     )
-    if pem is not None:
-        key = serialization.load_pem_private_key(pem, password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise LedgerError(f"{path} is not an Ed25519 private key.")
-        return key
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    write_secret(path, pem, error=LedgerError)
-    return key
 
 
 class SiteLedger(LedgerReader):

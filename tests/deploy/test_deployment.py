@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -197,6 +198,9 @@ def test_a_tls_node_authenticated_federation_trains_and_refuses_strangers(
         with LedgerReader(tmp_path / site) as ledger:
             report = ledger.verify()
         assert report.ok and report.entries >= 2, report.problems
+    # the coordinator signed its checkpoints with the federation's own key
+    assert (out / "checkpoint.sig.json").is_file()
+    assert stat.S_IMODE(fed.checkpoint_key.stat().st_mode) == 0o600
     assert is_sealed((tmp_path / "a" / LEDGER_KEY).read_bytes())
     assert not is_sealed((tmp_path / "b" / LEDGER_KEY).read_bytes())
     # nothing went over plain HTTP: the SuperLink served TLS only

@@ -151,7 +151,19 @@ def test_out_dir_and_test_path_are_made_absolute_and_checked(tmp_path) -> None:
     assert prepared.overrides["out-dir"] == f"'{tmp_path / 'runs/r1'}'"
     assert prepared.overrides["data.test-path"] == f"'{tmp_path / 'test.csv'}'"
     assert prepared.test_records == 2
+    assert "checkpoint.signing-key" not in prepared.overrides
     fed = Federation(root=tmp_path, name="clinics", hosts=["fl.example.org"], port=9443)
+    # `federation run` signs the checkpoints with the federation's key, unless
+    # the run names its own (made absolute like the other paths)
+    base = {"out-dir": "'runs/r2'", "data.test-path": "'test.csv'"}
+    signed = prepare_run(base, cwd=tmp_path, signing_key=fed.checkpoint_key)
+    assert signed.overrides["checkpoint.signing-key"] == f"'{fed.checkpoint_key}'"
+    own = prepare_run(
+        {**base, "checkpoint.signing-key": "'keys/k.pem'"},
+        cwd=tmp_path,
+        signing_key=fed.checkpoint_key,
+    )
+    assert own.overrides["checkpoint.signing-key"] == f"'{tmp_path / 'keys/k.pem'}'"
     cmd, env = flwr_run_command(fed, prepared, flwr="flwr", app=tmp_path)
     assert cmd[:5] == ["flwr", "run", str(tmp_path), "clinics", "--stream"]
     assert env["FLWR_HOME"] == str(tmp_path / "flwr-home")

@@ -1,12 +1,16 @@
+import stat
 from pathlib import Path
 
 import pytest
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedshield.common.config import ConfigError
 from fedshield.server.app import _check_resumable, _prepare_out_dir
 from fedshield.server.checkpoint import (
     Checkpoint,
     CheckpointError,
+    checkpoint_signer,
     load_checkpoint,
     save_checkpoint,
 )
@@ -37,6 +41,80 @@ def test_corrupt_checkpoint_is_reported(tmp_path: Path) -> None:
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="could not be read"):
         load_checkpoint(tmp_path)
+
+
+def _ckpt(server_round: int = 2, scale: float = 1.0) -> Checkpoint:
+    return Checkpoint(
+        server_round=server_round,
+        state={"w": torch.arange(4.0) * scale},
+        history={"run_key": "k", "rounds": [{"round": r} for r in range(server_round)]},
+        run_config={"seed": 1},
+    )
+
+
+def test_a_signed_checkpoint_resumes_with_its_key_only(tmp_path: Path) -> None:
+    """Whoever can write out-dir, but holds not the coordinator's key, cannot
+    hand a resumed run a model or history of their own."""
+    out, keys = tmp_path / "run", tmp_path / "coordinator"
+    signer = checkpoint_signer(keys / "checkpoint_key.pem")
+    save_checkpoint(out, _ckpt(1), signer=signer)
+    save_checkpoint(out, _ckpt(2), signer=signer)
+    assert stat.S_IMODE((keys / "checkpoint_key.pem").stat().st_mode) == 0o600
+    verifier = checkpoint_signer(keys / "checkpoint_key.pem").public_key()
+    assert load_checkpoint(out, verifier=verifier).server_round == 2
+    honest = (out / "checkpoint.pt").read_bytes(), (out / "checkpoint.sig.json")
+
+    # the state swapped for another (a model of the writer's own)
+    save_checkpoint(out, _ckpt(2, scale=-1.0))  # unsigned write over the file
+    (out / "checkpoint.sig.json").write_bytes(honest[1].read_bytes())
+    with pytest.raises(CheckpointError, match="changed after"):
+        load_checkpoint(out, verifier=verifier)
+    # ... and re-signed with the writer's own key, signature file and all
+    save_checkpoint(out, _ckpt(2, scale=-1.0), signer=Ed25519PrivateKey.generate())
+    with pytest.raises(CheckpointError, match="someone else wrote it"):
+        load_checkpoint(out, verifier=verifier)
+    # ... or with its signature removed
+    (out / "checkpoint.sig.json").unlink()
+    with pytest.raises(CheckpointError, match="found none"):
+        load_checkpoint(out, verifier=verifier)
+    # a signed checkpoint is not resumed by a run that names no key
+    save_checkpoint(out, _ckpt(2), signer=signer)
+    with pytest.raises(CheckpointError, match="names no `checkpoint.signing-key`"):
+        load_checkpoint(out)
+
+
+def test_a_crash_between_the_signature_and_the_checkpoint_resumes_the_last_one(
+    tmp_path: Path, monkeypatch
+) -> None:
+    signer = Ed25519PrivateKey.generate()
+    save_checkpoint(tmp_path, _ckpt(1), signer=signer)
+    import fedshield.server.checkpoint as module
+
+    def crash(path: Path, data: bytes, **kw: object) -> None:
+        raise OSError("power cut")
+
+    monkeypatch.setattr(module, "atomic_write_bytes", crash)
+    with pytest.raises(OSError, match="power cut"):
+        save_checkpoint(tmp_path, _ckpt(2), signer=signer)
+    monkeypatch.undo()
+    back = load_checkpoint(tmp_path, verifier=signer.public_key())
+    assert back.server_round == 1
+    save_checkpoint(tmp_path, _ckpt(2), signer=signer)  # the next write goes on
+    assert load_checkpoint(tmp_path, verifier=signer.public_key()).server_round == 2
+
+
+def test_the_signing_key_lives_outside_out_dir(tmp_path, default_run_config) -> None:
+    def cfg(key: str) -> ServerConfig:
+        return ServerConfig.from_run_config(
+            dict(default_run_config, **{"out-dir": str(tmp_path / "run"),
+                                        "checkpoint.signing-key": key})
+        )  # fmt: skip
+
+    assert cfg("").signing_key_path is None
+    assert cfg(str(tmp_path / "keys" / "k.pem")).signing_key_path is not None
+    for bad in ("keys/k.pem", str(tmp_path / "run" / "k.pem")):
+        with pytest.raises(ConfigError, match="outside"):
+            cfg(bad)
 
 
 def test_resume_refuses_a_changed_setup_but_allows_more_rounds() -> None:
