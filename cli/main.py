@@ -139,6 +139,29 @@ def simulate(
             "aggregation, ~15 minutes).",
         ),
     ] = None,
+    ray_address: Annotated[
+        str,
+        typer.Option(
+            "--ray-address",
+            help="HOST:PORT of an existing Ray cluster's head (`ray start --head`) "
+            "to run the sites on; every node needs fedshield installed. Default: a "
+            "private Ray on this machine.",
+        ),
+    ] = "",
+    client_cpus: Annotated[
+        int | None,
+        typer.Option(
+            "--client-cpus", min=1, help="CPUs Ray reserves per site (default 2)."
+        ),
+    ] = None,
+    client_gpus: Annotated[
+        float | None,
+        typer.Option(
+            "--client-gpus",
+            min=0.0,
+            help="GPUs Ray reserves per site (default 0; 0.5 = two sites per GPU).",
+        ),
+    ] = None,
 ) -> None:
     """Run a federated simulation and write OUT/summary.json."""
     overrides = list(run_config or [])
@@ -179,15 +202,21 @@ def simulate(
     if not resuming:
         layout.progress.unlink(missing_ok=True)
     try:  # a SuperLink of its own, stopped with all its processes however this ends
-        with private_superlink(log_path=layout.superlink_log, cwd=app_dir()) as link:
+        with private_superlink(
+            log_path=layout.superlink_log, cwd=app_dir(), ray_address=ray_address
+        ) as link:
             console.print(
                 f"[dim]Flower SuperLink of this run: {link.address} "
                 f"(log: {link.log_path})[/dim]"
             )
+            if ray_address:
+                console.print(f"[dim]Sites run on the Ray cluster {ray_address}[/dim]")
             launch = flwr_command(
                 superlink=link,
                 overrides=[*overrides, f"out-dir='{out}'"],
                 num_sites=sites,
+                client_cpus=client_cpus,
+                client_gpus=client_gpus,
             )
             returncode = _run(launch, log_path, out)
     except LaunchError as err:

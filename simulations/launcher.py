@@ -69,21 +69,35 @@ def override_pairs(items: list[str]) -> dict[str, str]:
 
 
 def flwr_command(
-    *, superlink: PrivateSuperLink, overrides: list[str], num_sites: int
+    *,
+    superlink: PrivateSuperLink,
+    overrides: list[str],
+    num_sites: int,
+    client_cpus: int | None = None,
+    client_gpus: float | None = None,
 ) -> SimulationLaunch:
     """The ``flwr run`` invocation of the app on ``superlink`` with ``num_sites``.
 
     Every override goes into **one** ``--run-config`` string: flwr 1.41 parses each
     ``--run-config`` item as a TOML document and merges the items table by table,
     so a later item's ``audit.canary-kind`` would replace an earlier item's whole
-    ``audit`` table (``audit.canaries`` silently lost)."""
+    ``audit`` table (``audit.canaries`` silently lost).
+
+    ``client_cpus``/``client_gpus``: what Ray reserves for each simulated site's
+    ClientApp (Flower's defaults, 2 CPUs and no GPU, when None; flwr 1.41 takes
+    whole CPUs); a fraction of a GPU lets several sites share one."""
     flwr = venv_script("flwr")
     cwd = app_dir()
     command = [str(flwr), "run", str(cwd), superlink.connection, "--stream"]
     pairs = override_pairs(overrides)  # one TOML document: a key at most once
     if pairs:
         command += ["--run-config", " ".join(f"{k}={v}" for k, v in pairs.items())]
-    command += ["--federation-config", f"num-supernodes={num_sites}"]
+    federation = [f"num-supernodes={num_sites}"]
+    if client_cpus is not None:
+        federation.append(f"client-resources-num-cpus={client_cpus}")
+    if client_gpus is not None:
+        federation.append(f"client-resources-num-gpus={client_gpus}")
+    command += ["--federation-config", " ".join(federation)]
     return SimulationLaunch(
         command=command,
         env=dict(superlink.env),

@@ -17,7 +17,9 @@ simulation beside a user's own SuperLink, then share or fight over it. Each
 - ``--disable-runtime-dependency-installation``: the apps run in this environment
   (its ``bin`` first on ``PATH``), never in one that ``uv sync`` would build by
   downloading torch again; ``RAY_ADDRESS=local`` keeps Ray from joining a cluster
-  that ``ray start`` left on the machine;
+  that ``ray start`` left on the machine, unless the user names one
+  (``fedshield simulate --ray-address HOST:PORT``: the ClientApps then run on that
+  cluster's workers);
 - its state is in memory (it lives exactly as long as the run); its output and that
   of its SuperExec go to a log file in the run's directory.
 
@@ -103,13 +105,36 @@ def free_port(host: str = HOST) -> int:
         return int(sock.getsockname()[1])
 
 
-def _environment(flwr_home: Path) -> dict[str, str]:
+def check_ray_address(address: str, timeout: float = 5.0) -> str:
+    """``address`` (``HOST:PORT`` of an existing Ray cluster's head, as ``ray start
+    --head`` prints it), checked to answer; raises :class:`LaunchError` otherwise."""
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise LaunchError(
+            f"Expected --ray-address as HOST:PORT of a Ray head (what `ray start "
+            f"--head --port PORT` prints as its address); found {address!r}."
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        raise LaunchError(
+            f"No Ray head answers at {address} ({err}). Start one there with `ray "
+            f"start --head --port {port}` from this Python environment (every node "
+            "of the cluster needs fedshield installed), or leave --ray-address out "
+            "to run on a private Ray on this machine."
+        ) from err
+    return address.strip()
+
+
+def _environment(flwr_home: Path, ray_address: str = "") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _GRPC_SWITCHES}
     bin_dir = Path(sys.executable).parent
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     env["FLWR_HOME"] = str(flwr_home)
     env["FLWR_DISABLE_UPDATE_CHECK"] = "1"  # no network look-up per process
-    env["RAY_ADDRESS"] = "local"
+    # flwr-simulation's ray.init() reads it: a private Ray, or the cluster given
+    env["RAY_ADDRESS"] = ray_address or "local"
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
@@ -238,20 +263,29 @@ def _sigint_ignored() -> Iterator[None]:
 
 @contextmanager
 def private_superlink(
-    *, log_path: Path, cwd: Path, startup_timeout: float = 60.0
+    *,
+    log_path: Path,
+    cwd: Path,
+    startup_timeout: float = 60.0,
+    ray_address: str = "",
 ) -> Iterator[PrivateSuperLink]:
     """Run a private simulation SuperLink for the duration of the ``with`` block.
 
     ``log_path`` receives the SuperLink's (and its SuperExec's) output, appended;
     ``cwd`` is its working directory, inherited by the ServerApp and ClientApps.
+    ``ray_address``: the head of an existing Ray cluster that the simulation's
+    ClientApps run on (checked with :func:`check_ray_address` first); "" = a
+    private Ray on this machine, started and stopped with the run.
     Raises LaunchError, naming the log, when it does not become healthy within
     ``startup_timeout`` seconds.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    if ray_address:
+        ray_address = check_ray_address(ray_address)
     flwr_home = Path(tempfile.mkdtemp(prefix="fedshield-flwr-"))
     proc: subprocess.Popen[bytes] | None = None
     try:
-        env = _environment(flwr_home)
+        env = _environment(flwr_home, ray_address)
         proc, port = _start(env, log_path, cwd, startup_timeout)
         address = f"{HOST}:{port}"
         write_connection(flwr_home, address)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 from fedshield.simulations import launcher
 from fedshield.simulations.superlink import PrivateSuperLink
@@ -105,3 +106,22 @@ def test_stop_run_asks_the_same_superlink_and_gives_up_on_a_hang(
     ((argv, env),) = calls
     assert argv[1:] == ["stop", "7", "fedshield"]
     assert env["FLWR_HOME"] == str(tmp_path / "home")
+
+
+def test_the_sites_resources_reach_flowers_simulation_config(tmp_path: Path) -> None:
+    """What Ray reserves per site (--client-cpus/--client-gpus), as flwr reads it."""
+    from flwr.cli.run.run import _parse_federation_config_overrides
+
+    launch = launcher.flwr_command(
+        superlink=_superlink(tmp_path),
+        overrides=[],
+        num_sites=4,
+        client_cpus=1,
+        client_gpus=0.25,
+    )
+    federation = launch.command[launch.command.index("--federation-config") + 1]
+    no_options = SimpleNamespace(options=None)  # a connection without `options.`
+    config = _parse_federation_config_overrides([federation], no_options)
+    assert config.num_supernodes == 4
+    assert config.client_resources_num_cpus == 1
+    assert config.client_resources_num_gpus == 0.25

@@ -184,3 +184,20 @@ def test_the_real_superlink_is_started_for_simulation_without_installs() -> None
     # no other listener: health server, legacy gRPC Control API, on-disk state
     for absent in ("--health-server-address", "--control-api-address", "--database"):
         assert absent not in flags
+
+
+def test_a_ray_address_is_checked_before_anything_starts() -> None:
+    from fedshield.simulations.superlink import _environment, check_ray_address
+
+    with pytest.raises(LaunchError, match="HOST:PORT"):
+        check_ray_address("ray-head")
+    with pytest.raises(LaunchError, match="No Ray head answers"):
+        check_ray_address(f"127.0.0.1:{superlink.free_port()}", timeout=2)
+    with socket.socket() as head:  # something listens: taken as the head
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        address = f"127.0.0.1:{head.getsockname()[1]}"
+        assert check_ray_address(f" {address} ") == address
+    home = Path("/nonexistent-flwr-home")
+    assert _environment(home)["RAY_ADDRESS"] == "local"  # never a stray cluster
+    assert _environment(home, address)["RAY_ADDRESS"] == address
