@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fedshield.simulations.superlink import free_port, venv_script
-from tests.subprocess_env import REPO, subprocess_env
+from tests.subprocess_env import fedshield_cli, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -68,17 +67,12 @@ def test_a_simulation_runs_its_sites_on_an_existing_ray_cluster(
 ) -> None:
     address, temp = ray_head
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedshield.cli", "simulate", "--out", str(out),
-         "--sites", "2", "--ray-address", address, "--client-cpus", "1",
-         "--run-config",
-         f"model.source='{tiny_model_dir}' model.max-length=16 num-server-rounds=1 "
-         "data.train-examples=60 data.test-examples=20 min-train-sites=1 "
-         "secagg.enabled=false"],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
+    proc = fedshield_cli(
+        "simulate", "--out", str(out), "--sites", "2", "--ray-address", address,
+        "--client-cpus", "1", "--run-config",
+        f"model.source='{tiny_model_dir}' model.max-length=16 num-server-rounds=1 "
+        "data.train-examples=60 data.test-examples=20 min-train-sites=1 "
+        "secagg.enabled=false",
         timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -95,14 +89,9 @@ def test_an_address_where_no_head_answers_is_refused_before_the_run(
     tmp_path: Path,
 ) -> None:
     port = free_port()
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedshield.cli", "simulate", "--out",
-         str(tmp_path / "run"), "--ray-address", f"127.0.0.1:{port}"],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = fedshield_cli(
+        "simulate", "--out", str(tmp_path / "run"), "--ray-address",
+        f"127.0.0.1:{port}", timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2
     assert "No Ray head answers" in proc.stdout and "ray start --head" in proc.stdout
