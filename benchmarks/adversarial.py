@@ -6,6 +6,9 @@ Run (about 60 minutes on 2 CPU cores; writes benchmarks/results/adversarial.json
     cd /work/main && PYTHONPATH=. .venv/bin/python benchmarks/adversarial.py
 
 Smoke run (tiny random BERT, a few minutes): ``--quick --out /tmp/adv.json``.
+On 2 cores the six runs take hours; with ``--work DIR`` a finished run is kept
+and reused, and ``--runs NAME ...`` runs only those now (the results file is
+written once every run is finished).
 
 Settings, fixed before any run:
 
@@ -61,6 +64,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RADIUS = 0.02
 METHODS = ("fgm", "pgd", "freelb")
+RUNS = ("base", *METHODS, "base_nondp", "pgd_nondp")
 FEDERATED: dict[str, Any] = {
     "num-server-rounds": 3,
     "data.train-examples": 2000,
@@ -84,16 +88,26 @@ def _cli(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
 
 
-def _federated(name: str, values: dict[str, Any], work: Path) -> dict[str, Any]:
-    """One simulation and its audit, or the result a previous invocation with the
-    same ``--work`` and settings left (a crash later costs no rerun)."""
-    out = work / name
+def _finished(name: str, values: dict[str, Any], work: Path) -> dict[str, Any] | None:
+    """The result of run ``name`` that a previous invocation with the same
+    ``--work`` and settings left, if any."""
     done = work / f"{name}.result.json"
     if done.exists():
         kept = json.loads(done.read_text())
         if kept.get("values") == values:
             print(f"{name}: reusing {done}", flush=True)
-            return kept["result"]
+            return dict(kept["result"])
+    return None
+
+
+def _federated(name: str, values: dict[str, Any], work: Path) -> dict[str, Any]:
+    """One simulation and its audit, or the result a previous invocation with the
+    same ``--work`` and settings left (a crash later costs no rerun)."""
+    out = work / name
+    done = work / f"{name}.result.json"
+    kept = _finished(name, values, work)
+    if kept is not None:
+        return kept
     overrides = " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
     start = time.perf_counter()
     proc = _cli(
@@ -224,6 +238,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "is reused (a fresh temporary folder by default)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny random BERT")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        choices=RUNS,
+        default=None,
+        help="run only these now (with --work: the others are reused when finished "
+        "there); the results file is written once every run is finished",
+    )
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="fedshield-adv-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -244,15 +266,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             }
         )
     steps = _step_cost(args.quick, work)
-    runs = {"base": _federated("base", federated, work)}
-    for m in METHODS:
-        runs[m] = _federated(m, {**federated, "adversarial.method": m}, work)
     # the privacy cost of robustness without DP (Song, Shokri and Mittal 2019)
     no_dp = {**federated, "dp.enabled": "false"}
-    runs["base_nondp"] = _federated("base_nondp", no_dp, work)
-    runs["pgd_nondp"] = _federated(
-        "pgd_nondp", {**no_dp, "adversarial.method": "pgd"}, work
-    )
+    settings = {
+        "base": federated,
+        **{m: {**federated, "adversarial.method": m} for m in METHODS},
+        "base_nondp": no_dp,
+        "pgd_nondp": {**no_dp, "adversarial.method": "pgd"},
+    }
+    runs = {}
+    for name in RUNS:
+        if args.runs is None or name in args.runs:
+            runs[name] = _federated(name, settings[name], work)
+        elif (kept := _finished(name, settings[name], work)) is not None:
+            runs[name] = kept
+    missing = [name for name in RUNS if name not in runs]
+    if missing:
+        print(f"Not written: {', '.join(missing)} not run yet (--work {work}).")
+        return {"runs": runs, "missing": missing, "step_cost": steps}
     base = runs["base"]
     best = max(METHODS, key=lambda m: runs[m]["robust_acc"])
     headline: dict[str, Any] = {
