@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedshield-installed
 
-.PHONY: install demo test test-fast lint mutants bench-dp bench-secagg bench-pii bench-audit bench-canary-power bench-red-team bench-lm clean-venv
+.PHONY: install demo test test-fast lint mutants bench-dp bench-secagg bench-pii bench-audit bench-canary-power bench-red-team bench-lm bench-adversarial clean-venv
 
 install: $(STAMP)
 
@@ -70,6 +70,11 @@ bench-lm: install
 
 bench-red-team: install
 	PYTHONPATH=. $(BIN)/python benchmarks/red_team.py
+
+# adversarial training under DP: robustness, clean accuracy, membership risk, step
+# cost; six federated runs (hours on 2 cores): add --work DIR to keep finished runs
+bench-adversarial: install
+	PYTHONPATH=. $(BIN)/python benchmarks/adversarial.py
 
 clean-venv:
 	rm -rf $(VENV)
