@@ -58,6 +58,7 @@ PASSPHRASE_ENV = "FEDSHIELD_SECRETS_PASSPHRASE"
 FORMAT = "fedshield-sealed-secret-v1"
 _SCRYPT = {"n": 2**15, "r": 8, "p": 1}
 _MIN_PASSPHRASE = 12
+_PREFIX = ('{\n "format": "' + FORMAT + '"').encode()
 
 
 class SealingError(RuntimeError):
@@ -67,9 +68,14 @@ class SealingError(RuntimeError):
 def passphrase() -> bytes | None:
     """The passphrase from ``FEDSHIELD_SECRETS_PASSPHRASE``, or None when unset or
     empty. Raises :class:`SealingError` for one too short to resist guessing."""
-    value = os.environ.get(PASSPHRASE_ENV, "")
-    if not value:
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value is None:
         return None
+    if not value.strip():  # e.g. systemd's `Environment=VAR=`, a failed $(cat ...)
+        raise SealingError(
+            f"{PASSPHRASE_ENV} is set but blank; expected the passphrase that seals "
+            "this site's keys. Set it, or unset the variable to keep them in clear."
+        )
     if len(value) < _MIN_PASSPHRASE:
         raise SealingError(
             f"{PASSPHRASE_ENV} holds {len(value)} characters; expected at least "
@@ -93,7 +99,7 @@ def seal(secret: bytes, secret_passphrase: bytes, *, purpose: str) -> bytes:
     salt, nonce = os.urandom(16), os.urandom(12)
     key = _kdf(salt, **_SCRYPT).derive(secret_passphrase)
     ciphertext = AESGCM(key).encrypt(nonce, secret, _aad(purpose))
-    doc = {
+    doc = {  # "format" first: is_sealed() recognizes the document by it
         "format": FORMAT,
         "purpose": purpose,
         "kdf": {"name": "scrypt", **_SCRYPT},
@@ -105,12 +111,11 @@ def seal(secret: bytes, secret_passphrase: bytes, *, purpose: str) -> bytes:
 
 
 def is_sealed(data: bytes) -> bool:
-    """Whether ``data`` is a sealed secret (of any purpose)."""
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        return False
-    return isinstance(doc, dict) and doc.get("format") == FORMAT
+    """Whether ``data`` is a sealed secret (of any purpose), intact or damaged:
+    :func:`seal`'s output starts with its format tag, so a truncated or edited
+    document is still taken as sealed (and :func:`unseal` says it is damaged),
+    never as a key in clear."""
+    return data.startswith(_PREFIX)
 
 
 def unseal(data: bytes, secret_passphrase: bytes, *, purpose: str) -> bytes:
@@ -119,16 +124,15 @@ def unseal(data: bytes, secret_passphrase: bytes, *, purpose: str) -> bytes:
     changed byte (AES-GCM cannot tell these apart, and says so)."""
     try:
         doc = json.loads(data)
-        kdf = doc["kdf"]
-        if doc["format"] != FORMAT or kdf["name"] != "scrypt":
-            raise ValueError(doc["format"])
+        if doc["format"] != FORMAT or doc["kdf"] != {"name": "scrypt", **_SCRYPT}:
+            raise ValueError(f"format {doc['format']!r}, kdf {doc['kdf']!r}")
         salt = base64.b64decode(doc["salt"], validate=True)
         nonce = base64.b64decode(doc["nonce"], validate=True)
         ciphertext = base64.b64decode(doc["ciphertext"], validate=True)
-        key = _kdf(salt, int(kdf["n"]), int(kdf["r"]), int(kdf["p"])).derive(
-            secret_passphrase
-        )
-    except (ValueError, KeyError, TypeError) as err:
+        if len(salt) != 16 or len(nonce) != 12:
+            raise ValueError(f"a {len(salt)}-byte salt, a {len(nonce)}-byte nonce")
+        key = _kdf(salt, **_SCRYPT).derive(secret_passphrase)
+    except (ValueError, KeyError, TypeError, RecursionError) as err:
         raise SealingError(
             f"Expected a sealed secret ({FORMAT}); found a damaged document "
             f"({err!r}). Restore the file from a backup."
@@ -136,24 +140,34 @@ def unseal(data: bytes, secret_passphrase: bytes, *, purpose: str) -> bytes:
     try:
         return AESGCM(key).decrypt(nonce, ciphertext, _aad(purpose))
     except InvalidTag:
+        # the document's own `purpose` field is not authenticated: a hint only
         sealed_for = doc.get("purpose")
-        if sealed_for != purpose:
-            raise SealingError(
-                f"Expected the sealed secret `{purpose}`; this file holds "
-                f"`{sealed_for}` (a key copied over another). Restore `{purpose}` "
-                "from a backup."
-            ) from None
+        copied = (
+            f", or it holds another key copied over it (it says `{sealed_for}`)"
+            if sealed_for != purpose
+            else ""
+        )
         raise SealingError(
             f"The sealed secret `{purpose}` did not open: either {PASSPHRASE_ENV} is "
-            "not the passphrase it was sealed with, or the file was changed. Set "
-            "the right passphrase, or restore the file from a backup."
+            f"not the passphrase it was sealed with, or the file was changed{copied}. "
+            "Set the right passphrase, or restore the file from a backup."
         ) from None
+
+
+def _symlink_refused(path: Path) -> str:
+    return (
+        f"Expected the key file {path} itself; found a symbolic link to "
+        f"{os.readlink(path)}. Sealing it would leave the key in clear at the "
+        "link's target: move the key into the state dir instead of linking it."
+    )
 
 
 def read_secret(path: Path, *, error: type[Exception], why: str) -> bytes | None:
     """The secret in key file ``path`` (mode 0600), unsealed; None when the file
     does not exist. Raises ``error`` when the file is readable by others, sealed
     without the passphrase set, in clear with it set, or does not open."""
+    if path.is_symlink():
+        raise error(_symlink_refused(path))
     raw = read_key_file(path, error=error, why=why)
     if raw is None:
         return None
@@ -199,17 +213,22 @@ def reseal_file(path: Path, *, to_sealed: bool, secret_passphrase: bytes) -> boo
     The key itself never changes: the new file is written beside it (0600),
     checked to give the same secret, then renamed over it. Returns False when the
     file was already in the asked form."""
+    if path.is_symlink():
+        raise SealingError(_symlink_refused(path))
     raw = read_key_file(path, error=SealingError, why="it is a site secret")
     if raw is None:
         raise SealingError(f"Expected a key file at {path}; found nothing.")
-    if is_sealed(raw) == to_sealed:
+    if is_sealed(raw):  # must open with this passphrase, whichever way it goes
+        opened = unseal(raw, secret_passphrase, purpose=path.name)
+        if to_sealed:
+            return False
+        atomic_write_bytes(path, opened, mode=0o600)
+        return True
+    if not to_sealed:
         return False
-    if to_sealed:
-        new = seal(raw, secret_passphrase, purpose=path.name)
-        if unseal(new, secret_passphrase, purpose=path.name) != raw:
-            raise SealingError(f"Sealing {path} did not round-trip; nothing changed.")
-    else:
-        new = unseal(raw, secret_passphrase, purpose=path.name)
+    new = seal(raw, secret_passphrase, purpose=path.name)
+    if unseal(new, secret_passphrase, purpose=path.name) != raw:
+        raise SealingError(f"Sealing {path} did not round-trip; nothing changed.")
     atomic_write_bytes(path, new, mode=0o600)
     return True
 

@@ -60,6 +60,23 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> N
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable: without it, a power cut may keep the
+    old name's file, or apply two renames out of order (a checkpoint and its
+    signature)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform without directory descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

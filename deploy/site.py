@@ -180,7 +180,11 @@ def reseal_secrets(state_dir: Path, *, to_sealed: bool) -> dict[str, str]:
     for name in SECRET_FILES:
         path = state_dir / name
         if not path.exists():
-            done[name] = "not made yet (made sealed on first use)"
+            done[name] = "not made yet" + (
+                " (made sealed on first use while the passphrase is set)"
+                if to_sealed
+                else ""
+            )
             continue
         try:
             changed = reseal_file(

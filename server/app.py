@@ -176,6 +176,35 @@ def _metrics(result: EvalResult) -> dict[str, float]:
     }
 
 
+# the history's pin of the client-level ledger's key (in the signed checkpoint)
+LEDGER_KEY_FIELD = "server_ledger_key_sha256"
+
+
+def _check_server_ledger(
+    central: ClientLevelAccountant, history: dict[str, Any]
+) -> None:
+    """On resume: the coordinator's client-level ledger (``out-dir/ledger``) must
+    still hold every release the checkpoint's rounds recorded. A ledger removed or
+    replaced beside a checkpoint would otherwise report the epsilon of the new
+    rounds only."""
+    recorded = sum(1 for r in history["rounds"] if r.get("client_epsilon") is not None)
+    held = int(central.summary()["rounds"])
+    if held < recorded:
+        raise CheckpointError(
+            f"The coordinator's client-level ledger ({central.state_dir}) holds "
+            f"{held} release(s) of this run, but the checkpoint records {recorded}: "
+            "it was removed or replaced. Restore it from a backup before resuming; "
+            "a fresh one would under-report the run's client-level epsilon."
+        )
+    pinned = history.get(LEDGER_KEY_FIELD)
+    if pinned is not None and pinned != central.key_fingerprint():
+        raise CheckpointError(
+            f"The coordinator's client-level ledger ({central.state_dir}) is signed "
+            "by another key than the one this run's checkpoint pinned: it was "
+            "replaced. Restore it from a backup before resuming."
+        )
+
+
 def run_server(
     grid: Grid, context: Context, *, central_test: CentralTestLoader
 ) -> None:
@@ -194,6 +223,12 @@ def run_server(
     evaluator = CentralEvaluator(cfg, central_test(cfg.test_path, cfg.run_config))
 
     key_path = cfg.signing_key_path
+    if cfg.resume and key_path is not None and not key_path.exists():
+        raise CheckpointError(
+            f"Expected the checkpoint signing key at {key_path} to resume this run; "
+            "found nothing. Name the key that signed the checkpoint (a new one "
+            "would be made, and would refuse it)."
+        )
     signer = None if key_path is None else checkpoint_signer(key_path)
     if cfg.resume:
         ckpt = load_checkpoint(
@@ -241,6 +276,8 @@ def run_server(
         if cfg.client_dp.enabled
         else None
     )
+    if central is not None and cfg.resume:
+        _check_server_ledger(central, history)
     print_start(cfg, history["initial"])
     progress_path = cfg.layout.progress
 
@@ -308,6 +345,8 @@ def run_server(
                     available=log.available,
                     noise_variance=log.noise_variance,
                 )
+                if history.get(LEDGER_KEY_FIELD) is None:  # the first release made it
+                    history[LEDGER_KEY_FIELD] = central.key_fingerprint()
             result = evaluator(state)
             log.accuracy, log.loss = result.accuracy, result.loss
             log.perplexity = result.perplexity

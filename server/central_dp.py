@@ -22,6 +22,7 @@ bound does not hold for that. Every round counts in full.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +37,13 @@ from fedshield.privacy.distributed_dp import (
     distributed_epsilon,
 )
 from fedshield.privacy.dp import AccountantKind, accountant_to_json
-from fedshield.privacy.ledger import LedgerEntry, LedgerReader, Mechanism, SiteLedger
+from fedshield.privacy.ledger import (
+    PUBLIC_KEY_NAME,
+    LedgerEntry,
+    LedgerReader,
+    Mechanism,
+    SiteLedger,
+)
 
 __all__ = ["ClientLevelAccountant"]
 
@@ -58,6 +65,11 @@ class ClientLevelAccountant:
         self.config = config
         self.accountant = accountant
         self.distributed = distributed  # the sensitivities, for Skellam rounds
+
+    def key_fingerprint(self) -> str | None:
+        """SHA-256 of the ledger's public key, once the first round made it."""
+        pub = self.state_dir / PUBLIC_KEY_NAME
+        return hashlib.sha256(pub.read_bytes()).hexdigest() if pub.exists() else None
 
     def _history(self, ledger: LedgerReader) -> list[Release]:
         return ledger.client_history(run_id=self.run_id)

@@ -82,7 +82,9 @@ class ServerConfig:
             self.secagg.counts(max(2, self.min_train_sites))
         key = self.signing_key_path
         if key is not None and (
-            not key.is_absolute() or key.resolve().is_relative_to(self.out_dir)
+            not key.is_absolute()
+            or key.is_relative_to(self.out_dir)
+            or key.resolve().is_relative_to(self.out_dir)
         ):
             raise ConfigError(
                 "Expected `checkpoint.signing-key` to be an absolute path outside "

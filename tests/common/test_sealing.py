@@ -46,7 +46,7 @@ def test_a_sealed_secret_opens_only_with_its_passphrase_and_purpose() -> None:
     assert unseal(blob, PASS.encode(), purpose="pii_key") == secret
     with pytest.raises(SealingError, match="not the passphrase"):
         unseal(blob, b"correct horse battery stapler", purpose="pii_key")
-    with pytest.raises(SealingError, match="copied over another"):
+    with pytest.raises(SealingError, match="another key copied over it"):
         unseal(blob, PASS.encode(), purpose="ledger_key.pem")
     doc = json.loads(blob)
     # any changed byte of the ciphertext fails to open (AES-GCM's tag)
@@ -120,7 +120,7 @@ def test_a_swapped_sealed_key_is_refused(tmp_path, monkeypatch) -> None:
     load_site_key(tmp_path)
     SiteLedger(tmp_path).close()
     (tmp_path / LEDGER_KEY).write_bytes((tmp_path / PII_KEY).read_bytes())
-    with pytest.raises(LedgerError, match="copied over another"):
+    with pytest.raises(LedgerError, match="another key copied over it"):
         SiteLedger(tmp_path)
 
 
@@ -202,3 +202,47 @@ def test_the_site_commands_seal_and_check_the_secrets(tmp_path, monkeypatch) -> 
     monkeypatch.setenv(PASSPHRASE_ENV, "not the passphrase it had")
     wrong = runner.invoke(app, ["site", "check", "--node-config", node_config])
     assert wrong.exit_code != 0 and "not the passphrase" in wrong.output
+
+
+def test_a_blank_passphrase_a_symlinked_key_and_a_damaged_seal_are_refused(
+    tmp_path, monkeypatch
+) -> None:
+    # a blank value (systemd's `Environment=VAR=`) never means "write in clear"
+    monkeypatch.setenv(PASSPHRASE_ENV, "  ")
+    with pytest.raises(PIIError, match="blank"):
+        load_site_key(tmp_path / "blank")
+    assert not (tmp_path / "blank" / PII_KEY).exists()
+    # a key linked from elsewhere: sealing it would leave the target in clear
+    monkeypatch.delenv(PASSPHRASE_ENV)
+    elsewhere = tmp_path / "elsewhere"
+    key = load_site_key(elsewhere)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / PII_KEY).symlink_to(elsewhere / PII_KEY)
+    monkeypatch.setenv(PASSPHRASE_ENV, PASS)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        reseal_secrets(state, to_sealed=True)
+    assert (elsewhere / PII_KEY).read_bytes() == key
+    with pytest.raises(PIIError, match="symbolic link"):
+        load_site_key(state)
+    # a truncated seal is a damaged seal, never a key "in clear" to seal again
+    sealed = tmp_path / "sealed"
+    load_site_key(sealed)
+    path = sealed / PII_KEY
+    path.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(PIIError, match="damaged"):
+        load_site_key(sealed)
+    with pytest.raises(ConfigError, match="damaged"):
+        reseal_secrets(sealed, to_sealed=True)
+    monkeypatch.delenv(PASSPHRASE_ENV)
+    with pytest.raises(PIIError, match="sealed with a passphrase"):
+        load_site_key(sealed)
+
+
+def test_a_sealed_document_with_other_parameters_is_refused() -> None:
+    blob = json.loads(seal(bytes(32), PASS.encode(), purpose="pii_key"))
+    for field, value in (("kdf", {"name": "scrypt", "n": 2**30, "r": 8, "p": 1}),
+                         ("nonce", base64.b64encode(bytes(4)).decode())):  # fmt: skip
+        bad = json.dumps({**blob, field: value}, indent=1).encode()
+        with pytest.raises(SealingError, match="damaged"):
+            unseal(bad, PASS.encode(), purpose="pii_key")

@@ -119,3 +119,29 @@ def test_distributed_rounds_compose_the_skellam_noise_the_survivors_added(
         }
     with pytest.raises(ValueError, match="noise variance"):
         acc.record_round(server_round=3, sampled=4, available=4)
+
+
+def test_a_resume_refuses_a_client_level_ledger_removed_or_replaced(tmp_path) -> None:
+    """Whoever can write out-dir must not shrink the run's client-level epsilon
+    by removing or replacing out-dir/ledger beside a (signed) checkpoint."""
+    import shutil
+
+    from fedshield.server.app import LEDGER_KEY_FIELD, _check_server_ledger
+    from fedshield.server.checkpoint import CheckpointError
+
+    acc = _accountant(tmp_path, "run-1")
+    history = {"rounds": []}
+    for rnd in (1, 2):
+        eps = acc.record_round(server_round=rnd, sampled=3, available=3)
+        history["rounds"].append({"round": rnd, "client_epsilon": eps})
+    history[LEDGER_KEY_FIELD] = acc.key_fingerprint()
+    _check_server_ledger(acc, history)  # intact: resumes
+    shutil.rmtree(acc.state_dir)
+    with pytest.raises(CheckpointError, match="holds 0 release"):
+        _check_server_ledger(_accountant(tmp_path, "run-1"), history)
+    # a new ledger with as many releases, signed by another key
+    fresh = _accountant(tmp_path, "run-1")
+    for rnd in (1, 2):
+        fresh.record_round(server_round=rnd, sampled=3, available=3)
+    with pytest.raises(CheckpointError, match="another key"):
+        _check_server_ledger(fresh, history)
