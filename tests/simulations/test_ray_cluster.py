@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,9 +58,23 @@ def ray_head(tmp_path_factory) -> Iterator[tuple[str, Path]]:
                 break
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 continue
-        subprocess.run(["pkill", "-9", "-f", tempfile_dir], check=False)
+        _kill_matching(tempfile_dir)  # whatever of Ray's left its group
         log.close()
-        subprocess.run(["rm", "-rf", str(temp)], check=False)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _kill_matching(text: str) -> None:
+    """SIGKILL every process whose command line mentions ``text`` (Linux /proc)."""
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if text.encode() in cmdline and int(entry.name) != os.getpid():
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def test_a_simulation_runs_its_sites_on_an_existing_ray_cluster(
