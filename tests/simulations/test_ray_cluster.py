@@ -1,13 +1,12 @@
 """``fedshield simulate --ray-address``: the sites run on an existing Ray cluster,
 here a head started with ``ray start --head`` on loopback, in its own temporary
-folder and process group, stopped by its group id whatever the test does."""
+folder, stopped with all its descendants whatever the test does."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from fedshield.simulations.process_tree import terminate_tree
 from fedshield.simulations.superlink import free_port, venv_script
 from tests.subprocess_env import fedshield_cli, subprocess_env
 
@@ -26,13 +26,13 @@ pytestmark = pytest.mark.slow
 def ray_head(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     port = free_port()
     # a short folder: Ray's socket paths must stay under 108 bytes
-    temp = Path(tempfile_dir := f"/tmp/fs-ray-{os.getpid()}-{port}")
+    temp = Path(f"/tmp/fs-ray-{os.getpid()}-{port}")
     log = (tmp_path_factory.mktemp("ray") / "head.log").open("wb")
     head = subprocess.Popen(
         [str(venv_script("ray")), "start", "--head", "--block",
          "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--num-cpus", "2", "--include-dashboard", "false",
-         "--disable-usage-stats", "--temp-dir", tempfile_dir],
+         "--disable-usage-stats", "--temp-dir", str(temp)],
         env={**subprocess_env(), "RAY_ADDRESS": ""},
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -51,30 +51,9 @@ def ray_head(tmp_path_factory) -> Iterator[tuple[str, Path]]:
                 time.sleep(1)
         yield f"127.0.0.1:{port}", temp
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(head.pid, sig)
-                head.wait(timeout=30)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
-        _kill_matching(tempfile_dir)  # whatever of Ray's left its group
+        terminate_tree(head)  # the head with its raylet, GCS and workers
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def _kill_matching(text: str) -> None:
-    """SIGKILL every process whose command line mentions ``text`` (Linux /proc)."""
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if text.encode() in cmdline and int(entry.name) != os.getpid():
-            try:
-                os.kill(int(entry.name), signal.SIGKILL)
-            except OSError:
-                pass
 
 
 def test_a_simulation_runs_its_sites_on_an_existing_ray_cluster(
