@@ -74,6 +74,26 @@ def test_an_impossible_threshold_fails_at_run_start(
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
+def _failed_run(
+    grid: type[InMemoryGrid],
+    tmp_path: Path,
+    tiny_run_config: dict[str, Any],
+    raises: type[Exception],
+    match: str,
+) -> Path:
+    """Run the server on three sites of ``grid``; it must raise ``raises``
+    matching ``match``. Returns the run's out-dir."""
+    out = tmp_path / "run"
+    run_config = {**tiny_run_config, "out-dir": str(out), "round-timeout": 5.0}
+    with pytest.raises(raises, match=match):
+        run_server(
+            grid([11, 22, 33], run_config),
+            _context(run_config),
+            central_test=_central_test,
+        )
+    return out
+
+
 class CrashingSites(InMemoryGrid):
     def reply(self, msg: Message, node: int) -> Message:
         raise RuntimeError("the grid broke")
@@ -84,14 +104,9 @@ def test_a_crash_inside_a_round_also_leaves_status_aborted(
 ) -> None:
     """Not only a round that cannot finish: any crash after the run started
     leaves summary.json saying aborted, with the exception, never 'running'."""
-    out = tmp_path / "run"
-    run_config = {**tiny_run_config, "out-dir": str(out), "round-timeout": 5.0}
-    with pytest.raises(RuntimeError, match="the grid broke"):
-        run_server(
-            CrashingSites([11, 22, 33], run_config),
-            _context(run_config),
-            central_test=_central_test,
-        )
+    out = _failed_run(
+        CrashingSites, tmp_path, tiny_run_config, RuntimeError, "the grid broke"
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "aborted"
     assert summary["error"].startswith("RuntimeError: the grid broke")
@@ -130,14 +145,9 @@ class LostSites(InMemoryGrid):
 def test_a_lost_sites_failure_names_that_site_never_the_superlink(
     tmp_path: Path, tiny_run_config: dict[str, Any]
 ) -> None:
-    out = tmp_path / "run"
-    run_config = {**tiny_run_config, "out-dir": str(out), "round-timeout": 5.0}
-    with pytest.raises(RoundAborted, match="node unavailable"):
-        run_server(
-            LostSites([11, 22, 33], run_config),
-            _context(run_config),
-            central_test=_central_test,
-        )
+    out = _failed_run(
+        LostSites, tmp_path, tiny_run_config, RoundAborted, "node unavailable"
+    )
     error = json.loads((out / "summary.json").read_text())["error"]
     for node in (11, 22, 33):
         assert f"node-{node}" in error
