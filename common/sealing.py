@@ -162,13 +162,18 @@ def _symlink_refused(path: Path) -> str:
     )
 
 
+def _read_key(path: Path, *, error: type[Exception], why: str) -> bytes | None:
+    """:func:`storage.read_key_file`, refusing a symbolic link first."""
+    if path.is_symlink():
+        raise error(_symlink_refused(path))
+    return read_key_file(path, error=error, why=why)
+
+
 def read_secret(path: Path, *, error: type[Exception], why: str) -> bytes | None:
     """The secret in key file ``path`` (mode 0600), unsealed; None when the file
     does not exist. Raises ``error`` when the file is readable by others, sealed
     without the passphrase set, in clear with it set, or does not open."""
-    if path.is_symlink():
-        raise error(_symlink_refused(path))
-    raw = read_key_file(path, error=error, why=why)
+    raw = _read_key(path, error=error, why=why)
     if raw is None:
         return None
     try:
@@ -213,23 +218,21 @@ def reseal_file(path: Path, *, to_sealed: bool, secret_passphrase: bytes) -> boo
     The key itself never changes: the new file is written beside it (0600),
     checked to give the same secret, then renamed over it. Returns False when the
     file was already in the asked form."""
-    if path.is_symlink():
-        raise SealingError(_symlink_refused(path))
-    raw = read_key_file(path, error=SealingError, why="it is a site secret")
+    raw = _read_key(path, error=SealingError, why="it is a site secret")
     if raw is None:
         raise SealingError(f"Expected a key file at {path}; found nothing.")
     if is_sealed(raw):  # must open with this passphrase, whichever way it goes
         opened = unseal(raw, secret_passphrase, purpose=path.name)
         if to_sealed:
             return False
-        atomic_write_bytes(path, opened, mode=0o600)
+        atomic_write_bytes(path, opened)
         return True
     if not to_sealed:
         return False
     new = seal(raw, secret_passphrase, purpose=path.name)
     if unseal(new, secret_passphrase, purpose=path.name) != raw:
         raise SealingError(f"Sealing {path} did not round-trip; nothing changed.")
-    atomic_write_bytes(path, new, mode=0o600)
+    atomic_write_bytes(path, new)
     return True
 
 

@@ -78,8 +78,11 @@ def prepare_run(
     run = RunConfig.parse(values)  # unknown keys, types, ranges: refused here
     pairs = dict(overrides)
 
-    out = Path(str(run["out-dir"])).expanduser()
-    out = out if out.is_absolute() else base / out
+    def absolute(key: str) -> Path:  # a path of the run, on the SuperLink's host
+        path = Path(str(run[key])).expanduser()
+        return path if path.is_absolute() else base / path
+
+    out = absolute("out-dir")
     if "out-dir" not in overrides:
         raise ConfigError(
             "Expected `out-dir` in --run-config: where the coordinator writes the "
@@ -110,8 +113,7 @@ def prepare_run(
             "0, adds the sites' own held-out metrics, released without DP noise "
             "by sites whose policy says allow-evaluate=true.)"
         )
-    path = Path(test).expanduser()
-    path = path if path.is_absolute() else base / path
+    path = absolute("data.test-path")
     try:
         held = read_labeled_file(path, SiteDataConfig.from_run_config(values))
     except SiteDataError as err:
@@ -119,10 +121,8 @@ def prepare_run(
     test_records = len(held)
     pairs["data.test-path"] = _quoted(path)
 
-    key = Path(str(run["checkpoint.signing-key"])).expanduser()
     if run["checkpoint.signing-key"]:
-        key = key if key.is_absolute() else base / key
-        pairs["checkpoint.signing-key"] = _quoted(key)
+        pairs["checkpoint.signing-key"] = _quoted(absolute("checkpoint.signing-key"))
     elif signing_key is not None:
         pairs["checkpoint.signing-key"] = _quoted(signing_key.resolve())
     return PreparedRun(overrides=pairs, out=out, test_records=test_records)
