@@ -314,6 +314,14 @@ def site_start(
     port: Annotated[
         int, typer.Option(help="The SuperNode's local port (127.0.0.1).")
     ] = 9094,
+    warm: Annotated[
+        bool,
+        typer.Option(
+            help="Fork each message's ClientApp from a process that imported "
+            "fedshield once (--no-warm: a fresh process per message, 5-10 s more "
+            "each)."
+        ),
+    ] = True,
 ) -> None:
     """Check the node config, then run the SuperNode in the foreground with TLS
     and the site's key."""
@@ -327,7 +335,7 @@ def site_start(
             port=port,
             executable=str(venv_script("flower-supernode")),
         )
-        code = run_supernode(cmd, key=key, superlink=superlink)
+        code = run_supernode(cmd, key=key, superlink=superlink, warm=warm)
     except ConfigError as err:
         raise _fail(err) from err
     raise typer.Exit(code)

@@ -53,6 +53,7 @@ from fedshield.simulations.process_tree import dies_with_parent
 
 from .pki import SiteKey, make_site_key
 from .trusted_clientapp import write_shim
+from .warm_clientapp import SOCKET_NAME
 
 __all__ = [
     "SECRET_FILES",
@@ -241,7 +242,7 @@ def supernode_command(
     ]
 
 
-def _stop_group(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
+def _stop_group(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
     """SIGTERM to the SuperNode's process group, up to ``grace`` seconds for the
     SuperNode to exit, then SIGKILL to whatever is left of the group: its
     SuperExec outlives a SuperNode that exits and would retry forever."""
@@ -274,22 +275,44 @@ def supernode_path(shims: Path, path: str) -> str:
     return path
 
 
-def run_supernode(command: list[str], *, key: Path, superlink: str) -> int:
+def _start_warm_server(shims: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The site's warm ClientApp server (:mod:`.warm_clientapp`), its socket in
+    ``shims`` (mode 0700: this user only); its output goes to ours."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedshield.deploy.warm_clientapp",
+            str(shims / SOCKET_NAME),
+        ],
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,  # one group: the server and the children it forks
+        preexec_fn=dies_with_parent(signal.SIGTERM),
+    )
+
+
+def run_supernode(
+    command: list[str], *, key: Path, superlink: str, warm: bool = True
+) -> int:
     """Run ``command`` (the SuperNode) in the foreground, its output passed
     through, and stop its whole process group when it ends. A refused key is
     explained and ends the run (Flower's SuperExec would otherwise retry
-    forever). Returns the SuperNode's exit code (2 for a refused key)."""
+    forever). ``warm``: each message's ClientApp is forked from a process that
+    has imported fedshield already (:mod:`.warm_clientapp`) instead of started
+    cold. Returns the SuperNode's exit code (2 for a refused key)."""
     env = dict(os.environ)
     env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     # Flower's SuperExec launches `flwr-clientapp` by name: ours comes first, and
     # runs the site's installed fedshield ClientApp, never the bundle's code
     shims = Path(tempfile.mkdtemp(prefix="fedshield-site-"))
     try:
-        write_shim(shims)
+        write_shim(shims, shims / SOCKET_NAME if warm else None)
         env["PATH"] = supernode_path(shims, env.get("PATH", ""))
     except ConfigError:
         shutil.rmtree(shims, ignore_errors=True)
         raise
+    warm_server = _start_warm_server(shims, env) if warm else None
     proc = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -335,6 +358,8 @@ def run_supernode(command: list[str], *, key: Path, superlink: str) -> int:
         pass
     finally:
         _stop_group(proc)
+        if warm_server is not None:
+            _stop_group(warm_server)
         signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(shims, ignore_errors=True)
     code = proc.wait()

@@ -86,13 +86,21 @@ def main() -> None:  # pragma: no cover - the process Flower's SuperExec launche
     cli.flwr_clientapp()
 
 
-def write_shim(folder: Path) -> Path:
-    """``folder/flwr-clientapp``: runs :func:`main` with this Python. Put
-    ``folder`` first on the SuperNode's PATH."""
+def write_shim(folder: Path, warm_socket: Path | None = None) -> Path:
+    """``folder/flwr-clientapp``: runs :func:`main` with this Python, or, with
+    ``warm_socket``, has the site's warm ClientApp server fork it
+    (:mod:`.warm_clientapp`; the cold path when that server cannot be reached).
+    Put ``folder`` first on the SuperNode's PATH."""
     folder.mkdir(parents=True, exist_ok=True)
     shim = folder / "flwr-clientapp"
-    module = "fedshield.deploy.trusted_clientapp"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {module} "$@"\n')
+    if warm_socket is None:
+        module = "fedshield.deploy.trusted_clientapp"
+        shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {module} "$@"\n')
+    else:
+        from .warm_clientapp import write_client
+
+        client = write_client(folder, warm_socket)
+        shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -I "{client}" "$@"\n')
     shim.chmod(0o755)
     return shim
 
