@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedshield-installed
 
-.PHONY: install demo test test-fast lint mutants bench-dp bench-secagg bench-pii bench-audit bench-canary-power bench-red-team bench-lm bench-adversarial clean-venv
+.PHONY: install demo test test-fast lint mutants bench-dp bench-secagg bench-pii bench-audit bench-canary-power bench-red-team bench-lm bench-adversarial bench-deploy clean-venv
 
 install: $(STAMP)
 
@@ -75,6 +75,11 @@ bench-red-team: install
 # cost; six federated runs (hours on 2 cores): add --work DIR to keep finished runs
 bench-adversarial: install
 	PYTHONPATH=. $(BIN)/python benchmarks/adversarial.py
+
+# from nothing to a finished TLS + node-authenticated run on loopback, timed: the
+# command sequence of docs/deployment.md, packaged model and data, 3 sites
+bench-deploy: install
+	PYTHONPATH=. $(BIN)/python benchmarks/deploy.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -30,7 +30,10 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,9 @@ __all__ = [
     "flwr_env",
     "init_federation",
     "load_federation",
+    "register",
+    "revoke",
+    "wait_for_superlink",
 ]
 
 DEFAULT_PORT = 9443
@@ -308,3 +314,31 @@ def revoke(fed: Federation, name: str, *, flwr: str = "flwr") -> int:
     site.node_id = None
     fed.save()
     return node_id
+
+
+def wait_for_superlink(
+    fed: Federation, proc: subprocess.Popen[bytes] | None = None, timeout: float = 120
+) -> None:
+    """Until the federation's SuperLink (``proc``, when this process started it)
+    answers on its port over TLS, verified with the federation's CA."""
+    context = ssl.create_default_context(cafile=str(fed.ca_cert))
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ConfigError(
+                f"The SuperLink exited with code {proc.returncode} before it "
+                "answered; see its output."
+            )
+        try:  # loopback is in the certificate's names whatever the hosts are
+            with opener.open(f"https://localhost:{fed.port}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise ConfigError(
+        f"Expected the SuperLink on port {fed.port} to answer over TLS within "
+        f"{timeout:.0f} s; it did not. Is `fedshield superlink start {fed.root}` "
+        "running on this host?"
+    )

@@ -63,6 +63,7 @@ __all__ = [
     "parse_node_config",
     "reseal_secrets",
     "secrets_status",
+    "site_start_args",
     "supernode_command",
 ]
 
@@ -237,6 +238,25 @@ def supernode_command(
         node_config,
         "--isolation",
         "subprocess",
+        "--port",
+        str(port),
+    ]
+
+
+def site_start_args(address: str, kit: Path, node_config: str, port: int) -> list[str]:
+    """``fedshield site start`` arguments for the site whose kit (``ca.pem``,
+    ``supernode_key``) is in ``kit``, its SuperNode on local ``port``."""
+    return [
+        "site",
+        "start",
+        "--superlink",
+        address,
+        "--ca",
+        str(kit / "ca.pem"),
+        "--key",
+        str(kit / "supernode_key"),
+        "--node-config",
+        node_config,
         "--port",
         str(port),
     ]

@@ -15,8 +15,9 @@ launches that name). It is Flower's own ``flwr-clientapp`` with one change: the
 loader ignores the bundle's components and its files, and loads
 ``fedshield.simulations.apps:clientapp`` from the site's installed package, after
 checking that the run is a fedshield run of the installed version. A bundle that
-names another app, or another fedshield version, is refused: Flower sends the
-refusal to the coordinator as the site's error reply, and the site runs nothing.
+names another app, or another fedshield version, is refused: the site answers
+every message with the refusal (the coordinator sees it as the site's error,
+with the reason) and runs nothing else.
 The bundle's files are still unpacked by Flower, but nothing in them is imported.
 
 What the coordinator still controls is the run config, which each site's policy
@@ -31,11 +32,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from flwr.app import Context, Message
 from flwr.clientapp.client_app import ClientApp, LoadClientAppError
 
 __all__ = [
     "APP_REF",
     "FAB_ID",
+    "BundleRefused",
+    "RefusingClientApp",
     "installed_version",
     "main",
     "trusted_loader",
@@ -61,7 +65,7 @@ def trusted_loader(
 
     def load(fab_id: str, fab_version: str, fab_hash: str) -> ClientApp:
         if fab_id != FAB_ID or fab_version != version:
-            raise LoadClientAppError(
+            return RefusingClientApp(
                 f"This site runs only its own installed fedshield {version} "
                 f"ClientApp; the coordinator's bundle is {fab_id!r} version "
                 f"{fab_version!r} (hash {fab_hash[:12]}). Refused: nothing was run. "
@@ -75,6 +79,26 @@ def trusted_loader(
         return app
 
     return load
+
+
+class BundleRefused(RuntimeError):
+    """The coordinator's bundle is not one this site runs."""
+
+
+class RefusingClientApp(ClientApp):
+    """Stands in for a refused bundle's ClientApp: it answers every message with
+    the refusal. Raising from the loader instead would reach the coordinator only
+    as Flower's generic "exception ... when attempting to load `ClientApp`";
+    an exception raised by the app reaches it with its text, so the coordinator
+    learns why. Nothing of the bundle is imported either way."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        sys.stderr.write(f"fedshield: {self.reason}\n")
+        raise BundleRefused(self.reason)
 
 
 def main() -> None:  # pragma: no cover - the process Flower's SuperExec launches

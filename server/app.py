@@ -49,6 +49,7 @@ from .checkpoint import (
 from .config import ServerConfig
 from .evaluate import CentralEvaluator, CentralTestLoader
 from .generation import generation_samples
+from .replies import SiteNames
 from .report import print_round, print_start
 from .rounds import RoundAborted, measured, run_round
 from .strategy import (
@@ -176,6 +177,8 @@ def _metrics(result: EvalResult) -> dict[str, float]:
     }
 
 
+# the run's site names by node id (in the checkpoint: node ids outlive a restart)
+SITE_NAMES_FIELD = "site_names"
 # the history's pin of the client-level ledger's key (in the signed checkpoint)
 LEDGER_KEY_FIELD = "server_ledger_key_sha256"
 
@@ -304,6 +307,9 @@ def run_server(
             ),
         )
 
+    # node id -> site name, from every reply so far (a resumed run keeps them: a
+    # site lost after the restart is still named)
+    names = SiteNames(history.get(SITE_NAMES_FIELD))
     server_round = start
     try:
         for server_round in range(start, cfg.num_rounds + 1):
@@ -336,7 +342,9 @@ def run_server(
                 progress=progress,
                 client_dp=cfg.client_dp,
                 secagg=cfg.secagg,
+                names=names,
             )
+            history[SITE_NAMES_FIELD] = names.as_dict()
             history[STRATEGY_STATE_KEY] = strategy_state(strategy)  # checkpointed below
             if central is not None:  # recorded before the noisy model is used
                 log.client_epsilon = central.record_round(

@@ -29,7 +29,7 @@ from fedshield.common.schema import Metric, Record, Refusal, SiteKey
 from fedshield.models import StateMismatchError, arrays_to_state, check_same_layout
 from fedshield.privacy.client_dp import l2_norm
 
-__all__ = ["Screened", "screen_replies", "site_of"]
+__all__ = ["Screened", "SiteNames", "screen_replies", "site_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +49,45 @@ class Screened:
     deltas: dict[str, State]
 
 
-def site_of(reply: Message) -> str:
-    """The site name a reply carries, or ``node-<id>`` for one that carries none."""
+def _carried_name(reply: Message) -> str | None:
     records = reply.content.config_records if not reply.has_error() else {}
     site = records.get(Record.SITE)
     if site is not None and SiteKey.NAME in site:
         return str(site[SiteKey.NAME])
-    return f"node-{reply.metadata.src_node_id}"
+    return None
+
+
+class SiteNames:
+    """The site name each node's replies carried, kept for the whole run (and in
+    its checkpoint, since node ids outlive a SuperLink restart). A site whose
+    machine dies mid-round sends nothing more, and the SuperLink's error for it
+    carries no name: without this, its failure would read ``node-<id>``. The
+    names are what the sites say of themselves: labels for the operator, not an
+    identity the server checks."""
+
+    def __init__(self, known: dict[str, str] | None = None) -> None:
+        self._by_node = {int(node): str(name) for node, name in (known or {}).items()}
+
+    def learn(self, reply: Message) -> None:
+        name = _carried_name(reply)
+        if name is not None:
+            self._by_node[reply.metadata.src_node_id] = name
+
+    def of(self, node_id: int) -> str:
+        return self._by_node.get(node_id, f"node-{node_id}")
+
+    def as_dict(self) -> dict[str, str]:
+        return {str(node): name for node, name in sorted(self._by_node.items())}
+
+
+def site_of(reply: Message, names: SiteNames | None = None) -> str:
+    """The site name a reply carries; else the name its node gave earlier in the
+    run (``names``); else ``node-<id>``."""
+    name = _carried_name(reply)
+    if name is not None:
+        return name
+    node = reply.metadata.src_node_id
+    return names.of(node) if names is not None else f"node-{node}"
 
 
 def _refusal(reply: Message, site: str) -> dict[str, Any] | None:
@@ -112,16 +144,18 @@ def screen_replies(
     *,
     clip_norm: float | None = None,
     secure: bool = False,
+    names: SiteNames | None = None,
 ) -> Screened:
     """Sort replies into valid updates (decoded), failures and refusals.
 
     ``clip_norm``: reject an update whose L2 norm exceeds it (client-level DP without
     secure aggregation). ``secure``: the replies carry metrics and a ``secagg``
-    record, no update.
+    record, no update. ``names``: the run's site names, for replies that carry
+    none (an error the SuperLink made for a lost site).
     """
     out = Screened(valid=[], sites={}, failures=[], refusals=[], deltas={})
     for reply in replies:
-        site = site_of(reply)
+        site = site_of(reply, names)
         refusal = _refusal(reply, site)
         if refusal is not None:
             logger.warning("%s refused the round: %s", site, refusal.get("reason"))

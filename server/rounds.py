@@ -34,7 +34,7 @@ from fedshield.privacy.client_dp import ClientDPConfig
 from fedshield.privacy.secagg import SecAggAborted, SecAggConfig, SecAggParams
 
 from .aggregation import UpdateSum, aggregate, aggregation_weights, plain_sum
-from .replies import Screened, screen_replies, site_of
+from .replies import Screened, SiteNames, screen_replies
 from .secagg import prepare_setup, secure_sum
 
 __all__ = [
@@ -152,10 +152,16 @@ def _attributed(reply: Message, asked: Message | None) -> Message:
 
 
 def collect_replies(
-    grid: Grid, messages: list[Message], *, timeout: float, progress: Progress
+    grid: Grid,
+    messages: list[Message],
+    *,
+    timeout: float,
+    progress: Progress,
+    names: SiteNames | None = None,
 ) -> list[Message]:
     """Push ``messages`` and pull replies until all arrive or ``timeout`` passes.
-    Each reply is attributed to the node that was asked (:func:`_attributed`)."""
+    Each reply is attributed to the node that was asked (:func:`_attributed`);
+    ``names`` learns the site name of each reply that carries one."""
     pushed = list(grid.push_messages(messages))
     asked = {mid: m for mid, m in zip(pushed, messages, strict=True) if mid}
     ids = set(asked)
@@ -170,6 +176,8 @@ def collect_replies(
             mid = reply.metadata.reply_to_message_id
             ids.discard(mid)
             replies.append(_attributed(reply, asked.get(mid)))
+            if names is not None:
+                names.learn(reply)
             progress(len(replies), len(messages))
         if ids:
             time.sleep(wait)
@@ -196,17 +204,23 @@ def _secure_sum(
     timeout: float,
     min_sites: int,
     noised: bool,
+    names: SiteNames,
 ) -> UpdateSum:
     """The unmasked sum of the survivors' updates (unweighted; with ``noised``, the
     sites' Skellam noise in it); drops go to the log."""
-    names = {r.metadata.src_node_id: site_of(r) for r in screened.valid}
+    for reply in screened.valid:
+        names.learn(reply)
     try:
         result = secure_sum(
             setup_replies=screened.valid,
             params=params,
             node_ids=[m.metadata.dst_node_id for m in messages],
             collect=lambda msgs: collect_replies(
-                grid, msgs, timeout=timeout, progress=lambda done, total: None
+                grid,
+                msgs,
+                timeout=timeout,
+                progress=lambda done, total: None,
+                names=names,
             ),
             group=str(server_round),
             template=global_state,
@@ -216,9 +230,9 @@ def _secure_sum(
         raise RoundAborted(
             f"Round {server_round}: {err} The global model is unchanged."
         ) from err
-    in_sum = {names[n] for n in result.survivors}
+    in_sum = {names.of(n) for n in result.survivors}
     for node, reason in result.dropped:
-        log.failures.append({"site": names.get(node, f"node-{node}"), "reason": reason})
+        log.failures.append({"site": names.of(node), "reason": reason})
     log.sites = {k: v for k, v in log.sites.items() if k in in_sum}
     log.saturated = result.saturated
     if len(in_sum) < min_sites:
@@ -247,14 +261,18 @@ def run_round(
     progress: Progress,
     client_dp: ClientDPConfig,
     secagg: SecAggConfig,
+    names: SiteNames | None = None,
 ) -> tuple[State, RoundLog]:
     """One training round; returns the new global state and the round's log.
+    ``names``: the run's site names so far (failures of sites that no longer
+    reply are named with them); it learns this round's.
 
     ``train_config`` is sent to every sampled site (the strategy adds the round).
     ``strategy`` samples the sites and takes the server step
     (:func:`server.aggregation.server_step`).
     """
     start = time.monotonic()
+    names = SiteNames() if names is None else names
     log = RoundLog(server_round=server_round)
     log.available = len(list(grid.get_node_ids()))
     messages = list(
@@ -274,7 +292,9 @@ def run_round(
             )
     except SecAggAborted as err:
         raise RoundAborted(f"Round {server_round}: {err}") from err
-    replies = collect_replies(grid, messages, timeout=timeout, progress=progress)
+    replies = collect_replies(
+        grid, messages, timeout=timeout, progress=progress, names=names
+    )
     screened = screen_replies(
         replies,
         global_state,
@@ -282,6 +302,7 @@ def run_round(
         if client_dp.enabled and not secagg.enabled
         else None,
         secure=secagg.enabled,
+        names=names,
     )
     log.sites, log.failures, log.refusals = (
         screened.sites,
@@ -320,6 +341,7 @@ def run_round(
             timeout=timeout,
             min_sites=min_sites,
             noised=client_dp.enabled,
+            names=names,
         )
         log.noise_variance = summed.noise_variance
     new_state = aggregate(

@@ -3,8 +3,11 @@ operator commands of docs/deployment.md: ``federation init``, ``superlink
 start``, ``federation register``, ``site start``, ``federation run``.
 
 TLS with the federation's own CA, SuperNode authentication (only registered keys
-connect), a tiny BERT, DP-SGD and secure aggregation. Every process runs in its
-own process group with a deadline and is stopped by its group id.
+connect), a tiny BERT, DP-SGD and secure aggregation; a site killed mid-round, the
+coordinator's host killed mid-run and resumed, and bundles the sites must not
+trust. Every process runs in its own process group with a deadline and is
+stopped by its group id. One federation for all of it: each start of a
+SuperLink, SuperNode or run costs tens of seconds on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -14,25 +17,33 @@ import json
 import os
 import random
 import signal
-import ssl
 import stat
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fedshield.common.sealing import PASSPHRASE_ENV, is_sealed
-from fedshield.deploy.federation import init_federation, load_federation, register
+from fedshield.deploy.federation import (
+    init_federation,
+    load_federation,
+    register,
+    wait_for_superlink,
+)
+from fedshield.deploy.site import site_start_args
+from fedshield.deploy.trusted_clientapp import installed_version
 from fedshield.privacy.ledger import KEY_NAME as LEDGER_KEY
 from fedshield.privacy.ledger import LedgerReader
+from fedshield.simulations.process_tree import descendants, is_alive
 from fedshield.simulations.superlink import free_port, venv_script
 from tests.subprocess_env import REPO, subprocess_env
 
 pytestmark = pytest.mark.slow
+
+APP_LINE = 'clientapp = "fedshield.simulations.apps:clientapp"'
 
 WORDS = ("good great fine nice lovely", "bad awful poor terrible boring")
 
@@ -115,63 +126,135 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
         procs.print_logs()
 
 
-def _wait_https(port: int, ca: Path, proc: subprocess.Popen[bytes]) -> None:
-    context = ssl.create_default_context(cafile=str(ca))
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+def _superlink(
+    processes: Processes, fed_dir: Path, name: str = "superlink"
+) -> subprocess.Popen[bytes]:
+    fed = load_federation(fed_dir)
+    proc = processes.start(
+        name, "superlink", "start", str(fed_dir), "--bind", "127.0.0.1"
     )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the SuperLink exited"
-        try:
-            with opener.open(f"https://localhost:{port}/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError("the SuperLink did not answer over TLS within 90 s")
+    wait_for_superlink(fed, proc)
+    return proc
 
 
-def test_a_tls_node_authenticated_federation_trains_and_refuses_strangers(
+def _site(
+    processes: Processes,
+    tmp_path: Path,
+    fed_dir: Path,
+    site: str,
+    seed: int,
+    policy: str = "",
+    env_extra: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """``fedshield site start`` for ``site`` of the federation in ``fed_dir``, on
+    48 records of its own; ``policy``: more node config."""
+    data = _data(tmp_path / f"{site}.csv", 48, seed=seed)
+    node_config = (
+        f"data-path='{data}' site-name='{site}' state-dir='{tmp_path / site}' "
+        f"max-epsilon=20 {policy}"
+    )
+    kit = fed_dir / "sites" / site
+    fed = load_federation(fed_dir)
+    return processes.start(
+        f"site-{site}",
+        *site_start_args(fed.address, kit, node_config, free_port()),
+        env_extra=env_extra,
+    )
+
+
+def _crash(proc: subprocess.Popen[bytes]) -> None:
+    """A machine losing power: ``proc`` and every process below it, SIGKILL."""
+    tree = descendants(proc.pid)
+    proc.kill()
+    for child in tree:
+        if is_alive(child):
+            os.kill(child.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _rounds(out: Path) -> list[dict[str, object]]:
+    try:
+        return list(json.loads((out / "summary.json").read_text())["rounds"])
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def _wait_rounds(out: Path, n: int, run: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 300
+    while len(_rounds(out)) < n:
+        assert run.poll() is None, f"the run ended before round {n}"
+        assert time.monotonic() < deadline, f"round {n} did not finish in 300 s"
+        time.sleep(0.5)
+
+
+def _bundle(
+    tmp_path: Path, name: str, edit: tuple[str, str], files: dict[str, str]
+) -> Path:
+    """An app bundle the coordinator builds itself: fedshield's pyproject.toml
+    with ``edit`` (old, new) made, and ``files`` beside it."""
+    bundle = tmp_path / name
+    bundle.mkdir()
+    text = (REPO / "pyproject.toml").read_text()
+    assert edit[0] in text
+    (bundle / "pyproject.toml").write_text(text.replace(edit[0], edit[1], 1))
+    for file, content in files.items():
+        (bundle / file).write_text(content)
+    return bundle
+
+
+def _flwr_run(bundle: Path, fed_dir: Path, overrides: str) -> str:
+    """Plain ``flwr run`` of ``bundle`` (not ``federation run``, which always
+    ships fedshield's own app); returns its output."""
+    fed = load_federation(fed_dir)
+    done = subprocess.run(
+        [str(venv_script("flwr")), "run", str(bundle), fed.name, "--stream"]
+        + ["--run-config", overrides],
+        cwd=bundle.parent,
+        env={**subprocess_env(), "FLWR_HOME": str(fed.flwr_home)},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    return done.stdout + done.stderr
+
+
+def test_a_federations_life_strangers_a_lost_site_a_restart_and_foreign_bundles(
     tmp_path: Path, tiny_model_dir: Path, processes: Processes
 ) -> None:
+    """One federation's life, on loopback, through the operator commands only.
+
+    TLS with the federation's CA, SuperNode authentication: stranger d is refused
+    and told why. Sites a, b, c train with DP-SGD and secure aggregation; site a
+    seals its secrets. Site c's machine dies in round 2: the round completes
+    without it (secure aggregation's dropout path) and names it. The
+    coordinator's host dies in round 3: a new SuperLink on the same database,
+    and ``resume`` finishes the run on the two sites left, a 2-site federation.
+    Each site's ledger keeps one signed chain. Then the coordinator ships
+    bundles of its own: code under fedshield's name never runs at a site, and a
+    bundle of another version is refused by every site.
+    """
     port = free_port()
     fed_dir = tmp_path / "fed"
-    init_federation(fed_dir, "clinics", ["localhost"], port, ["a", "b", "c", "d"])
+    init_federation(fed_dir, "wards", ["localhost"], port, ["a", "b", "c", "d"])
     fed = load_federation(fed_dir)
-    superlink = processes.start(
-        "superlink", "superlink", "start", str(fed_dir), "--bind", "127.0.0.1"
-    )
-    _wait_https(port, fed.ca_cert, superlink)
-    flwr = str(venv_script("flwr"))
+    superlink = _superlink(processes, fed_dir)
     for site in ("a", "b", "c"):  # d is never registered
-        register(fed, site, flwr=flwr)
-
-    sites = {}
-    for i, site in enumerate(("a", "b", "c", "d")):
-        kit = fed_dir / "sites" / site
-        data = _data(tmp_path / f"{site}.csv", 48, seed=i)
-        node_config = (
-            f"data-path='{data}' site-name='{site}' state-dir='{tmp_path / site}' "
-            "max-epsilon=20"
-        )
-        sites[site] = processes.start(
-            f"site-{site}",
-            "site",
-            "start",
-            "--superlink",
-            f"localhost:{port}",
-            "--ca",
-            str(kit / "ca.pem"),
-            "--key",
-            str(kit / "supernode_key"),
-            "--node-config",
-            node_config,
-            "--port",
-            str(free_port()),
-            # site a seals its secrets: the passphrase reaches its ClientApp
+        register(fed, site, flwr=str(venv_script("flwr")))
+    sites = {
+        site: _site(
+            processes,
+            tmp_path,
+            fed_dir,
+            site,
+            i,
+            # sums of two sites are acceptable to these sites (no colluder among
+            # them): what a 2-site federation needs, decided in each node config
+            "secagg-max-colluders=0",
+            # site a seals its secrets: the passphrase reaches its ClientApps
             env_extra={PASSPHRASE_ENV: "site a's passphrase"} if site == "a" else None,
         )
-
+        for i, site in enumerate(("a", "b", "c", "d"))
+    }
     # the stranger is refused, and its operator is told why and what to do
     assert sites["d"].wait(timeout=180) == 2
     told = processes.log("site-d")
@@ -179,68 +262,99 @@ def test_a_tls_node_authenticated_federation_trains_and_refuses_strangers(
 
     test = _data(tmp_path / "test.csv", 40, seed=9)
     out = tmp_path / "run"
+    model = (
+        f"data.test-path='{test}' model.source='{tiny_model_dir}' model.max-length=16"
+    )
+    run_config = (
+        f"out-dir='{out}' {model} num-server-rounds=3 round-timeout=60 "
+        "dp.target-epsilon=8 secagg.threshold=0.5"  # 2 of 3: one site may drop
+    )
     run = processes.start(
-        "run",
+        "run", "federation", "run", str(fed_dir), "--run-config", run_config
+    )
+    _wait_rounds(out, 1, run)
+    assert set(_rounds(out)[0]["sites"]) == {"a", "b", "c"}  # type: ignore[call-overload]
+    _crash(sites["c"])
+    _wait_rounds(out, 2, run)
+    second = _rounds(out)[1]
+    assert set(second["sites"]) == {"a", "b"}, second  # type: ignore[call-overload]
+    # the dead site's failure names it: not its node id, nor the SuperLink's
+    assert [f["site"] for f in second["failures"]] == ["c"], second  # type: ignore[index]
+
+    _crash(superlink)  # the ServerApp and its SuperExec with it
+    assert run.wait(timeout=120) != 0  # the operator is told the run did not finish
+    assert len(_rounds(out)) == 2
+    _superlink(processes, fed_dir, "superlink-again")  # same database: same nodes
+    resumed = processes.start(
+        "resumed",
         "federation",
         "run",
         str(fed_dir),
         "--run-config",
-        f"out-dir='{out}' data.test-path='{test}' model.source='{tiny_model_dir}' "
-        "model.max-length=16 num-server-rounds=2 round-timeout=240 "
-        "dp.target-epsilon=8",
+        f"{run_config} resume=true",
     )
-    assert run.wait(timeout=600) == 0, processes.log("run")[-4000:]
+    assert resumed.wait(timeout=400) == 0, processes.log("resumed")[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed"
-    assert len(summary["rounds"]) == 2
-    assert set(summary["rounds"][-1]["sites"]) == {"a", "b", "c"}
-    for site in ("a", "b", "c"):  # each site's ledger: every entry intact
+    assert [r["round"] for r in summary["rounds"]] == [1, 2, 3]
+    assert set(summary["rounds"][2]["sites"]) == {"a", "b"}
+    for site in ("a", "b", "c"):
         with LedgerReader(tmp_path / site) as ledger:
             report = ledger.verify()
-        assert report.ok and report.entries >= 2, report.problems
+            entries = [r.entry for r in ledger.entries()]
+        assert report.ok, report.problems
+        rounds = [e.server_round for e in entries]
+        # a site's round 3 may have been trained before the coordinator died, and
+        # again after the restart: both releases are charged, never one forgotten
+        expected = [1] if site == "c" else [1, 2, 3]
+        assert sorted(set(rounds)) == expected and rounds == sorted(rounds), rounds
+        assert len({e.run_id for e in entries}) == 1  # one run, across the restart
+        epsilons = [e.epsilon for e in entries]  # composing: each one larger
+        assert all(a < b for a, b in zip(epsilons, epsilons[1:], strict=False))
     # the coordinator signed its checkpoints with the federation's own key
     assert (out / "checkpoint.sig.json").is_file()
     assert stat.S_IMODE(fed.checkpoint_key.stat().st_mode) == 0o600
     assert is_sealed((tmp_path / "a" / LEDGER_KEY).read_bytes())
     assert not is_sealed((tmp_path / "b" / LEDGER_KEY).read_bytes())
     # nothing went over plain HTTP: the SuperLink served TLS only
-    assert "Uvicorn running on https://" in processes.log("superlink")
+    assert "Uvicorn running on https://" in processes.log("superlink-again")
 
-    # A coordinator ships its own ClientApp in the bundle: fedshield's id and
-    # version, but components naming code of its own. The sites run their
-    # installed fedshield ClientApp; the bundle's code never runs at any site.
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
+    # The coordinator ships its own ClientApp: fedshield's id and version, but
+    # components naming code of its own. The sites run their installed fedshield
+    # ClientApp; the bundle's code never runs at any site.
     marker = tmp_path / "coordinator-code-ran"
-    pyproject = (
-        (REPO / "pyproject.toml")
-        .read_text()
-        .replace(
-            'clientapp = "fedshield.simulations.apps:clientapp"',
-            'clientapp = "evil:app"',
-        )
-    )
-    assert 'clientapp = "evil:app"' in pyproject
-    (bundle / "pyproject.toml").write_text(pyproject)
-    (bundle / "evil.py").write_text(
-        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
-        "from flwr.clientapp import ClientApp\napp = ClientApp()\n"
+    evil = _bundle(
+        tmp_path,
+        "evil-bundle",
+        (APP_LINE, 'clientapp = "evil:app"'),
+        {
+            "evil.py": "from pathlib import Path\n"
+            f"Path({str(marker)!r}).write_text('ran')\n"
+            "from flwr.clientapp import ClientApp\napp = ClientApp()\n"
+        },
     )
     evil_out = tmp_path / "evil-run"
-    overrides = (
-        f"out-dir='{evil_out}' data.test-path='{test}' model.source='{tiny_model_dir}' "
-        "model.max-length=16 num-server-rounds=1 round-timeout=240"
-    )
-    env = {**subprocess_env(), "FLWR_HOME": str(fed.flwr_home)}
-    shipped = subprocess.run(
-        [flwr, "run", str(bundle), fed.name, "--stream", "--run-config", overrides],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    said = _flwr_run(evil, fed_dir, f"out-dir='{evil_out}' {model} num-server-rounds=1")
     evil_summary = json.loads((evil_out / "summary.json").read_text())
-    assert evil_summary["status"] == "completed", shipped.stdout[-3000:]
-    assert set(evil_summary["rounds"][-1]["sites"]) == {"a", "b", "c"}
+    assert evil_summary["status"] == "completed", said[-3000:]
+    assert set(evil_summary["rounds"][-1]["sites"]) == {"a", "b"}
     assert not marker.exists()
+
+    # A bundle of another fedshield version: every site refuses to run anything,
+    # and the run stops with the sites' errors
+    other = _bundle(
+        tmp_path,
+        "other-version",
+        (f'version = "{installed_version()}"', 'version = "9.9.9"'),
+        {},
+    )
+    other_out = tmp_path / "other-run"
+    said = _flwr_run(
+        other, fed_dir, f"out-dir='{other_out}' {model} num-server-rounds=1"
+    )
+    other_summary = json.loads((other_out / "summary.json").read_text())
+    assert other_summary["status"] == "aborted", said[-3000:]
+    # the coordinator learns why from each site's error
+    assert other_summary["error"].count("Refused: nothing was run") == 2, said
+    for site in ("a", "b"):
+        assert "Refused: nothing was run" in processes.log(f"site-{site}")

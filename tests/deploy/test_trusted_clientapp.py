@@ -6,11 +6,14 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from flwr.clientapp.client_app import ClientApp, LoadClientAppError
+from flwr.app import Message, RecordDict
+from flwr.clientapp.client_app import ClientApp
 
 from fedshield.deploy import trusted_clientapp
 from fedshield.deploy.trusted_clientapp import (
     FAB_ID,
+    BundleRefused,
+    RefusingClientApp,
     installed_version,
     trusted_loader,
     write_shim,
@@ -31,10 +34,14 @@ def test_a_fedshield_bundle_loads_the_installed_clientapp_whatever_it_names() ->
     ("fab_id", "version"),
     [("evil/app", None), ("fedshield/fedshield", "0.0.0-other"), ("", None)],
 )
+@pytest.mark.usefixtures("task_identity")
 def test_another_app_or_version_is_refused(fab_id, version) -> None:
-    load = trusted_loader()
-    with pytest.raises(LoadClientAppError, match="Refused: nothing was run"):
-        load(fab_id, version or installed_version(), "cd" * 32)
+    """The bundle is never imported; every message gets the refusal, which
+    Flower passes on to the coordinator with its text."""
+    app = trusted_loader()(fab_id, version or installed_version(), "cd" * 32)
+    assert isinstance(app, RefusingClientApp)
+    with pytest.raises(BundleRefused, match="Refused: nothing was run"):
+        app(Message(RecordDict(), dst_node_id=1, message_type="train"), None)
 
 
 def test_main_runs_flowers_clientapp_with_the_trusted_loader(monkeypatch) -> None:

@@ -152,3 +152,32 @@ def test_a_lost_sites_failure_names_that_site_never_the_superlink(
     for node in (11, 22, 33):
         assert f"node-{node}" in error
     assert "node-1:" not in error and "node-1 " not in error
+
+
+def test_a_site_lost_after_it_replied_is_named_even_after_a_restart() -> None:
+    """Site 'north' (node 33) answered round 1, then its machine died: the
+    SuperLink's error for it carries no name, and must not read node-33. The
+    names survive a restart through the checkpoint (``SiteNames.as_dict``)."""
+    from flwr.app import ConfigRecord, MessageType
+
+    from fedshield.common.schema import Record, SiteKey
+    from fedshield.server.replies import SiteNames, screen_replies
+    from fedshield.server.rounds import _attributed
+
+    asked = Message(RecordDict(), dst_node_id=33, message_type=MessageType.TRAIN)
+    asked.metadata.__dict__["_message_id"] = "m1"
+    named = Message(
+        RecordDict({Record.SITE: ConfigRecord({SiteKey.NAME: "north"})}),
+        reply_to=asked,
+    )
+    named.metadata.__dict__["_src_node_id"] = 33
+    names = SiteNames()
+    names.learn(named)
+    restarted = SiteNames(names.as_dict())
+    lost = Message(Error(code=5, reason="node unavailable"), reply_to=asked)
+    lost.metadata.__dict__["_src_node_id"] = 1  # the SuperLink's own id
+    for known in (names, restarted):
+        screened = screen_replies([_attributed(lost, asked)], {}, names=known)
+        assert [f["site"] for f in screened.failures] == ["north"]
+    unknown = screen_replies([_attributed(lost, asked)], {}, names=SiteNames())
+    assert [f["site"] for f in unknown.failures] == ["node-33"]
