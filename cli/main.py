@@ -368,9 +368,11 @@ def _print_final(summary: dict[str, Any], out: Path) -> None:
             f"{initial['perplexity']:.2f}); token accuracy {final['accuracy']:.4f}."
         )
     else:
+        f1 = final.get("macro_f1")
         console.print(
             f"[bold green]Done.[/bold green] Test accuracy {final['accuracy']:.4f} "
-            f"after {final['round']} rounds (initial {initial['accuracy']:.4f})."
+            f"after {final['round']} rounds (initial {initial['accuracy']:.4f})"
+            + ("." if f1 is None else f"; macro F1 {f1:.4f}.")
         )
     for name, site in summary["sites"].items():
         # a value the site's policy withholds (release-metrics) is null

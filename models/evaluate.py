@@ -1,4 +1,6 @@
-"""Accuracy and mean cross-entropy of a classifier on a tokenized dataset."""
+"""Accuracy, mean cross-entropy and macro precision, recall and F1 of a
+classifier on a tokenized dataset (the macro scores by scikit-learn, over the
+classes that occur in the labels or the predictions)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,11 @@ class EvalResult:
     # classifier with eval.attacks (fedshield.privacy.adversarial.robustness)
     robust_accuracy: float | None = None  # under embedding PGD
     char_attack_success: float | None = None  # of the correctly classified texts
+    # classifier only: unweighted means over the classes (a rare class counts as
+    # much as a common one; accuracy alone hides a model that ignores it)
+    macro_precision: float | None = None
+    macro_recall: float | None = None
+    macro_f1: float | None = None
 
 
 @torch.no_grad()
@@ -33,14 +40,30 @@ def evaluate_model(
     batch_size: int,
     device: torch.device,
 ) -> EvalResult:
+    from sklearn.metrics import precision_recall_fscore_support
+
     model.to(device).eval()
-    correct, loss_sum, n = 0, 0.0, 0
+    loss_sum = 0.0
+    truth: list[torch.Tensor] = []
+    predicted: list[torch.Tensor] = []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate):
         inputs, labels = batch_inputs(batch, device)
         logits = model(**inputs).logits  # (b, num_labels)
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        correct += int((logits.argmax(dim=-1) == labels).sum())
-        n += labels.numel()
-    if n == 0:
+        truth.append(labels.cpu())
+        predicted.append(logits.argmax(dim=-1).cpu())
+    if not truth:
         raise ValueError("Cannot evaluate on an empty dataset.")
-    return EvalResult(accuracy=correct / n, loss=loss_sum / n, num_examples=n)
+    y_true, y_pred = torch.cat(truth).numpy(), torch.cat(predicted).numpy()
+    n = len(y_true)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, average="macro", zero_division=0
+    )
+    return EvalResult(
+        accuracy=float((y_true == y_pred).mean()),
+        loss=loss_sum / n,
+        num_examples=n,
+        macro_precision=float(precision),
+        macro_recall=float(recall),
+        macro_f1=float(f1),
+    )

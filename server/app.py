@@ -173,6 +173,9 @@ def _metrics(result: EvalResult) -> dict[str, float]:
             perplexity=result.perplexity,
             robust_accuracy=result.robust_accuracy,
             char_attack_success=result.char_attack_success,
+            macro_precision=result.macro_precision,
+            macro_recall=result.macro_recall,
+            macro_f1=result.macro_f1,
         ),
     }
 
@@ -360,6 +363,9 @@ def run_server(
             log.perplexity = result.perplexity
             log.robust_accuracy = result.robust_accuracy
             log.char_attack_success = result.char_attack_success
+            log.macro_precision = result.macro_precision
+            log.macro_recall = result.macro_recall
+            log.macro_f1 = result.macro_f1
             history["rounds"].append(log.as_dict())
             save_checkpoint(
                 cfg.out_dir,

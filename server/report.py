@@ -68,6 +68,11 @@ def test_metrics(m: dict[str, Any]) -> str:
             f"loss {m['loss']:.4f}"
         )
     words = f"test accuracy {m['accuracy']:.4f}, test loss {m['loss']:.4f}"
+    if m.get("macro_f1") is not None:
+        words += (
+            f", macro F1 {m['macro_f1']:.4f} (precision {m['macro_precision']:.4f}, "
+            f"recall {m['macro_recall']:.4f})"
+        )
     if m.get("robust_accuracy") is not None:
         words += f", robust accuracy {m['robust_accuracy']:.4f}"
     if m.get("char_attack_success") is not None:

@@ -68,6 +68,9 @@ class RoundLog:
     perplexity: float | None = None  # causal LM only
     robust_accuracy: float | None = None  # eval.attacks: under embedding PGD
     char_attack_success: float | None = None  # eval.attacks
+    macro_precision: float | None = None  # classifier only
+    macro_recall: float | None = None
+    macro_f1: float | None = None
     train_loss: float = float("nan")
     seconds: float = 0.0
     client_epsilon: float | None = None  # run's client-level epsilon after the round
@@ -89,6 +92,9 @@ class RoundLog:
             perplexity=d.get("perplexity"),
             robust_accuracy=d.get("robust_accuracy"),
             char_attack_success=d.get("char_attack_success"),
+            macro_precision=d.get("macro_precision"),
+            macro_recall=d.get("macro_recall"),
+            macro_f1=d.get("macro_f1"),
             # withheld by every site: NaN in memory, null in summary.json
             train_loss=float("nan") if d["train_loss"] is None else d["train_loss"],
             seconds=d["seconds"],
@@ -106,6 +112,9 @@ class RoundLog:
                 perplexity=self.perplexity,
                 robust_accuracy=self.robust_accuracy,
                 char_attack_success=self.char_attack_success,
+                macro_precision=self.macro_precision,
+                macro_recall=self.macro_recall,
+                macro_f1=self.macro_f1,
             ),
             "train_loss": self.train_loss,
             "seconds": round(self.seconds, 2),
