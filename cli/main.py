@@ -53,6 +53,7 @@ from fedshield.simulations.launcher import (
 )
 from fedshield.simulations.presets import preset_overrides
 from fedshield.simulations.superlink import private_superlink
+from fedshield.simulations.user_data import prepare_user_data
 
 from .audit import audit, write_audit
 from .deploy import federation_app, site_app, superlink_app
@@ -119,8 +120,39 @@ def simulate(
         Path, typer.Option("--out", help="Directory for the run's outputs.")
     ] = Path("runs/demo"),
     sites: Annotated[
-        int, typer.Option("--sites", min=1, help="Number of simulated sites.")
-    ] = 4,
+        int | None,
+        typer.Option(
+            "--sites",
+            min=1,
+            help="Number of simulated sites (default 4; with --sites-dir, one per "
+            "file).",
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Your labelled CSV/TSV/JSONL file, split among the sites by "
+            "data.partition (columns: data.text-column, data.label-column; string "
+            "labels allowed, class names inferred and printed).",
+        ),
+    ] = None,
+    test: Annotated[
+        Path | None,
+        typer.Option(
+            "--test",
+            help="Your central test file (default: data.test-fraction of the "
+            "training data, held out).",
+        ),
+    ] = None,
+    sites_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--sites-dir",
+            help="A folder with one labelled file per site (site name = file stem; "
+            "an optional <stem>.toml: that site's node config, e.g. max-epsilon).",
+        ),
+    ] = None,
     run_audit: Annotated[
         bool,
         typer.Option(
@@ -185,6 +217,21 @@ def simulate(
             f"--audit: planting audit.canaries={DEFAULT_AUDIT_CANARIES} canaries per "
             "site (each included with probability 1/2)."
         )
+    try:
+        prepared = prepare_user_data(
+            data=data,
+            test=test,
+            sites_dir=sites_dir,
+            num_sites=sites,
+            run_config=_typed(values),
+        )
+    except ConfigError as err:
+        console.print(f"[red]{escape(str(err))}[/red]")
+        raise typer.Exit(2) from err
+    overrides = [*overrides, *prepared.overrides]
+    sites = prepared.num_sites
+    for message in prepared.messages:
+        console.print(escape(message))
     if run_audit:
         _warn_audit_power(_override_values(overrides), sites)
     if "out-dir" in values:

@@ -25,6 +25,7 @@ from fedshield.common.run_config import RunConfig, check, default
 from fedshield.models.texts import LabeledTexts
 
 __all__ = [
+    "read_raw_labels",
     "SiteDataConfig",
     "SiteDataError",
     "read_labeled_file",
@@ -182,3 +183,25 @@ def read_labeled_file(path: Path, cfg: SiteDataConfig) -> LabeledTexts:
             "one record to train."
         )
     return LabeledTexts(texts=tuple(texts), labels=tuple(labels))
+
+
+def read_raw_labels(path: Path, cfg: SiteDataConfig) -> list[str]:
+    """The label column of a site file as written (stripped), for inferring the
+    class names of a user's data; the file's other checks are
+    :func:`read_labeled_file`'s."""
+    path = Path(path)
+    if not path.is_file():
+        raise SiteDataError(f"Expected a data file at {path}; found nothing.")
+    labels = []
+    try:
+        for line, row in _rows(path, cfg):
+            if cfg.label_column not in row:
+                raise SiteDataError(
+                    f"{path}: line {line} has no {cfg.label_column!r} column; found "
+                    f"columns {sorted(row)}. Set data.label-column to the file's label "
+                    "column."
+                )
+            labels.append(str(row[cfg.label_column]).strip())
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise SiteDataError(f"{path}: cannot be read: {err}") from err
+    return labels

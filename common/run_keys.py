@@ -553,15 +553,21 @@ KEYS: tuple[Key, ...] = (
         name="data.partition",
         kind=str,
         default="dirichlet",
-        check=OneOf("iid", "dirichlet"),
-        doc='simulation: `"dirichlet"` (label skew) or `"iid"`',
+        check=OneOf("iid", "dirichlet", "quantity"),
+        doc=(
+            'simulation: `"dirichlet"` (label skew), `"quantity"` (site sizes '
+            'skewed, label mix as the pool\'s) or `"iid"`'
+        ),
     ),
     Key(
         name="data.dirichlet-alpha",
         kind=float,
         default=1.0,
         check=POSITIVE,
-        doc="simulation: Dirichlet concentration (smaller = more skew)",
+        doc=(
+            "simulation: Dirichlet concentration of `dirichlet` and `quantity` "
+            "(smaller = more skew)"
+        ),
     ),
     Key(
         name="data.train-examples",
@@ -602,7 +608,41 @@ KEYS: tuple[Key, ...] = (
         name="data.test-path",
         kind=str,
         default="",
-        doc='central test file; `""` = the default dataset\'s test split',
+        doc=(
+            'central test file; `""` = the held-out part of the training data '
+            "(data.test-fraction of the user's files, or the default dataset's test "
+            "split)"
+        ),
+    ),
+    Key(
+        name="data.train-path",
+        kind=str,
+        default="",
+        doc=(
+            "simulation: the user's labelled file (CSV/TSV/JSONL), split among the "
+            'simulated sites by data.partition; `""` = the packaged dataset'
+        ),
+    ),
+    Key(
+        name="data.sites-dir",
+        kind=str,
+        default="",
+        doc=(
+            "simulation: a folder with one labelled file per simulated site (the "
+            "site's name is the file's stem; an optional `<stem>.toml` holds that "
+            "site's node config: budget, policy)"
+        ),
+    ),
+    Key(
+        name="data.test-fraction",
+        kind=float,
+        default=0.2,
+        check=UNIT,
+        doc=(
+            "simulation on the user's data without data.test-path: the seeded share "
+            "of the training data (of each site's file) held out as the central test "
+            "set"
+        ),
     ),
     Key(
         name="data.inject-pii",
@@ -610,9 +650,10 @@ KEYS: tuple[Key, ...] = (
         default=0.1,
         check=UNIT,
         doc=(
-            "simulation: fraction of each site's records that get a synthetic PII "
-            "sentence (presidio-evaluator, seeded) appended, so scrubbing has "
-            "something to remove; `0` = the plain snippets"
+            "simulation on the packaged dataset: fraction of each site's records "
+            "that get a synthetic PII sentence (presidio-evaluator, seeded) appended, "
+            "so scrubbing has something to remove; `0` = the plain snippets (never "
+            "applied to the user's own data)"
         ),
     ),
     Key(

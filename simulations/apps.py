@@ -38,6 +38,7 @@ from fedshield.privacy.secagg import SecAggConfig
 from fedshield.server.app import server_app
 
 from .scenario import Scenario
+from .user_data import UserData
 
 __all__ = ["SimulatedSites", "central_test", "clientapp", "serverapp"]
 
@@ -52,6 +53,15 @@ class SimulatedSites(SiteFiles):
         node = super().node_config(raw, run_config)
         if not node.simulated:
             return node
+        user = UserData.from_run_config(run_config)
+        partition = node.partition_id
+        if user is not None and partition is not None:
+            # a site of data.sites-dir: its name, and its own <stem>.toml settings
+            raw = {**user.site_config(partition), **raw}
+            node = super().node_config(raw, run_config)
+            name = user.site_name(partition)
+            if name is not None:
+                node = replace(node, site_name=name)
         parsed = RunConfig.parse(run_config)
         if node.max_epsilon is None:
             node = replace(node, max_epsilon=parsed["simulation.site-max-epsilon"])
@@ -79,6 +89,13 @@ class SimulatedSites(SiteFiles):
         if node.data_path is not None or node.partition_id is None:
             return super().load(node, cfg, run_config, node_id)
         assert node.num_partitions is not None  # NodeConfig checks they come paired
+        user = UserData.from_run_config(run_config)
+        if user is not None:
+            return SiteData(
+                name=node.name(node_id),
+                train=user.site(node.partition_id, node.num_partitions),
+                eval=None,
+            )
         scenario = Scenario.from_run_config(run_config)
         train, held = scenario.site(node.partition_id, node.num_partitions)
         return SiteData(
@@ -95,12 +112,17 @@ class SimulatedSites(SiteFiles):
 
 
 def central_test(test_path: str, run_config: Mapping[str, Any]) -> LabeledTexts:
-    """The server's test set: ``data.test-path`` when set, else the packaged
-    dataset's test split (the one the simulated sites' shares leave out)."""
+    """The server's test set: ``data.test-path`` when set, else the held-out part
+    of the user's data (``data.train-path`` / ``data.sites-dir``), else the
+    packaged dataset's test split (the one the simulated sites' shares leave
+    out)."""
     if test_path:
         return read_labeled_file(
             Path(test_path), SiteDataConfig.from_run_config(dict(run_config))
         )
+    user = UserData.from_run_config(run_config)
+    if user is not None:
+        return user.central_test()
     return Scenario.from_run_config(run_config).central_test()
 
 

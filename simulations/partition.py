@@ -1,10 +1,15 @@
-"""Split one pool of labelled examples across simulated sites: IID or Dirichlet.
+"""Split one pool of labelled examples across simulated sites: IID, Dirichlet
+label skew, or quantity skew.
 
 Dirichlet(alpha) label skew (Hsu et al. 2019): for every class c, draw
 ``p_c ~ Dir(alpha * 1_K)`` over the K sites and give site k the share ``p_c[k]`` of
 class c's examples. Small alpha -> each site sees mostly one class; large alpha ->
 close to IID. Draws are repeated (same seeded generator) until every site holds at
 least ``min_per_site`` examples.
+
+Quantity skew (Li et al., "Federated Learning on Non-IID Data Silos", ICDE 2022):
+site sizes ``q ~ Dir(alpha * 1_K)`` of the pool, examples assigned at random, so
+every site's label mix is the pool's but some sites hold far more than others.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ class PartitionError(ValueError):
 class PartitionScheme(StrEnum):
     IID = "iid"
     DIRICHLET = "dirichlet"
+    QUANTITY = "quantity"
 
 
 def partition_indices(
@@ -52,6 +58,8 @@ def partition_indices(
         ]
     if not alpha > 0:
         raise PartitionError(f"`data.dirichlet-alpha` must be > 0. Found {alpha}.")
+    if scheme is PartitionScheme.QUANTITY:
+        return _quantity(n, num_sites, alpha, rng, min_per_site)
     y = np.asarray(labels)
     for _ in range(max_tries):
         parts: list[list[int]] = [[] for _ in range(num_sites)]
@@ -67,3 +75,20 @@ def partition_indices(
         f"than {min_per_site} examples. Raise `data.dirichlet-alpha` or "
         "`data.train-examples`, or simulate fewer sites."
     )
+
+
+def _quantity(
+    n: int, num_sites: int, alpha: float, rng: np.random.Generator, min_per_site: int
+) -> list[list[int]]:
+    """Sizes ``min_per_site + Dir(alpha)`` share of the rest; examples at random."""
+    spare = n - num_sites * min_per_site
+    sizes = np.full(num_sites, min_per_site)
+    shares = rng.dirichlet([alpha] * num_sites) * spare
+    extra = np.floor(shares).astype(int)
+    # the examples floor() left over go to the largest remainders
+    left = spare - int(extra.sum())
+    extra[np.argsort(shares - extra)[::-1][:left]] += 1
+    sizes += extra
+    order = rng.permutation(n)
+    cuts = np.cumsum(sizes)[:-1]
+    return [sorted(part.tolist()) for part in np.split(order, cuts)]

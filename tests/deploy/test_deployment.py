@@ -12,10 +12,8 @@ SuperLink, SuperNode or run costs tens of seconds on a 2-core machine.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import random
 import signal
 import stat
 import subprocess
@@ -40,6 +38,7 @@ from fedshield.privacy.ledger import LedgerReader
 from fedshield.simulations.process_tree import descendants, is_alive
 from fedshield.simulations.superlink import free_port, venv_script
 from tests.subprocess_env import REPO, subprocess_env
+from tests.toy_data import write_reviews
 
 pytestmark = pytest.mark.slow
 
@@ -49,15 +48,7 @@ WORDS = ("good great fine nice lovely", "bad awful poor terrible boring")
 
 
 def _data(path: Path, n: int, seed: int) -> Path:
-    rng = random.Random(seed)
-    with path.open("w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["text", "label"])
-        for _ in range(n):
-            label = rng.randint(0, 1)
-            words = WORDS[1 - label].split()
-            out.writerow([" ".join(rng.choice(words) for _ in range(6)), label])
-    return path
+    return write_reviews(path, n, seed, {"0": WORDS[1], "1": WORDS[0]})
 
 
 class Processes:

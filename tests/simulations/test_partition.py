@@ -47,6 +47,20 @@ def test_small_alpha_skews_labels_more_than_iid() -> None:
     assert skew(dir_parts) > 0.2 > skew(iid_parts)
 
 
+def test_quantity_skew_skews_sizes_not_labels() -> None:
+    labels = [i % 2 for i in range(4000)]
+    parts = partition_indices(
+        labels, num_sites=8, scheme=PartitionScheme.QUANTITY, alpha=0.5, seed=2
+    )
+    sizes = sorted(len(p) for p in parts)
+    iid = partition_indices(labels, num_sites=8, scheme=PartitionScheme.IID, seed=2)
+    assert sizes[-1] > 4 * sizes[0]  # some sites hold far more than others
+    assert max(len(p) for p in iid) - min(len(p) for p in iid) <= 1
+    for p in parts:  # each site's label mix is the pool's (up to sampling noise)
+        if len(p) >= 200:
+            assert abs(sum(labels[i] for i in p) / len(p) - 0.5) < 0.1
+
+
 def test_too_few_examples_is_a_clear_error() -> None:
     with pytest.raises(PartitionError, match="cannot give 5 sites"):
         partition_indices([0, 1, 0], num_sites=5, scheme=PartitionScheme.IID)
