@@ -69,9 +69,22 @@ class SiteNames:
         self._by_node = {int(node): str(name) for node, name in (known or {}).items()}
 
     def learn(self, reply: Message) -> None:
+        """Remember the name ``reply`` carries for its node; a name another node
+        already holds is not taken over (the first to use it keeps it)."""
         name = _carried_name(reply)
-        if name is not None:
-            self._by_node[reply.metadata.src_node_id] = name
+        node = reply.metadata.src_node_id
+        if name is None:
+            return
+        holder = next((n for n, known in self._by_node.items() if known == name), None)
+        if holder is not None and holder != node:
+            logger.warning(
+                "node %d calls itself %r, the name of node %d; not taken over",
+                node,
+                name,
+                holder,
+            )
+            return
+        self._by_node[node] = name
 
     def of(self, node_id: int) -> str:
         return self._by_node.get(node_id, f"node-{node_id}")

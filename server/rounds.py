@@ -34,7 +34,7 @@ from fedshield.privacy.client_dp import ClientDPConfig
 from fedshield.privacy.secagg import SecAggAborted, SecAggConfig, SecAggParams
 
 from .aggregation import UpdateSum, aggregate, aggregation_weights, plain_sum
-from .replies import Screened, SiteNames, screen_replies
+from .replies import Screened, SiteNames, screen_replies, site_of
 from .secagg import prepare_setup, secure_sum
 
 __all__ = [
@@ -166,11 +166,9 @@ def collect_replies(
     *,
     timeout: float,
     progress: Progress,
-    names: SiteNames | None = None,
 ) -> list[Message]:
     """Push ``messages`` and pull replies until all arrive or ``timeout`` passes.
-    Each reply is attributed to the node that was asked (:func:`_attributed`);
-    ``names`` learns the site name of each reply that carries one."""
+    Each reply is attributed to the node that was asked (:func:`_attributed`)."""
     pushed = list(grid.push_messages(messages))
     asked = {mid: m for mid, m in zip(pushed, messages, strict=True) if mid}
     ids = set(asked)
@@ -185,8 +183,6 @@ def collect_replies(
             mid = reply.metadata.reply_to_message_id
             ids.discard(mid)
             replies.append(_attributed(reply, asked.get(mid)))
-            if names is not None:
-                names.learn(reply)
             progress(len(replies), len(messages))
         if ids:
             time.sleep(wait)
@@ -216,20 +212,16 @@ def _secure_sum(
     names: SiteNames,
 ) -> UpdateSum:
     """The unmasked sum of the survivors' updates (unweighted; with ``noised``, the
-    sites' Skellam noise in it); drops go to the log."""
-    for reply in screened.valid:
-        names.learn(reply)
+    sites' Skellam noise in it); drops go to the log. Survivors are counted by
+    node id: a name is only what a site says of itself."""
+    named = {r.metadata.src_node_id: site_of(r, names) for r in screened.valid}
     try:
         result = secure_sum(
             setup_replies=screened.valid,
             params=params,
             node_ids=[m.metadata.dst_node_id for m in messages],
             collect=lambda msgs: collect_replies(
-                grid,
-                msgs,
-                timeout=timeout,
-                progress=lambda done, total: None,
-                names=names,
+                grid, msgs, timeout=timeout, progress=lambda done, total: None
             ),
             group=str(server_round),
             template=global_state,
@@ -239,21 +231,22 @@ def _secure_sum(
         raise RoundAborted(
             f"Round {server_round}: {err} The global model is unchanged."
         ) from err
-    in_sum = {names.of(n) for n in result.survivors}
+    survivors = len(result.survivors)
+    in_sum = {named[n] for n in result.survivors}
     for node, reason in result.dropped:
         log.failures.append({"site": names.of(node), "reason": reason})
     log.sites = {k: v for k, v in log.sites.items() if k in in_sum}
     log.saturated = result.saturated
-    if len(in_sum) < min_sites:
+    if survivors < min_sites:
         raise RoundAborted(
-            f"Round {server_round}: {len(in_sum)} site(s) finished secure "
+            f"Round {server_round}: {survivors} site(s) finished secure "
             f"aggregation, but min-train-sites is {min_sites}. The global model "
             "is unchanged."
         )
     return UpdateSum(
         total=result.total,
-        weight=float(len(in_sum)),
-        count=len(in_sum),
+        weight=float(survivors),
+        count=survivors,
         noise_variance=result.noise_variance,
     )
 
@@ -301,9 +294,7 @@ def run_round(
             )
     except SecAggAborted as err:
         raise RoundAborted(f"Round {server_round}: {err}") from err
-    replies = collect_replies(
-        grid, messages, timeout=timeout, progress=progress, names=names
-    )
+    replies = collect_replies(grid, messages, timeout=timeout, progress=progress)
     screened = screen_replies(
         replies,
         global_state,
@@ -313,6 +304,8 @@ def run_round(
         secure=secagg.enabled,
         names=names,
     )
+    for reply in screened.valid:  # screened: one reply per name, a valid update
+        names.learn(reply)
     log.sites, log.failures, log.refusals = (
         screened.sites,
         screened.failures,

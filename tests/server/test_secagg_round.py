@@ -22,6 +22,7 @@ from fedshield.client.secagg_mod import secagg_mod
 from fedshield.models import add_delta, flatten_state, state_to_arrays
 from fedshield.privacy.client_dp import ClientDPConfig
 from fedshield.privacy.secagg import SecAggConfig
+from fedshield.server.replies import SiteNames
 from fedshield.server.rounds import RoundAborted, run_round
 from fedshield.server.secagg import secure_sum
 
@@ -184,6 +185,43 @@ def test_a_site_dropping_at_any_stage_is_left_out_and_the_round_goes_on(stage) -
     assert any(f["site"] == "site-33" and stage in f["reason"] for f in log.failures), (
         log.failures
     )
+
+
+def test_a_site_taking_anothers_name_changes_neither_the_mean_nor_the_names() -> None:
+    """The attack: after screening, node 44 names itself site-11 in its
+    secure-aggregation replies. Survivors are counted by node, and names are
+    learned only from screened updates: the mean is still over 4 sites, site-44
+    stays in the log, and a later failure of node 44 is not blamed on site-11."""
+
+    def tamper(stage, node, reply, msg):
+        if stage in ("share-keys", "masked-input") and node == 44:
+            content = RecordDict(
+                {
+                    **reply.content.config_records,
+                    **reply.content.array_records,
+                    "site": ConfigRecord({"name": "site-11"}),
+                }
+            )
+            return Message(content=content, reply_to=msg)
+        return reply
+
+    names = SiteNames()
+    state, log = run_round(
+        grid=SiteGrid(NODES, tamper=tamper),
+        strategy=FedAvg(min_train_nodes=1, min_available_nodes=1),
+        train_config=ConfigRecord({"run-key": "k"}),
+        server_round=1,
+        global_state=GLOBAL,
+        min_sites=4,  # all four finished: the round must not abort
+        timeout=5.0,
+        progress=lambda done, total: None,
+        client_dp=ClientDPConfig(),
+        secagg=SECAGG,
+        names=names,
+    )
+    assert torch.allclose(state["w"], _fedavg(NODES), atol=1e-6)
+    assert sorted(log.sites) == [f"site-{n}" for n in NODES]
+    assert names.as_dict() == {str(n): f"site-{n}" for n in NODES}
 
 
 def test_too_few_sites_abort_without_unmasking() -> None:
