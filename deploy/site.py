@@ -321,6 +321,12 @@ def run_supernode(
     forever). ``warm``: each message's ClientApp is forked from a process that
     has imported fedshield already (:mod:`.warm_clientapp`) instead of started
     cold. Returns the SuperNode's exit code (2 for a refused key)."""
+    if warm and sys.platform != "linux":  # fork after torch: unsafe on macOS
+        sys.stdout.write(
+            "fedshield: warm ClientApps are Linux only; each message's ClientApp "
+            "starts cold here.\n"
+        )
+        warm = False
     env = dict(os.environ)
     env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     # Flower's SuperExec launches `flwr-clientapp` by name: ours comes first, and

@@ -24,8 +24,12 @@ client-level noise) comes from ``os.urandom``/``secrets``, which do not repeat
 across forks, and Python's ``random`` is reseeded in each child by the
 interpreter; ``tests/deploy/test_warm_clientapp.py`` checks this.
 
-When the server cannot be reached the shim says so on stderr and runs the cold
-``flwr-clientapp`` instead: slower, never different. Unix only (``fork``).
+When the server cannot be reached, belongs to another user, refuses, cannot
+fork, or has stopped because fedshield was upgraded under it (its imported code
+would be stale), the shim says so on stderr and runs the cold ``flwr-clientapp``
+instead: slower, never different; nothing ran in the server for that message.
+Linux only: ``site start`` uses it on Linux (``fork`` after importing torch and
+the Objective-C runtime is unsafe on macOS), and the cold path elsewhere.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ import socket
 import struct
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 __all__ = ["PRELOAD", "SOCKET_NAME", "serve", "write_client"]
 
@@ -75,11 +81,12 @@ def _child(
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
+        _reseed()
         os.chdir(str(request["cwd"]))
         argv = request["argv"]
         assert isinstance(argv, list)
         sys.argv = ["flwr-clientapp", *map(str, argv)]
-        conn.sendall(f"{os.getpid()}\n".encode())
+        conn.sendall(f"pid {os.getpid()}\n".encode())
 
         def watch() -> None:  # the shim is gone (killed outright): stop too
             try:
@@ -103,28 +110,68 @@ def _child(
         try:
             sys.stdout.flush()
             sys.stderr.flush()
-            conn.sendall(f"{code}\n".encode())
+            conn.sendall(f"exit {code}\n".encode())
         except BaseException:  # noqa: BLE001 - the shim may be gone
             pass
         os._exit(code)
 
 
-def _receive(conn: socket.socket) -> tuple[dict[str, object], list[int]]:
-    conn.settimeout(10)
+def _reseed() -> None:
+    """Fresh seeds from the OS for numpy's and torch's global generators: a fork
+    would otherwise repeat the server's state in every child. (Nothing secret is
+    drawn from them today: the DP seed, masks and noise come from ``secrets`` and
+    ``os.urandom``; this keeps it so for code that might.)"""
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+    if "torch" in sys.modules:
+        sys.modules["torch"].seed()
+
+
+def _peer_uid(conn: socket.socket) -> int | None:
+    """The connecting process's user id (Linux ``SO_PEERCRED``), else None."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    creds = conn.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+def _receive(
+    conn: socket.socket, deadline_s: float = 10.0
+) -> tuple[dict[str, object], list[int]]:
+    """The shim's request and its three descriptors, within ``deadline_s`` in all;
+    on any failure the descriptors received are closed (no later child inherits
+    them) and the error raised."""
+    deadline = time.monotonic() + deadline_s
+    conn.settimeout(deadline_s)
     data, fds, _flags, _addr = socket.recv_fds(conn, _MAX_REQUEST, 3)
-    if len(data) < _HEADER.size or len(fds) != 3:
+    try:
+        if len(data) < _HEADER.size or len(fds) != 3:
+            raise ValueError("expected a length-prefixed request and three descriptors")
+        (size,) = _HEADER.unpack_from(data)
+        if size > _MAX_REQUEST:
+            raise ValueError(f"a request of {size} bytes; at most {_MAX_REQUEST}")
+        while len(data) < _HEADER.size + size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the request took over {deadline_s:.0f} s")
+            conn.settimeout(left)
+            more = conn.recv(_MAX_REQUEST)
+            if not more:
+                raise ValueError("the request was cut short")
+            data += more
+        request = json.loads(data[_HEADER.size : _HEADER.size + size])
+        if (
+            not isinstance(request, dict)
+            or not isinstance(request.get("argv"), list)
+            or not all(isinstance(a, str) for a in request["argv"])
+            or not isinstance(request.get("cwd"), str)
+        ):
+            raise ValueError("expected {'argv': [str, ...], 'cwd': str}")
+    except BaseException:
         for fd in fds:
             os.close(fd)
-        raise ValueError("expected a length-prefixed request and three descriptors")
-    (size,) = _HEADER.unpack_from(data)
-    while len(data) < _HEADER.size + size:
-        more = conn.recv(_MAX_REQUEST)
-        if not more:
-            break
-        data += more
-    request = json.loads(data[_HEADER.size : _HEADER.size + size])
-    if not isinstance(request, dict) or not isinstance(request.get("argv"), list):
-        raise ValueError("expected {'argv': [...], 'cwd': ...}")
+        raise
     conn.settimeout(None)
     return request, list(fds)
 
@@ -133,14 +180,20 @@ def serve(
     sock_path: Path,
     entry: Callable[[], None] | None = None,
     preload: tuple[str, ...] = PRELOAD,
+    version: Callable[[], str] | None = None,
 ) -> None:
     """Import ``preload``, listen on ``sock_path`` and fork a child running
-    ``entry`` (default: the trusted ``flwr-clientapp``) for each connection."""
+    ``entry`` (default: the trusted ``flwr-clientapp``) for each connection of
+    this user. ``version`` (default: fedshield's installed version) is read at
+    start and before every fork: once the installed package changed, the
+    imported code is stale, so the server stops and the shims start cold
+    ClientApps of the new version."""
     _preload(preload)
-    if entry is None:
-        from .trusted_clientapp import main
+    from .trusted_clientapp import installed_version, main
 
-        entry = main
+    entry = main if entry is None else entry
+    version = installed_version if version is None else version
+    started_with = version()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)  # the socket itself: this user only, as its folder
@@ -149,19 +202,36 @@ def serve(
     finally:
         os.umask(old)
     server.listen(16)
-    sys.stdout.write(f"fedshield: warm ClientApp server ready on {sock_path}\n")
-    sys.stdout.flush()
+    _say(f"warm ClientApp server ready on {sock_path}")
     while True:
         conn, _ = server.accept()
         try:
+            uid = _peer_uid(conn)
+            if uid is not None and uid != os.getuid():
+                raise PermissionError(f"a process of user {uid} connected")
             request, fds = _receive(conn)
         except (OSError, ValueError) as err:
-            sys.stderr.write(f"fedshield: warm ClientApp server: bad request ({err})\n")
+            _say(f"warm ClientApp server: request refused ({err})", sys.stderr)
             conn.close()
             continue
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
+        now = version()
+        if now != started_with:
+            _say(
+                f"fedshield changed from {started_with} to {now} since this warm "
+                "ClientApp server started; it stops, and each message's ClientApp "
+                "starts cold (restart `fedshield site start` to have it warm again)",
+                sys.stderr,
+            )
+            for fd in fds:
+                os.close(fd)
+            conn.close()  # no "pid" line: the shim runs the cold ClientApp
+            server.close()
+            return
+        try:
+            pid = os.fork()
+        except OSError as err:
+            _say(f"warm ClientApp server: cannot fork ({err})", sys.stderr)
+            pid = -1
         if pid == 0:  # the child
             server.close()
             for target, fd in enumerate(fds):
@@ -171,6 +241,11 @@ def serve(
         conn.close()
         for fd in fds:
             os.close(fd)
+
+
+def _say(text: str, stream: TextIO = sys.stdout) -> None:
+    stream.write(f"fedshield: {text}\n")
+    stream.flush()
 
 
 # The shim's side: stdlib only, so that it starts in milliseconds. It is written
@@ -184,8 +259,8 @@ COLD = [sys.executable, "-m", "fedshield.deploy.trusted_clientapp"]
 
 def cold(why):
     sys.stderr.write(
-        "fedshield: the site's warm ClientApp server at %s cannot be reached (%s); "
-        "starting a cold ClientApp (slower, same code)\n" % (SOCK, why)
+        "fedshield: the site's warm ClientApp server at %s did not take this "
+        "message (%s); starting a cold ClientApp (slower, same code)\n" % (SOCK, why)
     )
     sys.stderr.flush()
     os.execv(sys.executable, COLD + sys.argv[1:])
@@ -195,16 +270,22 @@ try:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.connect(SOCK)
 except OSError as err:
-    cold(err)
+    cold("cannot be reached: %s" % err)
+option = getattr(socket, "SO_PEERCRED", None)
+if option is not None:
+    creds = conn.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    if struct.unpack("3i", creds)[1] != os.getuid():
+        cold("its socket belongs to another user")
 body = json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd()}}).encode()
-socket.send_fds(conn, [struct.pack("!I", len(body)) + body], [0, 1, 2])
+try:
+    socket.send_fds(conn, [struct.pack("!I", len(body)) + body], [0, 1, 2])
+except OSError as err:
+    cold("cannot be written to: %s" % err)
 replies = conn.makefile("rb")
-line = replies.readline()
-if not line.strip():
-    sys.exit(1)  # the server refused the request or died; it says why in its log
-pid = int(line)
-
-
+line = replies.readline().split()
+if len(line) != 2 or line[0] != b"pid":
+    cold("it started nothing")  # refused, stopping, or cannot fork: nothing ran
+pid = int(line[1])
 forwarded = []
 
 
@@ -212,15 +293,15 @@ def forward(signum, frame):
     forwarded.append(signum)
     try:
         os.kill(pid, signum)
-    except ProcessLookupError:
+    except OSError:
         pass
 
 
 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(sig, forward)
-line = replies.readline()
-if line.strip():
-    sys.exit(int(line))
+line = replies.readline().split()
+if len(line) == 2 and line[0] == b"exit":
+    sys.exit(int(line[1]))
 if forwarded:  # the child died of the signal: so does its shim
     signal.signal(forwarded[-1], signal.SIG_DFL)
     os.kill(os.getpid(), forwarded[-1])

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,11 +41,20 @@ def shims() -> Iterator[Path]:
         folder.rmdir()
 
 
+@dataclass
+class Warm:
+    shim: Path
+    proc: subprocess.Popen[str]
+    version: Path  # its text: what the server takes for fedshield's version
+
+
 @pytest.fixture
-def server(shims: Path) -> Iterator[Path]:
+def warm(shims: Path) -> Iterator[Warm]:
     sock = shims / SOCKET_NAME
+    version = shims / "version"
+    version.write_text("1.0")
     proc = subprocess.Popen(
-        [sys.executable, str(ENTRY), str(sock)],
+        [sys.executable, str(ENTRY), str(sock), str(version)],
         cwd=REPO,
         env=subprocess_env(),
         stdout=subprocess.PIPE,
@@ -52,11 +64,18 @@ def server(shims: Path) -> Iterator[Path]:
     try:
         assert proc.stdout is not None
         assert "ready" in proc.stdout.readline()
-        write_shim(shims, sock)
-        yield shims / "flwr-clientapp"
+        yield Warm(write_shim(shims, sock), proc, version)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         proc.wait(timeout=30)
+
+
+@pytest.fixture
+def server(warm: Warm) -> Path:
+    return warm.shim
 
 
 def _run(shim: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -90,7 +109,7 @@ def test_no_two_forked_clientapps_share_their_secret_randomness(
     had they inherited one RNG state, it would learn the second site's (or
     round's) DP seed, noise and mask keys from the first."""
     draws = [json.loads(_run(server, cwd=tmp_path).stdout) for _ in range(3)]
-    for key in ("pid", "dp_seed", "noise", "urandom", "random"):
+    for key in ("pid", "dp_seed", "noise", "urandom", "random", "numpy", "torch"):
         values = [json.dumps(d[key]) for d in draws]
         assert len(set(values)) == 3, (key, values)
 
@@ -158,3 +177,34 @@ def test_the_socket_is_the_site_users_alone(server: Path) -> None:
     sock = server.with_name(SOCKET_NAME)
     assert sock.stat().st_mode & 0o077 == 0
     assert server.parent.stat().st_mode & 0o077 == 0
+
+
+def test_a_malformed_request_leaves_no_descriptor_to_later_clientapps(
+    server: Path, tmp_path: Path
+) -> None:
+    before = json.loads(_run(server, cwd=tmp_path).stdout)["fds"]
+    marker = (tmp_path / "marker").open("w")
+    for body in (b"not json", b'{"argv": "x"}', b'{"argv": [1], "cwd": "/"}'):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(str(server.with_name(SOCKET_NAME)))
+            fd = marker.fileno()
+            socket.send_fds(conn, [struct.pack("!I", len(body)) + body], [fd, fd, fd])
+            assert conn.recv(16) == b""  # refused: nothing started
+    marker.close()
+    after = json.loads(_run(server, cwd=tmp_path).stdout)["fds"]
+    assert after == before
+
+
+def test_after_an_upgrade_the_server_stops_and_the_shim_goes_cold(
+    warm: Warm, tmp_path: Path
+) -> None:
+    """Code imported before an upgrade is stale: the next message must not run
+    it. The server stops; the shim starts the cold ClientApp (Flower's, here
+    given the probe's arguments, which it rejects: what matters is which ran)."""
+    warm.version.write_text("2.0")
+    done = _run(warm.shim, "ok", cwd=tmp_path)
+    assert "did not take this message (it started nothing)" in done.stderr
+    assert '"pid"' not in done.stdout  # the probe never ran
+    assert warm.proc.wait(timeout=30) == 0
+    again = _run(warm.shim, "ok", cwd=tmp_path)
+    assert "cannot be reached" in again.stderr
