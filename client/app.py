@@ -38,6 +38,7 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from fedshield.common.config import ConfigError
 from fedshield.common.device import pick_device
@@ -84,12 +85,16 @@ logger = logging.getLogger(__name__)
 DEPLOYED_SITE = SiteFiles()
 
 
-def client_app(*, sites: SiteSource = DEPLOYED_SITE) -> ClientApp:
+def client_app(
+    *, sites: SiteSource = DEPLOYED_SITE, faults: Mod | None = None
+) -> ClientApp:
     """The fedshield ClientApp, reading each site's settings and examples from
-    ``sites``; secure aggregation (the client mod) wraps ``train``."""
+    ``sites``; secure aggregation (the client mod) wraps ``train``. ``faults``:
+    a mod that makes simulated sites fail or lag (:mod:`simulations.faults`)."""
     # outermost first: no exception's message (which may quote the site's data)
     # reaches the server as is
-    app = ClientApp(mods=[site_errors_mod, site_secagg_mod(sites)])
+    mods = [site_errors_mod, *([faults] if faults else []), site_secagg_mod(sites)]
+    app = ClientApp(mods=mods)
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:

@@ -550,6 +550,35 @@ KEYS: tuple[Key, ...] = (
         ),
     ),
     Key(
+        name="simulation.dropout",
+        kind=float,
+        default=0.0,
+        check=UNIT,
+        doc=(
+            "simulation only: probability that a simulated site drops out of a "
+            "round, at a stage drawn uniformly among the round's messages (under "
+            "secure aggregation: setup … unmask), silent for the rest of the round; "
+            "seeded"
+        ),
+    ),
+    Key(
+        name="simulation.straggler-fraction",
+        kind=float,
+        default=0.0,
+        check=UNIT,
+        doc=(
+            "simulation only: probability that a simulated site is slow in a round "
+            "(it waits simulation.straggler-delay before answering); seeded"
+        ),
+    ),
+    Key(
+        name="simulation.straggler-delay",
+        kind=float,
+        default=0.0,
+        check=NON_NEGATIVE,
+        doc="simulation only: a straggler's delay in seconds (vs round-timeout)",
+    ),
+    Key(
         name="data.partition",
         kind=str,
         default="dirichlet",

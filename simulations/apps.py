@@ -37,6 +37,7 @@ from fedshield.privacy.pii import PIIConfig
 from fedshield.privacy.secagg import SecAggConfig
 from fedshield.server.app import server_app
 
+from .faults import simulated_faults_mod
 from .scenario import Scenario
 from .user_data import UserData
 
@@ -126,5 +127,5 @@ def central_test(test_path: str, run_config: Mapping[str, Any]) -> LabeledTexts:
     return Scenario.from_run_config(run_config).central_test()
 
 
-clientapp = client_app(sites=SimulatedSites())
+clientapp = client_app(sites=SimulatedSites(), faults=simulated_faults_mod)
 serverapp = server_app(central_test=central_test)
