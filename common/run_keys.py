@@ -109,12 +109,26 @@ KEYS: tuple[Key, ...] = (
         name="strategy.name",
         kind=str,
         default="fedavg",
-        check=OneOf("fedavg", "fedadam", "fedyogi", "fedadagrad", "fedavgm"),
+        check=OneOf(
+            "fedavg",
+            "fedadam",
+            "fedyogi",
+            "fedadagrad",
+            "fedavgm",
+            "fedmedian",
+            "fedtrimmedavg",
+            "krum",
+            "multikrum",
+            "bulyan",
+        ),
         doc=(
             "the Flower strategy that turns the round's (secure, noisy) mean update "
             "into the next model: `fedavg`, `fedadam`, `fedyogi`, `fedadagrad` or "
-            "`fedavgm`; works with secure aggregation and client-level DP (see "
-            "`server/aggregation.py`)"
+            "`fedavgm` (with secure aggregation and client-level DP, see "
+            "`server/aggregation.py`); or a robust one on the sites' individual "
+            "updates: `fedmedian`, `fedtrimmedavg`, `krum`, `multikrum`, `bulyan` "
+            "(only with secagg.enabled=false and client-dp.enabled=false: they must "
+            "see each update)"
         ),
     ),
     Key(
@@ -155,6 +169,27 @@ KEYS: tuple[Key, ...] = (
         default=0.0,
         check=Range(0.0, 1.0, hi_open=True),
         doc="FedAvgM: server momentum",
+    ),
+    Key(
+        name="strategy.trim-fraction",
+        kind=float,
+        default=0.2,
+        check=Range(0.0, 0.5, hi_open=True),
+        doc="FedTrimmedAvg: share β of updates cut at each end, per coordinate",
+    ),
+    Key(
+        name="strategy.num-malicious",
+        kind=int,
+        default=1,
+        check=NON_NEGATIVE,
+        doc="Krum/MultiKrum/Bulyan: the number f of malicious sites to tolerate",
+    ),
+    Key(
+        name="strategy.num-select",
+        kind=int,
+        default=2,
+        check=AT_LEAST_1,
+        doc="MultiKrum: how many of the best-scored updates are averaged",
     ),
     Key(
         name="model.source",

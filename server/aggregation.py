@@ -70,6 +70,7 @@ __all__ = [
     "aggregation_weights",
     "mean_update",
     "plain_sum",
+    "robust_step",
     "server_step",
     "with_client_noise",
 ]
@@ -169,6 +170,39 @@ def server_step(
         )
     what = f"The new global model of {type(strategy).__name__}"
     new_state = arrays_to_state(arrays, what=what)  # finite values
+    check_same_layout(global_state, new_state, what)
+    return new_state
+
+
+def robust_step(
+    strategy: FedAvg, *, server_round: int, global_state: State, deltas: list[State]
+) -> State:
+    """The new global model of a robust Flower strategy (FedMedian, FedTrimmedAvg,
+    Krum, MultiKrum, Bulyan) from the sites' individual updates: each site's model
+    ``theta + delta_k`` becomes one reply of weight 1 (a site's own example count
+    would let a poisoner weigh itself up), and the strategy's ``aggregate_train``
+    combines them. Only without secure aggregation and client-level DP
+    (:func:`server.strategy.check_robust`)."""
+    replies = [
+        Message(
+            content=RecordDict(
+                {
+                    strategy.arrayrecord_key: state_to_arrays(
+                        add_delta(global_state, delta)
+                    ),
+                    Record.METRICS: MetricRecord({strategy.weighted_by_key: 1.0}),
+                }
+            ),
+            dst_node_id=0,
+            message_type=MessageType.TRAIN,
+        )
+        for delta in deltas
+    ]
+    arrays, _ = strategy.aggregate_train(server_round, replies)
+    what = f"The new global model of {type(strategy).__name__}"
+    if arrays is None:
+        raise StateMismatchError(f"{what} is missing (round {server_round}).")
+    new_state = arrays_to_state(arrays, what=what)
     check_same_layout(global_state, new_state, what)
     return new_state
 

@@ -21,7 +21,7 @@ from fedshield.privacy.client_dp import ClientDPConfig
 from fedshield.privacy.dp import DPConfig, GradSampleMode, default_grad_sample_mode
 from fedshield.privacy.secagg import SecAggConfig
 
-from .strategy import StrategyConfig
+from .strategy import StrategyConfig, check_robust
 
 __all__ = ["ServerConfig"]
 
@@ -80,6 +80,9 @@ class ServerConfig:
         check_fields(self, self.KEYS)
         if self.secagg.enabled:  # fail at run start, not deep inside round 1
             self.secagg.counts(max(2, self.min_train_sites))
+        check_robust(
+            self.strategy, secagg=self.secagg.enabled, client_dp=self.client_dp.enabled
+        )
         key = self.signing_key_path
         if key is not None and (
             not key.is_absolute()

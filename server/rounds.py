@@ -33,9 +33,16 @@ from fedshield.models import state_to_arrays
 from fedshield.privacy.client_dp import ClientDPConfig
 from fedshield.privacy.secagg import SecAggAborted, SecAggConfig, SecAggParams
 
-from .aggregation import UpdateSum, aggregate, aggregation_weights, plain_sum
+from .aggregation import (
+    UpdateSum,
+    aggregate,
+    aggregation_weights,
+    plain_sum,
+    robust_step,
+)
 from .replies import Screened, SiteNames, screen_replies, site_of
 from .secagg import prepare_setup, secure_sum
+from .strategy import is_robust
 
 __all__ = [
     "RoundAborted",
@@ -326,6 +333,16 @@ def run_round(
     weights = aggregation_weights(
         screened.sites, uniform=client_dp.enabled or secagg.enabled
     )
+    if is_robust(strategy):  # checked at run start: no secagg, no client-level DP
+        new_state = robust_step(
+            strategy,
+            server_round=server_round,
+            global_state=global_state,
+            deltas=list(screened.deltas.values()),
+        )
+        log.train_loss = mean_train_loss(log.sites)
+        log.seconds = time.monotonic() - start
+        return new_state, log
     if params is None:
         summed = plain_sum(
             deltas=list(screened.deltas.values()),

@@ -13,9 +13,16 @@ Optimization"; Hsu et al. 2019 for FedAvgM), with Flower's defaults:
 - ``fedavgm``: server learning rate 1.0, momentum 0.0 (= FedAvg until changed).
 
 Each is a post-processing of the round's (noisy) mean, so none changes either
-epsilon. Robust aggregators (Krum, the median, the trimmed mean) need the sites'
-individual updates, which secure aggregation and the client-level mechanism exist to
-withhold; they are not offered here.
+epsilon.
+
+Robust strategies (Flower's own: ``fedmedian``, the coordinate-wise median;
+``fedtrimmedavg``, the mean after cutting ``strategy.trim-fraction`` at each end;
+``krum`` / ``multikrum``, the update(s) closest to their n - f - 2 neighbours, f =
+``strategy.num-malicious``; ``bulyan``, MultiKrum selection then a trimmed
+median) combine the sites' *individual* updates
+(:func:`server.aggregation.robust_step`). Secure aggregation and client-level DP
+exist to withhold those, so a robust strategy is refused with either
+(:func:`check_robust`).
 
 State across a resume: FedOpt's first and second moments (``m_t``, ``v_t``) and
 FedAvgM's momentum live in the strategy object. :func:`strategy_state` exports them
@@ -36,8 +43,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+)
 
+from fedshield.common.config import ConfigError
 from fedshield.common.run_config import check_fields, default, read_fields
 from fedshield.models import check_same_layout
 
@@ -46,6 +65,8 @@ __all__ = [
     "StrategyConfig",
     "StrategyName",
     "build_strategy",
+    "check_robust",
+    "is_robust",
     "restore_strategy_state",
     "strategy_state",
 ]
@@ -63,6 +84,20 @@ class StrategyName(StrEnum):
     FEDYOGI = "fedyogi"
     FEDADAGRAD = "fedadagrad"
     FEDAVGM = "fedavgm"
+    FEDMEDIAN = "fedmedian"
+    FEDTRIMMEDAVG = "fedtrimmedavg"
+    KRUM = "krum"
+    MULTIKRUM = "multikrum"
+    BULYAN = "bulyan"
+
+
+ROBUST = {
+    StrategyName.FEDMEDIAN,
+    StrategyName.FEDTRIMMEDAVG,
+    StrategyName.KRUM,
+    StrategyName.MULTIKRUM,
+    StrategyName.BULYAN,
+}
 
 
 # Flower's default server learning rate of each strategy (``strategy.server-lr = 0``)
@@ -80,6 +115,11 @@ _USES = {
     StrategyName.FEDYOGI: {"server-lr", "beta-1", "beta-2", "tau"},
     StrategyName.FEDADAGRAD: {"server-lr", "tau"},
     StrategyName.FEDAVGM: {"server-lr", "momentum"},
+    StrategyName.FEDMEDIAN: set(),
+    StrategyName.FEDTRIMMEDAVG: {"trim-fraction"},
+    StrategyName.KRUM: {"num-malicious"},
+    StrategyName.MULTIKRUM: {"num-malicious", "num-select"},
+    StrategyName.BULYAN: {"num-malicious"},
 }
 
 
@@ -95,6 +135,9 @@ class StrategyConfig:
         beta_2: second-moment decay of FedAdam and FedYogi.
         tau: adaptivity (added to sqrt(v_t)) of FedAdam, FedYogi and FedAdagrad.
         momentum: server momentum of FedAvgM.
+        trim_fraction: FedTrimmedAvg's beta.
+        num_malicious: f of Krum, MultiKrum and Bulyan.
+        num_select: how many updates MultiKrum averages.
     """
 
     name: StrategyName = StrategyName(default("strategy.name"))
@@ -103,6 +146,9 @@ class StrategyConfig:
     beta_2: float = default("strategy.beta-2")
     tau: float = default("strategy.tau")
     momentum: float = default("strategy.momentum")
+    trim_fraction: float = default("strategy.trim-fraction")
+    num_malicious: int = default("strategy.num-malicious")
+    num_select: int = default("strategy.num-select")
 
     KEYS: ClassVar[dict[str, str]] = {
         "name": "strategy.name",
@@ -111,6 +157,9 @@ class StrategyConfig:
         "beta_2": "strategy.beta-2",
         "tau": "strategy.tau",
         "momentum": "strategy.momentum",
+        "trim_fraction": "strategy.trim-fraction",
+        "num_malicious": "strategy.num-malicious",
+        "num_select": "strategy.num-select",
     }
 
     def __post_init__(self) -> None:
@@ -177,6 +226,20 @@ def build_strategy(
             return FedAvgM(
                 **sampling, server_learning_rate=c.eta, server_momentum=c.momentum
             )
+        case StrategyName.FEDMEDIAN:
+            return FedMedian(**sampling)
+        case StrategyName.FEDTRIMMEDAVG:
+            return FedTrimmedAvg(**sampling, beta=c.trim_fraction)
+        case StrategyName.KRUM:
+            return Krum(**sampling, num_malicious_nodes=c.num_malicious)
+        case StrategyName.MULTIKRUM:
+            return MultiKrum(
+                **sampling,
+                num_malicious_nodes=c.num_malicious,
+                num_nodes_to_select=c.num_select,
+            )
+        case StrategyName.BULYAN:
+            return Bulyan(**sampling, num_malicious_nodes=c.num_malicious)
     raise AssertionError(c.name)  # pragma: no cover - the match is exhaustive
 
 
@@ -227,3 +290,25 @@ def restore_strategy_state(strategy: FedAvg, saved: State, *, template: State) -
     elif isinstance(strategy, FedAdam | FedYogi | FedAdagrad):
         strategy.m_t = arrays.get("m_t")
         strategy.v_t = arrays.get("v_t")
+
+
+def is_robust(strategy: FedAvg) -> bool:
+    """Whether ``strategy`` combines the sites' individual updates (a robust
+    strategy) rather than stepping from their mean."""
+    return isinstance(strategy, (FedMedian, FedTrimmedAvg, MultiKrum, Bulyan))
+
+
+def check_robust(config: StrategyConfig, *, secagg: bool, client_dp: bool) -> None:
+    """Refuse a robust strategy where the server must not see single updates."""
+    if config.name not in ROBUST:
+        return
+    if secagg or client_dp:
+        what = "secure aggregation" if secagg else "client-level DP"
+        raise ConfigError(
+            f"strategy.name={config.name.value} combines the sites' individual "
+            f"updates, which {what} exists to withhold from the server. Set "
+            f"{'secagg.enabled' if secagg else 'client-dp.enabled'}=false to use it "
+            "(deployed sites that require secure aggregation will refuse the run), "
+            "or keep a mean-based strategy (fedavg, fedadam, ...): under secure "
+            "aggregation each site's update is already bounded by its clip."
+        )

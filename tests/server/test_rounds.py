@@ -154,14 +154,15 @@ class FakeGrid:
         return out
 
 
-def _run(grid, client_dp) -> tuple:
+def _run(grid, client_dp, strategy=None) -> tuple:
+    """One plain round on ``grid`` (``strategy``: FedAvg unless given)."""
     from flwr.serverapp.strategy import FedAvg
 
     from fedshield.server.rounds import run_round
 
     return run_round(
         grid=grid,
-        strategy=FedAvg(min_train_nodes=1, min_available_nodes=1),
+        strategy=strategy or FedAvg(min_train_nodes=1, min_available_nodes=1),
         train_config=ConfigRecord({"run-key": "k"}),
         server_round=1,
         global_state=GLOBAL,
