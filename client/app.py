@@ -291,6 +291,7 @@ def train(
             norm,
             cfg.client_dp.clip_norm,
         )
+    delta = sites.poison_update(node, run_config, delta)  # simulated attackers only
     logger.info(
         "%s round %d: %d examples, %d steps, loss %.4f, epsilon %.3f",
         site.name,

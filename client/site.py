@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import torch
+
 from fedshield.models.texts import LabeledTexts
 from fedshield.privacy.audit.gradient_canaries import GradientCanaries
 
@@ -20,6 +22,8 @@ from .data import SiteDataError, read_labeled_file
 from .node import NodeConfig
 
 __all__ = ["SiteData", "SiteFiles", "SiteSource"]
+
+State = dict[str, "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,22 @@ class SiteSource(Protocol):
         """The site's train (and optional eval) examples."""
         ...
 
+    def poison_update(
+        self, node: NodeConfig, run_config: Mapping[str, Any], delta: State
+    ) -> State:
+        """The update the site sends for its computed ``delta``: ``delta`` itself,
+        except at a simulated attacker (:mod:`fedshield.simulations.poison`)."""
+        ...
+
 
 class SiteFiles:
     """A deployed site: its node config as its operator wrote it, and the files
     it names."""
+
+    def poison_update(
+        self, node: NodeConfig, run_config: Mapping[str, Any], delta: State
+    ) -> State:
+        return delta  # a deployed site sends what it computed
 
     def node_config(
         self, raw: Mapping[str, Any], run_config: Mapping[str, Any]

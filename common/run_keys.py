@@ -614,6 +614,64 @@ KEYS: tuple[Key, ...] = (
         doc="simulation only: a straggler's delay in seconds (vs round-timeout)",
     ),
     Key(
+        name="simulation.poisoned-sites",
+        kind=int,
+        default=0,
+        check=NON_NEGATIVE,
+        doc=(
+            "simulation only: the first k simulated sites attack with "
+            "simulation.poison (never a deployed site); attack success is measured "
+            "each round"
+        ),
+    ),
+    Key(
+        name="simulation.poison",
+        kind=str,
+        default="label-flip",
+        check=OneOf("label-flip", "backdoor", "sign-flip", "scale"),
+        doc=(
+            "simulation: the poisoned sites' attack: `label-flip` (source -> target "
+            "class), `backdoor` (trigger -> target), `sign-flip` (send −s·update), "
+            "`scale` (send s·update)"
+        ),
+    ),
+    Key(
+        name="simulation.poison-scale",
+        kind=float,
+        default=10.0,
+        check=POSITIVE,
+        doc="simulation: s of `sign-flip` and `scale`",
+    ),
+    Key(
+        name="simulation.poison-source",
+        kind=int,
+        default=1,
+        check=NON_NEGATIVE,
+        doc="simulation: the class a `label-flip` relabels (and whose test records "
+        "measure targeted misclassification)",
+    ),
+    Key(
+        name="simulation.poison-target",
+        kind=int,
+        default=0,
+        check=NON_NEGATIVE,
+        doc="simulation: the attacker's target class (`label-flip`, `backdoor`)",
+    ),
+    Key(
+        name="simulation.backdoor-trigger",
+        kind=str,
+        default="cf zq vx",
+        check=NON_EMPTY,
+        doc="simulation: the phrase a `backdoor` appends to its poisoned records",
+    ),
+    Key(
+        name="simulation.backdoor-fraction",
+        kind=float,
+        default=0.5,
+        check=UNIT,
+        doc="simulation: share of a `backdoor` site's records given the trigger",
+    ),
+    Key(
         name="data.partition",
         kind=str,
         default="dirichlet",

@@ -30,6 +30,9 @@ class EvalResult:
     macro_precision: float | None = None
     macro_recall: float | None = None
     macro_f1: float | None = None
+    # simulated attacks (server.evaluate probes): name -> the share of the probe
+    # records the model puts where the attacker wants them
+    attack: dict[str, float] | None = None
 
 
 @torch.no_grad()

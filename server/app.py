@@ -47,7 +47,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import ServerConfig
-from .evaluate import CentralEvaluator, CentralTestLoader
+from .evaluate import CentralEvaluator, CentralTestLoader, ProbeLoader
 from .generation import generation_samples
 from .replies import SiteNames
 from .report import print_round, print_start
@@ -154,18 +154,21 @@ def _crash(err: BaseException) -> str:
     return f"{type(err).__name__}: {err} (the full traceback is in the log)"
 
 
-def server_app(*, central_test: CentralTestLoader) -> ServerApp:
-    """The fedshield ServerApp, evaluating every round on ``central_test``'s set."""
+def server_app(
+    *, central_test: CentralTestLoader, probes: ProbeLoader | None = None
+) -> ServerApp:
+    """The fedshield ServerApp, evaluating every round on ``central_test``'s set
+    (and on ``probes``' attack probes, when a simulation poisons sites)."""
     app = ServerApp()
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_server(grid, context, central_test=central_test)
+        run_server(grid, context, central_test=central_test, probes=probes)
 
     return app
 
 
-def _metrics(result: EvalResult) -> dict[str, float]:
+def _metrics(result: EvalResult) -> dict[str, Any]:
     return {
         "accuracy": result.accuracy,
         "loss": result.loss,
@@ -177,6 +180,7 @@ def _metrics(result: EvalResult) -> dict[str, float]:
             macro_recall=result.macro_recall,
             macro_f1=result.macro_f1,
         ),
+        **({} if result.attack is None else {"attack": result.attack}),
     }
 
 
@@ -212,7 +216,11 @@ def _check_server_ledger(
 
 
 def run_server(
-    grid: Grid, context: Context, *, central_test: CentralTestLoader
+    grid: Grid,
+    context: Context,
+    *,
+    central_test: CentralTestLoader,
+    probes: ProbeLoader | None = None,
 ) -> None:
     """The whole run: rounds until ``num-server-rounds``, then the final weights."""
     cfg = ServerConfig.from_run_config(dict(context.run_config))  # fails here, once
@@ -226,7 +234,10 @@ def run_server(
             "which checks it before the sites are asked."
         )
     _prepare_out_dir(cfg)
-    evaluator = CentralEvaluator(cfg, central_test(cfg.test_path, cfg.run_config))
+    test = central_test(cfg.test_path, cfg.run_config)
+    evaluator = CentralEvaluator(
+        cfg, test, None if probes is None else probes(test, cfg.run_config)
+    )
 
     key_path = cfg.signing_key_path
     if cfg.resume and key_path is not None and not key_path.exists():
@@ -366,6 +377,7 @@ def run_server(
             log.macro_precision = result.macro_precision
             log.macro_recall = result.macro_recall
             log.macro_f1 = result.macro_f1
+            log.attack = result.attack
             history["rounds"].append(log.as_dict())
             save_checkpoint(
                 cfg.out_dir,

@@ -75,6 +75,8 @@ def test_metrics(m: dict[str, Any]) -> str:
         )
     if m.get("robust_accuracy") is not None:
         words += f", robust accuracy {m['robust_accuracy']:.4f}"
+    for name, share in (m.get("attack") or {}).items():
+        words += f", {name.replace('_', ' ')} {share:.4f}"
     if m.get("char_attack_success") is not None:
         words += f", character-attack success {m['char_attack_success']:.4f}"
     return words

@@ -78,6 +78,7 @@ class RoundLog:
     macro_precision: float | None = None  # classifier only
     macro_recall: float | None = None
     macro_f1: float | None = None
+    attack: dict[str, float] | None = None  # simulated poisoning: success shares
     train_loss: float = float("nan")
     seconds: float = 0.0
     client_epsilon: float | None = None  # run's client-level epsilon after the round
@@ -102,6 +103,7 @@ class RoundLog:
             macro_precision=d.get("macro_precision"),
             macro_recall=d.get("macro_recall"),
             macro_f1=d.get("macro_f1"),
+            attack=d.get("attack"),
             # withheld by every site: NaN in memory, null in summary.json
             train_loss=float("nan") if d["train_loss"] is None else d["train_loss"],
             seconds=d["seconds"],
@@ -123,6 +125,7 @@ class RoundLog:
                 macro_recall=self.macro_recall,
                 macro_f1=self.macro_f1,
             ),
+            **({} if self.attack is None else {"attack": self.attack}),
             "train_loss": self.train_loss,
             "seconds": round(self.seconds, 2),
             "sampled": self.sampled,

@@ -25,6 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fedshield.client.app import client_app
 from fedshield.client.config import ClientConfig
 from fedshield.client.data import SiteDataConfig, read_labeled_file
@@ -38,10 +40,13 @@ from fedshield.privacy.secagg import SecAggConfig
 from fedshield.server.app import server_app
 
 from .faults import simulated_faults_mod
+from .poison import PoisonConfig, attack_probes
 from .scenario import Scenario
 from .user_data import UserData
 
 __all__ = ["SimulatedSites", "central_test", "clientapp", "serverapp"]
+
+State = dict[str, torch.Tensor]
 
 
 class SimulatedSites(SiteFiles):
@@ -91,14 +96,16 @@ class SimulatedSites(SiteFiles):
             return super().load(node, cfg, run_config, node_id)
         assert node.num_partitions is not None  # NodeConfig checks they come paired
         user = UserData.from_run_config(run_config)
+        poison = PoisonConfig.from_run_config(run_config)
         if user is not None:
-            return SiteData(
-                name=node.name(node_id),
-                train=user.site(node.partition_id, node.num_partitions),
-                eval=None,
-            )
+            train = user.site(node.partition_id, node.num_partitions)
+            if poison.attacks(node.partition_id):
+                train = poison.poison_data(train, node.partition_id)
+            return SiteData(name=node.name(node_id), train=train, eval=None)
         scenario = Scenario.from_run_config(run_config)
         train, held = scenario.site(node.partition_id, node.num_partitions)
+        if poison.attacks(node.partition_id):
+            train = poison.poison_data(train, node.partition_id)
         return SiteData(
             name=node.name(node_id),
             train=train,
@@ -110,6 +117,16 @@ class SimulatedSites(SiteFiles):
                 node.partition_id, node.num_partitions
             ),
         )
+
+    def poison_update(
+        self, node: NodeConfig, run_config: Mapping[str, Any], delta: State
+    ) -> State:
+        if not node.simulated:  # a deployed site: never, whatever the run config
+            return delta
+        poison = PoisonConfig.from_run_config(run_config)
+        if not poison.attacks(node.partition_id):
+            return delta
+        return poison.poison_update(delta)
 
 
 def central_test(test_path: str, run_config: Mapping[str, Any]) -> LabeledTexts:
@@ -128,4 +145,4 @@ def central_test(test_path: str, run_config: Mapping[str, Any]) -> LabeledTexts:
 
 
 clientapp = client_app(sites=SimulatedSites(), faults=simulated_faults_mod)
-serverapp = server_app(central_test=central_test)
+serverapp = server_app(central_test=central_test, probes=attack_probes)
