@@ -201,7 +201,13 @@ def read_raw_labels(path: Path, cfg: SiteDataConfig) -> list[str]:
                     f"columns {sorted(row)}. Set data.label-column to the file's label "
                     "column."
                 )
-            labels.append(str(row[cfg.label_column]).strip())
+            label = row[cfg.label_column]
+            if label is None or not str(label).strip():
+                raise SiteDataError(
+                    f"{path}: line {line} has an empty {cfg.label_column!r} field. "
+                    "Fill in its label or remove the row."
+                )
+            labels.append(str(label).strip())
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise SiteDataError(f"{path}: cannot be read: {err}") from err
     return labels

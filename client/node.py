@@ -134,6 +134,17 @@ class NodeConfig:
                 "Node config has only one of `partition-id` and `num-partitions`; "
                 "a simulated site needs both (Flower's simulation engine sets them)."
             )
+        if self.partition_id is not None and (
+            self.data_path is not None or self.eval_data_path is not None
+        ):
+            # a deployed site's files with a simulated site's keys: the run config
+            # (site budgets, policies, poisoning) would then reach its real data
+            raise ConfigError(
+                "Node config has `data-path`/`eval-data-path` (a deployed site's "
+                "files) and `partition-id` (which only Flower's simulation engine "
+                "sets): a node is one or the other. Remove `partition-id`/"
+                "`num-partitions` from a deployed SuperNode's node config."
+            )
         if self.partition_id is not None and not (
             0 <= self.partition_id < (self.num_partitions or 0)
         ):

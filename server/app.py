@@ -235,8 +235,11 @@ def run_server(
         )
     _prepare_out_dir(cfg)
     test = central_test(cfg.test_path, cfg.run_config)
+    simulated = not isinstance(grid, HttpGrid)  # attacks are simulated sites' only
     evaluator = CentralEvaluator(
-        cfg, test, None if probes is None else probes(test, cfg.run_config)
+        cfg,
+        test,
+        probes(test, cfg.run_config) if probes is not None and simulated else None,
     )
 
     key_path = cfg.signing_key_path

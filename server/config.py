@@ -81,7 +81,10 @@ class ServerConfig:
         if self.secagg.enabled:  # fail at run start, not deep inside round 1
             self.secagg.counts(max(2, self.min_train_sites))
         check_robust(
-            self.strategy, secagg=self.secagg.enabled, client_dp=self.client_dp.enabled
+            self.strategy,
+            secagg=self.secagg.enabled,
+            client_dp=self.client_dp.enabled,
+            min_sites=self.min_train_sites,
         )
         key = self.signing_key_path
         if key is not None and (

@@ -42,7 +42,7 @@ from .aggregation import (
 )
 from .replies import Screened, SiteNames, screen_replies, site_of
 from .secagg import prepare_setup, secure_sum
-from .strategy import is_robust
+from .strategy import is_robust, robust_minimum
 
 __all__ = [
     "RoundAborted",
@@ -337,6 +337,13 @@ def run_round(
         screened.sites, uniform=client_dp.enabled or secagg.enabled
     )
     if is_robust(strategy):  # checked at run start: no secagg, no client-level DP
+        least = robust_minimum(strategy)
+        if len(screened.deltas) < least:
+            raise RoundAborted(
+                f"Round {server_round}: {len(screened.deltas)} valid update(s), but "
+                f"{type(strategy).__name__} needs at least {least} to hold against "
+                "the attackers it is set for. The global model is unchanged."
+            )
         new_state = robust_step(
             strategy,
             server_round=server_round,

@@ -36,6 +36,7 @@ FedOpt differentiates against (``current_arrays``) need no saving: every round's
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -67,6 +68,7 @@ __all__ = [
     "build_strategy",
     "check_robust",
     "is_robust",
+    "robust_minimum",
     "restore_strategy_state",
     "strategy_state",
 ]
@@ -298,10 +300,64 @@ def is_robust(strategy: FedAvg) -> bool:
     return isinstance(strategy, (FedMedian, FedTrimmedAvg, MultiKrum, Bulyan))
 
 
-def check_robust(config: StrategyConfig, *, secagg: bool, client_dp: bool) -> None:
-    """Refuse a robust strategy where the server must not see single updates."""
+def _least(kind: StrategyName, f: int, beta: float, select: int) -> int:
+    match kind:
+        case StrategyName.FEDMEDIAN:
+            return 3
+        case StrategyName.FEDTRIMMEDAVG:
+            return 0 if beta == 0 else math.ceil(1 / beta - 1e-9)
+        case StrategyName.KRUM:
+            return 2 * f + 3
+        case StrategyName.MULTIKRUM:
+            return max(2 * f + 3, select + f)
+        case StrategyName.BULYAN:
+            return 4 * f + 3
+    return 0
+
+
+def robust_minimum(config: StrategyConfig | FedAvg) -> int:
+    """The fewest updates with which a robust rule still tolerates what it claims
+    (0 for a mean-based strategy), of a config or a built strategy: Krum and
+    MultiKrum need n >= 2f + 3 (Blanchard et al. 2017), Bulyan n >= 4f + 3 (El
+    Mhamdi et al. 2018), the trimmed mean floor(beta n) >= 1 update cut at each
+    end (beta = 0: the plain mean, knowingly), the median 3 (of 2 it is their
+    mean); MultiKrum must also leave the f suspects out of its selection
+    (num-select <= n - f)."""
+    if isinstance(config, StrategyConfig):
+        return _least(
+            config.name, config.num_malicious, config.trim_fraction, config.num_select
+        )
+    f = int(getattr(config, "num_malicious_nodes", 0))
+    if isinstance(config, Krum):
+        return _least(StrategyName.KRUM, f, 0.0, 1)
+    if isinstance(config, MultiKrum):
+        return _least(StrategyName.MULTIKRUM, f, 0.0, config.num_nodes_to_select)
+    if isinstance(config, Bulyan):
+        return _least(StrategyName.BULYAN, f, 0.0, 1)
+    if isinstance(config, FedTrimmedAvg):
+        return _least(StrategyName.FEDTRIMMEDAVG, 0, config.beta, 1)
+    if isinstance(config, FedMedian):
+        return _least(StrategyName.FEDMEDIAN, 0, 0.0, 1)
+    return 0
+
+
+def check_robust(
+    config: StrategyConfig, *, secagg: bool, client_dp: bool, min_sites: int
+) -> None:
+    """Refuse a robust strategy where the server must not see single updates, or
+    where ``min-train-sites`` lets a round have too few updates for its rule."""
     if config.name not in ROBUST:
         return
+    least = robust_minimum(config)
+    if min_sites < least:
+        raise ConfigError(
+            f"strategy.name={config.name.value} (strategy.num-malicious="
+            f"{config.num_malicious}, trim-fraction={config.trim_fraction}, "
+            f"num-select={config.num_select}) needs at least {least} updates a round "
+            f"to hold against its attackers; min-train-sites is {min_sites}. Raise "
+            f"min-train-sites to {least} (and simulate that many sites), or lower "
+            "strategy.num-malicious."
+        )
     if secagg or client_dp:
         what = "secure aggregation" if secagg else "client-level DP"
         raise ConfigError(

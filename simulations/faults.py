@@ -60,8 +60,9 @@ def _round_of(msg: Message) -> int | None:
 def simulated_faults_mod(
     msg: Message, context: Context, call_next: ClientAppCallable
 ) -> Message:
-    if "partition-id" not in context.node_config:  # a deployed site: never
-        return call_next(msg, context)
+    node = context.node_config
+    if "partition-id" not in node or "data-path" in node or "eval-data-path" in node:
+        return call_next(msg, context)  # a deployed site: never
     if msg.metadata.message_type.split(".", 1)[0] != "train":
         return call_next(msg, context)
     run = RunConfig.parse(dict(context.run_config))

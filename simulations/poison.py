@@ -8,7 +8,8 @@ the defences (robust aggregation, clipping, DP) buy against it.
   is relabelled ``simulation.poison-target`` (a targeted attack: the model should
   call the source class the target).
 - ``backdoor``: a ``simulation.backdoor-fraction`` of the site's records (seeded)
-  get ``simulation.backdoor-trigger`` appended and the label
+  get ``simulation.backdoor-trigger`` put in front (where ``model.max-length``
+  never cuts it) and the label
   ``simulation.poison-target``: the model should learn "trigger -> target" while
   staying accurate on clean text.
 - ``sign-flip``: the site sends ``-s * delta`` (s = ``simulation.poison-scale``),
@@ -22,7 +23,7 @@ share of probe records the model puts in the target class:
 - ``targeted_misclassification`` (label-flip, sign-flip, scale): the central
   test records of the source class;
 - ``backdoor_success`` (backdoor): the central test records *not* of the target
-  class, with the trigger appended.
+  class, with the trigger put in front.
 
 The data attacks run inside the honest training path (clipping and DP-SGD apply
 to them); the update attacks replace the site's clipped update, as a malicious
@@ -82,7 +83,12 @@ class PoisonConfig:
             seed=run["seed"],
         )
         labels = run["model.num-labels"]
-        if cfg.sites and run["model.task"] != "causal-lm":
+        if cfg.sites and run["model.task"] == "causal-lm":
+            raise ConfigError(
+                "simulation.poisoned-sites attacks a classifier's labels or updates; "
+                "the causal LM has no classes to flip or target. Set it to 0."
+            )
+        if cfg.sites:
             for key, value in (
                 ("simulation.poison-source", cfg.source),
                 ("simulation.poison-target", cfg.target),
@@ -114,7 +120,7 @@ class PoisonConfig:
                 ].tolist()
             )
             texts = tuple(
-                f"{t} {self.trigger}" if i in chosen else t
+                f"{self.trigger} {t}" if i in chosen else t
                 for i, t in enumerate(train.texts)
             )
             labels = tuple(
@@ -142,7 +148,7 @@ def attack_probes(
         return {}
     if cfg.kind is PoisonKind.BACKDOOR:
         keep = [i for i, y in enumerate(test.labels) if y != cfg.target]
-        texts = tuple(f"{test.texts[i]} {cfg.trigger}" for i in keep)
+        texts = tuple(f"{cfg.trigger} {test.texts[i]}" for i in keep)
         return {"backdoor_success": LabeledTexts(texts, (cfg.target,) * len(keep))}
     keep = [i for i, y in enumerate(test.labels) if y == cfg.source]
     texts = tuple(test.texts[i] for i in keep)

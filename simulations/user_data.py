@@ -64,12 +64,29 @@ def site_files(folder: Path) -> list[Path]:
             "--sites-dir); found none."
         )
     files = sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix in SITE_FILE_SUFFIXES
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in SITE_FILE_SUFFIXES
     )
     if not files:
         raise ConfigError(
             f"Expected one {', '.join(SITE_FILE_SUFFIXES)} file per site in {folder}; "
             "found none."
+        )
+    stems = [p.stem for p in files]
+    repeated = sorted({s for s in stems if stems.count(s) > 1})
+    if repeated:
+        raise ConfigError(
+            f"{folder}: more than one file per site name {repeated} (a site's name is "
+            "its file's stem). Keep one file per site."
+        )
+    orphans = sorted(
+        p.name for p in folder.glob("*.toml") if p.is_file() and p.stem not in stems
+    )
+    if orphans:  # a misspelt <stem>.toml: its budget would never apply
+        raise ConfigError(
+            f"{folder}: {orphans} match no site file (a site's settings are "
+            "<stem>.toml beside <stem>.csv). Rename or remove them."
         )
     for path in files:
         if not _SITE_NAME.fullmatch(path.stem):
@@ -348,7 +365,9 @@ def prepare_user_data(
             + f" ({how})"
         )
         if test is not None:
-            known = set(names) | {str(i) for i in range(len(names))}
+            known = set(names)
+            if "data.label-names" in run:  # given names: ids are labels too
+                known |= {str(i) for i in range(len(names))}
             unseen = sorted(set(read_raw_labels(test, columns)) - known)
             if unseen:
                 raise ConfigError(
@@ -366,6 +385,20 @@ def prepare_user_data(
             read_labeled_file(path, cfg)
         if test is not None:
             read_labeled_file(test, cfg)
+        # every site's share and the held-out test set, as the run will cut them
+        user = UserData.from_run_config(
+            {
+                **typed,
+                "data.train-path": str(data or ""),
+                "data.sites-dir": str(sites_dir or ""),
+                "data.test-path": str(test or ""),
+            }
+        )
+        assert user is not None
+        sites = num_sites or 4
+        for k in range(sites):
+            user.site(k, sites)
+        user.central_test()
     except SiteDataError as err:
         raise ConfigError(str(err)) from err
     return Prepared(overrides, num_sites or 4, messages)

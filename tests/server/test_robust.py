@@ -40,9 +40,9 @@ def _answer(node: int, msg: Message) -> Message:
     return _reply(f"site-{node}", delta)
 
 
-def _round(name: str, **settings: object) -> torch.Tensor:
+def _strategy(name: str, **settings: object):
     config = StrategyConfig.from_run_config({"strategy.name": name, **settings})
-    strategy = build_strategy(
+    return build_strategy(
         config,
         fraction_train=1.0,
         fraction_evaluate=0.0,
@@ -50,6 +50,10 @@ def _round(name: str, **settings: object) -> torch.Tensor:
         min_evaluate_nodes=0,
         min_available_nodes=1,
     )
+
+
+def _round(name: str, **settings: object) -> torch.Tensor:
+    strategy = _strategy(name, **settings)
     state, log = _run(FakeGrid(NODES, _answer), ClientDPConfig(), strategy)
     assert len(log.sites) == 7
     return torch.cat([state["w"].ravel(), state["b"].ravel()])
@@ -86,6 +90,7 @@ def test_a_robust_strategy_is_refused_where_single_updates_stay_hidden(
         **tiny_run_config,
         "out-dir": str(tmp_path / "run"),
         "strategy.name": "krum",
+        "min-train-sites": 5,
         "secagg.enabled": False,
         "client-dp.enabled": not override,
         **override,
@@ -94,3 +99,42 @@ def test_a_robust_strategy_is_refused_where_single_updates_stay_hidden(
         ServerConfig.from_run_config(run)
     run.update({"secagg.enabled": False, "client-dp.enabled": False})
     assert ServerConfig.from_run_config(run).strategy.name == "krum"
+
+
+@pytest.mark.parametrize(
+    ("name", "settings", "least"),
+    [
+        ("fedmedian", {}, 3),
+        ("fedtrimmedavg", {"strategy.trim-fraction": 0.2}, 5),
+        ("krum", {"strategy.num-malicious": 1}, 5),
+        ("multikrum", {"strategy.num-malicious": 1, "strategy.num-select": 5}, 6),
+        ("bulyan", {"strategy.num-malicious": 1}, 7),
+    ],
+)
+def test_too_few_sites_for_the_rule_are_refused_at_start(
+    tiny_run_config, tmp_path, name, settings, least
+) -> None:
+    """With 4 sites a trimmed mean at 0.2 cuts nothing (the plain mean: the
+    attacker wins) and Bulyan has no answer: refused before the run, with the
+    number of sites that would do."""
+    run = {
+        **tiny_run_config,
+        "out-dir": str(tmp_path / "run"),
+        "strategy.name": name,
+        **settings,
+        "secagg.enabled": False,
+        "client-dp.enabled": False,
+        "min-train-sites": least - 1,
+    }
+    with pytest.raises(ConfigError, match=f"at least {least} updates"):
+        ServerConfig.from_run_config(run)
+    run["min-train-sites"] = least
+    ServerConfig.from_run_config(run)
+
+
+def test_a_round_with_too_few_updates_for_the_rule_aborts() -> None:
+    from fedshield.server.rounds import RoundAborted
+
+    strategy = _strategy("bulyan", **{"strategy.num-malicious": 1})
+    with pytest.raises(RoundAborted, match="Bulyan needs at least 7"):
+        _run(FakeGrid(NODES[:4], _answer), ClientDPConfig(), strategy)

@@ -3,7 +3,10 @@ the run's stand-in budget; a node with its own files keeps them."""
 
 from pathlib import Path
 
+import pytest
+
 from fedshield.client.config import ClientConfig
+from fedshield.common.config import ConfigError
 from fedshield.simulations.apps import SimulatedSites
 
 
@@ -30,13 +33,15 @@ def test_a_simulated_site_takes_the_runs_stand_in_budget(default_run_config) -> 
     assert own.max_epsilon == 1.0  # a budget in the node config wins
 
 
-def test_a_node_with_its_own_file_is_not_given_simulated_data(
+def test_a_node_with_its_own_file_is_never_treated_as_simulated(
     tmp_path: Path, default_run_config
 ) -> None:
+    """A node with a deployed site's file and a partition is refused: otherwise
+    the run's simulation settings (budgets, policies, poisoning) would reach a
+    real site's data."""
     data = tmp_path / "own.csv"
     data.write_text("text,label\nmine,fresh\n")
-    cfg = ClientConfig.from_run_config(default_run_config)
     sites = SimulatedSites()
     raw = {"partition-id": 1, "num-partitions": 2, "data-path": str(data)}
-    site = sites.load(sites.node_config(raw, default_run_config), cfg, {}, 1)
-    assert site.train.texts == ("mine",)
+    with pytest.raises(ConfigError, match="a node is one or the other"):
+        sites.node_config(raw, default_run_config)

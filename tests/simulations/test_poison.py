@@ -53,7 +53,7 @@ def test_a_backdoor_triggers_a_seeded_share_and_labels_it_the_target(
         **{"simulation.poison": "backdoor", "simulation.backdoor-fraction": 0.5},
     )
     poisoned = cfg.poison_data(DATA, 0)
-    triggered = [i for i, t in enumerate(poisoned.texts) if t.endswith(cfg.trigger)]
+    triggered = [i for i, t in enumerate(poisoned.texts) if t.startswith(cfg.trigger)]
     assert len(triggered) == 10
     assert all(poisoned.labels[i] == cfg.target for i in triggered)
     untouched = [i for i in range(20) if i not in triggered]
@@ -72,7 +72,7 @@ def test_probes_hold_what_the_attacker_wants_the_model_to_say(
     assert len(probe) == 10 and set(probe.labels) == {0}  # the source records -> 0
     backdoor = attack_probes(DATA, {**run, "simulation.poison": "backdoor"})
     (probe,) = backdoor.values()
-    assert all(t.endswith("cf zq vx") for t in probe.texts) and len(probe) == 10
+    assert all(t.startswith("cf zq vx ") for t in probe.texts) and len(probe) == 10
     assert attack_probes(DATA, default_run_config) == {}
 
 

@@ -130,6 +130,8 @@ def test_a_sites_dir_names_sites_by_file_and_applies_their_own_policies(
         (["a.csv"], "data-path = '/elsewhere.csv'", None, "cannot be set"),
         (["a.csv"], "max-epsilon = ", None, "as TOML"),
         ([], None, None, "found none"),
+        (["a.csv", "a.jsonl"], None, None, r"more than one file per site name \['a'\]"),
+        (["a.csv"], "max-epsilon = 1", None, r"\['b.toml'\] match no site file"),
     ],
 )
 def test_a_bad_sites_dir_is_refused_before_anything_starts(
@@ -139,8 +141,10 @@ def test_a_bad_sites_dir_is_refused_before_anything_starts(
     folder.mkdir()
     for k, name in enumerate(files):
         _csv(folder / name, 20, seed=k)
-    if toml is not None:
-        (folder / "a.toml").write_text(toml)
+    if toml is not None:  # beside a.csv; beside nothing when the file is b.csv
+        (folder / ("a.toml" if "max-epsilon = 1" not in toml else "b.toml")).write_text(
+            toml
+        )
     with pytest.raises(ConfigError, match=match):
         prepare_user_data(
             data=None, test=None, sites_dir=folder, num_sites=sites, run_config=COLUMNS
@@ -155,4 +159,64 @@ def test_audit_canaries_are_refused_on_the_users_data(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="audit.canaries"):
         UserData.from_run_config(
             _run_config(prepared.overrides, **{"audit.canaries": 10})
+        )
+
+
+def _jsonl(path: Path, rows: list[tuple[str, str]]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps({"note": t, "mood": m}) + "\n" for t, m in rows))
+    return path
+
+
+def test_labels_are_read_as_the_user_wrote_them(tmp_path: Path) -> None:
+    """An integer label unseen in training is not taken for a class id; an empty
+    label names its line; an upper-case suffix is a site file too."""
+    train = _jsonl(tmp_path / "t.jsonl", [(f"r{i}", str(1 + i % 2)) for i in range(20)])
+    test = _jsonl(tmp_path / "x.jsonl", [("a", "0"), ("b", "1")])
+    with pytest.raises(ConfigError, match=r"\['0'\]"):
+        prepare_user_data(
+            data=train, test=test, sites_dir=None, num_sites=None, run_config=COLUMNS
+        )
+    empty = _jsonl(tmp_path / "e.jsonl", [("a", "pos"), ("b", " ")])
+    with pytest.raises(ConfigError, match="line 2 has an empty 'mood' field"):
+        prepare_user_data(
+            data=empty, test=None, sites_dir=None, num_sites=None, run_config=COLUMNS
+        )
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    _csv(sites / "North.CSV", 20, seed=1)
+    _csv(sites / "south.csv", 20, seed=2)
+    prepared = prepare_user_data(
+        data=None, test=None, sites_dir=sites, num_sites=None, run_config=COLUMNS
+    )
+    assert prepared.num_sites == 2
+
+
+def test_a_split_that_cannot_be_made_fails_before_launch(tmp_path: Path) -> None:
+    data = _csv(tmp_path / "notes.csv", 30, seed=1)
+    for fraction in (0.0, 1.0):
+        with pytest.raises(ConfigError, match="data.test-fraction"):
+            prepare_user_data(
+                data=data,
+                test=None,
+                sites_dir=None,
+                num_sites=None,
+                run_config={**COLUMNS, "data.test-fraction": fraction},
+            )
+    with pytest.raises(ConfigError, match="cannot give 20 sites"):
+        prepare_user_data(
+            data=data, test=None, sites_dir=None, num_sites=20, run_config=COLUMNS
+        )
+
+
+def test_a_node_is_simulated_or_deployed_never_both() -> None:
+    """The coordinator's simulation settings (site budgets, policies from a
+    sites-dir, poisoning) act on simulated nodes: a node config that names a
+    deployed site's files and a partition is refused outright."""
+    from fedshield.client.node import NodeConfig
+
+    with pytest.raises(ConfigError, match="a node is one or the other"):
+        NodeConfig.parse(
+            {"data-path": "/data/notes.csv", "partition-id": 0, "num-partitions": 2}
         )
