@@ -128,7 +128,9 @@ KEYS: tuple[Key, ...] = (
             "`server/aggregation.py`); or a robust one on the sites' individual "
             "updates: `fedmedian`, `fedtrimmedavg`, `krum`, `multikrum`, `bulyan` "
             "(only with secagg.enabled=false and client-dp.enabled=false: they must "
-            "see each update)"
+            "see each update; and min-train-sites at least the rule's minimum: "
+            "median 3, trimmed mean ⌈1/β⌉, Krum 2f+3, MultiKrum max(2f+3, "
+            "select+f), Bulyan 4f+3)"
         ),
     ),
     Key(
