@@ -260,10 +260,10 @@ def infer_label_names(labels: list[str]) -> list[str]:
     if all(re.fullmatch(r"-?\d+", n) for n in names):
         names = sorted(names, key=int)
     for name in names:
-        if "," in name or not name:
+        if "," in name or not name or not name.isprintable():
             raise ConfigError(
                 f"Label {name!r} cannot be a class name (names are listed with "
-                "commas in data.label-names). Rename it in the data."
+                "commas in data.label-names, on one line). Rename it in the data."
             )
     return names
 
@@ -343,6 +343,12 @@ def prepare_user_data(
     )  # the columns only: the names come next
     try:
         seen = {path: read_raw_labels(path, columns) for path in train_files}
+        empty = [str(path) for path, labels in seen.items() if not labels]
+        if empty:
+            raise ConfigError(
+                f"Expected labelled records in {empty}; found none (a header at most). "
+                "Give each site some data, or leave the file out."
+            )
         if "data.label-names" in run:
             names = [n.strip() for n in str(run["data.label-names"]).split(",")]
             how = "data.label-names"

@@ -59,8 +59,9 @@ def test_string_labels_are_inferred_sorted_printed_and_set(tmp_path: Path) -> No
 def test_integer_labels_sort_as_numbers() -> None:
     assert infer_label_names(["10", "9", "2", "9"]) == ["2", "9", "10"]
     assert infer_label_names(["b", "a"]) == ["a", "b"]
-    with pytest.raises(ConfigError, match="cannot be a class name"):
-        infer_label_names(["a,b", "c"])
+    for bad in ("a,b", "new\nline"):
+        with pytest.raises(ConfigError, match="cannot be a class name"):
+            infer_label_names([bad, "c"])
 
 
 def test_a_test_label_unseen_in_training_is_a_clear_error(tmp_path: Path) -> None:
@@ -219,4 +220,15 @@ def test_a_node_is_simulated_or_deployed_never_both() -> None:
     with pytest.raises(ConfigError, match="a node is one or the other"):
         NodeConfig.parse(
             {"data-path": "/data/notes.csv", "partition-id": 0, "num-partitions": 2}
+        )
+
+
+def test_an_empty_site_file_is_named(tmp_path: Path) -> None:
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    _csv(sites / "full.csv", 20, seed=1)
+    (sites / "hollow.csv").write_text("note,mood\n")
+    with pytest.raises(ConfigError, match="hollow.csv"):
+        prepare_user_data(
+            data=None, test=None, sites_dir=sites, num_sites=None, run_config=COLUMNS
         )
