@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,9 +131,11 @@ def _label_id(raw: Any, cfg: SiteDataConfig, path: Path, line: int) -> int:
     )
 
 
-def read_labeled_file(path: Path, cfg: SiteDataConfig) -> LabeledTexts:
-    """Read and validate a site file: (text, label) rows, or texts only when
-    ``cfg.labelled`` is False (every label is then 0 and unused)."""
+def _records(path: Path, cfg: SiteDataConfig) -> list[tuple[int, str, Any]]:
+    """``(line, text, raw label)`` of each record of a site file (the label None
+    when ``cfg.labelled`` is False), after the checks every reader needs: the
+    file exists and reads as UTF-8, every row has the columns, no text is empty,
+    at least one record."""
     path = Path(path)
     if not path.is_file():
         wanted = (
@@ -147,8 +149,7 @@ def read_labeled_file(path: Path, cfg: SiteDataConfig) -> LabeledTexts:
             f"Site data file {str(path)!r} does not exist (or is not a file). Set "
             f"`data-path` in the SuperNode's --node-config to {wanted}."
         )
-    texts: list[str] = []
-    labels: list[int] = []
+    records: list[tuple[int, str, Any]] = []
     columns = (
         (cfg.text_column, cfg.label_column) if cfg.labelled else (cfg.text_column,)
     )
@@ -168,46 +169,44 @@ def read_labeled_file(path: Path, cfg: SiteDataConfig) -> LabeledTexts:
                     f"{path}: line {line} has an empty {cfg.text_column!r} field. "
                     "Remove the row or fill in its text."
                 )
-            texts.append(str(text))
-            labels.append(
-                _label_id(row[cfg.label_column], cfg, path, line) if cfg.labelled else 0
-            )
+            label = row[cfg.label_column] if cfg.labelled else None
+            records.append((line, str(text), label))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise SiteDataError(
             f"Site data file {str(path)!r} could not be read ({type(err).__name__}: "
             f"{err}). Check its permissions and that it is UTF-8 text."
         ) from err
-    if not texts:
+    if not records:
         raise SiteDataError(
             f"Site data file {str(path)!r} holds no data rows. A site needs at least "
             "one record to train."
         )
-    return LabeledTexts(texts=tuple(texts), labels=tuple(labels))
+    return records
+
+
+def read_labeled_file(path: Path, cfg: SiteDataConfig) -> LabeledTexts:
+    """Read and validate a site file: (text, label) rows, or texts only when
+    ``cfg.labelled`` is False (every label is then 0 and unused)."""
+    records = _records(path, cfg)
+    return LabeledTexts(
+        texts=tuple(text for _, text, _ in records),
+        labels=tuple(
+            _label_id(label, cfg, Path(path), line) if cfg.labelled else 0
+            for line, _, label in records
+        ),
+    )
 
 
 def read_raw_labels(path: Path, cfg: SiteDataConfig) -> list[str]:
-    """The label column of a site file as written (stripped), for inferring the
-    class names of a user's data; the file's other checks are
-    :func:`read_labeled_file`'s."""
-    path = Path(path)
-    if not path.is_file():
-        raise SiteDataError(f"Expected a data file at {path}; found nothing.")
+    """The label column of a labelled site file as written (stripped), for
+    inferring the class names of a user's data; the file passes the checks of
+    :func:`read_labeled_file` first, and no label may be empty."""
     labels = []
-    try:
-        for line, row in _rows(path, cfg):
-            if cfg.label_column not in row:
-                raise SiteDataError(
-                    f"{path}: line {line} has no {cfg.label_column!r} column; found "
-                    f"columns {sorted(row)}. Set data.label-column to the file's label "
-                    "column."
-                )
-            label = row[cfg.label_column]
-            if label is None or not str(label).strip():
-                raise SiteDataError(
-                    f"{path}: line {line} has an empty {cfg.label_column!r} field. "
-                    "Fill in its label or remove the row."
-                )
-            labels.append(str(label).strip())
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise SiteDataError(f"{path}: cannot be read: {err}") from err
+    for line, _, label in _records(path, replace(cfg, labelled=True)):
+        if label is None or not str(label).strip():
+            raise SiteDataError(
+                f"{path}: line {line} has an empty {cfg.label_column!r} field. "
+                "Fill in its label or remove the row."
+            )
+        labels.append(str(label).strip())
     return labels

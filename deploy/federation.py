@@ -30,17 +30,15 @@ import json
 import os
 import re
 import shutil
-import ssl
 import subprocess
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedshield.common.config import ConfigError
 from fedshield.common.storage import atomic_write_json
-from fedshield.simulations.superlink import write_connection
+from fedshield.simulations.superlink import answers_health, write_connection
 
 from .pki import (
     make_ca,
@@ -321,10 +319,8 @@ def wait_for_superlink(
 ) -> None:
     """Until the federation's SuperLink (``proc``, when this process started it)
     answers on its port over TLS, verified with the federation's CA."""
-    context = ssl.create_default_context(cafile=str(fed.ca_cert))
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-    )
+    # loopback is in the certificate's names whatever the hosts are
+    url = f"https://localhost:{fed.port}/health"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -332,11 +328,9 @@ def wait_for_superlink(
                 f"The SuperLink exited with code {proc.returncode} before it "
                 "answered; see its output."
             )
-        try:  # loopback is in the certificate's names whatever the hosts are
-            with opener.open(f"https://localhost:{fed.port}/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
+        if answers_health(url, cafile=fed.ca_cert):
+            return
+        time.sleep(0.5)
     raise ConfigError(
         f"Expected the SuperLink on port {fed.port} to answer over TLS within "
         f"{timeout:.0f} s; it did not. Is `fedshield superlink start {fed.root}` "

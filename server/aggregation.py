@@ -151,27 +151,9 @@ def server_step(
     (``configure_train``, as :func:`server.rounds.run_round` does): FedOpt
     strategies remember it there as the point their optimizer steps from.
     """
-    model = add_delta(global_state, mean)  # theta + Delta
-    reply = Message(
-        content=RecordDict(
-            {
-                strategy.arrayrecord_key: state_to_arrays(model),
-                Record.METRICS: MetricRecord({strategy.weighted_by_key: 1.0}),
-            }
-        ),
-        dst_node_id=0,
-        message_type=MessageType.TRAIN,
+    return _strategy_model(
+        strategy, server_round=server_round, global_state=global_state, deltas=[mean]
     )
-    arrays, _ = strategy.aggregate_train(server_round, [reply])
-    if arrays is None:
-        raise StateMismatchError(
-            f"{type(strategy).__name__}.aggregate_train returned no model for round "
-            f"{server_round}."
-        )
-    what = f"The new global model of {type(strategy).__name__}"
-    new_state = arrays_to_state(arrays, what=what)  # finite values
-    check_same_layout(global_state, new_state, what)
-    return new_state
 
 
 def robust_step(
@@ -183,12 +165,22 @@ def robust_step(
     would let a poisoner weigh itself up), and the strategy's ``aggregate_train``
     combines them. Only without secure aggregation and client-level DP
     (:func:`server.strategy.check_robust`)."""
+    return _strategy_model(
+        strategy, server_round=server_round, global_state=global_state, deltas=deltas
+    )
+
+
+def _strategy_model(
+    strategy: FedAvg, *, server_round: int, global_state: State, deltas: list[State]
+) -> State:
+    """``strategy.aggregate_train`` of one reply per update, each carrying the
+    model ``theta + delta`` with weight 1; the new model, checked."""
     replies = [
         Message(
             content=RecordDict(
                 {
                     strategy.arrayrecord_key: state_to_arrays(
-                        add_delta(global_state, delta)
+                        add_delta(global_state, delta)  # theta + Delta
                     ),
                     Record.METRICS: MetricRecord({strategy.weighted_by_key: 1.0}),
                 }
@@ -199,10 +191,13 @@ def robust_step(
         for delta in deltas
     ]
     arrays, _ = strategy.aggregate_train(server_round, replies)
-    what = f"The new global model of {type(strategy).__name__}"
     if arrays is None:
-        raise StateMismatchError(f"{what} is missing (round {server_round}).")
-    new_state = arrays_to_state(arrays, what=what)
+        raise StateMismatchError(
+            f"{type(strategy).__name__}.aggregate_train returned no model for round "
+            f"{server_round}."
+        )
+    what = f"The new global model of {type(strategy).__name__}"
+    new_state = arrays_to_state(arrays, what=what)  # finite values
     check_same_layout(global_state, new_state, what)
     return new_state
 

@@ -171,11 +171,7 @@ def _attributed(reply: Message, asked: Message | None) -> Message:
 
 
 def collect_replies(
-    grid: Grid,
-    messages: list[Message],
-    *,
-    timeout: float,
-    progress: Progress,
+    grid: Grid, messages: list[Message], *, timeout: float, progress: Progress
 ) -> list[Message]:
     """Push ``messages`` and pull replies until all arrive or ``timeout`` passes.
     Each reply is attributed to the node that was asked (:func:`_attributed`)."""
@@ -261,6 +257,26 @@ def _secure_sum(
     )
 
 
+def _robust_step(
+    strategy: FedAvg, screened: Screened, server_round: int, global_state: State
+) -> State:
+    """A robust strategy's model from the screened individual updates; the round
+    aborts when there are fewer than its rule needs."""
+    least = robust_minimum(strategy)
+    if len(screened.deltas) < least:
+        raise RoundAborted(
+            f"Round {server_round}: {len(screened.deltas)} valid update(s), but "
+            f"{type(strategy).__name__} needs at least {least} to hold against "
+            "the attackers it is set for. The global model is unchanged."
+        )
+    return robust_step(
+        strategy,
+        server_round=server_round,
+        global_state=global_state,
+        deltas=list(screened.deltas.values()),
+    )
+
+
 def run_round(
     *,
     grid: Grid,
@@ -331,56 +347,42 @@ def run_round(
             f"The global model is unchanged. Failures and refusals: "
             f"{reasons or 'none (timeouts)'}"
         )
-    # uniform under client-level DP (the sum's sensitivity must stay S) and under
-    # secure aggregation (sites mask unweighted updates: no server-chosen weight)
-    weights = aggregation_weights(
-        screened.sites, uniform=client_dp.enabled or secagg.enabled
-    )
     if is_robust(strategy):  # checked at run start: no secagg, no client-level DP
-        least = robust_minimum(strategy)
-        if len(screened.deltas) < least:
-            raise RoundAborted(
-                f"Round {server_round}: {len(screened.deltas)} valid update(s), but "
-                f"{type(strategy).__name__} needs at least {least} to hold against "
-                "the attackers it is set for. The global model is unchanged."
-            )
-        new_state = robust_step(
-            strategy,
-            server_round=server_round,
-            global_state=global_state,
-            deltas=list(screened.deltas.values()),
-        )
-        log.train_loss = mean_train_loss(log.sites)
-        log.seconds = time.monotonic() - start
-        return new_state, log
-    if params is None:
-        summed = plain_sum(
-            deltas=list(screened.deltas.values()),
-            weights=[weights[site] for site in screened.deltas],
-        )
+        new_state = _robust_step(strategy, screened, server_round, global_state)
     else:
-        summed = _secure_sum(
-            grid=grid,
-            screened=screened,
-            messages=messages,
-            params=params,
-            log=log,
+        # uniform under client-level DP (the sum's sensitivity must stay S) and under
+        # secure aggregation (sites mask unweighted updates: no server-chosen weight)
+        weights = aggregation_weights(
+            screened.sites, uniform=client_dp.enabled or secagg.enabled
+        )
+        if params is None:
+            summed = plain_sum(
+                deltas=list(screened.deltas.values()),
+                weights=[weights[site] for site in screened.deltas],
+            )
+        else:
+            summed = _secure_sum(
+                grid=grid,
+                screened=screened,
+                messages=messages,
+                params=params,
+                log=log,
+                server_round=server_round,
+                global_state=global_state,
+                timeout=timeout,
+                min_sites=min_sites,
+                noised=client_dp.enabled,
+                names=names,
+            )
+            log.noise_variance = summed.noise_variance
+        new_state = aggregate(
+            summed,
+            client_dp=client_dp,
+            strategy=strategy,
             server_round=server_round,
             global_state=global_state,
-            timeout=timeout,
-            min_sites=min_sites,
-            noised=client_dp.enabled,
-            names=names,
+            sampled=log.sampled,
         )
-        log.noise_variance = summed.noise_variance
-    new_state = aggregate(
-        summed,
-        client_dp=client_dp,
-        strategy=strategy,
-        server_round=server_round,
-        global_state=global_state,
-        sampled=log.sampled,
-    )
     log.train_loss = mean_train_loss(log.sites)
     log.seconds = time.monotonic() - start
     return new_state, log

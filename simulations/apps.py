@@ -96,27 +96,31 @@ class SimulatedSites(SiteFiles):
             return super().load(node, cfg, run_config, node_id)
         assert node.num_partitions is not None  # NodeConfig checks they come paired
         user = UserData.from_run_config(run_config)
-        poison = PoisonConfig.from_run_config(run_config)
         if user is not None:
             train = user.site(node.partition_id, node.num_partitions)
-            if poison.attacks(node.partition_id):
-                train = poison.poison_data(train, node.partition_id)
-            return SiteData(name=node.name(node_id), train=train, eval=None)
-        scenario = Scenario.from_run_config(run_config)
-        train, held = scenario.site(node.partition_id, node.num_partitions)
+            site = SiteData(name=node.name(node_id), train=train, eval=None)
+        else:
+            scenario = Scenario.from_run_config(run_config)
+            train, held = scenario.site(node.partition_id, node.num_partitions)
+            site = SiteData(
+                name=node.name(node_id),
+                train=train,
+                eval=held,
+                gradient_canaries=scenario.gradient_canaries(
+                    node.partition_id,
+                    node.num_partitions,
+                    clip_norm=cfg.dp.max_grad_norm,
+                ),
+                after_scrubbing=scenario.after_scrubbing(
+                    node.partition_id, node.num_partitions
+                ),
+            )
+        poison = PoisonConfig.from_run_config(run_config)
         if poison.attacks(node.partition_id):
-            train = poison.poison_data(train, node.partition_id)
-        return SiteData(
-            name=node.name(node_id),
-            train=train,
-            eval=held,
-            gradient_canaries=scenario.gradient_canaries(
-                node.partition_id, node.num_partitions, clip_norm=cfg.dp.max_grad_norm
-            ),
-            after_scrubbing=scenario.after_scrubbing(
-                node.partition_id, node.num_partitions
-            ),
-        )
+            site = replace(
+                site, train=poison.poison_data(site.train, node.partition_id)
+            )
+        return site
 
     def poison_update(
         self, node: NodeConfig, run_config: Mapping[str, Any], delta: State

@@ -36,6 +36,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,7 @@ from .process_tree import dies_with_parent, terminate_tree
 __all__ = [
     "CONNECTION",
     "LaunchError",
+    "answers_health",
     "PrivateSuperLink",
     "free_port",
     "private_superlink",
@@ -180,8 +182,14 @@ def superlink_command(port: int) -> list[str]:
     ]
 
 
-def _healthy(url: str) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+def answers_health(url: str, *, cafile: Path | None = None) -> bool:
+    """Whether the SuperLink's health server answers 200 at ``url`` (no proxy;
+    with ``cafile``, over TLS verified with that CA)."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if cafile is not None:
+        context = ssl.create_default_context(cafile=str(cafile))
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(url, timeout=1.0) as response:
             return bool(response.status == 200)
@@ -234,7 +242,7 @@ def _wait_healthy(
     proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float
 ) -> None:
     deadline = time.monotonic() + timeout
-    while not _healthy(url):
+    while not answers_health(url):
         if proc.poll() is not None:
             raise LaunchError(
                 f"The private Flower SuperLink exited with code {proc.returncode} "

@@ -22,6 +22,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -176,23 +177,30 @@ class UserData:
             columns=SiteDataConfig.from_run_config(run),
         )
 
-    def _read(self, path: Path) -> LabeledTexts:
-        return read_labeled_file(path, self.columns)
+    @cached_property
+    def _files(self) -> dict[Path, LabeledTexts]:
+        return {}  # each file read once per UserData
 
-    def num_sites(self) -> int | None:
-        """The number of site files (``data.sites-dir``), else None."""
-        return None if self.sites_dir is None else len(site_files(self.sites_dir))
+    def _read(self, path: Path) -> LabeledTexts:
+        if path not in self._files:
+            self._files[path] = read_labeled_file(path, self.columns)
+        return self._files[path]
+
+    @cached_property
+    def _site_files(self) -> list[Path]:
+        assert self.sites_dir is not None
+        return site_files(self.sites_dir)
 
     def site_name(self, partition_id: int) -> str | None:
         if self.sites_dir is None:
             return None
-        return site_files(self.sites_dir)[partition_id].stem
+        return self._site_files[partition_id].stem
 
     def site_config(self, partition_id: int) -> dict[str, Any]:
         """Site ``partition_id``'s own node config (``<stem>.toml``), if any."""
         if self.sites_dir is None:
             return {}
-        return site_node_config(site_files(self.sites_dir)[partition_id])
+        return site_node_config(self._site_files[partition_id])
 
     def _pool(self) -> LabeledTexts:
         """The training pool of ``data.train-path`` (its held-out part removed)."""
@@ -206,7 +214,7 @@ class UserData:
     def site(self, partition_id: int, num_partitions: int) -> LabeledTexts:
         """Simulated site ``partition_id``'s training examples."""
         if self.sites_dir is not None:
-            files = site_files(self.sites_dir)
+            files = self._site_files
             if num_partitions != len(files):
                 raise ConfigError(
                     f"{self.sites_dir} has {len(files)} site files, but the "
@@ -244,7 +252,7 @@ class UserData:
         assert self.sites_dir is not None
         texts: list[str] = []
         labels: list[int] = []
-        for k, path in enumerate(site_files(self.sites_dir)):
+        for k, path in enumerate(self._site_files):
             data = self._read(path)
             test, _ = _held_out(len(data), self.test_fraction, self.seed + k)
             part = data.subset(test)
@@ -335,20 +343,15 @@ def prepare_user_data(
     if test is not None:
         test = test.expanduser().resolve()
         overrides.append(f"data.test-path={_quoted(str(test))}")
+    sites = num_sites or 4
     if not train_files:
-        return Prepared(overrides, num_sites or 4, messages)
+        return Prepared(overrides, sites, messages)
 
     columns = SiteDataConfig.from_run_config(
         {**run, "data.label-names": "a,b", "model.num-labels": 2}
     )  # the columns only: the names come next
     try:
         seen = {path: read_raw_labels(path, columns) for path in train_files}
-        empty = [str(path) for path, labels in seen.items() if not labels]
-        if empty:
-            raise ConfigError(
-                f"Expected labelled records in {empty}; found none (a header at most). "
-                "Give each site some data, or leave the file out."
-            )
         if "data.label-names" in run:
             names = [n.strip() for n in str(run["data.label-names"]).split(",")]
             how = "data.label-names"
@@ -386,12 +389,8 @@ def prepare_user_data(
             **run,
             **{"data.label-names": ",".join(names), "model.num-labels": len(names)},
         }
-        cfg = SiteDataConfig.from_run_config(typed)
-        for path in train_files:  # every row, with the final names
-            read_labeled_file(path, cfg)
-        if test is not None:
-            read_labeled_file(test, cfg)
-        # every site's share and the held-out test set, as the run will cut them
+        # every row with the final names, every site's share and the held-out
+        # test set, as the run will read and cut them (each file read once)
         user = UserData.from_run_config(
             {
                 **typed,
@@ -401,10 +400,9 @@ def prepare_user_data(
             }
         )
         assert user is not None
-        sites = num_sites or 4
         for k in range(sites):
             user.site(k, sites)
         user.central_test()
     except SiteDataError as err:
         raise ConfigError(str(err)) from err
-    return Prepared(overrides, num_sites or 4, messages)
+    return Prepared(overrides, sites, messages)

@@ -163,3 +163,13 @@ def test_a_site_dropping_mid_secure_aggregation_leaves_the_survivors_mean() -> N
     assert sorted(log.sites) == [f"site-{n}" for n in survivors]
     assert any("SimulatedDropout" in f["reason"] for f in log.failures), log.failures
     assert GLOBAL["w"].abs().sum() == 0  # the global state itself is untouched
+
+
+def test_the_fedshield_clientapp_carries_the_fault_mod() -> None:
+    """The wiring: the ClientApp every simulation (and every deployed site) runs
+    drops a simulated site when told, and answers a deployed one."""
+    from fedshield.simulations.apps import clientapp
+
+    run = {"simulation.dropout": 1.0, "secagg.enabled": False}
+    reply = clientapp(_message(1, None), _context(0, **run))
+    assert reply.has_error() and "SimulatedDropout" in reply.error.reason
