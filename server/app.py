@@ -49,6 +49,7 @@ from .checkpoint import (
 from .config import ServerConfig
 from .evaluate import CentralEvaluator, CentralTestLoader, ProbeLoader
 from .generation import generation_samples
+from .guard import RootDataLoader, RootGuard
 from .replies import SiteNames
 from .report import print_round, print_start
 from .rounds import RoundAborted, measured, run_round
@@ -155,7 +156,10 @@ def _crash(err: BaseException) -> str:
 
 
 def server_app(
-    *, central_test: CentralTestLoader, probes: ProbeLoader | None = None
+    *,
+    central_test: CentralTestLoader,
+    probes: ProbeLoader | None = None,
+    root_data: RootDataLoader | None = None,
 ) -> ServerApp:
     """The fedshield ServerApp, evaluating every round on ``central_test``'s set
     (and on ``probes``' attack probes, when a simulation poisons sites)."""
@@ -163,7 +167,13 @@ def server_app(
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_server(grid, context, central_test=central_test, probes=probes)
+        run_server(
+            grid,
+            context,
+            central_test=central_test,
+            probes=probes,
+            root_data=root_data,
+        )
 
     return app
 
@@ -221,6 +231,7 @@ def run_server(
     *,
     central_test: CentralTestLoader,
     probes: ProbeLoader | None = None,
+    root_data: RootDataLoader | None = None,
 ) -> None:
     """The whole run: rounds until ``num-server-rounds``, then the final weights."""
     cfg = ServerConfig.from_run_config(dict(context.run_config))  # fails here, once
@@ -327,6 +338,22 @@ def run_server(
     # node id -> site name, from every reply so far (a resumed run keeps them: a
     # site lost after the restart is still named)
     names = SiteNames(history.get(SITE_NAMES_FIELD))
+    if cfg.guard.enabled and root_data is None:
+        raise ConfigError(
+            "strategy.root-guard = true, but this ServerApp was built without a root "
+            "data loader (server_app(root_data=...)); use fedshield's ServerApp."
+        )
+    guard = (
+        RootGuard(
+            cfg.guard,
+            root=root_data(cfg.guard.data_path, cfg.run_config),  # type: ignore[misc]
+            model_config=cfg.model,
+            run_config=cfg.run_config,
+            seed=cfg.seed,
+        )
+        if cfg.guard.enabled
+        else None
+    )
     server_round = start
     try:
         for server_round in range(start, cfg.num_rounds + 1):
@@ -360,6 +387,7 @@ def run_server(
                 client_dp=cfg.client_dp,
                 secagg=cfg.secagg,
                 names=names,
+                guard=guard,
             )
             history[SITE_NAMES_FIELD] = names.as_dict()
             history[STRATEGY_STATE_KEY] = strategy_state(strategy)  # checkpointed below

@@ -21,7 +21,8 @@ from fedshield.privacy.client_dp import ClientDPConfig
 from fedshield.privacy.dp import DPConfig, GradSampleMode, default_grad_sample_mode
 from fedshield.privacy.secagg import SecAggConfig
 
-from .strategy import StrategyConfig, check_robust
+from .guard import GuardConfig
+from .strategy import ROBUST, StrategyConfig, check_robust
 
 __all__ = ["ServerConfig"]
 
@@ -49,6 +50,7 @@ class ServerConfig:
     client_dp: ClientDPConfig
     secagg: SecAggConfig
     strategy: StrategyConfig
+    guard: GuardConfig
     robustness: RobustnessConfig
     run_config: RunConfig  # every key, parsed (what summary.json and resume compare)
     num_rounds: int
@@ -86,6 +88,13 @@ class ServerConfig:
             client_dp=self.client_dp.enabled,
             min_sites=self.min_train_sites,
         )
+        if self.guard.enabled and self.strategy.name in ROBUST:
+            raise ConfigError(
+                f"strategy.root-guard tests the round's mean; strategy.name = "
+                f"{self.strategy.name.value!r} aggregates the sites' updates one by "
+                "one and takes no mean. Choose one: the guard (with fedavg or a "
+                "FedOpt strategy, also under secure aggregation) or the robust rule."
+            )
         key = self.signing_key_path
         if key is not None and (
             not key.is_absolute()
@@ -127,6 +136,7 @@ class ServerConfig:
             client_dp=ClientDPConfig.from_run_config(run_config),
             secagg=SecAggConfig.from_run_config(run_config),
             strategy=StrategyConfig.from_run_config(run_config),
+            guard=GuardConfig.from_run_config(run_config),
             robustness=RobustnessConfig.from_run_config(run_config),
             run_config=run_config,
             out_dir=Path(run_config["out-dir"]).expanduser().resolve(),

@@ -40,6 +40,7 @@ from .aggregation import (
     plain_sum,
     robust_step,
 )
+from .guard import RootGuard
 from .replies import Screened, SiteNames, screen_replies, site_of
 from .secagg import prepare_setup, secure_sum
 from .strategy import is_robust, robust_minimum
@@ -85,6 +86,8 @@ class RoundLog:
     saturated: int | None = None  # secagg: update values clipped to clip-range
     # distributed DP: the survivors' total Skellam variance, integer units
     noise_variance: float | None = None
+    # strategy.root-guard: its test of the round's mean (server.guard.GuardDecision)
+    guard: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RoundLog:
@@ -110,6 +113,7 @@ class RoundLog:
             client_epsilon=d.get("client_epsilon"),
             saturated=d.get("saturated"),
             noise_variance=d.get("noise_variance"),
+            guard=d.get("guard"),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -133,6 +137,7 @@ class RoundLog:
             "client_epsilon": self.client_epsilon,
             "saturated": self.saturated,
             "noise_variance": self.noise_variance,
+            **({} if self.guard is None else {"guard": self.guard}),
             "sites": self.sites,
             "failures": self.failures,
             "refusals": self.refusals,
@@ -257,6 +262,31 @@ def _secure_sum(
     )
 
 
+def _guarded(
+    guard: RootGuard, *, log: RoundLog, global_state: State
+) -> Callable[[State], State]:
+    """The guard's test of the mean, its decision kept in the round's log."""
+
+    def test(mean: State) -> State:
+        applied, decision = guard(
+            mean, global_state=global_state, server_round=log.server_round
+        )
+        log.guard = decision.as_dict()
+        if decision.action != "kept":
+            logger.warning(
+                "Round %d: the root guard %s the mean update (cosine %.3f with the "
+                "root update, norm %.4g against the root's %.4g)",
+                log.server_round,
+                decision.action,
+                decision.cosine,
+                decision.mean_norm,
+                decision.root_norm,
+            )
+        return applied
+
+    return test
+
+
 def _robust_step(
     strategy: FedAvg, screened: Screened, server_round: int, global_state: State
 ) -> State:
@@ -290,6 +320,7 @@ def run_round(
     client_dp: ClientDPConfig,
     secagg: SecAggConfig,
     names: SiteNames | None = None,
+    guard: RootGuard | None = None,
 ) -> tuple[State, RoundLog]:
     """One training round; returns the new global state and the round's log.
     ``names``: the run's site names so far (failures of sites that no longer
@@ -297,7 +328,8 @@ def run_round(
 
     ``train_config`` is sent to every sampled site (the strategy adds the round).
     ``strategy`` samples the sites and takes the server step
-    (:func:`server.aggregation.server_step`).
+    (:func:`server.aggregation.server_step`); ``guard`` (``strategy.root-guard``)
+    tests the round's mean against the server's root update first.
     """
     start = time.monotonic()
     names = SiteNames() if names is None else names
@@ -382,6 +414,9 @@ def run_round(
             server_round=server_round,
             global_state=global_state,
             sampled=log.sampled,
+            guard=None
+            if guard is None
+            else _guarded(guard, log=log, global_state=global_state),
         )
     log.train_loss = mean_train_loss(log.sites)
     log.seconds = time.monotonic() - start

@@ -33,6 +33,7 @@ from fedshield.client.data import SiteDataConfig, read_labeled_file
 from fedshield.client.node import NodeConfig
 from fedshield.client.policy import POLICY_KEYS, SitePolicy, parse_release
 from fedshield.client.site import SiteData, SiteFiles
+from fedshield.common.config import ConfigError
 from fedshield.common.run_config import RunConfig
 from fedshield.models.texts import LabeledTexts
 from fedshield.privacy.pii import PIIConfig
@@ -148,5 +149,36 @@ def central_test(test_path: str, run_config: Mapping[str, Any]) -> LabeledTexts:
     return Scenario.from_run_config(run_config).central_test()
 
 
+def root_data(root_path: str, run_config: Mapping[str, Any]) -> LabeledTexts:
+    """The coordinator's root data for ``strategy.root-guard``: its own file, else
+    (a simulation on the packaged dataset only) ``strategy.root-examples`` snippets
+    of the population split, which no simulated site, test set or probe holds."""
+    if root_path:
+        return read_labeled_file(
+            Path(root_path), SiteDataConfig.from_run_config(dict(run_config))
+        )
+    if UserData.from_run_config(run_config) is not None or run_config.get(
+        "data.test-path"
+    ):
+        raise ConfigError(
+            "strategy.root-guard needs root data the coordinator holds itself: set "
+            "strategy.root-data-path to a labelled file (the run's text and label "
+            "columns) no site contributed. The packaged snippets stand in for it "
+            "only in a simulation on the packaged dataset; found data.train-path, "
+            "data.sites-dir or data.test-path set."
+        )
+    population = Scenario.from_run_config(run_config).data.split().population
+    wanted = int(run_config["strategy.root-examples"])
+    if wanted > len(population):
+        raise ConfigError(
+            f"strategy.root-examples = {wanted}, but only {len(population)} packaged "
+            "snippets are outside the sites' pool and the test set; lower it, or "
+            "lower data.train-examples / data.test-examples."
+        )
+    return population.subset(list(range(wanted)))
+
+
 clientapp = client_app(sites=SimulatedSites(), faults=simulated_faults_mod)
-serverapp = server_app(central_test=central_test, probes=attack_probes)
+serverapp = server_app(
+    central_test=central_test, probes=attack_probes, root_data=root_data
+)

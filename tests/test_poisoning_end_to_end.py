@@ -16,7 +16,7 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 
 from fedshield.server.app import run_server
-from fedshield.simulations.apps import central_test, clientapp
+from fedshield.simulations.apps import central_test, clientapp, root_data
 from fedshield.simulations.poison import attack_probes
 from tests.server.grid import InMemoryGrid
 from tests.toy_data import write_reviews
@@ -48,7 +48,11 @@ def _run(tmp_path: Path, base: dict[str, Any], name: str, **run: Any) -> dict:
         run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config
     )
     run_server(
-        Simulated(config), context, central_test=central_test, probes=attack_probes
+        Simulated(config),
+        context,
+        central_test=central_test,
+        probes=attack_probes,
+        root_data=root_data,
     )
     return json.loads((out / "summary.json").read_text())
 
