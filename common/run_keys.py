@@ -337,6 +337,17 @@ KEYS: tuple[Key, ...] = (
         ),
     ),
     Key(
+        name="model.lora.freeze-a",
+        kind=bool,
+        default=False,
+        doc=(
+            "FFA-LoRA (Sun et al., ICLR 2024): keep every LoRA A matrix at its "
+            "seeded random initialisation (identical at every site and the server) "
+            "and train B only: half the adapter parameters for DP noise to cover, "
+            "and the sites' mean of B is the mean of their updates B A exactly"
+        ),
+    ),
+    Key(
         name="train.local-epochs",
         kind=int,
         default=1,

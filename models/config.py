@@ -74,6 +74,8 @@ class ModelConfig:
         lora_targets: module names LoRA wraps (e.g. ``("q_proj", "v_proj")``), or
             ``("attention",)`` (the architecture's query/value projections) or
             ``("all-linear",)``.
+        lora_freeze_a: FFA-LoRA: the A matrices stay at their seeded
+            initialisation and only B (and the head) train.
         pooling: ``mean`` (masked mean of the last hidden states, our head) or
             ``cls`` (the Hugging Face sequence-classification head of the model).
         dropout: dropout before the ``mean`` head's classifier.
@@ -90,6 +92,7 @@ class ModelConfig:
     lora_alpha: int = default("model.lora.alpha")
     lora_dropout: float = default("model.lora.dropout")
     lora_targets: tuple[str, ...] = _names(default("model.lora.targets"))
+    lora_freeze_a: bool = default("model.lora.freeze-a")
     pooling: Pooling = Pooling(default("model.pooling"))
     dropout: float = default("model.dropout")
     init_seed: int = 0
@@ -103,6 +106,7 @@ class ModelConfig:
         "lora_r": "model.lora.r",
         "lora_alpha": "model.lora.alpha",
         "lora_dropout": "model.lora.dropout",
+        "lora_freeze_a": "model.lora.freeze-a",
         "pooling": "model.pooling",
         "dropout": "model.dropout",
     }

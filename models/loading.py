@@ -260,7 +260,7 @@ def _with_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
         target_modules=lora_targets(model, cfg),
     )
     try:
-        return get_peft_model(model, lora)
+        wrapped = get_peft_model(model, lora)
     except ValueError as err:
         names = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n})
         raise ModelLoadError(
@@ -268,6 +268,11 @@ def _with_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
             f"of this model ({err}). Module names available include: "
             f"{', '.join(names[:40])}."
         ) from err
+    if cfg.lora_freeze_a:  # FFA-LoRA: A stays at its seeded init everywhere
+        for name, param in wrapped.named_parameters():
+            if ".lora_A." in name:
+                param.requires_grad_(False)
+    return wrapped
 
 
 def forward_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -30,6 +30,24 @@ def test_lora_trains_only_adapters_and_head(tiny_model_dir: Path) -> None:
     assert any("classifier" in n for n in names)
 
 
+def test_ffa_lora_trains_b_and_the_head_on_the_same_frozen_a_everywhere(
+    tiny_model_dir: Path,
+) -> None:
+    """``model.lora.freeze-a``: no A matrix is trainable (none leaves a site), and
+    every load (the server, each site) holds the same seeded A, so the mean of the
+    sites' B is the mean of their adapter updates B A."""
+    cfg = ModelConfig(source=str(tiny_model_dir), lora_r=4, lora_freeze_a=True)
+    a, b = load_model(cfg).model, load_model(cfg).model
+    names = list(trainable_state(a))
+    assert names and not any("lora_A" in n for n in names)
+    assert any("lora_B" in n for n in names) and any("classifier" in n for n in names)
+    frozen_a = {n: p for n, p in a.named_parameters() if "lora_A" in n}
+    frozen_b = {n: p for n, p in b.named_parameters() if "lora_A" in n}
+    assert frozen_a and all(torch.equal(p, frozen_b[n]) for n, p in frozen_a.items())
+    assert not any(p.requires_grad for p in frozen_a.values())
+    assert all(p.abs().sum() > 0 for p in frozen_a.values())  # random, not zero
+
+
 def test_hub_id_without_network_names_offline_alternatives(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="packaged all-MiniLM-L6-v2"):

@@ -62,6 +62,15 @@ def _tiny_lora(seed: int = 0) -> nn.Module:
     return model
 
 
+def _tiny_ffa_lora(seed: int = 0) -> nn.Module:
+    """FFA-LoRA (``model.lora.freeze-a``): A frozen, B and the head train."""
+    model = _tiny_lora(seed)
+    for name, p in model.named_parameters():
+        if "lora_A" in name:
+            p.requires_grad_(False)
+    return model
+
+
 def _batch(b: int, t: int, seed: int = 1) -> tuple[dict[str, Tensor], Tensor]:
     """Random ids with right padding on every other sample; (B, T) contiguous ids."""
     gen = torch.Generator().manual_seed(seed)
@@ -201,7 +210,9 @@ def test_lora_trains_only_adapters_and_head() -> None:
     assert any("modules_to_save" in n for n in names)
 
 
-@pytest.mark.parametrize("make_model", [_tiny_bert, _tiny_lora], ids=["full", "lora"])
+@pytest.mark.parametrize(
+    "make_model", [_tiny_bert, _tiny_lora, _tiny_ffa_lora], ids=["full", "lora", "ffa"]
+)
 def test_per_sample_norms_match_reference(make_model) -> None:
     model = make_model()
     inputs, labels = _batch(5, 9, seed=3)
