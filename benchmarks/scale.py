@@ -22,9 +22,11 @@ sampled per round:
   site's records, no DP, no secure aggregation, no scrubbing
   (``run_simulation``, in its own process).
 
-A round is timed at the server from its start to the end of its central
-evaluation (ours: ``rounds[].seconds`` of summary.json; Flower: a FedAvg that
-records when each round's ``configure_train`` starts). ``*_round_s`` is the median
+A round is timed at the server from sampling the sites to holding the new global
+model, the central evaluation after it left out on both sides (ours:
+``rounds[].seconds`` of summary.json, secure aggregation's four extra stages
+included; Flower: a FedAvg that records when ``configure_train`` starts and
+``aggregate_train`` ends). ``*_round_s`` is the median
 over the rounds after the first, which pays Ray's and the ClientApp's start-up.
 Memory: the process tree of each simulation (the command, its SuperLink, Ray's
 processes and actors) is sampled every 0.5 s; ``peak_rss_gb`` is the peak of the
@@ -210,14 +212,23 @@ def _flower_child(tiny: str, sites: int, per_round: int, rounds: int, out: str) 
     client = ClientApp()
     client.train()(train)
     starts: list[float] = []
+    ends: list[float] = []
     sampled: list[int] = []
 
     class TimedFedAvg(FedAvg):
+        """Times each round as ours is timed: from configure_train's start to the
+        aggregate (central evaluation and checkpointing outside it)."""
+
         def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
             starts.append(time.perf_counter())
             messages = list(super().configure_train(server_round, arrays, config, grid))
             sampled.append(len(messages))
             return messages
+
+        def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
+            result = super().aggregate_train(server_round, replies)
+            ends.append(time.perf_counter())
+            return result
 
     server = ServerApp()
     result: dict[str, Any] = {}
@@ -245,7 +256,6 @@ def _flower_child(tiny: str, sites: int, per_round: int, rounds: int, out: str) 
             num_rounds=rounds,
             evaluate_fn=central,
         )
-        starts.append(time.perf_counter())
 
     run_simulation(
         server_app=server,
@@ -253,9 +263,7 @@ def _flower_child(tiny: str, sites: int, per_round: int, rounds: int, out: str) 
         num_supernodes=sites,
         backend_config={"client_resources": {"num_cpus": 2, "num_gpus": 0.0}},
     )
-    # round k runs from its configure_train to the next round's (the last one to
-    # the end of start()), its central evaluation included, as ours.
-    seconds = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    seconds = [b - a for a, b in zip(starts, ends, strict=True)]
     Path(out).write_text(
         json.dumps(
             {

@@ -66,7 +66,9 @@ def _central(work: Path, overrides: list[str]) -> dict[str, Any]:
     out = work / "central"
     done = _summary(out)
     if not done or done.get("status") != "completed":
-        extra = ["--run-config", "resume=true"] if done else []
+        resume = (out / "checkpoint.pt").exists()
+        if out.exists() and not resume:  # stopped before round 1: kept aside
+            out.rename(work / f"central.stopped-{time.time_ns()}")
         _fedshield(
             [
                 "simulate",
@@ -76,14 +78,26 @@ def _central(work: Path, overrides: list[str]) -> dict[str, Any]:
                 "1",
                 *[a for o in overrides for a in ("--run-config", o)],
                 "--run-config",
-                "dp.enabled=false secagg.enabled=false min-train-sites=1",
-                *extra,
+                "dp.enabled=false secagg.enabled=false min-train-sites=1"
+                + (" resume=true" if resume else ""),
             ]
         )
         done = _summary(out)
     if not done or done.get("status") != "completed":
         raise SystemExit(f"the centralized run did not complete; see {out}/flwr.log")
     return done
+
+
+def _same_settings(work: Path, settings: dict[str, Any]) -> None:
+    """A --work folder is reused only with the settings it was made with."""
+    path = work / "settings.json"
+    if path.exists() and json.loads(path.read_text()) != settings:
+        raise SystemExit(
+            f"{work} holds runs made with other settings "
+            f"({path.read_text().strip()}); its runs would not compare with "
+            f"these ({settings}). Choose another --work."
+        )
+    path.write_text(json.dumps(settings))
 
 
 def main() -> None:
@@ -108,6 +122,7 @@ def main() -> None:
     else:
         work = args.work or ROOT / "runs" / f"utility-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True, exist_ok=True)
+    _same_settings(work, {"overrides": overrides, "seeds": args.seeds})
     start = time.perf_counter()
     central = _central(work, overrides)
     code = _fedshield(

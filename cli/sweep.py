@@ -18,8 +18,10 @@ deviation and the number of finished seeds) and ``OUT/sweep.png`` (accuracy
 against epsilon, error bars one standard deviation, the non-private mean as a
 dashed line), both rewritten after every point. A sweep that stops is continued
 by the same command: a finished point is kept, an interrupted one resumes from
-its checkpoint. A folder holding a run with other settings is never overwritten:
-the sweep refuses before it starts anything.
+its checkpoint, one stopped before its first checkpoint starts again (its files
+moved aside). A folder holding another run or other files, or an ``OUT`` whose
+sweep.json records other shared settings (``--run-config``, ``--sites``, the data
+files), is never overwritten: the sweep refuses before it starts anything.
 """
 
 from __future__ import annotations
@@ -91,7 +93,9 @@ def _floats(text: str, what: str) -> list[float]:
 def plan_points(
     out: Path, eps: list[float], seeds: list[int], non_private: bool
 ) -> list[SweepPoint]:
-    points = [SweepPoint(e, s, out / f"eps{e:g}-seed{s}") for e in eps for s in seeds]
+    points = [
+        SweepPoint(e, s, out / f"eps{e:.12g}-seed{s}") for e in eps for s in seeds
+    ]
     if non_private:
         points += [SweepPoint(None, s, out / f"nondp-seed{s}") for s in seeds]
     return points
@@ -198,30 +202,69 @@ def plot_sweep(
     plt.close(fig)
 
 
-def _check_folders(points: list[SweepPoint]) -> None:
-    """Refuse before anything runs when a point's folder holds another run."""
+# what a simulation leaves in its folder before its first summary.json
+OWN_FILES = {"flwr.log", "superlink.log", "progress.json", "sites"}
+
+
+def _state(point: SweepPoint) -> str:
+    """``new``, ``done``, ``resume`` (a checkpoint to continue), ``restart`` (a
+    stopped attempt with nothing to resume: moved aside, started again) or
+    ``foreign`` (another run or other files: never touched)."""
+    if not point.out.exists():
+        return "new"
+    if not point.out.is_dir():
+        return "foreign"
+    summary = _saved(point)
+    if summary is not None and not point.matches(summary.get("config", {})):
+        return "foreign"
+    if summary is not None and summary.get("status") == "completed":
+        return "done"
+    if RunLayout(point.out).checkpoint.exists():
+        return "resume"
+    left = {p.name for p in point.out.iterdir()}
+    if summary is not None:
+        left.discard(RunLayout(point.out).summary.name)
+    return "restart" if left <= OWN_FILES else "foreign"
+
+
+def _check(out: Path, points: list[SweepPoint], settings: dict[str, Any]) -> None:
+    """Refuse before anything runs when ``out`` or a point's folder holds anything
+    this sweep did not make with these shared settings."""
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} is a file, not a folder.", param_hint="--out")
+    try:
+        earlier = json.loads((out / "sweep.json").read_text()).get("settings")
+    except (OSError, json.JSONDecodeError):
+        earlier = None
+    if earlier is not None and earlier != settings:
+        raise typer.BadParameter(
+            f"{out} holds a sweep with other shared settings ({earlier}); its points "
+            f"would not compare with these ({settings}). It is left untouched. "
+            "Choose another --out.",
+            param_hint="--out",
+        )
     for point in points:
-        summary = _saved(point)
-        if point.out.exists() and summary is None and any(point.out.iterdir()):
-            if not RunLayout(point.out).checkpoint.exists():
-                raise typer.BadParameter(
-                    f"{point.out} exists and holds files that are not a fedshield "
-                    "run; it is left untouched. Choose another --out.",
-                    param_hint="--out",
-                )
-        if summary is not None and not point.matches(summary.get("config", {})):
+        if _state(point) == "foreign":
             raise typer.BadParameter(
-                f"{point.out} holds a run with other settings (seed "
-                f"{summary.get('config', {}).get('seed')!r}, dp.target-epsilon "
-                f"{summary.get('config', {}).get('dp.target-epsilon')!r}); it is left "
+                f"{point.out} holds another run or files this sweep did not write "
+                "(another seed or epsilon, or not a fedshield run); it is left "
                 "untouched. Choose another --out.",
                 param_hint="--out",
             )
 
 
 def _simulate(point: SweepPoint, shared: list[str], args: list[str]) -> None:
-    resume = _saved(point) is not None or RunLayout(point.out).checkpoint.exists()
-    extra = " resume=true" if resume else ""
+    state = _state(point)
+    if state == "restart":  # a stopped attempt with no checkpoint: kept aside
+        k = 1
+        while (aside := point.out.with_name(f"{point.out.name}.stopped-{k}")).exists():
+            k += 1
+        point.out.rename(aside)
+        console.print(
+            f"[dim]{point.out} had stopped before round 1: moved to "
+            f"{aside.name}, starting again[/dim]"
+        )
+    extra = " resume=true" if state == "resume" else ""
     cmd = [
         sys.executable,
         "-m",
@@ -297,11 +340,12 @@ def sweep(
     out = out.expanduser().resolve()
     seed_list = list(range(first_seed, first_seed + seeds))
     points = plan_points(out, _floats(eps, "--eps"), seed_list, non_private)
-    _check_folders(points)
     args = [] if sites is None else ["--sites", str(sites)]
     for flag, path in (("--data", data), ("--test", test), ("--sites-dir", sites_dir)):
         if path is not None:
             args += [flag, str(path.expanduser().resolve())]
+    settings = {"run_config": shared, "simulate_args": args}
+    _check(out, points, settings)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     for k, point in enumerate(points, 1):
@@ -320,7 +364,7 @@ def sweep(
         rows = summarize_points(results)
         atomic_write_json(
             out / "sweep.json",
-            {"run_config": shared, "points": results, "by_epsilon": rows},
+            {"settings": settings, "points": results, "by_epsilon": rows},
         )
         plot_sweep(rows, out / "sweep.png", f"accuracy against epsilon ({out.name})")
     failed = [r for r in results if r["status"] != "completed"]

@@ -199,11 +199,11 @@ KEYS: tuple[Key, ...] = (
         default=False,
         doc=(
             "a robust step on the round's mean that works under secure aggregation "
-            "and client-level DP: the server trains its own update on root data no "
-            "site holds; a mean pointing away from it (cosine <= "
-            "strategy.root-min-cosine) is not applied, a longer one is clipped to "
-            "strategy.root-norm-factor x its norm (FLTrust's test on the one "
-            "aggregate the server sees; docs/threat-model.md)"
+            "and client-level DP (with `fedavg`/`fedavgm`): the server trains its "
+            "own update on root data no site holds; a mean pointing away from it "
+            "(cosine <= strategy.root-min-cosine) is not applied, a longer one is "
+            "clipped to strategy.root-norm-factor x its norm (FLTrust's test on the "
+            "one aggregate the server sees; docs/threat-model.md)"
         ),
     ),
     Key(

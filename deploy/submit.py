@@ -70,9 +70,10 @@ def prepare_run(
     cwd: Path | None = None,
     signing_key: Path | None = None,
 ) -> PreparedRun:
-    """The run's overrides, checked, with ``out-dir``, ``data.test-path`` and
-    ``checkpoint.signing-key`` made absolute (against ``cwd``, default the current
-    folder); ``signing_key`` signs the checkpoints unless the run names a key."""
+    """The run's overrides, checked, with ``out-dir``, ``data.test-path``,
+    ``strategy.root-data-path`` and ``checkpoint.signing-key`` made absolute
+    (against ``cwd``, default the current folder); ``signing_key`` signs the
+    checkpoints unless the run names a key."""
     base = (cwd or Path.cwd()).resolve()
     values = typed_values(overrides)
     run = RunConfig.parse(values)  # unknown keys, types, ranges: refused here
@@ -120,6 +121,20 @@ def prepare_run(
         raise ConfigError(f"data.test-path: {err}") from err
     test_records = len(held)
     pairs["data.test-path"] = _quoted(path)
+
+    if run["strategy.root-guard"] and not run["strategy.root-data-path"]:
+        raise ConfigError(
+            "strategy.root-guard=true needs the coordinator's own root data in a "
+            "deployed run: strategy.root-data-path, a labelled CSV/TSV/JSONL file "
+            "on the SuperLink's host that no site contributed."
+        )
+    if run["strategy.root-data-path"]:
+        root = absolute("strategy.root-data-path")
+        try:
+            read_labeled_file(root, SiteDataConfig.from_run_config(values))
+        except SiteDataError as err:
+            raise ConfigError(f"strategy.root-data-path: {err}") from err
+        pairs["strategy.root-data-path"] = _quoted(root)
 
     if run["checkpoint.signing-key"]:
         pairs["checkpoint.signing-key"] = _quoted(absolute("checkpoint.signing-key"))

@@ -114,6 +114,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_fields(self, self.KEYS)
         check("model.lora.targets", ",".join(self.lora_targets))
+        if self.lora_freeze_a and self.finetune is not FinetuneMode.LORA:
+            raise ConfigError(
+                "`model.lora.freeze-a` = true freezes LoRA's A matrices, but "
+                f"`model.finetune` = {self.finetune.value!r} has no LoRA adapters. "
+                "Set model.finetune='lora' or drop model.lora.freeze-a."
+            )
         special = {ATTENTION, ALL_LINEAR} & set(self.lora_targets)
         if special and len(self.lora_targets) > 1:
             raise ConfigError(

@@ -211,11 +211,12 @@ def aggregate(
     server_round: int,
     global_state: State,
     sampled: int = 0,
-    guard: Callable[[State], State] | None = None,
+    guard: Callable[[State], State | None] | None = None,
 ) -> State:
     """The pipeline after the sum: noise (client-level DP), mean, the root guard's
     test of the mean (``strategy.root-guard``, :mod:`server.guard`: post-processing
-    of the released mean), server step.
+    of the released mean; a rejected mean takes no server step at all), server
+    step.
 
     Under client-level DP the mean divides by ``sampled``, the sites asked to
     train this round (refusals and dropouts count as zero updates)."""
@@ -228,9 +229,11 @@ def aggregate(
             )
         summed = replace(summed, weight=float(sampled))
     mean = mean_update(summed)
+    if guard is not None:
+        guarded = guard(mean)
+        if guarded is None:  # rejected: no server step (momentum would still move)
+            return global_state
+        mean = guarded
     return server_step(
-        strategy,
-        server_round=server_round,
-        global_state=global_state,
-        mean=mean if guard is None else guard(mean),
+        strategy, server_round=server_round, global_state=global_state, mean=mean
     )

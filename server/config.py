@@ -22,7 +22,10 @@ from fedshield.privacy.dp import DPConfig, GradSampleMode, default_grad_sample_m
 from fedshield.privacy.secagg import SecAggConfig
 
 from .guard import GuardConfig
-from .strategy import ROBUST, StrategyConfig, check_robust
+from .strategy import ROBUST, StrategyConfig, StrategyName, check_robust
+
+# adaptive FedOpt: a norm bound on the mean does not bound their step
+GUARD_REFUSES = {StrategyName.FEDADAM, StrategyName.FEDYOGI, StrategyName.FEDADAGRAD}
 
 __all__ = ["ServerConfig"]
 
@@ -92,8 +95,16 @@ class ServerConfig:
             raise ConfigError(
                 f"strategy.root-guard tests the round's mean; strategy.name = "
                 f"{self.strategy.name.value!r} aggregates the sites' updates one by "
-                "one and takes no mean. Choose one: the guard (with fedavg or a "
-                "FedOpt strategy, also under secure aggregation) or the robust rule."
+                "one and takes no mean. Choose one: the guard (with fedavg or "
+                "fedavgm, also under secure aggregation) or the robust rule."
+            )
+        if self.guard.enabled and self.strategy.name in GUARD_REFUSES:
+            raise ConfigError(
+                f"strategy.root-guard bounds the norm of the round's mean, but "
+                f"strategy.name = {self.strategy.name.value!r} scales each "
+                "coordinate of its step by that coordinate's history, so the bound "
+                "would not hold (and its moments keep moving the model in a round "
+                "the guard rejects). Use the guard with fedavg or fedavgm."
             )
         key = self.signing_key_path
         if key is not None and (

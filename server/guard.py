@@ -10,10 +10,15 @@ rescaled to ``g0``'s norm; here the test is applied to the aggregate:
 
 - ``cos(Delta, g0) <= strategy.root-min-cosine``: the mean points away from what
   clean data asks for (a sign-flipped or inverted attack that dominates the sum);
-  the step is not applied and the round leaves the model unchanged;
+  no server step is taken and the round leaves the model unchanged;
 - else ``Delta <- Delta * min(1, f ||g0|| / ||Delta||)`` with ``f`` =
   ``strategy.root-norm-factor``: a boosted (scaled) update cannot move the model
-  further than ``f`` root steps in one round.
+  further than ``f`` root updates in one round.
+
+Only with ``fedavg`` and ``fedavgm``: the adaptive FedOpt strategies (FedAdam,
+FedYogi, FedAdagrad) normalise each coordinate of the step by its history, so a
+norm bound on the mean would not bound the step they take; they are refused with
+the guard (:class:`server.config.ServerConfig`).
 
 ``g0`` is one round of the run's own local training (the same epochs, batch size
 and learning rates, without DP: the data is the coordinator's) from the current
@@ -28,7 +33,7 @@ changes nothing at a site. What it does not do: find *which* site attacked (the
 secure sum hides that by design), stop an attack that stays within ``f`` root
 norms and points along the root update's half-space (a targeted backdoor can), or
 help when the root data is unlike the sites' (its cosine test then rejects honest
-rounds: the round table shows every decision). Measured in
+rounds: the round table's title and summary.json show every decision). Measured in
 ``tests/server/test_root_guard.py``.
 
 Written here rather than taken from a library: Flower ships FLTrust for neither API,
@@ -113,8 +118,9 @@ def _flat(state: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 def guard_mean(
     mean: State, root: State, *, norm_factor: float, min_cosine: float
-) -> tuple[State, GuardDecision]:
-    """The mean update the server applies, given its root update ``root``."""
+) -> tuple[State | None, GuardDecision]:
+    """The mean update the server applies, given its root update ``root``; None
+    when it applies none (the round leaves the model as it was)."""
     if sorted(mean) != sorted(root):
         raise ValueError(
             "the root update and the mean update hold different parameters: "
@@ -123,11 +129,13 @@ def guard_mean(
     d, g = _flat(mean), _flat(root)
     d_norm, g_norm = float(d.norm()), float(g.norm())
     if not (math.isfinite(d_norm) and math.isfinite(g_norm)):
-        raise ValueError(f"non-finite norms: mean {d_norm}, root {g_norm}")
+        raise ValueError(
+            f"the root guard found non-finite norms: mean update {d_norm}, root "
+            f"update {g_norm}"
+        )
     cosine = float(d @ g) / (d_norm * g_norm) if d_norm > 0 and g_norm > 0 else 0.0
     if cosine <= min_cosine:
-        zero = {k: torch.zeros_like(v) for k, v in mean.items()}
-        return zero, GuardDecision(cosine, d_norm, g_norm, "rejected")
+        return None, GuardDecision(cosine, d_norm, g_norm, "rejected")
     bound = norm_factor * g_norm
     if d_norm <= bound:
         return mean, GuardDecision(cosine, d_norm, g_norm, "kept")
@@ -186,7 +194,7 @@ class RootGuard:
 
     def __call__(
         self, mean: State, *, global_state: State, server_round: int
-    ) -> tuple[State, GuardDecision]:
+    ) -> tuple[State | None, GuardDecision]:
         return guard_mean(
             mean,
             self.root_update(global_state, server_round),

@@ -111,6 +111,11 @@ def round_table(log: RoundLog, num_rounds: int) -> Table:
     )
     if log.saturated:
         client += f", {log.saturated} update values clipped by secagg"
+    if log.guard is not None:
+        client += (
+            f", root guard: mean {log.guard['action']} (cosine "
+            f"{log.guard['cosine']:.2f})"
+        )
     table = Table(
         title=f"Round {log.server_round}/{num_rounds}: "
         f"{test_metrics(log.as_dict())}, mean train loss "

@@ -264,10 +264,10 @@ def _secure_sum(
 
 def _guarded(
     guard: RootGuard, *, log: RoundLog, global_state: State
-) -> Callable[[State], State]:
+) -> Callable[[State], State | None]:
     """The guard's test of the mean, its decision kept in the round's log."""
 
-    def test(mean: State) -> State:
+    def test(mean: State) -> State | None:
         applied, decision = guard(
             mean, global_state=global_state, server_round=log.server_round
         )

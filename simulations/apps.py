@@ -29,7 +29,7 @@ import torch
 
 from fedshield.client.app import client_app
 from fedshield.client.config import ClientConfig
-from fedshield.client.data import SiteDataConfig, read_labeled_file
+from fedshield.client.data import SiteDataConfig, SiteDataError, read_labeled_file
 from fedshield.client.node import NodeConfig
 from fedshield.client.policy import POLICY_KEYS, SitePolicy, parse_release
 from fedshield.client.site import SiteData, SiteFiles
@@ -152,11 +152,23 @@ def central_test(test_path: str, run_config: Mapping[str, Any]) -> LabeledTexts:
 def root_data(root_path: str, run_config: Mapping[str, Any]) -> LabeledTexts:
     """The coordinator's root data for ``strategy.root-guard``: its own file, else
     (a simulation on the packaged dataset only) ``strategy.root-examples`` snippets
-    of the population split, which no simulated site, test set or probe holds."""
+    from the end of the population split, which no simulated site, test set, probe
+    or audit canary holds (canaries are drawn from its start)."""
     if root_path:
-        return read_labeled_file(
-            Path(root_path), SiteDataConfig.from_run_config(dict(run_config))
-        )
+        path = Path(root_path)
+        if not path.is_absolute() or not path.is_file():
+            raise ConfigError(
+                f"Expected strategy.root-data-path to be an absolute path to the "
+                f"coordinator's labelled file (CSV/TSV/JSONL with the run's text and "
+                f"label columns) on this host; found {root_path!r}, which "
+                + ("is not absolute." if not path.is_absolute() else "is no file.")
+            )
+        try:
+            return read_labeled_file(
+                path, SiteDataConfig.from_run_config(dict(run_config))
+            )
+        except SiteDataError as err:
+            raise ConfigError(f"strategy.root-data-path: {err}") from err
     if UserData.from_run_config(run_config) is not None or run_config.get(
         "data.test-path"
     ):
@@ -175,7 +187,7 @@ def root_data(root_path: str, run_config: Mapping[str, Any]) -> LabeledTexts:
             "snippets are outside the sites' pool and the test set; lower it, or "
             "lower data.train-examples / data.test-examples."
         )
-    return population.subset(list(range(wanted)))
+    return population.subset(list(range(len(population) - wanted, len(population))))
 
 
 clientapp = client_app(sites=SimulatedSites(), faults=simulated_faults_mod)

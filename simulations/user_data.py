@@ -297,6 +297,31 @@ def _quoted(value: str) -> str:
     )
 
 
+def _root_data(run: Mapping[str, Any], *, user_data: bool) -> list[str]:
+    """``strategy.root-data-path`` as an absolute path (the ServerApp runs in
+    another directory), checked before anything starts; the root guard on the
+    user's data without a root file of the coordinator's own is refused here."""
+    root = str(run.get("strategy.root-data-path", "") or "")
+    if not root:
+        if run.get("strategy.root-guard") is True and (
+            user_data or run.get("data.test-path")
+        ):
+            raise ConfigError(
+                "strategy.root-guard=true on your own data needs root data the "
+                "coordinator holds itself: add strategy.root-data-path='FILE', a "
+                "labelled file (the run's text and label columns) that no site's "
+                "file contains."
+            )
+        return []
+    path = Path(root).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(
+            f"strategy.root-data-path = {root!r}: expected a labelled CSV/TSV/JSONL "
+            f"file; {path} is not a file."
+        )
+    return [f"strategy.root-data-path={_quoted(str(path))}"]
+
+
 def prepare_user_data(
     *,
     data: Path | None,
@@ -343,6 +368,7 @@ def prepare_user_data(
     if test is not None:
         test = test.expanduser().resolve()
         overrides.append(f"data.test-path={_quoted(str(test))}")
+    overrides += _root_data(run, user_data=bool(train_files or test))
     sites = num_sites or 4
     if not train_files:
         return Prepared(overrides, sites, messages)

@@ -169,6 +169,21 @@ def test_out_dir_and_test_path_are_made_absolute_and_checked(tmp_path) -> None:
     assert env["FLWR_HOME"] == str(tmp_path / "flwr-home")
 
 
+def test_the_root_guard_needs_the_coordinators_own_file_made_absolute(
+    tmp_path,
+) -> None:
+    _csv(tmp_path / "test.csv")
+    _csv(tmp_path / "root.csv")
+    base = {"out-dir": "'runs/r1'", "data.test-path": "'test.csv'"}
+    guard = {**base, "strategy.root-guard": "true"}
+    with pytest.raises(ConfigError, match="coordinator's own root data"):
+        prepare_run(guard, cwd=tmp_path)
+    with pytest.raises(ConfigError, match="strategy.root-data-path"):
+        prepare_run({**guard, "strategy.root-data-path": "'nope.csv'"}, cwd=tmp_path)
+    ok = prepare_run({**guard, "strategy.root-data-path": "'root.csv'"}, cwd=tmp_path)
+    assert ok.overrides["strategy.root-data-path"] == f"'{tmp_path / 'root.csv'}'"
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -46,6 +46,8 @@ def test_ffa_lora_trains_b_and_the_head_on_the_same_frozen_a_everywhere(
     assert frozen_a and all(torch.equal(p, frozen_b[n]) for n, p in frozen_a.items())
     assert not any(p.requires_grad for p in frozen_a.values())
     assert all(p.abs().sum() > 0 for p in frozen_a.values())  # random, not zero
+    with pytest.raises(ConfigError, match="has no LoRA adapters"):
+        ModelConfig(finetune=FinetuneMode.FULL, lora_freeze_a=True)
 
 
 def test_hub_id_without_network_names_offline_alternatives(monkeypatch) -> None:

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from fedshield.common.config import ConfigError
+from fedshield.privacy.client_dp import ClientDPConfig
+from fedshield.server.aggregation import UpdateSum, aggregate
 from fedshield.server.config import ServerConfig
 from fedshield.server.guard import guard_mean
 from fedshield.simulations.apps import root_data
@@ -45,7 +47,7 @@ def test_a_mean_pointing_away_is_never_applied_whatever_its_size(
     mean = {"a": torch.tensor([-3.0, -4.0]) * scale, "b": torch.tensor([0.5])}
     applied, decision = _guard(mean)
     assert decision.action == "rejected" and decision.cosine < 0
-    assert all(torch.count_nonzero(v) == 0 for v in applied.values())
+    assert applied is None
 
 
 def test_the_cosine_threshold_is_the_sites_choice_of_strictness() -> None:
@@ -62,7 +64,7 @@ def test_a_zero_mean_is_rejected_and_bad_inputs_fail() -> None:
     assert _guard(zero)[1].action == "rejected"
     with pytest.raises(ValueError, match="different parameters"):
         _guard({"a": torch.tensor([1.0, 1.0])})
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="root guard found non-finite"):
         _guard({"a": torch.tensor([float("nan"), 1.0]), "b": torch.tensor([0.0])})
 
 
@@ -79,8 +81,33 @@ def test_the_guard_with_a_robust_rule_is_refused(
     }
     with pytest.raises(ConfigError, match="aggregates the sites' updates one by one"):
         ServerConfig.from_run_config(cfg)
-    cfg["strategy.name"] = "fedadam"
+    for adaptive in ("fedadam", "fedyogi", "fedadagrad"):
+        cfg["strategy.name"] = adaptive
+        with pytest.raises(ConfigError, match="would not hold"):
+            ServerConfig.from_run_config(cfg)
+    cfg["strategy.name"] = "fedavgm"
     assert ServerConfig.from_run_config(cfg).guard.enabled
+
+
+def test_a_rejected_mean_takes_no_server_step() -> None:
+    """Server momentum (FedAvgM) would keep moving the model on a zero mean: a
+    rejected round never reaches the strategy."""
+
+    class Untouchable:
+        def aggregate_train(self, *_: Any) -> Any:
+            raise AssertionError("the strategy stepped on a rejected round")
+
+    theta = {"a": torch.tensor([1.0, 2.0])}
+    summed = UpdateSum(total={"a": torch.tensor([5.0, 5.0])}, weight=5.0, count=5)
+    new = aggregate(
+        summed,
+        client_dp=ClientDPConfig(),
+        strategy=Untouchable(),  # type: ignore[arg-type]
+        server_round=2,
+        global_state=theta,
+        guard=lambda mean: None,
+    )
+    assert new is theta
 
 
 def test_root_data_is_the_coordinators_own_outside_the_packaged_simulation(

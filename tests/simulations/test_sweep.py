@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -89,7 +90,7 @@ def test_a_folder_with_another_run_is_left_untouched(tmp_path: Path) -> None:
     done = CliRunner().invoke(
         app, ["sweep", "--out", str(tmp_path), "--eps", "8", "--seeds", "1"]
     )
-    assert done.exit_code == 2 and "other settings" in done.output
+    assert done.exit_code == 2 and "holds another run" in done.output
     assert json.loads((other / "summary.json").read_text()) == saved
     assert not (tmp_path / "sweep.json").exists()
 
@@ -113,3 +114,93 @@ def test_a_finished_point_is_kept_not_rerun(tmp_path: Path) -> None:
     assert result["accuracy"] == 0.75 and result["epsilon_spent_max"] == 7.9
     assert swept["by_epsilon"][0]["accuracy_mean"] == 0.75
     assert (tmp_path / "sweep.png").exists()
+
+
+def _fake_simulate(calls: list[list[str]]) -> Any:
+    """Stands in for the subprocess: records the command, writes a finished run."""
+
+    def run(cmd: list[str], check: bool = False) -> None:
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        seed = int(cmd[-1].split("seed=")[1].split()[0])
+        (out / "summary.json").write_text(
+            json.dumps(
+                {
+                    "status": "completed",
+                    "config": {
+                        "seed": seed,
+                        "dp.enabled": True,
+                        "dp.target-epsilon": 8.0,
+                    },
+                    "rounds": [{"round": 1, "accuracy": 0.6}],
+                    "sites": {},
+                }
+            )
+        )
+
+    return run
+
+
+def test_a_point_stopped_before_its_first_checkpoint_starts_again_its_files_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stopped = tmp_path / "eps8-seed42"
+    stopped.mkdir()
+    (stopped / "flwr.log").write_text("crashed in round 1")
+    aborted = {
+        "status": "aborted",
+        "error": "x",
+        "config": {"seed": 42, "dp.enabled": True, "dp.target-epsilon": 8.0},
+    }
+    (stopped / "summary.json").write_text(json.dumps(aborted))
+    calls: list[list[str]] = []
+    monkeypatch.setattr("fedshield.cli.sweep.subprocess.run", _fake_simulate(calls))
+    done = CliRunner().invoke(
+        app, ["sweep", "--out", str(tmp_path), "--eps", "8", "--seeds", "1"]
+    )
+    assert done.exit_code == 0, done.output
+    (cmd,) = calls
+    assert "resume=true" not in cmd[-1]  # nothing to resume from
+    aside = tmp_path / "eps8-seed42.stopped-1"
+    assert (aside / "flwr.log").read_text() == "crashed in round 1"
+    assert json.loads((aside / "summary.json").read_text()) == aborted
+
+
+def test_a_point_with_a_checkpoint_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    point = tmp_path / "eps8-seed42"
+    point.mkdir()
+    (point / "checkpoint.pt").write_bytes(b"ckpt")
+    calls: list[list[str]] = []
+    monkeypatch.setattr("fedshield.cli.sweep.subprocess.run", _fake_simulate(calls))
+    done = CliRunner().invoke(
+        app, ["sweep", "--out", str(tmp_path), "--eps", "8", "--seeds", "1"]
+    )
+    assert done.exit_code == 0, done.output
+    assert calls[0][-1].endswith("resume=true")
+
+
+def test_a_sweep_with_other_shared_settings_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr("fedshield.cli.sweep.subprocess.run", _fake_simulate(calls))
+    base = ["sweep", "--out", str(tmp_path), "--eps", "8", "--seeds", "1"]
+    assert CliRunner().invoke(app, [*base, "-c", "num-server-rounds=2"]).exit_code == 0
+    again = CliRunner().invoke(app, [*base, "-c", "num-server-rounds=5"])
+    assert again.exit_code == 2 and "other shared settings" in again.output
+    assert len(calls) == 1  # the finished point was neither rerun nor reused
+    more = CliRunner().invoke(
+        app, [*base, "--eps", "8,2", "-c", "num-server-rounds=2"]
+    )  # the same settings: the grid may grow, finished points are kept
+    assert more.exit_code == 0, more.output
+    assert len(calls) == 2 and "eps2-seed42" in calls[1][calls[1].index("--out") + 1]
+
+
+def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("mine")
+    done = CliRunner().invoke(app, ["sweep", "--out", str(tmp_path / "f")])
+    assert done.exit_code == 2 and "is a file" in done.output
+    assert (tmp_path / "f").read_text() == "mine"

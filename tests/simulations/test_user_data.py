@@ -232,3 +232,31 @@ def test_an_empty_site_file_is_named(tmp_path: Path) -> None:
         prepare_user_data(
             data=None, test=None, sites_dir=sites, num_sites=None, run_config=COLUMNS
         )
+
+
+def test_the_root_guard_on_user_data_needs_the_coordinators_own_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _csv(tmp_path / "all.csv", 30, seed=2)
+    guard = {**COLUMNS, "strategy.root-guard": True}
+    with pytest.raises(ConfigError, match="strategy.root-data-path='FILE'"):
+        prepare_user_data(
+            data=data, test=None, sites_dir=None, num_sites=2, run_config=guard
+        )
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="is not a file"):
+        prepare_user_data(
+            data=data,
+            test=None,
+            sites_dir=None,
+            num_sites=2,
+            run_config={**guard, "strategy.root-data-path": "missing.csv"},
+        )
+    prepared = prepare_user_data(
+        data=data,
+        test=None,
+        sites_dir=None,
+        num_sites=2,
+        run_config={**guard, "strategy.root-data-path": "all.csv"},
+    )  # made absolute: the ServerApp runs in another folder
+    assert f"strategy.root-data-path='{tmp_path / 'all.csv'}'" in prepared.overrides
