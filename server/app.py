@@ -348,7 +348,6 @@ def run_server(
             cfg.guard,
             root=root_data(cfg.guard.data_path, cfg.run_config),  # type: ignore[misc]
             model_config=cfg.model,
-            run_config=cfg.run_config,
             seed=cfg.seed,
         )
         if cfg.guard.enabled

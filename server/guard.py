@@ -59,13 +59,33 @@ from fedshield.models import (
     trainable_state,
 )
 from fedshield.models.texts import LabeledTexts
-from fedshield.privacy.dp import DPConfig, GradSampleMode
 
-__all__ = ["GuardConfig", "GuardDecision", "RootDataLoader", "RootGuard", "guard_mean"]
+__all__ = [
+    "GuardConfig",
+    "GuardDecision",
+    "RootData",
+    "RootDataLoader",
+    "RootGuard",
+    "guard_mean",
+]
 
 State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RootData:
+    """The coordinator's root records and how to train on them: ``train(model,
+    encoded records, seed)`` is one round of the run's local training without DP,
+    in place (the wiring binds the run config: the server never imports the
+    client's trainer itself)."""
+
+    records: LabeledTexts
+    train: Callable[[torch.nn.Module, Any, int], None]
+    batch_size: int
+
+
 # (strategy.root-data-path, the parsed run config) -> the coordinator's root data
-RootDataLoader = Callable[[str, Mapping[str, Any]], LabeledTexts]
+RootDataLoader = Callable[[str, Mapping[str, Any]], RootData]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,47 +168,26 @@ class RootGuard:
     """The server's root data, a model of its own, and the run's local training."""
 
     def __init__(
-        self,
-        config: GuardConfig,
-        *,
-        root: LabeledTexts,
-        model_config: Any,
-        run_config: Mapping[str, Any],
-        seed: int,
+        self, config: GuardConfig, *, root: RootData, model_config: Any, seed: int
     ) -> None:
-        from fedshield.client.trainer import TrainConfig  # the run's local training
-
-        train = TrainConfig.from_run_config(run_config)
-        if len(root) < train.batch_size:
+        if len(root.records) < root.batch_size:
             raise ConfigError(
                 f"strategy.root-guard needs at least train.batch-size "
-                f"({train.batch_size}) root records to train on; found {len(root)}. "
-                "Give a larger strategy.root-data-path file or raise "
-                "strategy.root-examples."
+                f"({root.batch_size}) root records to train on; found "
+                f"{len(root.records)}. Give a larger strategy.root-data-path file "
+                "or raise strategy.root-examples."
             )
         self.config = config
+        self.root = root
         self.loaded: LoadedModel = load_model(model_config)
-        self.dataset = tasks.encode(root, self.loaded.tokenizer, model_config)
-        self.train = train
+        self.dataset = tasks.encode(root.records, self.loaded.tokenizer, model_config)
         self.seed = seed
-        self.per_sample_loss = tasks.per_sample_loss(model_config)
 
     def root_update(self, global_state: State, server_round: int) -> State:
         """``g0``: the root data's update from ``global_state`` (no DP)."""
-        from fedshield.client.trainer import train_site
-
         model = self.loaded.model
         load_trainable_state(model, global_state)
-        train_site(
-            model=model,
-            dataset=self.dataset,
-            train_cfg=self.train,
-            dp_cfg=DPConfig(enabled=False),
-            mode=GradSampleMode.BOOKKEEPING,
-            noise_multiplier=0.0,
-            seed=self.seed * 1_000_003 + server_round,
-            per_sample_loss=self.per_sample_loss,
-        )
+        self.root.train(model, self.dataset, self.seed * 1_000_003 + server_round)
         trained = trainable_state(model)
         return {k: trained[k] - global_state[k] for k in global_state}
 

@@ -33,12 +33,16 @@ from fedshield.client.data import SiteDataConfig, SiteDataError, read_labeled_fi
 from fedshield.client.node import NodeConfig
 from fedshield.client.policy import POLICY_KEYS, SitePolicy, parse_release
 from fedshield.client.site import SiteData, SiteFiles
+from fedshield.client.trainer import TrainConfig, train_site
 from fedshield.common.config import ConfigError
 from fedshield.common.run_config import RunConfig
+from fedshield.models import ModelConfig, tasks
 from fedshield.models.texts import LabeledTexts
+from fedshield.privacy.dp import DPConfig, GradSampleMode
 from fedshield.privacy.pii import PIIConfig
 from fedshield.privacy.secagg import SecAggConfig
 from fedshield.server.app import server_app
+from fedshield.server.guard import RootData
 
 from .faults import simulated_faults_mod
 from .poison import PoisonConfig, attack_probes
@@ -149,11 +153,36 @@ def central_test(test_path: str, run_config: Mapping[str, Any]) -> LabeledTexts:
     return Scenario.from_run_config(run_config).central_test()
 
 
-def root_data(root_path: str, run_config: Mapping[str, Any]) -> LabeledTexts:
-    """The coordinator's root data for ``strategy.root-guard``: its own file, else
-    (a simulation on the packaged dataset only) ``strategy.root-examples`` snippets
-    from the end of the population split, which no simulated site, test set, probe
-    or audit canary holds (canaries are drawn from its start)."""
+def root_data(root_path: str, run_config: Mapping[str, Any]) -> RootData:
+    """The coordinator's root data for ``strategy.root-guard``, trained on with
+    the run's local training (``train_site`` without DP)."""
+    train = TrainConfig.from_run_config(run_config)
+    model = ModelConfig.from_run_config(run_config)
+
+    def train_root(net: torch.nn.Module, dataset: Any, seed: int) -> None:
+        train_site(
+            model=net,
+            dataset=dataset,
+            train_cfg=train,
+            dp_cfg=DPConfig(enabled=False),
+            mode=GradSampleMode.BOOKKEEPING,
+            noise_multiplier=0.0,
+            seed=seed,
+            per_sample_loss=tasks.per_sample_loss(model),
+        )
+
+    return RootData(
+        records=root_records(root_path, run_config),
+        train=train_root,
+        batch_size=train.batch_size,
+    )
+
+
+def root_records(root_path: str, run_config: Mapping[str, Any]) -> LabeledTexts:
+    """The coordinator's root records: its own file, else (a simulation on the
+    packaged dataset only) ``strategy.root-examples`` snippets from the end of the
+    population split, which no simulated site, test set, probe or audit canary
+    holds (canaries are drawn from its start)."""
     if root_path:
         path = Path(root_path)
         if not path.is_absolute() or not path.is_file():

@@ -13,7 +13,7 @@ from fedshield.privacy.client_dp import ClientDPConfig
 from fedshield.server.aggregation import UpdateSum, aggregate
 from fedshield.server.config import ServerConfig
 from fedshield.server.guard import guard_mean
-from fedshield.simulations.apps import root_data
+from fedshield.simulations.apps import root_records
 
 ROOT = {"a": torch.tensor([3.0, 4.0]), "b": torch.tensor([0.0])}  # norm 5
 
@@ -115,18 +115,18 @@ def test_root_data_is_the_coordinators_own_outside_the_packaged_simulation(
 ) -> None:
     user = {**default_run_config, "data.test-path": str(tmp_path / "t.csv")}
     with pytest.raises(ConfigError, match="strategy.root-data-path"):
-        root_data("", user)
+        root_records("", user)
     packaged = {
         **default_run_config,
         "data.train-examples": 100,
         "data.test-examples": 50,
         "strategy.root-examples": 40,
     }
-    root = root_data("", packaged)
+    root = root_records("", packaged)
     from fedshield.simulations.datasets import default_split
 
     split = default_split(seed=packaged["seed"], train_examples=100, test_examples=50)
     assert len(root) == 40
     assert not set(root.texts) & (set(split.train.texts) | set(split.test.texts))
     with pytest.raises(ConfigError, match="only"):
-        root_data("", {**packaged, "strategy.root-examples": 10**6})
+        root_records("", {**packaged, "strategy.root-examples": 10**6})
