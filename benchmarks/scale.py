@@ -10,7 +10,7 @@ Both simulations run in the same invocation, one after the other, on Flower's
 simulation engine (Ray, the same CPUs per ClientApp), with the same tiny random
 BERT (2 layers, hidden 32, ``fedshield.models.write_tiny_bert``) and LoRA, the same
 10,000 packaged snippets split iid among the sites (10 each), the same central
-test set of 500 snippets evaluated after every round, and the same 20 sites
+test set of 1,000 snippets evaluated after every round, and the same 20 sites
 sampled per round:
 
 - **ours**: ``fedshield simulate --sites 1000`` with ``fraction-train=0.02`` and
@@ -54,7 +54,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_EXAMPLES = 10_000
-TEST_EXAMPLES = 500
+TEST_EXAMPLES = 1000
 MAX_LENGTH = 32
 BATCH = 8
 SEED = 42

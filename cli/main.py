@@ -52,6 +52,7 @@ from fedshield.simulations.launcher import (
     stop_run,
 )
 from fedshield.simulations.presets import preset_overrides
+from fedshield.simulations.scenario import Scenario
 from fedshield.simulations.superlink import private_superlink
 from fedshield.simulations.user_data import prepare_user_data
 
@@ -232,6 +233,15 @@ def simulate(
         raise typer.Exit(2) from err
     overrides = [*overrides, *prepared.overrides]
     sites = prepared.num_sites
+    if data is None and sites_dir is None:  # the packaged data: split it now
+        try:
+            scenario = Scenario.from_run_config(
+                RunConfig.parse(_typed(_override_values(overrides)))
+            )
+            scenario.partitions(sites)
+        except ConfigError as err:
+            console.print(f"[red]{escape(str(err))}[/red]")
+            raise typer.Exit(2) from err
     for message in prepared.messages:
         console.print(escape(message))
     if run_audit:

@@ -163,6 +163,7 @@ def plot_sweep(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     private = [r for r in rows if r["epsilon"] is not None and r["n"]]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -178,15 +179,20 @@ def plot_sweep(
         ax.set_xscale("log")
         ax.set_xticks([r["epsilon"] for r in private])
         ax.set_xticklabels([f"{r['epsilon']:g}" for r in private])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     for r in rows:
         if r["epsilon"] is None and r["n"]:
-            ax.axhline(r["accuracy_mean"], linestyle="--", color="grey")
+            ax.axhline(
+                r["accuracy_mean"],
+                linestyle="--",
+                color="grey",
+                label="federated, non-private",
+            )
             ax.axhspan(
                 r["accuracy_mean"] - r["accuracy_std"],
                 r["accuracy_mean"] + r["accuracy_std"],
                 color="grey",
                 alpha=0.15,
-                label="federated, non-private",
             )
     for (label, value), style in zip(
         (references or {}).items(), (":", "-.", "--"), strict=False

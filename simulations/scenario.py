@@ -35,7 +35,7 @@ from fedshield.privacy.audit import (
 )
 
 from .datasets import DefaultSplit, default_split
-from .partition import PartitionScheme, partition_indices
+from .partition import PartitionError, PartitionScheme, partition_indices
 
 if TYPE_CHECKING:
     from fedshield.privacy.pii.synthetic import SyntheticSentence
@@ -120,25 +120,52 @@ class Scenario:
         eval shares (for canary checks)."""
         return self._shares(partition_id, num_partitions)[2]
 
+    def partitions(
+        self, num_partitions: int
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """Each simulated site's indices into the site pool (``data.partition``)
+        and into the test split (its federated-evaluation share, iid, at least
+        one record each). Raises :class:`ConfigError` when the split cannot be
+        made, so that ``fedshield simulate`` says so before anything starts."""
+        cfg = self.data
+        split = cfg.split()
+        try:
+            train = partition_indices(
+                split.train.labels,
+                num_sites=num_partitions,
+                scheme=cfg.partition,
+                alpha=cfg.dirichlet_alpha,
+                seed=cfg.seed,
+            )
+        except PartitionError as err:
+            raise ConfigError(
+                f"The packaged dataset's site pool cannot be split among "
+                f"{num_partitions} sites: {err}"
+            ) from err
+        try:
+            held = partition_indices(
+                split.test.labels,
+                num_sites=num_partitions,
+                scheme=PartitionScheme.IID,
+                seed=cfg.seed + 1,
+                min_per_site=1,
+            )
+        except PartitionError as err:
+            raise ConfigError(
+                f"Each of the {num_partitions} simulated sites holds at least one "
+                f"record of the test split for its own evaluation, but "
+                f"data.test-examples is {len(split.test)}. Raise "
+                f"data.test-examples to at least {num_partitions} or simulate "
+                "fewer sites."
+            ) from err
+        return train, held
+
     def _shares(
         self, partition_id: int, num_partitions: int
     ) -> tuple[LabeledTexts, LabeledTexts, list[SyntheticSentence]]:
         cfg = self.data
         split = cfg.split()
-        train_parts = partition_indices(
-            split.train.labels,
-            num_sites=num_partitions,
-            scheme=cfg.partition,
-            alpha=cfg.dirichlet_alpha,
-            seed=cfg.seed,
-        )
-        eval_parts = partition_indices(
-            split.test.labels,
-            num_sites=num_partitions,
-            scheme=PartitionScheme.IID,
-            seed=cfg.seed + 1,
-            min_per_site=1,
-        )
+        train_parts, eval_parts = self.partitions(num_partitions)
         train = split.train.subset(train_parts[partition_id])
         held = split.test.subset(eval_parts[partition_id])
         injected: list[SyntheticSentence] = []
