@@ -45,7 +45,7 @@ EPSILONS = (1.0, 3.0, 8.0)
 SITES = 4
 QUICK = (
     "model.max-length=16 train.batch-size=8 data.train-examples=160 "
-    "data.test-examples=60 num-server-rounds=2 pii.mode='off'"
+    "data.test-examples=60 num-server-rounds=1 pii.mode='off'"
 )
 
 

@@ -50,7 +50,7 @@ from opacus.accountants.utils import MAX_SIGMA
 
 from fedshield.common.config import ConfigError
 
-from .dp import AccountantKind, DPConfig, noise_for_target_epsilon
+from .dp import AccountantKind, DPConfig, noise_for_target_epsilon, rdp_epsilon
 
 __all__ = [
     "BudgetCheck",
@@ -123,6 +123,8 @@ def compose_epsilon(
     acc = accountant_of(accountant, releases)
     if not acc.history:
         return 0.0
+    if accountant is AccountantKind.RDP:  # the same value, per-step RDP cached
+        return rdp_epsilon(acc.history, delta)
     return float(acc.get_epsilon(delta=delta))
 
 

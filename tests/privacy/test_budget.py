@@ -373,3 +373,29 @@ def test_no_label_or_task_setting_opens_a_fresh_budget_on_the_same_texts(
     assert len({classifier.labels, other_column.labels, causal.labels}) == 3
     fps = {dataset_fingerprint(d.texts) for d in (classifier, other_column, causal)}
     assert len(fps) == 1
+
+
+def test_the_cached_rdp_sum_is_opacus_accountant_to_the_last_bit() -> None:
+    """compose_epsilon (RDP) caches one step's RDP per (q, sigma) and scales it:
+    every epsilon equals RDPAccountant.get_epsilon on the same history exactly,
+    also after the cache holds each entry, and for a repeated (q, sigma) spread
+    over several releases."""
+    import random
+
+    from opacus.accountants import RDPAccountant
+
+    rng = random.Random(7)
+    for _ in range(25):
+        releases = [
+            Release(
+                rng.choice([0.5, 0.8, 1.3, rng.uniform(0.4, 3.0)]),
+                rng.choice([0.01, 0.05, rng.uniform(0.001, 0.5)]),
+                rng.randint(1, 400),
+            )
+            for _ in range(rng.randint(1, 5))
+        ]
+        acc = RDPAccountant()
+        acc.history = accountant_of(RDP, releases).history
+        want = acc.get_epsilon(delta=1e-5)
+        for _ in range(2):  # cold, then cached
+            assert compose_epsilon(releases, delta=1e-5, accountant=RDP) == want
