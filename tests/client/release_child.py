@@ -122,8 +122,12 @@ def _install_torch_free_imports() -> None:
     optimizers = types.ModuleType("opacus.optimizers")
     optimizers.DPOptimizer = type("DPOptimizer", (), {})  # type: ignore[attr-defined]
     sys.modules["opacus.optimizers"] = optimizers
+    import functools
     from typing import ClassVar
 
+    import numpy as np
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
     from opacus.accountants.utils import get_noise_multiplier
 
     from fedshield.common.config import ConfigError
@@ -137,8 +141,16 @@ def _install_torch_free_imports() -> None:
             "DPConfig",
             "accountant_to_json",
             "noise_for_target_epsilon",
+            "_step_rdp",
+            "rdp_of",
+            "rdp_epsilon",
         },
         {
+            "functools": functools,
+            "np": np,
+            "RDPAccountant": RDPAccountant,
+            "compute_rdp": compute_rdp,
+            "get_privacy_spent": get_privacy_spent,
             "json": json,
             "dataclass": dataclass,
             "StrEnum": StrEnum,
