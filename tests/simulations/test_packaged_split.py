@@ -6,41 +6,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from fedshield.cli.main import app
 
 
-def test_too_few_test_records_for_each_sites_evaluation_share(tmp_path: Path) -> None:
-    done = CliRunner().invoke(
-        app,
-        [
-            "simulate",
-            "--out",
-            str(tmp_path / "r"),
-            "--sites",
+@pytest.mark.parametrize(
+    ("sites", "overrides", "message"),
+    [
+        (  # too few test records for each site's evaluation share
             "1000",
-            "-c",
             "data.train-examples=10000 data.test-examples=500 data.partition='iid'",
-        ],
-    )
-    assert done.exit_code == 2
-    assert "data.test-examples to at least 1000" in " ".join(done.output.split())
-    assert not (tmp_path / "r").exists()
-
-
-def test_a_label_skew_no_draw_can_meet(tmp_path: Path) -> None:
-    done = CliRunner().invoke(
-        app,
-        [
-            "simulate",
-            "--out",
-            str(tmp_path / "r"),
-            "--sites",
+            "data.test-examples to at least 1000",
+        ),
+        (  # a label skew no draw can meet
             "50",
-            "-c",
             "data.train-examples=100 data.dirichlet-alpha=0.01",
-        ],
+            "site pool cannot be split among 50 sites",
+        ),
+    ],
+)
+def test_a_split_that_cannot_be_made_is_refused_before_launch(
+    tmp_path: Path, sites: str, overrides: str, message: str
+) -> None:
+    out = tmp_path / "r"
+    done = CliRunner().invoke(
+        app, ["simulate", "--out", str(out), "--sites", sites, "-c", overrides]
     )
     assert done.exit_code == 2
-    assert "site pool cannot be split among 50 sites" in " ".join(done.output.split())
+    assert message in " ".join(done.output.split())
+    assert not out.exists()
