@@ -11,10 +11,12 @@ alternatives. Randomly initialised weights (task head, LoRA ``A``) are drawn und
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ __all__ = [
     "PACKAGED_NAMES",
     "LoadedModel",
     "ModelLoadError",
+    "build_model",
     "forward_inputs",
     "load_model",
     "lora_targets",
@@ -136,8 +139,64 @@ def _offline_message(source: str, err: Exception, task: TaskKind) -> str:
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
-    """Build the tokenizer and the model for ``cfg`` (LoRA-wrapped when asked)."""
+    """The tokenizer and the model for ``cfg`` (LoRA-wrapped when asked), ready to
+    train: a private copy of the one this process built last for the same config
+    and the same model files (:func:`build_model`).
+
+    A simulation's worker and a deployed site's process serve round after round
+    with one config; building from disk each time (tokenizer, weights, head,
+    LoRA) costs more than training a small site's share. The copy's trainable
+    parameters and buffers are its own. Its frozen parameters share the cached
+    tensors, through Parameter objects of their own (so flags, hooks, ``.grad``
+    and device moves stay the copy's): nothing writes a frozen weight
+    (:func:`~fedshield.models.state.load_trainable_state` and the optimizers
+    touch trainable ones only; ``tests/models/test_loading.py`` trains a copy
+    with DP and checks the cache is unchanged). The tokenizer is shared and never
+    modified after it is built.
+    """
     source, is_local = _resolve_source(cfg.source, cfg.task)
+    built = _built(cfg, source, is_local, _files_signature(source, is_local))
+    model = built.model
+    memo: dict[int, Any] = {
+        id(p): torch.nn.Parameter(p.data, requires_grad=False)
+        for p in model.parameters()
+        if not p.requires_grad
+    }
+    return LoadedModel(
+        model=copy.deepcopy(model, memo), tokenizer=built.tokenizer, config=cfg
+    )
+
+
+def _files_signature(source: str, is_local: bool) -> tuple[Any, ...]:
+    """What changes when a local model folder's files do (names, sizes, mtimes):
+    a folder rewritten in place is built again, not served from the cache."""
+    if not is_local:
+        return ()
+    root = Path(source)
+    return tuple(
+        (str(p.relative_to(root)), st.st_size, st.st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and (st := p.stat())
+    )
+
+
+@lru_cache(maxsize=1)
+def _built(
+    cfg: ModelConfig, source: str, is_local: bool, signature: tuple[Any, ...]
+) -> LoadedModel:
+    del signature  # part of the cache key only
+    return _build(cfg, source, is_local)
+
+
+def build_model(cfg: ModelConfig) -> LoadedModel:
+    """The tokenizer and the model for ``cfg``, built from the model files now
+    (no process cache: what a ClientApp that loads its model in every call
+    does)."""
+    source, is_local = _resolve_source(cfg.source, cfg.task)
+    return _build(cfg, source, is_local)
+
+
+def _build(cfg: ModelConfig, source: str, is_local: bool) -> LoadedModel:
     tokenizer = _from_pretrained(AutoTokenizer, source, is_local, cfg.task)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

@@ -4,6 +4,7 @@ evaluated on, shared by the sites, the server's central evaluation and the audit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +33,7 @@ class LabeledTexts:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, indices: list[int]) -> LabeledTexts:
+    def subset(self, indices: Sequence[int]) -> LabeledTexts:
         return LabeledTexts(
             texts=tuple(self.texts[i] for i in indices),
             labels=tuple(self.labels[i] for i in indices),

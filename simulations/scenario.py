@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fedshield.common.config import ConfigError
@@ -122,43 +123,13 @@ class Scenario:
 
     def partitions(
         self, num_partitions: int
-    ) -> tuple[list[list[int]], list[list[int]]]:
+    ) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
         """Each simulated site's indices into the site pool (``data.partition``)
         and into the test split (its federated-evaluation share, iid, at least
         one record each). Raises :class:`ConfigError` when the split cannot be
-        made, so that ``fedshield simulate`` says so before anything starts."""
-        cfg = self.data
-        split = cfg.split()
-        try:
-            train = partition_indices(
-                split.train.labels,
-                num_sites=num_partitions,
-                scheme=cfg.partition,
-                alpha=cfg.dirichlet_alpha,
-                seed=cfg.seed,
-            )
-        except PartitionError as err:
-            raise ConfigError(
-                f"The packaged dataset's site pool cannot be split among "
-                f"{num_partitions} sites: {err}"
-            ) from err
-        try:
-            held = partition_indices(
-                split.test.labels,
-                num_sites=num_partitions,
-                scheme=PartitionScheme.IID,
-                seed=cfg.seed + 1,
-                min_per_site=1,
-            )
-        except PartitionError as err:
-            raise ConfigError(
-                f"Each of the {num_partitions} simulated sites holds at least one "
-                f"record of the test split for its own evaluation, but "
-                f"data.test-examples is {len(split.test)}. Raise "
-                f"data.test-examples to at least {num_partitions} or simulate "
-                "fewer sites."
-            ) from err
-        return train, held
+        made, so that ``fedshield simulate`` says so before anything starts.
+        Made once per process and config: every simulated site's call needs it."""
+        return _partitions(self.data, num_partitions)
 
     def _shares(
         self, partition_id: int, num_partitions: int
@@ -265,3 +236,40 @@ class Scenario:
             seed=self.data.seed * 1_000_003 + seed,
         )
         return LabeledTexts(texts=tuple(injected), labels=texts.labels), which
+
+
+@lru_cache(maxsize=4)
+def _partitions(
+    cfg: ScenarioConfig, num_partitions: int
+) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+    split = cfg.split()
+    try:
+        train = partition_indices(
+            split.train.labels,
+            num_sites=num_partitions,
+            scheme=cfg.partition,
+            alpha=cfg.dirichlet_alpha,
+            seed=cfg.seed,
+        )
+    except PartitionError as err:
+        raise ConfigError(
+            f"The packaged dataset's site pool cannot be split among "
+            f"{num_partitions} sites: {err}"
+        ) from err
+    try:
+        held = partition_indices(
+            split.test.labels,
+            num_sites=num_partitions,
+            scheme=PartitionScheme.IID,
+            seed=cfg.seed + 1,
+            min_per_site=1,
+        )
+    except PartitionError as err:
+        raise ConfigError(
+            f"Each of the {num_partitions} simulated sites holds at least one "
+            f"record of the test split for its own evaluation, but "
+            f"data.test-examples is {len(split.test)}. Raise "
+            f"data.test-examples to at least {num_partitions} or simulate "
+            "fewer sites."
+        ) from err
+    return tuple(map(tuple, train)), tuple(map(tuple, held))

@@ -81,6 +81,13 @@ def _analyzer(spacy_model: str, entities: tuple[str, ...]) -> Any:
         ner_model_configuration=ner,
     )
     nlp.load()
+    # Presidio reads tokens, lemmas and entities, never the dependency parse:
+    # without the parser spaCy runs ~17 % faster and finds the same entities
+    # (2,000 review and synthetic PII texts; tests/privacy/test_pii.py)
+    pipelines: dict[str, Any] = nlp.nlp or {}
+    for pipeline in pipelines.values():
+        if "parser" in pipeline.pipe_names:
+            pipeline.disable_pipe("parser")
     # Only the recognizers we evaluated (benchmarks/pii.py): Presidio's
     # phonenumbers-based phone and US SSN recognizers are replaced by ours, and its
     # country-specific ones (UK NHS tags US phone numbers) are left out.

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedshield.client.trainer import TrainConfig, train_site
 from fedshield.common.config import ConfigError
 from fedshield.models import (
     FinetuneMode,
@@ -12,6 +13,9 @@ from fedshield.models import (
     load_model,
     trainable_state,
 )
+from fedshield.models.loading import build_model
+from fedshield.models.texts import LabeledTexts, tokenize
+from fedshield.privacy.dp import DPConfig, GradSampleMode
 
 
 @pytest.mark.parametrize("mode", [FinetuneMode.LORA, FinetuneMode.FULL])
@@ -128,3 +132,76 @@ def test_head_parameters_are_exactly_the_classifier(tiny_model_dir: Path) -> Non
     assert head and all("classifier" in n for n in head)
     assert all("lora_" in n for n in trainable if n not in head)
     assert not is_head_parameter("encoder.layer.0.attention.self.query.weight")
+
+
+@pytest.mark.parametrize(
+    ("mode", "grad_mode"),
+    [
+        (FinetuneMode.LORA, GradSampleMode.HOOKS),
+        (FinetuneMode.FULL, GradSampleMode.BOOKKEEPING),
+    ],
+)
+def test_each_load_is_a_private_copy_the_last_site_cannot_reach(
+    tiny_model_dir: Path, mode: FinetuneMode, grad_mode: GradSampleMode
+) -> None:
+    """The process cache behind load_model: a copy that one site trained with
+    DP-SGD (hooks, .grad, optimizer steps), moved to another dtype and edited in
+    place leaves the next load equal to a model built from disk, and shares no
+    trainable tensor with it."""
+    cfg = ModelConfig(source=str(tiny_model_dir), finetune=mode, lora_r=4)
+    first = load_model(cfg)
+    n = 24
+    texts = tuple(f"review {i} was {'great' if i % 2 else 'awful'}" for i in range(n))
+    dataset = tokenize(
+        LabeledTexts(texts=texts, labels=tuple(i % 2 for i in range(n))),
+        first.tokenizer,
+        max_length=16,
+    )
+    before = trainable_state(first.model)
+    train_site(
+        model=first.model,
+        dataset=dataset,
+        train_cfg=TrainConfig(batch_size=8, lr=0.05, head_lr=0.05),
+        dp_cfg=DPConfig(noise_multiplier=1.0, max_grad_norm=1.0),
+        mode=grad_mode,
+        noise_multiplier=1.0,
+        seed=5,
+        device=torch.device("cpu"),
+    )
+    after = trainable_state(first.model)
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
+    with torch.no_grad():
+        for p in first.model.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    first.model.to(torch.float64)  # replaces its parameters' data
+
+    second = load_model(cfg)
+    fresh = build_model(cfg)
+    got, want = second.model.state_dict(), fresh.model.state_dict()
+    assert list(got) == list(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert all(v.dtype == want[k].dtype for k, v in got.items())
+    mine = {p.data_ptr() for p in first.model.parameters() if p.requires_grad}
+    assert not mine & {p.data_ptr() for p in second.model.parameters()}
+    assert all(p.grad is None for p in second.model.parameters())
+
+
+def test_a_model_folder_rewritten_in_place_is_built_again(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from transformers import AutoModel
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    cfg = ModelConfig(source=str(folder))
+    old = load_model(cfg).model.state_dict()
+    base = AutoModel.from_pretrained(folder)
+    with torch.no_grad():
+        base.embeddings.word_embeddings.weight.add_(1.0)
+    base.save_pretrained(folder)
+    new = load_model(cfg).model.state_dict()
+    key = next(k for k in new if k.endswith("word_embeddings.weight"))
+    assert torch.allclose(new[key], old[key] + 1.0)
