@@ -5,8 +5,9 @@ benchmarks/results/utility.png):
 
     cd /work/main && PYTHONPATH=. .venv/bin/python benchmarks/utility.py
 
-Smoke run (tiny random BERT, one round, epsilon 8 only: three simulations, a few
-minutes): ``--quick --out /tmp/utility.json``.
+Smoke run (tiny random BERT, one round, epsilon 8 only, no federated
+non-private point: two simulations, a few minutes):
+``--quick --out /tmp/utility.json``.
 ``--work DIR`` keeps every run's folder: the same command continues a stopped
 benchmark (finished runs are kept, an interrupted one resumes); ``-c "k=v ..."``
 adds run-config overrides to every run (how tuned settings are compared).
@@ -136,7 +137,7 @@ def main() -> None:
             ",".join(f"{e:g}" for e in epsilons),
             "--seeds",
             str(args.seeds),
-            "--non-private",
+            *([] if args.quick else ["--non-private"]),
             "--sites",
             str(SITES),
             *[a for o in overrides for a in ("--run-config", o)],
@@ -149,7 +150,7 @@ def main() -> None:
     acc_central = central["rounds"][-1]["accuracy"]
     headline: dict[str, Any] = {
         "acc_central": acc_central,
-        "acc_fed_nondp": rows[None]["accuracy_mean"],
+        "acc_fed_nondp": rows[None]["accuracy_mean"] if None in rows else None,
         **{
             f"acc_fed_eps{e:g}": rows[e]["accuracy_mean"] if e in rows else None
             for e in EPSILONS
