@@ -50,6 +50,7 @@ import platform
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -95,21 +96,42 @@ def _summary(out: Path) -> dict[str, Any] | None:
         return None
 
 
+def _settings(overrides: list[str]) -> dict[str, Any]:
+    """``key -> value`` of run-config override strings (TOML values)."""
+    from fedshield.simulations.launcher import override_pairs
+
+    return {
+        k: tomllib.loads(f"v = {v}")["v"] for k, v in override_pairs(overrides).items()
+    }
+
+
+def _agrees(config: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether a run's config holds every override of the cell."""
+    return all(config.get(k) == v for k, v in wanted.items())
+
+
 def _cell(
     work: Path, defence: str, attack: str, overrides: list[str]
 ) -> dict[str, Any]:
     """Run (or reuse) one cell; its final round's numbers."""
     out = work / f"{defence}--{attack}"
+    cell = f"{DEFENCES[defence]} " + (
+        "simulation.poisoned-sites=0"
+        if attack == "none"
+        else f"simulation.poison='{attack}'"
+    )
+    wanted = _settings([SHARED, *overrides, cell])
     done = _summary(out)
+    if done and not _agrees(done.get("config", {}), wanted):
+        raise SystemExit(
+            f"{out} holds a run made with other settings than this cell's "
+            f"({wanted}): it was not made by this benchmark's command. Move it "
+            "away, or choose another --work."
+        )
     if not done or done.get("status") != "completed":
         resume = (out / "checkpoint.pt").exists()
         if out.exists() and not resume:  # stopped before round 1: kept aside
             out.rename(work / f"{out.name}.stopped-{time.time_ns()}")
-        cell = f"{DEFENCES[defence]} " + (
-            "simulation.poisoned-sites=0"
-            if attack == "none"
-            else f"simulation.poison='{attack}'"
-        )
         cmd = [sys.executable, "-m", "fedshield.cli", "simulate", "--out", str(out)]
         cmd += ["--sites", str(SITES)]
         for o in [SHARED, *overrides, cell + (" resume=true" if resume else "")]:

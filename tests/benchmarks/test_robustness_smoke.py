@@ -1,6 +1,7 @@
 """benchmarks/robustness.py end to end on a tiny random BERT (``--quick``: one
 cell, sign-flipping sites against the coordinate-wise median), through the real
-CLI; then the same command again, which keeps the finished cell."""
+CLI; then the same command again, which keeps the finished cell, and once more
+after the cell's run was swapped for one of other settings, which it refuses."""
 
 from __future__ import annotations
 
@@ -63,3 +64,11 @@ def test_robustness_benchmark_runs_its_cells_and_reuses_finished_ones(
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in work.glob("*/summary.json")} == stamp
     assert json.loads(out.read_text())["cells"] == doc["cells"]
+
+    summary = Path(cell["out"]) / "summary.json"  # a foreign run in the cell's place
+    doc = json.loads(summary.read_text())
+    doc["config"]["strategy.name"] = "krum"
+    summary.write_text(json.dumps(doc))
+    foreign = run()
+    assert foreign.returncode != 0
+    assert "other settings than this cell's" in foreign.stdout + foreign.stderr
