@@ -13,7 +13,10 @@ found and what to change.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import difflib
+import errno
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -45,11 +48,13 @@ class SiteDataConfig:
     label_column: str = default("data.label-column")
     label_names: tuple[str, ...] = tuple(default("data.label-names").split(","))
     labelled: bool = True
+    encoding: str = default("data.encoding")
 
     def __post_init__(self) -> None:
         check("data.text-column", self.text_column)
         check("data.label-column", self.label_column)
         check("data.label-names", ",".join(self.label_names))
+        check("data.encoding", self.encoding)
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> SiteDataConfig:
@@ -67,10 +72,38 @@ class SiteDataConfig:
             label_column=run["data.label-column"],
             label_names=names,
             labelled=labelled,
+            encoding=run["data.encoding"],
         )
 
 
-def _rows(path: Path, cfg: SiteDataConfig) -> Iterator[tuple[int, dict[str, Any]]]:
+def _codec(cfg: SiteDataConfig) -> str:
+    """The codec files are opened with: UTF-8 also drops a byte-order mark (Excel
+    writes one; left in, it would become part of the first column's name)."""
+    return "utf-8-sig" if codecs.lookup(cfg.encoding).name == "utf-8" else cfg.encoding
+
+
+#: what a .csv file may be separated by, in the order tried
+CSV_DELIMITERS = (",", ";", "\t", "|")
+
+
+def _delimiter(header: str, suffix: str, columns: tuple[str, ...]) -> str:
+    """The delimiter whose split of the header line holds every wanted column
+    (comma first; Excel in many locales writes semicolons); a .tsv is tab only.
+    When none does, the comma (the tab for .tsv), and the missing columns are
+    reported with the header as read."""
+    candidates = ("\t",) if suffix == ".tsv" else CSV_DELIMITERS
+    for delimiter in candidates:
+        fields = {f.strip() for f in next(csv.reader([header], delimiter=delimiter))}
+        if set(columns) <= fields:
+            return delimiter
+    return candidates[0]
+
+
+def _rows(
+    path: Path, cfg: SiteDataConfig, columns: tuple[str, ...]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, row)`` of each record of ``path``, streamed (the file is never
+    held whole); ``line`` is where the record starts."""
     suffix = path.suffix.lower()
     if suffix == ".txt":
         if cfg.labelled:
@@ -79,18 +112,38 @@ def _rows(path: Path, cfg: SiteDataConfig) -> Iterator[tuple[int, dict[str, Any]
                 "classifier. Give a CSV, TSV or JSONL file with columns "
                 f"{cfg.text_column!r} and {cfg.label_column!r}."
             )
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding=_codec(cfg)) as f:
             for i, line in enumerate(f, start=1):
                 if line.strip():  # blank lines separate nothing: skipped
                     yield i, {cfg.text_column: line.rstrip("\r\n")}
     elif suffix in (".csv", ".tsv"):
         csv.field_size_limit(2**31 - 1)  # a whole document may sit in one cell
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            for i, row in enumerate(reader, start=2):  # row 1 is the header
-                yield i, row
+        with path.open(newline="", encoding=_codec(cfg)) as f:
+            delimiter = _delimiter(f.readline(), suffix, columns)
+            f.seek(0)
+            reader = csv.DictReader(f, delimiter=delimiter)
+            header = reader.fieldnames or []
+            start = 1 + reader.line_num  # the header's lines come first
+            for row in reader:
+                if None in row:  # more fields than the header has
+                    raise SiteDataError(
+                        f"{path}: the record at line {start} has "
+                        f"{len(header) + len(row[None])} fields, the header "
+                        f"{len(header)} ({', '.join(map(repr, header))}). A text "
+                        f"with the delimiter {delimiter!r} in it must be quoted "
+                        '("like, this"); check that the file is not missing quotes.'
+                    )
+                if any(value is None for value in row.values()):
+                    found = sum(value is not None for value in row.values())
+                    raise SiteDataError(
+                        f"{path}: the record at line {start} has {found} field(s), "
+                        f"the header {len(header)} ({', '.join(map(repr, header))}). "
+                        "Fill in the missing fields or remove the row."
+                    )
+                yield start, row
+                start = 1 + reader.line_num
     elif suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding=_codec(cfg)) as f:
             for i, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -114,6 +167,38 @@ def _rows(path: Path, cfg: SiteDataConfig) -> Iterator[tuple[int, dict[str, Any]
         )
 
 
+def _undecodable(path: Path, cfg: SiteDataConfig) -> str:
+    """Where and why ``path`` is not ``cfg.encoding`` text, and what to set."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+            f.seek(0)
+            for i, raw in enumerate(f, start=1):
+                try:
+                    raw.decode(_codec(cfg))
+                except UnicodeDecodeError as err:
+                    bad = raw[max(err.start - 12, 0) : err.end + 12]
+                    where = f"line {i} ({bad!r})"
+                    break
+            else:
+                where = "a multi-byte sequence"
+    except OSError:  # pragma: no cover - it was readable a moment ago
+        where, head = "somewhere", b""
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        hint = (
+            "It starts with a UTF-16 byte-order mark: set data.encoding='utf-16' "
+            "(a deployed site: data-encoding='utf-16' in its node config), or save "
+            "it as UTF-8."
+        )
+    else:
+        hint = (
+            "Files saved by Excel or on Windows are often cp1252: set "
+            "data.encoding='cp1252' (or 'latin-1'; a deployed site: "
+            "data-encoding='cp1252' in its node config), or save it as UTF-8."
+        )
+    return f"Site data file {str(path)!r} is not {cfg.encoding} text at {where}. {hint}"
+
+
 def _label_id(raw: Any, cfg: SiteDataConfig, path: Path, line: int) -> int:
     text = str(raw).strip()
     if text in cfg.label_names:
@@ -124,11 +209,42 @@ def _label_id(raw: Any, cfg: SiteDataConfig, path: Path, line: int) -> int:
         value = -1
     if 0 <= value < len(cfg.label_names) and str(value) == text:
         return value
+    close = [n for n in cfg.label_names if n.casefold() == text.casefold()]
+    close = close or difflib.get_close_matches(text, cfg.label_names, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
     raise SiteDataError(
         f"{path}: line {line} has label {raw!r}, which is not one of the model's "
-        f"classes: ids 0..{len(cfg.label_names) - 1} or names {list(cfg.label_names)}. "
-        "Fix the row, or set data.label-names / model.num-labels to match the data."
+        f"classes: ids 0..{len(cfg.label_names) - 1} or names {list(cfg.label_names)}."
+        f"{hint} Fix the row, or set data.label-names / model.num-labels to match "
+        "the data."
     )
+
+
+def _check_is_a_file(path: Path, cfg: SiteDataConfig) -> None:
+    wanted = (
+        f"a CSV or JSONL file with columns {cfg.text_column!r} and {cfg.label_column!r}"
+        if cfg.labelled
+        else f"a .txt file (one record per line) or a CSV/JSONL file with a "
+        f"{cfg.text_column!r} column"
+    )
+    try:
+        path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise SiteDataError(
+                f"Site data file {str(path)!r} is a loop of symbolic links. Point "
+                f"`data-path` at the file itself ({wanted})."
+            ) from err
+    if path.is_dir():
+        raise SiteDataError(
+            f"Site data file {str(path)!r} is a directory. Point `data-path` at the "
+            f"file inside it ({wanted})."
+        )
+    if not path.is_file():
+        raise SiteDataError(
+            f"Site data file {str(path)!r} does not exist (or is not a file). Set "
+            f"`data-path` in the SuperNode's --node-config to {wanted}."
+        )
 
 
 def _records(path: Path, cfg: SiteDataConfig) -> list[tuple[int, str, Any]]:
@@ -137,24 +253,13 @@ def _records(path: Path, cfg: SiteDataConfig) -> list[tuple[int, str, Any]]:
     file exists and reads as UTF-8, every row has the columns, no text is empty,
     at least one record."""
     path = Path(path)
-    if not path.is_file():
-        wanted = (
-            f"a CSV or JSONL file with columns {cfg.text_column!r} and "
-            f"{cfg.label_column!r}"
-            if cfg.labelled
-            else f"a .txt file (one record per line) or a CSV/JSONL file with a "
-            f"{cfg.text_column!r} column"
-        )
-        raise SiteDataError(
-            f"Site data file {str(path)!r} does not exist (or is not a file). Set "
-            f"`data-path` in the SuperNode's --node-config to {wanted}."
-        )
+    _check_is_a_file(path, cfg)
     records: list[tuple[int, str, Any]] = []
     columns = (
         (cfg.text_column, cfg.label_column) if cfg.labelled else (cfg.text_column,)
     )
     try:
-        for line, row in _rows(path, cfg):
+        for line, row in _rows(path, cfg, columns):
             missing = [c for c in columns if c not in row]
             if missing:
                 raise SiteDataError(
@@ -164,17 +269,37 @@ def _records(path: Path, cfg: SiteDataConfig) -> list[tuple[int, str, Any]]:
                     + " to the file's column names."
                 )
             text = row[cfg.text_column]
+            if isinstance(text, dict | list):
+                raise SiteDataError(
+                    f"{path}: line {line}: {cfg.text_column!r} is a JSON "
+                    f"{'object' if isinstance(text, dict) else 'array'}, expected "
+                    "the record's text as a string."
+                )
             if text is None or not str(text).strip():
                 raise SiteDataError(
                     f"{path}: line {line} has an empty {cfg.text_column!r} field. "
                     "Remove the row or fill in its text."
                 )
+            if "\x00" in str(text):
+                raise SiteDataError(
+                    f"{path}: line {line} has a NUL character in its "
+                    f"{cfg.text_column!r} field: this is binary data, or text in "
+                    "another encoding (UTF-16 puts a NUL beside every ASCII "
+                    "letter). Save the file as UTF-8 text, or set data.encoding."
+                )
             label = row[cfg.label_column] if cfg.labelled else None
             records.append((line, str(text), label))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+    except UnicodeError as err:
+        raise SiteDataError(_undecodable(path, cfg)) from err
+    except csv.Error as err:
+        raise SiteDataError(
+            f"Site data file {str(path)!r} is not well-formed CSV ({err}). Check "
+            "its quoting, or save it again from a spreadsheet as CSV UTF-8."
+        ) from err
+    except OSError as err:
         raise SiteDataError(
             f"Site data file {str(path)!r} could not be read ({type(err).__name__}: "
-            f"{err}). Check its permissions and that it is UTF-8 text."
+            f"{err}). Check that this process may read it."
         ) from err
     if not records:
         raise SiteDataError(

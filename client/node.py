@@ -9,6 +9,8 @@ fills in what a simulated site has no operator for.
 Keys:
     data-path        CSV/TSV/JSONL training file of this site (read-only).
     eval-data-path   optional held-out file for federated evaluation.
+    data-encoding    text encoding of those files (default: the run's
+                     ``data.encoding``, ``utf-8``); the site knows its files.
     site-name        label used in summaries (default ``node-<id>``, or
                      ``site-<partition-id>`` in simulation).
     state-dir        where the site keeps its ledger, keys and scrub cache
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from fedshield.common.config import ConfigError, parse_enum
+from fedshield.common.keys import TEXT_ENCODING
 
 from .policy import POLICY_KEYS, SitePolicy
 
@@ -56,6 +59,7 @@ SIMULATION_KEYS = ("partition-id", "num-partitions")
 SITE_KEYS = (
     "data-path",
     "eval-data-path",
+    "data-encoding",
     "site-name",
     "state-dir",
     "max-epsilon",
@@ -112,12 +116,23 @@ def _path(raw: dict[str, Any], key: str) -> Path | None:
     return Path(str(raw[key])).expanduser()
 
 
+def _encoding(raw: dict[str, Any]) -> str | None:
+    if str(raw.get("data-encoding", "")) == "":
+        return None
+    value = str(raw["data-encoding"])
+    problem = TEXT_ENCODING.problem(value)
+    if problem:
+        raise ConfigError(f"Node config `data-encoding` = {value!r} {problem}.")
+    return value
+
+
 @dataclass(frozen=True, kw_only=True)
 class NodeConfig:
     """A site's node config. ``None`` = not set by the site."""
 
     data_path: Path | None = None
     eval_data_path: Path | None = None
+    data_encoding: str | None = None
     site_name: str | None = None
     state_dir: Path | None = None
     max_epsilon: float | None = None
@@ -181,6 +196,7 @@ class NodeConfig:
         return cls(
             data_path=_path(raw, "data-path"),
             eval_data_path=_path(raw, "eval-data-path"),
+            data_encoding=_encoding(raw),
             site_name=str(raw["site-name"]) if raw.get("site-name") else None,
             state_dir=_path(raw, "state-dir"),
             max_epsilon=_number(raw, "max-epsilon"),

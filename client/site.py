@@ -8,6 +8,7 @@ plugs in a loader that gives simulated sites their share of a dataset instead.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -95,10 +96,13 @@ class SiteFiles:
                 "no `data-path`. Start it with `flower-supernode ... --node-config "
                 "\"data-path='/path/site.csv'\"`."
             )
+        columns = cfg.data  # the site's own encoding wins over the run's
+        if node.data_encoding is not None:
+            columns = dataclasses.replace(columns, encoding=node.data_encoding)
         return SiteData(
             name=node.name(node_id),
-            train=read_labeled_file(node.data_path, cfg.data),
-            eval=read_labeled_file(node.eval_data_path, cfg.data)
+            train=read_labeled_file(node.data_path, columns),
+            eval=read_labeled_file(node.eval_data_path, columns)
             if node.eval_data_path is not None
             else None,
         )

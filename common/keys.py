@@ -7,6 +7,7 @@ is parsed against them by :class:`fedshield.common.run_config.RunConfig`.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import math
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ __all__ = [
     "AT_LEAST_1",
     "NAMES",
     "NON_EMPTY",
+    "TEXT_ENCODING",
     "NON_NEGATIVE",
     "NUMBER",
     "OPEN_UNIT",
@@ -28,6 +30,7 @@ __all__ = [
     "NonEmpty",
     "OneOf",
     "Range",
+    "TextEncoding",
 ]
 
 NUMBER = (int, float)  # an int or a float, kept as given (e.g. secagg.threshold)
@@ -100,7 +103,21 @@ class NonEmpty:
         return None if str(value).strip() else "must not be empty"
 
 
-Check = Range | OneOf | Names | NonEmpty
+@dataclass(frozen=True)
+class TextEncoding:
+    """A text codec Python knows (``utf-8``, ``cp1252``, ``latin-1``, ...)."""
+
+    def problem(self, value: Any) -> str | None:
+        try:
+            info = codecs.lookup(str(value))
+        except LookupError:
+            return "must be a text encoding Python knows, such as 'utf-8' or 'cp1252'"
+        if not getattr(info, "_is_text_encoding", True):
+            return f"must be a text encoding; {value!r} is a bytes-to-bytes codec"
+        return None
+
+
+Check = Range | OneOf | Names | NonEmpty | TextEncoding
 AT_LEAST_1 = Range(1)
 NON_NEGATIVE = Range(0)
 POSITIVE = Range(0, lo_open=True)
@@ -108,6 +125,7 @@ UNIT = Range(0.0, 1.0)
 OPEN_UNIT = Range(0.0, 1.0, lo_open=True, hi_open=True)
 NAMES = Names()
 NON_EMPTY = NonEmpty()
+TEXT_ENCODING = TextEncoding()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,6 +21,7 @@ from .keys import (
     NUMBER,
     OPEN_UNIT,
     POSITIVE,
+    TEXT_ENCODING,
     UNIT,
     Key,
     OneOf,
@@ -782,6 +783,17 @@ KEYS: tuple[Key, ...] = (
         default="label",
         check=NON_EMPTY,
         doc="label column of site files",
+    ),
+    Key(
+        name="data.encoding",
+        kind=str,
+        default="utf-8",
+        check=TEXT_ENCODING,
+        doc=(
+            "text encoding of site files (`utf-8` also reads a byte-order mark; "
+            "files saved by Excel or on Windows are often `cp1252`); a deployed "
+            "site's node config `data-encoding` overrides it for its own files"
+        ),
     ),
     Key(
         name="data.label-names",

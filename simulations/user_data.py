@@ -18,6 +18,7 @@ columns, label names and errors.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from collections.abc import Mapping
@@ -120,6 +121,19 @@ def site_node_config(path: Path) -> dict[str, Any]:
     return raw
 
 
+def file_columns(
+    columns: SiteDataConfig, path: Path, *, sites_dir: Path | None
+) -> SiteDataConfig:
+    """How to read ``path``: a site file of ``sites_dir`` with ``data-encoding``
+    in its ``<stem>.toml`` is read in that encoding (its operator's choice)."""
+    if sites_dir is None or path.parent != sites_dir:
+        return columns
+    encoding = site_node_config(path).get("data-encoding")
+    if not encoding:
+        return columns
+    return dataclasses.replace(columns, encoding=str(encoding))
+
+
 def _held_out(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """(test, train) indices of ``n`` examples: a seeded ``fraction`` held out."""
     order = np.random.default_rng(seed).permutation(n).tolist()
@@ -183,7 +197,8 @@ class UserData:
 
     def _read(self, path: Path) -> LabeledTexts:
         if path not in self._files:
-            self._files[path] = read_labeled_file(path, self.columns)
+            columns = file_columns(self.columns, path, sites_dir=self.sites_dir)
+            self._files[path] = read_labeled_file(path, columns)
         return self._files[path]
 
     @cached_property
@@ -377,7 +392,12 @@ def prepare_user_data(
         {**run, "data.label-names": "a,b", "model.num-labels": 2}
     )  # the columns only: the names come next
     try:
-        seen = {path: read_raw_labels(path, columns) for path in train_files}
+        seen = {
+            path: read_raw_labels(
+                path, file_columns(columns, path, sites_dir=sites_dir)
+            )
+            for path in train_files
+        }
         if "data.label-names" in run:
             names = [n.strip() for n in str(run["data.label-names"]).split(",")]
             how = "data.label-names"

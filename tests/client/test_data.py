@@ -44,7 +44,7 @@ def test_missing_file_says_how_to_configure(tmp_path: Path) -> None:
 def test_unreadable_file_is_reported(tmp_path: Path) -> None:
     f = tmp_path / "s.csv"
     f.write_bytes(b"text,label\n\xff\xfe\xfa,pos\n")
-    with pytest.raises(SiteDataError, match="could not be read.*UTF-8"):
+    with pytest.raises(SiteDataError, match="is not utf-8 text at line 2.*cp1252"):
         read_labeled_file(f, CFG)
 
 
@@ -137,10 +137,167 @@ def test_lm_empty_file_is_a_clear_error(tmp_path: Path, content: str) -> None:
 def test_lm_non_utf8_file_is_a_clear_error(tmp_path: Path) -> None:
     f = tmp_path / "latin1.txt"
     f.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
-    with pytest.raises(SiteDataError, match="UTF-8"):
+    with pytest.raises(SiteDataError, match="not utf-8 text at line 1.*cp1252"):
         read_labeled_file(f, LM)
 
 
 def test_lm_missing_file_names_the_text_formats(tmp_path: Path) -> None:
     with pytest.raises(SiteDataError, match=r"\.txt file \(one record per line\)"):
         read_labeled_file(tmp_path / "nope.txt", LM)
+
+
+# --- site files as real users bring them ---------------------------------------
+
+
+def test_an_excel_csv_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
+    f = tmp_path / "excel.csv"
+    f.write_bytes("text,label\r\ngood film,pos\r\n".encode("utf-8-sig"))
+    assert read_labeled_file(f, CFG).texts == ("good film",)
+    g = tmp_path / "excel.jsonl"
+    g.write_bytes('{"text": "x", "label": 0}\n'.encode("utf-8-sig"))
+    assert read_labeled_file(g, CFG).texts == ("x",)
+
+
+def test_a_field_above_the_csv_modules_default_limit_reads(tmp_path: Path) -> None:
+    big = "word " * 60_000  # 300 KB in one cell (csv's default limit: 128 KiB)
+    f = _csv(tmp_path / "long.csv", f'text,label\n"{big}",pos\n')
+    assert read_labeled_file(f, CFG).texts == (big,)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".txt"])
+def test_text_with_a_nul_byte_is_refused_with_its_line(
+    tmp_path: Path, suffix: str
+) -> None:
+    f = tmp_path / f"nul{suffix}"
+    body = {
+        ".csv": "text,label\nfine,pos\nbro\x00ken,neg\n",
+        ".jsonl": (
+            '{"text": "fine", "label": 1}\n{"text": "bro\\u0000ken", "label": 0}\n'
+        ),
+        ".txt": "fine\nbro\x00ken\n",
+    }[suffix]
+    f.write_text(body, encoding="utf-8")
+    line = 2 if suffix != ".csv" else 3
+    with pytest.raises(SiteDataError, match=f"line {line} has a NUL character"):
+        read_labeled_file(f, CFG if suffix != ".txt" else LM)
+
+
+def test_a_cp1252_file_reads_with_data_encoding_and_the_error_says_so(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "windows.csv"
+    f.write_bytes("text,label\nok,pos\ncafé – “great”,pos\n".encode("cp1252"))
+    with pytest.raises(SiteDataError, match=r"line 3 .*data.encoding='cp1252'"):
+        read_labeled_file(f, CFG)
+    cp1252 = SiteDataConfig(label_names=("neg", "pos"), encoding="cp1252")
+    assert read_labeled_file(f, cp1252).texts == ("ok", "café – “great”")
+
+
+def test_a_utf16_file_is_named_as_such(tmp_path: Path) -> None:
+    f = tmp_path / "utf16.csv"
+    f.write_bytes("text,label\ngood,pos\n".encode("utf-16"))
+    with pytest.raises(SiteDataError, match="UTF-16 byte-order mark"):
+        read_labeled_file(f, CFG)
+    utf16 = SiteDataConfig(label_names=("neg", "pos"), encoding="utf-16")
+    assert read_labeled_file(f, utf16).texts == ("good",)
+
+
+def test_an_unknown_encoding_is_a_config_error() -> None:
+    from fedshield.common.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.encoding.*text encoding"):
+        SiteDataConfig(encoding="utf-9")
+    with pytest.raises(ConfigError, match="bytes-to-bytes"):
+        SiteDataConfig(encoding="base64")
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("semicolon.csv", 'text;label\n"good; really";pos\nbad;neg\n'),
+        ("tab.tsv", "text\tlabel\ngood; really\tpos\nbad\tneg\n"),
+        ("tab-in.csv", "text\tlabel\ngood; really\tpos\nbad\tneg\n"),
+        ("pipe.csv", "text|label\ngood; really|pos\nbad|neg\n"),
+    ],
+)
+def test_semicolon_tab_and_pipe_separated_files_read(
+    tmp_path: Path, name: str, body: str
+) -> None:
+    f = _csv(tmp_path / name, body)
+    data = read_labeled_file(f, CFG)
+    assert data.texts == ("good; really", "bad") and data.labels == (1, 0)
+
+
+def test_quoted_newlines_keep_the_record_and_errors_name_its_first_line(
+    tmp_path: Path,
+) -> None:
+    f = _csv(tmp_path / "q.csv", 'text,label\n"two\nlines",pos\n"one",maybe\n')
+    with pytest.raises(SiteDataError, match="line 4 has label 'maybe'"):
+        read_labeled_file(f, CFG)
+    g = _csv(tmp_path / "ok.csv", 'text,label\n"two\r\nlines",pos\n')
+    assert read_labeled_file(g, CFG).texts == ("two\r\nlines",)
+
+
+def test_rows_with_too_many_or_too_few_fields_are_named(tmp_path: Path) -> None:
+    f = _csv(tmp_path / "extra.csv", "text,label\nok,pos\ngood, but long,pos\n")
+    with pytest.raises(SiteDataError, match=r"line 3 has 3 fields, the header 2.*quot"):
+        read_labeled_file(f, CFG)
+    g = _csv(tmp_path / "short.csv", "text,label\nok,pos\nno label\n")
+    with pytest.raises(SiteDataError, match=r"line 3 has 1 field\(s\), the header 2"):
+        read_labeled_file(g, CFG)
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"), [('"just a string"', "str"), ("[1, 2]", "list"), ("7", "int")]
+)
+def test_jsonl_lines_that_are_not_objects(tmp_path: Path, line: str, kind: str) -> None:
+    f = tmp_path / "s.jsonl"
+    f.write_text('{"text": "a", "label": 1}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(SiteDataError, match=f"line 2 is a JSON {kind}, expected"):
+        read_labeled_file(f, CFG)
+    g = tmp_path / "nested.jsonl"
+    g.write_text('{"text": {"body": "a"}, "label": 1}\n', encoding="utf-8")
+    with pytest.raises(SiteDataError, match="is a JSON object, expected the record"):
+        read_labeled_file(g, CFG)
+
+
+@pytest.mark.parametrize(
+    ("label", "suggested"), [("pso", "pos"), ("Pos", "pos"), ("NEG", "neg")]
+)
+def test_a_label_typo_suggests_the_closest_class(
+    tmp_path: Path, label: str, suggested: str
+) -> None:
+    f = _csv(tmp_path / "s.csv", f"text,label\na,pos\nb,{label}\n")
+    with pytest.raises(SiteDataError, match=f"Did you mean '{suggested}'"):
+        read_labeled_file(f, CFG)
+
+
+def test_a_directory_or_a_symlink_loop_given_as_the_file(tmp_path: Path) -> None:
+    with pytest.raises(SiteDataError, match="is a directory.*file inside it"):
+        read_labeled_file(tmp_path, CFG)
+    loop = tmp_path / "loop.csv"
+    loop.symlink_to(tmp_path / "other.csv")
+    (tmp_path / "other.csv").symlink_to(loop)
+    with pytest.raises(SiteDataError, match="loop of symbolic links"):
+        read_labeled_file(loop, CFG)
+
+
+def test_the_site_node_config_sets_its_own_encoding(tmp_path: Path) -> None:
+    """data-encoding in the node config reads the site's file; the run's
+    data.encoding is only the default."""
+    from fedshield.client.config import ClientConfig
+    from fedshield.client.node import NodeConfig
+    from fedshield.client.site import SiteFiles
+    from fedshield.common.config import ConfigError
+    from fedshield.common.run_config import RunConfig
+
+    f = tmp_path / "windows.csv"
+    f.write_bytes("text,label\ncafé,fresh\n".encode("cp1252"))
+    run = RunConfig.parse({})
+    cfg = ClientConfig.from_run_config(run)
+    node = NodeConfig.parse({"data-path": str(f), "data-encoding": "cp1252"})
+    assert SiteFiles().load(node, cfg, run, 1).train.texts == ("café",)
+    with pytest.raises(SiteDataError, match="cp1252"):
+        SiteFiles().load(NodeConfig.parse({"data-path": str(f)}), cfg, run, 1)
+    with pytest.raises(ConfigError, match="data-encoding"):
+        NodeConfig.parse({"data-path": str(f), "data-encoding": "klingon"})

@@ -123,6 +123,32 @@ def test_a_sites_dir_names_sites_by_file_and_applies_their_own_policies(
     assert len(central_test("", run)) == 24
 
 
+def test_a_site_files_own_encoding_comes_from_its_toml(tmp_path: Path) -> None:
+    """One site exported its file from Excel on Windows (cp1252, ``data-encoding``
+    in its <stem>.toml); the others are UTF-8. Without the key, the error names
+    the file, its line and the setting."""
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    _csv(sites / "north.csv", 30, seed=1)
+    rows = "".join(f"café {i} – “ok”,{CLASSES[i % 3]}\n" for i in range(30))
+    (sites / "south.csv").write_bytes(("note,mood\n" + rows).encode("cp1252"))
+    with pytest.raises(ConfigError, match=r"south.csv.*line 2.*data-encoding"):
+        prepare_user_data(
+            data=None, test=None, sites_dir=sites, num_sites=None, run_config=COLUMNS
+        )
+    (sites / "south.toml").write_text('data-encoding = "cp1252"\n')
+    prepared = prepare_user_data(
+        data=None, test=None, sites_dir=sites, num_sites=None, run_config=COLUMNS
+    )
+    run = _run_config(prepared.overrides)
+    source = SimulatedSites()
+    node = source.node_config({"partition-id": 1, "num-partitions": 2}, run)
+    from fedshield.client.config import ClientConfig
+
+    site = source.load(node, ClientConfig.from_run_config(run), run, 3)
+    assert site.name == "south" and any("café" in t for t in site.train.texts)
+
+
 @pytest.mark.parametrize(
     ("files", "toml", "sites", "match"),
     [
