@@ -32,10 +32,12 @@ class TaskKind(StrEnum):
 
 
 class FinetuneMode(StrEnum):
-    """Which parameters train: LoRA adapters + task head, or every parameter."""
+    """Which parameters train: LoRA adapters + task head, every parameter, or the
+    task head alone (a linear probe on the frozen encoder's features)."""
 
     LORA = "lora"
     FULL = "full"
+    HEAD = "head"
 
 
 class Pooling(StrEnum):
@@ -119,6 +121,12 @@ class ModelConfig:
                 "`model.lora.freeze-a` = true freezes LoRA's A matrices, but "
                 f"`model.finetune` = {self.finetune.value!r} has no LoRA adapters. "
                 "Set model.finetune='lora' or drop model.lora.freeze-a."
+            )
+        if self.finetune is FinetuneMode.HEAD and self.task is TaskKind.CAUSAL_LM:
+            raise ConfigError(
+                "`model.finetune` = 'head' trains the classification head alone, "
+                "but `model.task` = 'causal-lm' has no head of its own to train. "
+                "Use model.finetune='lora' or 'full'."
             )
         special = {ATTENTION, ALL_LINEAR} & set(self.lora_targets)
         if special and len(self.lora_targets) > 1:

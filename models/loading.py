@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from .config import ALL_LINEAR, ATTENTION, FinetuneMode, ModelConfig, Pooling, TaskKind
-from .heads import MeanPoolingClassifier
+from .heads import HEAD_MODULE_NAMES, MeanPoolingClassifier, is_head_parameter
 
 __all__ = [
     "PACKAGED_NAMES",
@@ -227,7 +227,20 @@ def _build(cfg: ModelConfig, source: str, is_local: bool) -> LoadedModel:
             model = hf_model
         if cfg.finetune is FinetuneMode.LORA:
             model = _with_lora(model, cfg)
+        elif cfg.finetune is FinetuneMode.HEAD:
+            _head_only(model)
     return LoadedModel(model=model, tokenizer=tokenizer, config=cfg)
+
+
+def _head_only(model: torch.nn.Module) -> None:
+    """Freeze every parameter but the task head's (``model.finetune = "head"``)."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(is_head_parameter(name))
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ModelLoadError(
+            "`model.finetune` = 'head', but this model has no task head named "
+            f"{' or '.join(sorted(HEAD_MODULE_NAMES))}. Use 'lora' or 'full'."
+        )
 
 
 def _causal_lm(

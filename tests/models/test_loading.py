@@ -7,6 +7,7 @@ from fedshield.client.trainer import TrainConfig, train_site
 from fedshield.common.config import ConfigError
 from fedshield.models import (
     FinetuneMode,
+    TaskKind,
     ModelConfig,
     ModelLoadError,
     forward_inputs,
@@ -205,3 +206,43 @@ def test_a_model_folder_rewritten_in_place_is_built_again(
     new = load_model(cfg).model.state_dict()
     key = next(k for k in new if k.endswith("word_embeddings.weight"))
     assert torch.allclose(new[key], old[key] + 1.0)
+
+
+@pytest.mark.parametrize("grad_mode", [GradSampleMode.BOOKKEEPING, GradSampleMode.HOOKS])
+def test_head_mode_trains_the_head_alone_under_dp(
+    tiny_model_dir: Path, grad_mode: GradSampleMode
+) -> None:
+    """``model.finetune = "head"``: only the classifier is trainable (and sent);
+    a DP-SGD round moves it and leaves every encoder weight as it was."""
+    cfg = ModelConfig(source=str(tiny_model_dir), finetune=FinetuneMode.HEAD)
+    loaded = load_model(cfg)
+    names = list(trainable_state(loaded.model))
+    assert names == ["classifier.weight", "classifier.bias"]
+    frozen = {
+        n: p.detach().clone()
+        for n, p in loaded.model.named_parameters()
+        if not p.requires_grad
+    }
+    texts = tuple(f"review {i} was {'great' if i % 2 else 'awful'}" for i in range(24))
+    dataset = tokenize(
+        LabeledTexts(texts=texts, labels=tuple(i % 2 for i in range(24))),
+        loaded.tokenizer,
+        max_length=16,
+    )
+    before = trainable_state(loaded.model)
+    train_site(
+        model=loaded.model,
+        dataset=dataset,
+        train_cfg=TrainConfig(batch_size=8),
+        dp_cfg=DPConfig(noise_multiplier=1.0, max_grad_norm=1.0),
+        mode=grad_mode,
+        noise_multiplier=1.0,
+        seed=3,
+        device=torch.device("cpu"),
+    )
+    after = trainable_state(loaded.model)
+    assert all(not torch.equal(before[k], after[k]) for k in before)
+    now = dict(loaded.model.named_parameters())
+    assert all(torch.equal(now[n].detach(), p) for n, p in frozen.items())
+    with pytest.raises(ConfigError, match="no head of its own"):
+        ModelConfig(task=TaskKind.CAUSAL_LM, finetune=FinetuneMode.HEAD)
