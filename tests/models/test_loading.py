@@ -7,14 +7,14 @@ from fedshield.client.trainer import TrainConfig, train_site
 from fedshield.common.config import ConfigError
 from fedshield.models import (
     FinetuneMode,
-    TaskKind,
     ModelConfig,
     ModelLoadError,
+    TaskKind,
     forward_inputs,
     load_model,
     trainable_state,
 )
-from fedshield.models.loading import build_model
+from fedshield.models.loading import LoadedModel, build_model
 from fedshield.models.texts import LabeledTexts, tokenize
 from fedshield.privacy.dp import DPConfig, GradSampleMode
 
@@ -135,6 +135,26 @@ def test_head_parameters_are_exactly_the_classifier(tiny_model_dir: Path) -> Non
     assert not is_head_parameter("encoder.layer.0.attention.self.query.weight")
 
 
+def _dp_round(loaded: LoadedModel, grad_mode: GradSampleMode) -> None:
+    """One DP-SGD round of ``train_site`` on 24 toy reviews."""
+    texts = tuple(f"review {i} was {'great' if i % 2 else 'awful'}" for i in range(24))
+    dataset = tokenize(
+        LabeledTexts(texts=texts, labels=tuple(i % 2 for i in range(24))),
+        loaded.tokenizer,
+        max_length=16,
+    )
+    train_site(
+        model=loaded.model,
+        dataset=dataset,
+        train_cfg=TrainConfig(batch_size=8, lr=0.05, head_lr=0.05),
+        dp_cfg=DPConfig(noise_multiplier=1.0, max_grad_norm=1.0),
+        mode=grad_mode,
+        noise_multiplier=1.0,
+        seed=5,
+        device=torch.device("cpu"),
+    )
+
+
 @pytest.mark.parametrize(
     ("mode", "grad_mode"),
     [
@@ -151,24 +171,8 @@ def test_each_load_is_a_private_copy_the_last_site_cannot_reach(
     trainable tensor with it."""
     cfg = ModelConfig(source=str(tiny_model_dir), finetune=mode, lora_r=4)
     first = load_model(cfg)
-    n = 24
-    texts = tuple(f"review {i} was {'great' if i % 2 else 'awful'}" for i in range(n))
-    dataset = tokenize(
-        LabeledTexts(texts=texts, labels=tuple(i % 2 for i in range(n))),
-        first.tokenizer,
-        max_length=16,
-    )
     before = trainable_state(first.model)
-    train_site(
-        model=first.model,
-        dataset=dataset,
-        train_cfg=TrainConfig(batch_size=8, lr=0.05, head_lr=0.05),
-        dp_cfg=DPConfig(noise_multiplier=1.0, max_grad_norm=1.0),
-        mode=grad_mode,
-        noise_multiplier=1.0,
-        seed=5,
-        device=torch.device("cpu"),
-    )
+    _dp_round(first, grad_mode)
     after = trainable_state(first.model)
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
     with torch.no_grad():
@@ -208,7 +212,9 @@ def test_a_model_folder_rewritten_in_place_is_built_again(
     assert torch.allclose(new[key], old[key] + 1.0)
 
 
-@pytest.mark.parametrize("grad_mode", [GradSampleMode.BOOKKEEPING, GradSampleMode.HOOKS])
+@pytest.mark.parametrize(
+    "grad_mode", [GradSampleMode.BOOKKEEPING, GradSampleMode.HOOKS]
+)
 def test_head_mode_trains_the_head_alone_under_dp(
     tiny_model_dir: Path, grad_mode: GradSampleMode
 ) -> None:
@@ -223,23 +229,8 @@ def test_head_mode_trains_the_head_alone_under_dp(
         for n, p in loaded.model.named_parameters()
         if not p.requires_grad
     }
-    texts = tuple(f"review {i} was {'great' if i % 2 else 'awful'}" for i in range(24))
-    dataset = tokenize(
-        LabeledTexts(texts=texts, labels=tuple(i % 2 for i in range(24))),
-        loaded.tokenizer,
-        max_length=16,
-    )
     before = trainable_state(loaded.model)
-    train_site(
-        model=loaded.model,
-        dataset=dataset,
-        train_cfg=TrainConfig(batch_size=8),
-        dp_cfg=DPConfig(noise_multiplier=1.0, max_grad_norm=1.0),
-        mode=grad_mode,
-        noise_multiplier=1.0,
-        seed=3,
-        device=torch.device("cpu"),
-    )
+    _dp_round(loaded, grad_mode)
     after = trainable_state(loaded.model)
     assert all(not torch.equal(before[k], after[k]) for k in before)
     now = dict(loaded.model.named_parameters())
