@@ -48,6 +48,14 @@ def scrub(
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite an existing --out file.")
     ] = False,
+    encoding: Annotated[
+        str,
+        typer.Option(
+            "--encoding",
+            help="Text encoding of INPUT (utf-8 also reads a byte-order mark; "
+            "cp1252 for files saved by Excel on Windows). OUT is always UTF-8.",
+        ),
+    ] = "utf-8",
 ) -> None:
     """Replace PII in INPUT (CSV, TSV, JSONL or TXT) and write OUT."""
     try:
@@ -77,6 +85,7 @@ def scrub(
                 column=column,
                 overwrite=force,
                 progress=lambda done: bar.update(task, completed=done),
+                encoding=encoding,
             )
     except (PIIError, ConfigError) as err:
         console.print(f"[red]{err}[/red]")

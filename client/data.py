@@ -25,6 +25,7 @@ from typing import Any
 
 from fedshield.common.config import ConfigError
 from fedshield.common.run_config import RunConfig, check, default
+from fedshield.common.tables import pick_delimiter
 from fedshield.models.texts import LabeledTexts
 
 __all__ = [
@@ -82,23 +83,6 @@ def _codec(cfg: SiteDataConfig) -> str:
     return "utf-8-sig" if codecs.lookup(cfg.encoding).name == "utf-8" else cfg.encoding
 
 
-#: what a .csv file may be separated by, in the order tried
-CSV_DELIMITERS = (",", ";", "\t", "|")
-
-
-def _delimiter(header: str, suffix: str, columns: tuple[str, ...]) -> str:
-    """The delimiter whose split of the header line holds every wanted column
-    (comma first; Excel in many locales writes semicolons); a .tsv is tab only.
-    When none does, the comma (the tab for .tsv), and the missing columns are
-    reported with the header as read."""
-    candidates = ("\t",) if suffix == ".tsv" else CSV_DELIMITERS
-    for delimiter in candidates:
-        fields = {f.strip() for f in next(csv.reader([header], delimiter=delimiter))}
-        if set(columns) <= fields:
-            return delimiter
-    return candidates[0]
-
-
 def _rows(
     path: Path, cfg: SiteDataConfig, columns: tuple[str, ...]
 ) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -119,7 +103,7 @@ def _rows(
     elif suffix in (".csv", ".tsv"):
         csv.field_size_limit(2**31 - 1)  # a whole document may sit in one cell
         with path.open(newline="", encoding=_codec(cfg)) as f:
-            delimiter = _delimiter(f.readline(), suffix, columns)
+            delimiter = pick_delimiter(f.readline(), suffix, columns)
             f.seek(0)
             reader = csv.DictReader(f, delimiter=delimiter)
             header = reader.fieldnames or []

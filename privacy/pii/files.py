@@ -10,6 +10,7 @@ overwritten unless asked, and the input never is.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import itertools
 import json
@@ -18,6 +19,8 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
+
+from fedshield.common.tables import pick_delimiter
 
 from .config import PIIError
 from .scrubber import Scrubber
@@ -70,17 +73,43 @@ def _check_paths(src: Path, dst: Path, overwrite: bool) -> str:
     return kind
 
 
+def _table_rows(
+    reader: csv.DictReader[str], name: str, delimiter: str
+) -> Iterator[dict[str, Any]]:
+    """The rows of ``reader``; a row with more or fewer fields than the header is
+    refused with its line (written back, it would shift or invent fields)."""
+    header = reader.fieldnames or []
+    start = 1 + reader.line_num
+    for row in reader:
+        if None in row or any(value is None for value in row.values()):
+            extra = row.get(None) or []  # type: ignore[call-overload]
+            found = len(extra) + sum(
+                value is not None for key, value in row.items() if key is not None
+            )
+            raise PIIError(
+                f"{name}: the record at line {start} has {found} field(s), the header "
+                f"{len(header)}. A text with the delimiter {delimiter!r} in it must "
+                'be quoted ("like, this"); fill in or remove short rows.'
+            )
+        yield row
+        start = 1 + reader.line_num
+
+
 def _scrub_table(
     src: IO[str],
     dst: IO[str],
     *,
-    delimiter: str,
+    suffix: str,
     column: str,
     scrubber: Scrubber,
     progress: Progress | None,
     name: str,
 ) -> int:
-    reader = csv.DictReader(_lines(src, progress), delimiter=delimiter)
+    csv.field_size_limit(2**31 - 1)  # a whole document may sit in one cell
+    lines = _lines(src, progress)
+    header = next(lines, "")
+    delimiter = pick_delimiter(header, suffix, [column])
+    reader = csv.DictReader(itertools.chain([header], lines), delimiter=delimiter)
     fields = reader.fieldnames or []
     if column not in fields:
         raise PIIError(
@@ -90,7 +119,7 @@ def _scrub_table(
     writer = csv.DictWriter(dst, fieldnames=fields, delimiter=delimiter)
     writer.writeheader()
     rows = 0
-    for chunk in _chunks(reader):
+    for chunk in _chunks(_table_rows(reader, name, delimiter)):
         texts = scrubber.scrub_many([row[column] or "" for row in chunk])
         for row, text in zip(chunk, texts, strict=True):
             row[column] = text
@@ -110,7 +139,7 @@ def _scrub_jsonl(
 ) -> int:
     rows = 0
     for chunk in _chunks(_records(src, column=column, progress=progress, name=name)):
-        texts = scrubber.scrub_many([str(record[column]) for record in chunk])
+        texts = scrubber.scrub_many([record[column] for record in chunk])
         for record, text in zip(chunk, texts, strict=True):
             record[column] = text
             dst.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -132,6 +161,12 @@ def _records(
             raise PIIError(
                 f"{name} line {number} has no field {column!r}. Pass --column NAME."
             )
+        if not isinstance(record[column], str):
+            raise PIIError(
+                f"{name} line {number}: field {column!r} is a JSON "
+                f"{type(record[column]).__name__}, expected a string. Pass "
+                "--column NAME for the text field."
+            )
         yield record
 
 
@@ -143,20 +178,30 @@ def scrub_file(
     column: str = "text",
     overwrite: bool = False,
     progress: Progress | None = None,
+    encoding: str = "utf-8",
 ) -> int:
-    """Scrub ``src`` into ``dst``; returns the number of rows (lines for .txt).
+    """Scrub ``src`` (read as ``encoding``; UTF-8 also reads a byte-order mark)
+    into ``dst`` (always UTF-8); returns the number of rows (lines for .txt).
     Per-entity counts accumulate in ``scrubber.counts``."""
+    try:
+        codec = codecs.lookup(encoding).name
+    except LookupError:
+        raise PIIError(
+            f"--encoding {encoding!r} is not a text encoding Python knows; use e.g. "
+            "utf-8, cp1252 or latin-1."
+        ) from None
+    codec = "utf-8-sig" if codec == "utf-8" else codec
     kind = _check_paths(src, dst, overwrite)
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
     try:
         with (
-            src.open(encoding="utf-8", newline="") as fin,
+            src.open(encoding=codec, newline="") as fin,
             os.fdopen(fd, "w", encoding="utf-8", newline="") as fout,
         ):
             if kind in ("csv", "tsv"):
                 rows = _scrub_table(
-                    fin, fout, delimiter="," if kind == "csv" else "\t",
+                    fin, fout, suffix=src.suffix,
                     column=column, scrubber=scrubber, progress=progress, name=str(src),
                 )  # fmt: skip
             elif kind == "jsonl":
@@ -175,7 +220,15 @@ def scrub_file(
             os.fsync(fout.fileno())
         os.replace(tmp, dst)
     except UnicodeDecodeError as err:
-        raise PIIError(f"{src} is not UTF-8 text ({err.reason}).") from None
+        raise PIIError(
+            f"{src} is not {encoding} text ({err.reason}). Files saved by Excel or "
+            "on Windows are often cp1252: pass --encoding cp1252 (or latin-1; "
+            "utf-16 for a file that starts with a UTF-16 byte-order mark)."
+        ) from None
+    except csv.Error as err:
+        raise PIIError(
+            f"{src} is not well-formed CSV ({err}). Check its quoting."
+        ) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

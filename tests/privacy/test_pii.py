@@ -367,7 +367,7 @@ def test_scrub_file_streams_csv_jsonl_and_text_and_never_touches_the_input(
     [
         ("id,body\n1,x\n", "a.csv", "text", "no column 'text'"),
         ("", "a.csv", "text", "is empty"),
-        (b"\xff\xfe\x00bad", "a.txt", "text", "not UTF-8"),
+        (b"\xff\xfe\x00bad", "a.txt", "text", "not utf-8 text.*--encoding"),
         ('{"other": 1}\n', "a.jsonl", "text", "has no field 'text'"),
         ("x", "a.docx", "text", "unknown format"),
     ],
