@@ -15,7 +15,7 @@ from tests.subprocess_env import subprocess_env
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from pii import f_beta, score  # noqa: E402
+from pii import f_beta, handwritten_set, score, score_handwritten  # noqa: E402
 
 
 def _sentence(text: str, *spans: tuple[str, str]) -> SyntheticSentence:
@@ -61,12 +61,54 @@ def test_token_scores_count_hits_misses_wrong_types_and_unscored_gold() -> None:
     assert f_beta(1.0, 0.5, 2.0) == pytest.approx(5 * 0.5 / (4 + 0.5))
 
 
+def test_the_handwritten_set_counts_every_occurrence_and_changed_clean_text(
+    tmp_path: Path,
+) -> None:
+    rows = [
+        {"id": "a", "domain": "chat", "text": "hi ann, ann here", "pii": [
+            {"type": "PERSON", "value": "ann"}]},
+        {"id": "b", "domain": "code", "text": "ip=10.0.0.1 ok", "pii": [
+            {"type": "IP_ADDRESS", "value": "10.0.0.1"}]},
+        {"id": "c", "domain": "clean", "text": "took 3 weeks", "pii": []},
+        {"id": "d", "domain": "clean", "text": "v2.1 shipped", "pii": []},
+    ]  # fmt: skip
+    path = tmp_path / "set.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = handwritten_set(path)
+    assert [len(s.spans) for s in data.sentences] == [2, 1]  # both "ann"s
+    assert data.domains == ["chat", "code"] and len(data.clean) == 2
+
+    def analyze(texts):  # finds the first "ann" and any "weeks"
+        out = []
+        for t in texts:
+            hits = (
+                [(t.index("ann"), t.index("ann") + 3, "PERSON", 0.9)]
+                if "ann" in t
+                else []
+            )
+            if "weeks" in t:
+                hits.append((t.index("weeks"), t.index("weeks") + 5, "DATE_TIME", 0.6))
+            out.append(hits)
+        return out
+
+    result = score_handwritten(data, analyze)
+    assert result["any_pii"]["tp"] == 1 and result["any_pii"]["fn"] == 5
+    assert result["per_domain"]["chat"]["recall"] == 0.5
+    assert result["per_domain"]["code"]["recall"] == 0.0
+    assert result["clean_changed"] == 0.5
+    assert result["clean_changed_examples"] == ["took 3 weeks"]
+    path.write_text(json.dumps({"text": "x", "pii": [{"type": "P", "value": "y"}]}))
+    with pytest.raises(ValueError, match="'y' is not in its text"):
+        handwritten_set(path)
+
+
 @pytest.mark.slow  # the benchmark script end to end (make test-fast skips it)
 def test_pii_benchmark_writes_both_systems_and_the_headline(tmp_path: Path) -> None:
     out = tmp_path / "pii.json"
     env = subprocess_env()
     cmd = [sys.executable, str(REPO / "benchmarks" / "pii.py")]
     cmd += ["--sentences", "40", "--seed", "3", "--out", str(out)]
+    cmd += ["--handwritten", str(tmp_path / "none.jsonl")]  # absent: skipped
     done = subprocess.run(
         cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
