@@ -31,16 +31,33 @@ from collections import Counter
 PII_DOMAINS = ("clinical", "support", "hr", "chat", "code")
 DOMAINS = PII_DOMAINS + ("clean",)
 TYPES = (
-    "PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "LOCATION", "STREET_ADDRESS",
-    "DATE_TIME", "US_SSN", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "URL",
-    "MEDICAL_RECORD_NUMBER", "PASSPORT", "DRIVER_LICENSE", "NATIONAL_ID",
-    "MAC_ADDRESS", "POSTCODE", "USERNAME", "EMPLOYEE_ID", "ORGANIZATION",
+    "PERSON",
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "LOCATION",
+    "STREET_ADDRESS",
+    "DATE_TIME",
+    "US_SSN",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "IP_ADDRESS",
+    "URL",
+    "MEDICAL_RECORD_NUMBER",
+    "PASSPORT",
+    "DRIVER_LICENSE",
+    "NATIONAL_ID",
+    "MAC_ADDRESS",
+    "POSTCODE",
+    "USERNAME",
+    "EMPLOYEE_ID",
+    "ORGANIZATION",
 )
 MIN_PER_PII_DOMAIN = 25
 MIN_CLEAN = 60
 
-DEFAULT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                            "pii_handwritten.jsonl")
+DEFAULT_PATH = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "pii_handwritten.jsonl"
+)
 
 
 def occurrences(text, value):
@@ -68,83 +85,88 @@ def main(argv):
         raw_lines.pop()
 
     for lineno, line in enumerate(raw_lines, 1):
-        where = "line %d" % lineno
+        where = f"line {lineno}"
         if not line.strip():
-            errors.append("%s: blank line" % where)
+            errors.append(f"{where}: blank line")
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            errors.append("%s: invalid JSON (%s)" % (where, exc))
+            errors.append(f"{where}: invalid JSON ({exc})")
             continue
         n_lines += 1
         if not isinstance(rec, dict):
-            errors.append("%s: not a JSON object" % where)
+            errors.append(f"{where}: not a JSON object")
             continue
         keys = set(rec)
         if keys != {"id", "domain", "text", "pii"}:
-            errors.append("%s: keys are %s, expected id, domain, text, pii"
-                          % (where, sorted(keys)))
+            errors.append(
+                f"{where}: keys are {sorted(keys)}, expected id, domain, text, pii"
+            )
             continue
 
         rid, domain, text, pii = rec["id"], rec["domain"], rec["text"], rec["pii"]
         if not isinstance(rid, str) or not rid:
-            errors.append("%s: id must be a non-empty string" % where)
+            errors.append(f"{where}: id must be a non-empty string")
         elif rid in seen_ids:
-            errors.append("%s: duplicate id %r" % (where, rid))
+            errors.append(f"{where}: duplicate id {rid!r}")
         else:
             seen_ids.add(rid)
-            where = "line %d (%s)" % (lineno, rid)
+            where = f"line {lineno} ({rid})"
 
         if domain not in DOMAINS:
-            errors.append("%s: unknown domain %r" % (where, domain))
+            errors.append(f"{where}: unknown domain {domain!r}")
         else:
             domain_counts[domain] += 1
         if not isinstance(text, str) or not text.strip():
-            errors.append("%s: text must be a non-empty string" % where)
+            errors.append(f"{where}: text must be a non-empty string")
             continue
         if not isinstance(pii, list):
-            errors.append("%s: pii must be a list" % where)
+            errors.append(f"{where}: pii must be a list")
             continue
 
         if domain == "clean" and pii:
-            errors.append("%s: clean sentence has %d pii entries" % (where, len(pii)))
+            errors.append(f"{where}: clean sentence has {len(pii)} pii entries")
         if domain in PII_DOMAINS and not pii:
-            errors.append("%s: PII sentence with an empty pii list" % where)
+            errors.append(f"{where}: PII sentence with an empty pii list")
 
         values_seen = set()
         spans = []  # (start, end, type, value)
         for k, ent in enumerate(pii):
-            ewhere = "%s pii[%d]" % (where, k)
+            ewhere = f"{where} pii[{k}]"
             if not isinstance(ent, dict) or set(ent) != {"type", "value"}:
-                errors.append("%s: entry must be {type, value}" % ewhere)
+                errors.append(f"{ewhere}: entry must be {{type, value}}")
                 continue
             etype, value = ent["type"], ent["value"]
             if etype not in TYPES:
-                errors.append("%s: unknown type %r" % (ewhere, etype))
+                errors.append(f"{ewhere}: unknown type {etype!r}")
             if not isinstance(value, str) or not value:
-                errors.append("%s: value must be a non-empty string" % ewhere)
+                errors.append(f"{ewhere}: value must be a non-empty string")
                 continue
             if value != value.strip():
-                errors.append("%s: value %r has leading/trailing whitespace"
-                              % (ewhere, value))
+                errors.append(
+                    f"{ewhere}: value {value!r} has leading/trailing whitespace"
+                )
             if value in values_seen:
-                errors.append("%s: value %r listed twice" % (ewhere, value))
+                errors.append(f"{ewhere}: value {value!r} listed twice")
                 continue
             values_seen.add(value)
             occ = occurrences(text, value)
             if not occ:
-                errors.append("%s: value %r not found in text" % (ewhere, value))
+                errors.append(f"{ewhere}: value {value!r} not found in text")
                 continue
             type_entries[etype] += 1
             type_spans[etype] += len(occ)
             for s, e in occ:
                 before = text[s - 1] if s > 0 else ""
                 after = text[e] if e < len(text) else ""
-                if (before.isalnum() and value[0].isalnum()) or \
-                        (after.isalnum() and value[-1].isalnum()):
-                    warnings.append("%s: %r at offset %d touches a letter/digit "
-                                    "(%r|...|%r)" % (ewhere, value, s, before, after))
+                if (before.isalnum() and value[0].isalnum()) or (
+                    after.isalnum() and value[-1].isalnum()
+                ):
+                    warnings.append(
+                        f"{ewhere}: {value!r} at offset {s} touches a letter/digit "
+                        f"({before!r}|...|{after!r})"
+                    )
                 spans.append((s, e, etype, value))
 
         spans.sort()
@@ -154,38 +176,47 @@ def main(argv):
                 if b[0] >= a[1]:
                     break
                 if a[3] != b[3]:
-                    errors.append("%s: overlapping spans %r [%d:%d] and %r [%d:%d]"
-                                  % (where, a[3], a[0], a[1], b[3], b[0], b[1]))
+                    errors.append(
+                        f"{where}: overlapping spans {a[3]!r} [{a[0]}:{a[1]}] and "
+                        f"{b[3]!r} [{b[0]}:{b[1]}]"
+                    )
 
     for d in PII_DOMAINS:
         if domain_counts[d] < MIN_PER_PII_DOMAIN:
-            errors.append("domain %s has %d sentences, need >= %d"
-                          % (d, domain_counts[d], MIN_PER_PII_DOMAIN))
+            errors.append(
+                f"domain {d} has {domain_counts[d]} sentences, "
+                f"need >= {MIN_PER_PII_DOMAIN}"
+            )
     if domain_counts["clean"] < MIN_CLEAN:
-        errors.append("clean has %d sentences, need >= %d"
-                      % (domain_counts["clean"], MIN_CLEAN))
+        errors.append(
+            f"clean has {domain_counts['clean']} sentences, need >= {MIN_CLEAN}"
+        )
 
     n_pii_sentences = sum(domain_counts[d] for d in PII_DOMAINS)
-    print("file: %s" % path)
+    print(f"file: {path}")
     print("\nsentences per domain:")
     for d in DOMAINS:
-        print("  %-10s %4d" % (d, domain_counts[d]))
-    print("  %-10s %4d" % ("PII total", n_pii_sentences))
+        print(f"  {d:<10s} {domain_counts[d]:4d}")
+    print(f"  {'PII total':<10s} {n_pii_sentences:4d}")
     print("\nentities per type (listed values / occurrences in text):")
     for t in TYPES:
         if type_entries[t]:
-            print("  %-22s %4d / %4d" % (t, type_entries[t], type_spans[t]))
-    print("  %-22s %4d / %4d" % ("TOTAL", sum(type_entries.values()),
-                                  sum(type_spans.values())))
-    print("\ntotal sentences: %d (with PII: %d, clean: %d)"
-          % (n_lines, n_pii_sentences, domain_counts["clean"]))
+            print(f"  {t:<22s} {type_entries[t]:4d} / {type_spans[t]:4d}")
+    print(
+        f"  {'TOTAL':<22s} {sum(type_entries.values()):4d} / "
+        f"{sum(type_spans.values()):4d}"
+    )
+    print(
+        f"\ntotal sentences: {n_lines} (with PII: {n_pii_sentences}, "
+        f"clean: {domain_counts['clean']})"
+    )
 
     if warnings:
-        print("\n%d warning(s):" % len(warnings))
+        print(f"\n{len(warnings)} warning(s):")
         for w in warnings:
             print("  WARN " + w)
     if errors:
-        print("\n%d error(s):" % len(errors))
+        print(f"\n{len(errors)} error(s):")
         for e in errors:
             print("  ERROR " + e)
         print("\nFAILED")
