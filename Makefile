@@ -96,8 +96,8 @@ bench-utility-probe: install
 bench-scale: install
 	PYTHONPATH=. $(BIN)/python benchmarks/scale.py
 
-# each defence (FedAvg, root guard, median, Krum) against each poisoning attack
-# on the packaged model: clean cost and attack success (20 runs, ~70 minutes)
+# each defence (FedAvg, root guard, median, trimmed mean, Krum) against each
+# poisoning attack on the packaged model: clean cost and attack success (25 runs)
 bench-robustness: install
 	PYTHONPATH=. $(BIN)/python benchmarks/robustness.py
 

@@ -1,6 +1,6 @@
 """What each defence costs in clean accuracy, and what it buys against each attack.
 
-Run (20 cells, about 70 minutes on 2 CPU cores; writes
+Run (25 cells, about 70 minutes on 2 CPU cores; writes
 benchmarks/results/robustness.json):
 
     cd /work/main && PYTHONPATH=. .venv/bin/python benchmarks/robustness.py
@@ -23,9 +23,9 @@ attacks (sign-flip, scale) skip the clipping, as a malicious site would.
 - **defences** (:data:`DEFENCES`): ``fedavg`` (no defence, under secure
   aggregation: the default), ``root-guard`` (the robust step on the secure mean,
   ``strategy.root-guard``), and Flower's robust rules on individual updates with
-  secure aggregation off: ``fedmedian`` and ``krum`` (f = 2). Trimmed mean and
-  MultiKrum lie between these and FedAvg; Bulyan needs 4f+3 = 11 sites for
-  f = 2. They are left out to keep the run near an hour.
+  secure aggregation off: ``fedmedian``, ``fedtrimmedavg`` (beta 0.25) and
+  ``krum`` (f = 2). MultiKrum lies between Krum and FedAvg; Bulyan needs
+  4f+3 = 11 sites for f = 2. Both are left out to keep the run near an hour.
 - **attacks** (:data:`ATTACKS`, ``simulation.poison``): none, ``label-flip``
   (fresh -> rotten), ``backdoor`` (trigger -> rotten), ``sign-flip`` and
   ``scale`` (x10 the site's update).
