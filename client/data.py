@@ -25,7 +25,7 @@ from typing import Any
 
 from fedshield.common.config import ConfigError
 from fedshield.common.run_config import RunConfig, check, default
-from fedshield.common.tables import pick_delimiter
+from fedshield.common.tables import duplicate_columns, pick_delimiter
 from fedshield.models.texts import LabeledTexts
 
 __all__ = [
@@ -83,9 +83,7 @@ def _codec(cfg: SiteDataConfig) -> str:
     return "utf-8-sig" if codecs.lookup(cfg.encoding).name == "utf-8" else cfg.encoding
 
 
-def _rows(
-    path: Path, cfg: SiteDataConfig, columns: tuple[str, ...]
-) -> Iterator[tuple[int, dict[str, Any]]]:
+def _rows(path: Path, cfg: SiteDataConfig) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line, row)`` of each record of ``path``, streamed (the file is never
     held whole); ``line`` is where the record starts."""
     suffix = path.suffix.lower()
@@ -103,10 +101,16 @@ def _rows(
     elif suffix in (".csv", ".tsv"):
         csv.field_size_limit(2**31 - 1)  # a whole document may sit in one cell
         with path.open(newline="", encoding=_codec(cfg)) as f:
-            delimiter = pick_delimiter(f.readline(), suffix, columns)
+            delimiter = pick_delimiter(f.readline(), suffix)
             f.seek(0)
             reader = csv.DictReader(f, delimiter=delimiter)
             header = reader.fieldnames or []
+            twice = duplicate_columns(header)
+            if twice:
+                raise SiteDataError(
+                    f"{path}: the header names column(s) {twice} more than once; "
+                    "only one of each would be read. Rename the duplicates."
+                )
             start = 1 + reader.line_num  # the header's lines come first
             for row in reader:
                 if None in row:  # more fields than the header has
@@ -133,7 +137,12 @@ def _rows(
                     continue
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError as err:
+                except (json.JSONDecodeError, RecursionError) as err:
+                    if isinstance(err, RecursionError):
+                        raise SiteDataError(
+                            f"{path}: line {i} nests JSON too deeply to read. Each "
+                            "line of a JSONL file must be one flat JSON object."
+                        ) from None
                     raise SiteDataError(
                         f"{path}: line {i} is not valid JSON ({err.msg}). Each line of "
                         "a JSONL file must be one JSON object."
@@ -243,7 +252,7 @@ def _records(path: Path, cfg: SiteDataConfig) -> list[tuple[int, str, Any]]:
         (cfg.text_column, cfg.label_column) if cfg.labelled else (cfg.text_column,)
     )
     try:
-        for line, row in _rows(path, cfg, columns):
+        for line, row in _rows(path, cfg):
             missing = [c for c in columns if c not in row]
             if missing:
                 raise SiteDataError(

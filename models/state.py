@@ -128,13 +128,20 @@ def arrays_to_state(record: ArrayRecord, *, what: str = "The update") -> State:
             + f". Expected {', '.join(FLOAT_DTYPES)}."
         )
     try:
-        state = OrderedDict(
-            (k, v.to(torch.float32)) for k, v in record.to_torch_state_dict().items()
-        )
+        decoded = record.to_torch_state_dict()
     except Exception as err:  # malformed payloads raise various errors in flwr
         raise StateMismatchError(
             f"{what} could not be decoded as tensors ({type(err).__name__}: {err})."
         ) from err
+    # the declared dtype is the sender's word; the decoded data must agree
+    lied = {k: str(v.dtype) for k, v in decoded.items() if not v.is_floating_point()}
+    if lied:
+        raise StateMismatchError(
+            f"{what} holds arrays whose data is not floating point: "
+            + ", ".join(f"{k} ({v})" for k, v in sorted(lied.items())[:5])
+            + "."
+        )
+    state = OrderedDict((k, v.to(torch.float32)) for k, v in decoded.items())
     _check_finite(state, what)
     return state
 

@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from fedshield.common.tables import pick_delimiter
+from fedshield.common.keys import TEXT_ENCODING
+from fedshield.common.tables import duplicate_columns, pick_delimiter
 
 from .config import PIIError
 from .scrubber import Scrubber
@@ -108,9 +109,15 @@ def _scrub_table(
     csv.field_size_limit(2**31 - 1)  # a whole document may sit in one cell
     lines = _lines(src, progress)
     header = next(lines, "")
-    delimiter = pick_delimiter(header, suffix, [column])
+    delimiter = pick_delimiter(header, suffix)
     reader = csv.DictReader(itertools.chain([header], lines), delimiter=delimiter)
     fields = reader.fieldnames or []
+    twice = duplicate_columns(fields)
+    if twice:
+        raise PIIError(
+            f"{name}: the header names column(s) {twice} more than once; only the "
+            "last of each would be scrubbed and written. Rename the duplicates."
+        )
     if column not in fields:
         raise PIIError(
             f"{name} has no column {column!r}; its columns are {fields}. Pass "
@@ -157,6 +164,10 @@ def _records(
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise PIIError(f"{name} line {number} is not JSON ({err.msg}).") from None
+        except RecursionError:
+            raise PIIError(
+                f"{name} line {number} nests JSON too deeply to read."
+            ) from None
         if not isinstance(record, dict) or column not in record:
             raise PIIError(
                 f"{name} line {number} has no field {column!r}. Pass --column NAME."
@@ -183,13 +194,10 @@ def scrub_file(
     """Scrub ``src`` (read as ``encoding``; UTF-8 also reads a byte-order mark)
     into ``dst`` (always UTF-8); returns the number of rows (lines for .txt).
     Per-entity counts accumulate in ``scrubber.counts``."""
-    try:
-        codec = codecs.lookup(encoding).name
-    except LookupError:
-        raise PIIError(
-            f"--encoding {encoding!r} is not a text encoding Python knows; use e.g. "
-            "utf-8, cp1252 or latin-1."
-        ) from None
+    problem = TEXT_ENCODING.problem(encoding)
+    if problem:
+        raise PIIError(f"--encoding {encoding!r} {problem}.")
+    codec = codecs.lookup(encoding).name
     codec = "utf-8-sig" if codec == "utf-8" else codec
     kind = _check_paths(src, dst, overwrite)
     dst.parent.mkdir(parents=True, exist_ok=True)

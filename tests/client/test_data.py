@@ -301,3 +301,35 @@ def test_the_site_node_config_sets_its_own_encoding(tmp_path: Path) -> None:
         SiteFiles().load(NodeConfig.parse({"data-path": str(f)}), cfg, run, 1)
     with pytest.raises(ConfigError, match="data-encoding"):
         NodeConfig.parse({"data-path": str(f), "data-encoding": "klingon"})
+
+
+def test_every_reader_splits_a_file_the_same_way_whatever_columns_it_needs(
+    tmp_path: Path,
+) -> None:
+    """The delimiter comes from the header alone: ``fedshield scrub --column
+    text`` and the site's reader agree on which field is the text, so the text
+    the site trains on is the one that was scrubbed."""
+    from fedshield.privacy.pii import PIIConfig, PIIMode, Scrubber
+    from fedshield.privacy.pii.files import scrub_file
+
+    src = _csv(
+        tmp_path / "s.csv",
+        "text;label;channel,text\nMaria Garcia called from 415-555-2671;pos;crm,web\n",
+    )
+    out = tmp_path / "clean.csv"
+    scrub_file(src, out, scrubber=Scrubber(PIIConfig(mode=PIIMode.TAG)))
+    (text,) = read_labeled_file(out, CFG).texts
+    assert "Maria" not in text and "555" not in text, text
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
+    f = _csv(tmp_path / "d.csv", "text,label,text\nsecret,pos,other\n")
+    with pytest.raises(SiteDataError, match=r"\['text'\] more than once"):
+        read_labeled_file(f, CFG)
+
+
+def test_json_nested_too_deeply_is_a_site_data_error(tmp_path: Path) -> None:
+    f = tmp_path / "deep.jsonl"
+    f.write_text("[" * 200_000 + "\n", encoding="utf-8")
+    with pytest.raises(SiteDataError, match="nests JSON too deeply"):
+        read_labeled_file(f, CFG)

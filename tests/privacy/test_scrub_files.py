@@ -42,7 +42,7 @@ def test_a_cp1252_file_with_encoding(tagger: Scrubber, tmp_path: Path) -> None:
     scrub_file(src, tmp_path / "b.txt", scrubber=tagger, encoding="cp1252")
     out = (tmp_path / "b.txt").read_text(encoding="utf-8")
     assert "Maria" not in out and "– “urgent”" in out  # cp1252's dash and quotes
-    with pytest.raises(PIIError, match="not a text encoding"):
+    with pytest.raises(PIIError, match="must be a text encoding"):
         scrub_file(src, tmp_path / "c.txt", scrubber=tagger, encoding="utf-9")
 
 
@@ -117,3 +117,19 @@ def test_any_file_is_scrubbed_whole_or_refused(
             return
         assert dst.is_file()
         assert src.read_bytes() == content  # the input is never touched
+
+
+def test_duplicate_columns_deep_json_and_byte_codecs_are_refused(
+    tagger: Scrubber, tmp_path: Path
+) -> None:
+    dup = tmp_path / "d.csv"
+    dup.write_text("text,label,text\nMaria Garcia,pos,other\n", encoding="utf-8")
+    with pytest.raises(PIIError, match="more than once"):
+        scrub_file(dup, tmp_path / "o.csv", scrubber=tagger)
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 200_000 + "\n", encoding="utf-8")
+    with pytest.raises(PIIError, match="nests JSON too deeply"):
+        scrub_file(deep, tmp_path / "o.jsonl", scrubber=tagger)
+    with pytest.raises(PIIError, match="bytes-to-bytes"):
+        scrub_file(dup, tmp_path / "o2.csv", scrubber=tagger, encoding="base64")
+    assert not list(tmp_path.glob("o*"))

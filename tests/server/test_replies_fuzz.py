@@ -135,14 +135,8 @@ def test_any_reply_is_screened_and_never_breaks_the_round(batch: list[Message]) 
         assert isinstance(refusal["reason"], str)
 
 
-@pytest.mark.parametrize("dtype", ["int64", "bool", "complex64", "uint8"])
-def test_an_update_that_is_not_floating_point_is_dropped_with_its_dtype(
-    dtype: str,
-) -> None:
-    arrays = ArrayRecord(
-        {k: Array(np.zeros(tuple(v.shape)).astype(dtype)) for k, v in GLOBAL.items()}
-    )
-    reply = Message(
+def _update_reply(arrays: ArrayRecord) -> Message:
+    return Message(
         content=RecordDict(
             {
                 "arrays": arrays,
@@ -152,7 +146,30 @@ def test_an_update_that_is_not_floating_point_is_dropped_with_its_dtype(
         ),
         reply_to=_asked(),
     )
-    out = screen_replies([reply], GLOBAL)
+
+
+@pytest.mark.parametrize("dtype", ["int64", "bool", "complex64", "uint8"])
+def test_an_update_that_is_not_floating_point_is_dropped_with_its_dtype(
+    dtype: str,
+) -> None:
+    arrays = ArrayRecord(
+        {k: Array(np.zeros(tuple(v.shape)).astype(dtype)) for k, v in GLOBAL.items()}
+    )
+    out = screen_replies([_update_reply(arrays)], GLOBAL)
     assert not out.valid and not out.deltas
     assert f"b ({dtype})" in out.failures[0]["reason"]
     assert "not floating point" in out.failures[0]["reason"]
+
+
+def test_an_update_whose_data_is_not_what_its_dtype_claims_is_dropped() -> None:
+    """The npy header inside the bytes decides what is decoded: an array that
+    declares float32 over int64 data is refused, not cast."""
+    honest = {
+        k: Array(np.zeros(tuple(v.shape), dtype=np.float32)) for k, v in GLOBAL.items()
+    }
+    lying = Array(np.zeros(3, dtype=np.int64))
+    lying.dtype = "float32"
+    arrays = ArrayRecord({**honest, "b": lying})
+    out = screen_replies([_update_reply(arrays)], GLOBAL)
+    assert not out.valid
+    assert "b (torch.int64)" in out.failures[0]["reason"]
