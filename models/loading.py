@@ -152,7 +152,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     (:func:`~fedshield.models.state.load_trainable_state` and the optimizers
     touch trainable ones only; ``tests/models/test_loading.py`` trains a copy
     with DP and checks the cache is unchanged). The tokenizer is shared and never
-    modified after it is built.
+    modified after it is built. Never merge a copy's adapters into its base
+    weights (peft's ``merge_adapter``): that writes the shared frozen tensors.
     """
     source, is_local = _resolve_source(cfg.source, cfg.task)
     built = _built(cfg, source, is_local, _files_signature(source, is_local))
@@ -168,13 +169,21 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
 
 
 def _files_signature(source: str, is_local: bool) -> tuple[Any, ...]:
-    """What changes when a local model folder's files do (names, sizes, mtimes):
-    a folder rewritten in place is built again, not served from the cache."""
+    """What changes when a local model folder's files do (names, sizes, mtimes,
+    ctimes, inodes): a folder rewritten is built again, not served from the
+    cache. (Weights are memory-mapped from the file, as every build's were: a
+    file overwritten in place while a process runs changes what it reads.)"""
     if not is_local:
         return ()
     root = Path(source)
     return tuple(
-        (str(p.relative_to(root)), st.st_size, st.st_mtime_ns)
+        (
+            str(p.relative_to(root)),
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_ino,
+        )
         for p in sorted(root.rglob("*"))
         if p.is_file() and (st := p.stat())
     )
