@@ -13,7 +13,6 @@ found and what to change.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import difflib
 import errno
@@ -25,7 +24,13 @@ from typing import Any
 
 from fedshield.common.config import ConfigError
 from fedshield.common.run_config import RunConfig, check, default
-from fedshield.common.tables import duplicate_columns, pick_delimiter
+from fedshield.common.tables import (
+    RaggedRow,
+    duplicate_columns,
+    read_table,
+    table_rows,
+    text_codec,
+)
 from fedshield.models.texts import LabeledTexts
 
 __all__ = [
@@ -77,12 +82,6 @@ class SiteDataConfig:
         )
 
 
-def _codec(cfg: SiteDataConfig) -> str:
-    """The codec files are opened with: UTF-8 also drops a byte-order mark (Excel
-    writes one; left in, it would become part of the first column's name)."""
-    return "utf-8-sig" if codecs.lookup(cfg.encoding).name == "utf-8" else cfg.encoding
-
-
 def _rows(path: Path, cfg: SiteDataConfig) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line, row)`` of each record of ``path``, streamed (the file is never
     held whole); ``line`` is where the record starts."""
@@ -94,16 +93,13 @@ def _rows(path: Path, cfg: SiteDataConfig) -> Iterator[tuple[int, dict[str, Any]
                 "classifier. Give a CSV, TSV or JSONL file with columns "
                 f"{cfg.text_column!r} and {cfg.label_column!r}."
             )
-        with path.open(encoding=_codec(cfg)) as f:
+        with path.open(encoding=text_codec(cfg.encoding)) as f:
             for i, line in enumerate(f, start=1):
                 if line.strip():  # blank lines separate nothing: skipped
                     yield i, {cfg.text_column: line.rstrip("\r\n")}
     elif suffix in (".csv", ".tsv"):
-        csv.field_size_limit(2**31 - 1)  # a whole document may sit in one cell
-        with path.open(newline="", encoding=_codec(cfg)) as f:
-            delimiter = pick_delimiter(f.readline(), suffix)
-            f.seek(0)
-            reader = csv.DictReader(f, delimiter=delimiter)
+        with path.open(newline="", encoding=text_codec(cfg.encoding)) as f:
+            reader, delimiter = read_table(f, suffix)
             header = reader.fieldnames or []
             twice = duplicate_columns(header)
             if twice:
@@ -111,27 +107,24 @@ def _rows(path: Path, cfg: SiteDataConfig) -> Iterator[tuple[int, dict[str, Any]
                     f"{path}: the header names column(s) {twice} more than once; "
                     "only one of each would be read. Rename the duplicates."
                 )
-            start = 1 + reader.line_num  # the header's lines come first
-            for row in reader:
-                if None in row:  # more fields than the header has
+            try:
+                yield from table_rows(reader)
+            except RaggedRow as ragged:
+                names = ", ".join(map(repr, header))
+                if ragged.found > ragged.expected:
                     raise SiteDataError(
-                        f"{path}: the record at line {start} has "
-                        f"{len(header) + len(row[None])} fields, the header "
-                        f"{len(header)} ({', '.join(map(repr, header))}). A text "
-                        f"with the delimiter {delimiter!r} in it must be quoted "
+                        f"{path}: the record at line {ragged.line} has {ragged.found} "
+                        f"fields, the header {ragged.expected} ({names}). A text with "
+                        f"the delimiter {delimiter!r} in it must be quoted "
                         '("like, this"); check that the file is not missing quotes.'
-                    )
-                if any(value is None for value in row.values()):
-                    found = sum(value is not None for value in row.values())
-                    raise SiteDataError(
-                        f"{path}: the record at line {start} has {found} field(s), "
-                        f"the header {len(header)} ({', '.join(map(repr, header))}). "
-                        "Fill in the missing fields or remove the row."
-                    )
-                yield start, row
-                start = 1 + reader.line_num
+                    ) from None
+                raise SiteDataError(
+                    f"{path}: the record at line {ragged.line} has {ragged.found} "
+                    f"field(s), the header {ragged.expected} ({names}). Fill in the "
+                    "missing fields or remove the row."
+                ) from None
     elif suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding=_codec(cfg)) as f:
+        with path.open(encoding=text_codec(cfg.encoding)) as f:
             for i, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -168,7 +161,7 @@ def _undecodable(path: Path, cfg: SiteDataConfig) -> str:
             f.seek(0)
             for i, raw in enumerate(f, start=1):
                 try:
-                    raw.decode(_codec(cfg))
+                    raw.decode(text_codec(cfg.encoding))
                 except UnicodeDecodeError as err:
                     bad = raw[max(err.start - 12, 0) : err.end + 12]
                     where = f"line {i} ({bad!r})"

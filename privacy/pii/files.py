@@ -10,7 +10,6 @@ overwritten unless asked, and the input never is.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import itertools
 import json
@@ -21,7 +20,13 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from fedshield.common.keys import TEXT_ENCODING
-from fedshield.common.tables import duplicate_columns, pick_delimiter
+from fedshield.common.tables import (
+    RaggedRow,
+    duplicate_columns,
+    read_table,
+    table_rows,
+    text_codec,
+)
 
 from .config import PIIError
 from .scrubber import Scrubber
@@ -74,26 +79,19 @@ def _check_paths(src: Path, dst: Path, overwrite: bool) -> str:
     return kind
 
 
-def _table_rows(
+def _checked_rows(
     reader: csv.DictReader[str], name: str, delimiter: str
-) -> Iterator[dict[str, Any]]:
-    """The rows of ``reader``; a row with more or fewer fields than the header is
-    refused with its line (written back, it would shift or invent fields)."""
-    header = reader.fieldnames or []
-    start = 1 + reader.line_num
-    for row in reader:
-        if None in row or any(value is None for value in row.values()):
-            extra = row.get(None) or []  # type: ignore[call-overload]
-            found = len(extra) + sum(
-                value is not None for key, value in row.items() if key is not None
-            )
-            raise PIIError(
-                f"{name}: the record at line {start} has {found} field(s), the header "
-                f"{len(header)}. A text with the delimiter {delimiter!r} in it must "
-                'be quoted ("like, this"); fill in or remove short rows.'
-            )
-        yield row
-        start = 1 + reader.line_num
+) -> Iterator[dict[str, str]]:
+    try:
+        for _, row in table_rows(reader):
+            yield row
+    except RaggedRow as ragged:
+        raise PIIError(
+            f"{name}: the record at line {ragged.line} has {ragged.found} "
+            f"field(s), the header {ragged.expected}. A text with the delimiter "
+            f'{delimiter!r} in it must be quoted ("like, this"); fill in or '
+            "remove short rows."
+        ) from None
 
 
 def _scrub_table(
@@ -106,11 +104,7 @@ def _scrub_table(
     progress: Progress | None,
     name: str,
 ) -> int:
-    csv.field_size_limit(2**31 - 1)  # a whole document may sit in one cell
-    lines = _lines(src, progress)
-    header = next(lines, "")
-    delimiter = pick_delimiter(header, suffix)
-    reader = csv.DictReader(itertools.chain([header], lines), delimiter=delimiter)
+    reader, delimiter = read_table(_lines(src, progress), suffix)
     fields = reader.fieldnames or []
     twice = duplicate_columns(fields)
     if twice:
@@ -126,7 +120,7 @@ def _scrub_table(
     writer = csv.DictWriter(dst, fieldnames=fields, delimiter=delimiter)
     writer.writeheader()
     rows = 0
-    for chunk in _chunks(_table_rows(reader, name, delimiter)):
+    for chunk in _chunks(_checked_rows(reader, name, delimiter)):
         texts = scrubber.scrub_many([row[column] or "" for row in chunk])
         for row, text in zip(chunk, texts, strict=True):
             row[column] = text
@@ -197,8 +191,7 @@ def scrub_file(
     problem = TEXT_ENCODING.problem(encoding)
     if problem:
         raise PIIError(f"--encoding {encoding!r} {problem}.")
-    codec = codecs.lookup(encoding).name
-    codec = "utf-8-sig" if codec == "utf-8" else codec
+    codec = text_codec(encoding)
     kind = _check_paths(src, dst, overwrite)
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
