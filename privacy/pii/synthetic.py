@@ -149,7 +149,7 @@ def _faker(templates: tuple[str, ...], lower_case_ratio: float) -> Any:
     sentences ~1 ms, and a simulated site injects once per round. Its draws
     depend only on the seed it is given before each use (``seed`` sets Faker's,
     ``random``'s and numpy's state): the cached generator gives exactly what a
-    fresh one seeded alike gives (``tests/privacy/test_synthetic.py``)."""
+    fresh one seeded alike gives (``tests/privacy/test_pii.py``, across processes)."""
     from presidio_evaluator.data_generator import (
         PresidioSentenceFaker,
         presidio_additional_entity_providers,

@@ -172,4 +172,4 @@ def test_an_update_whose_data_is_not_what_its_dtype_claims_is_dropped() -> None:
     arrays = ArrayRecord({**honest, "b": lying})
     out = screen_replies([_update_reply(arrays)], GLOBAL)
     assert not out.valid
-    assert "b (torch.int64)" in out.failures[0]["reason"]
+    assert "b (int64)" in out.failures[0]["reason"]
