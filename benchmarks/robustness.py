@@ -55,6 +55,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "benchmarks") not in sys.path:  # (Opacus installs `benchmarks`)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_runs import same_settings, summary_of, to_resume  # noqa: E402
+
 SITES = 8
 POISONED = 2
 SHARED = (
@@ -89,13 +94,6 @@ QUICK = (
 QUICK_CELLS = (("fedmedian", "sign-flip"),)
 
 
-def _summary(out: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((out / "summary.json").read_text())  # type: ignore[no-any-return]
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _settings(overrides: list[str]) -> dict[str, Any]:
     """``key -> value`` of run-config override strings (TOML values)."""
     from fedshield.simulations.launcher import override_pairs
@@ -121,7 +119,7 @@ def _cell(
         else f"simulation.poison='{attack}'"
     )
     wanted = _settings([SHARED, *overrides, cell])
-    done = _summary(out)
+    done = summary_of(out)
     if done and not _agrees(done.get("config", {}), wanted):
         raise SystemExit(
             f"{out} holds a run made with other settings than this cell's "
@@ -129,16 +127,14 @@ def _cell(
             "away, or choose another --work."
         )
     if not done or done.get("status") != "completed":
-        resume = (out / "checkpoint.pt").exists()
-        if out.exists() and not resume:  # stopped before round 1: kept aside
-            out.rename(work / f"{out.name}.stopped-{time.time_ns()}")
+        resume = to_resume(out)
         cmd = [sys.executable, "-m", "fedshield.cli", "simulate", "--out", str(out)]
         cmd += ["--sites", str(SITES)]
         for o in [SHARED, *overrides, cell + (" resume=true" if resume else "")]:
             cmd += ["--run-config", o]
         print(f"$ {defence} x {attack}", flush=True)
         subprocess.run(cmd, cwd=ROOT, check=False)
-        done = _summary(out)
+        done = summary_of(out)
     if not done or done.get("status") != "completed":
         raise SystemExit(f"cell {defence} x {attack} did not complete; see {out}")
     last = done["rounds"][-1]
@@ -236,15 +232,7 @@ def main() -> None:
         work = args.work or ROOT / "runs" / f"robustness-{stamp}"
         plan = [(d, a) for d in DEFENCES for a in ATTACKS]
     work.mkdir(parents=True, exist_ok=True)
-    settings = {"shared": SHARED, "overrides": overrides, "sites": SITES}
-    path = work / "settings.json"
-    if path.exists() and json.loads(path.read_text()) != settings:
-        raise SystemExit(
-            f"{work} holds runs made with other settings ({path.read_text().strip()});"
-            f" its cells would not compare with these ({settings}). Choose another "
-            "--work."
-        )
-    path.write_text(json.dumps(settings))
+    same_settings(work, {"shared": SHARED, "overrides": overrides, "sites": SITES})
     start = time.perf_counter()
     cells = [_cell(work, d, a, overrides) for d, a in plan]
     result = {

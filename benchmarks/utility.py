@@ -43,6 +43,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "benchmarks") not in sys.path:  # (Opacus installs `benchmarks`)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_runs import same_settings, summary_of, to_resume  # noqa: E402
+
 EPSILONS = (1.0, 3.0, 8.0)
 SITES = 4
 QUICK = (
@@ -57,20 +62,11 @@ def _fedshield(args: list[str]) -> int:
     return subprocess.run(cmd, cwd=ROOT, check=False).returncode
 
 
-def _summary(out: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((out / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _central(work: Path, overrides: list[str]) -> dict[str, Any]:
     out = work / "central"
-    done = _summary(out)
+    done = summary_of(out)
     if not done or done.get("status") != "completed":
-        resume = (out / "checkpoint.pt").exists()
-        if out.exists() and not resume:  # stopped before round 1: kept aside
-            out.rename(work / f"central.stopped-{time.time_ns()}")
+        resume = to_resume(out)
         _fedshield(
             [
                 "simulate",
@@ -84,22 +80,10 @@ def _central(work: Path, overrides: list[str]) -> dict[str, Any]:
                 + (" resume=true" if resume else ""),
             ]
         )
-        done = _summary(out)
+        done = summary_of(out)
     if not done or done.get("status") != "completed":
         raise SystemExit(f"the centralized run did not complete; see {out}/flwr.log")
     return done
-
-
-def _same_settings(work: Path, settings: dict[str, Any]) -> None:
-    """A --work folder is reused only with the settings it was made with."""
-    path = work / "settings.json"
-    if path.exists() and json.loads(path.read_text()) != settings:
-        raise SystemExit(
-            f"{work} holds runs made with other settings "
-            f"({path.read_text().strip()}); its runs would not compare with "
-            f"these ({settings}). Choose another --work."
-        )
-    path.write_text(json.dumps(settings))
 
 
 def main() -> None:
@@ -124,7 +108,7 @@ def main() -> None:
     else:
         work = args.work or ROOT / "runs" / f"utility-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True, exist_ok=True)
-    _same_settings(work, {"overrides": overrides, "seeds": args.seeds})
+    same_settings(work, {"overrides": overrides, "seeds": args.seeds})
     start = time.perf_counter()
     epsilons = (8.0,) if args.quick else EPSILONS  # quick: the mechanics only
     central = _central(work, overrides)
