@@ -237,3 +237,5 @@ def test_head_mode_trains_the_head_alone_under_dp(
     assert all(torch.equal(now[n].detach(), p) for n, p in frozen.items())
     with pytest.raises(ConfigError, match="no head of its own"):
         ModelConfig(task=TaskKind.CAUSAL_LM, finetune=FinetuneMode.HEAD)
+    from_run = ModelConfig.from_run_config({"model.finetune": "head"})  # the key
+    assert from_run.finetune is FinetuneMode.HEAD

@@ -133,3 +133,24 @@ def test_duplicate_columns_deep_json_and_byte_codecs_are_refused(
     with pytest.raises(PIIError, match="bytes-to-bytes"):
         scrub_file(dup, tmp_path / "o2.csv", scrubber=tagger, encoding="base64")
     assert not list(tmp_path.glob("o*"))
+
+
+def test_the_scrub_command_takes_encoding(tmp_path: Path) -> None:
+    """``fedshield scrub --encoding cp1252`` reaches the reader; without it the
+    command says which option to pass."""
+    from typer.testing import CliRunner
+
+    from fedshield.cli.main import app
+
+    src = tmp_path / "win.txt"
+    src.write_bytes("Note for Maria Garcia – “urgent”\n".encode("cp1252"))
+    runner = CliRunner()
+    plain = runner.invoke(app, ["scrub", str(src), "--out", str(tmp_path / "a.txt")])
+    assert plain.exit_code == 2 and "--encoding cp1252" in plain.output
+    done = runner.invoke(
+        app,
+        ["scrub", str(src), "--out", str(tmp_path / "b.txt"), "--encoding", "cp1252"],
+    )
+    assert done.exit_code == 0, done.output
+    out = (tmp_path / "b.txt").read_text(encoding="utf-8")
+    assert "Maria" not in out and "– “urgent”" in out
