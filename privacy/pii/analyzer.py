@@ -20,7 +20,7 @@ from typing import Any
 from .config import PIIConfig, PIIError
 from .overlaps import resolve_overlaps
 
-__all__ = ["find_many"]
+__all__ = ["analyzer_for", "find_many", "recognizers", "requested"]
 
 
 def _check_model_installed(name: str) -> None:
@@ -35,23 +35,9 @@ def _check_model_installed(name: str) -> None:
     )
 
 
-@lru_cache(maxsize=4)
-def _analyzer(spacy_model: str, entities: tuple[str, ...]) -> Any:
-    """One AnalyzerEngine per (model, entities) per process (loading takes ~10 s)."""
+def _nlp_engine(spacy_model: str) -> Any:
     _check_model_installed(spacy_model)
-    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
     from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
-    from presidio_analyzer.predefined_recognizers import (
-        CreditCardRecognizer,
-        DateRecognizer,
-        EmailRecognizer,
-        IbanRecognizer,
-        IpRecognizer,
-        SpacyRecognizer,
-        UrlRecognizer,
-    )
-
-    from .recognizers import custom_recognizers
 
     ner = NerModelConfiguration(
         labels_to_ignore=[
@@ -88,22 +74,82 @@ def _analyzer(spacy_model: str, entities: tuple[str, ...]) -> Any:
     for pipeline in pipelines.values():
         if "parser" in pipeline.pipe_names:
             pipeline.disable_pipe("parser")
-    # Only the recognizers we evaluated (benchmarks/pii.py): Presidio's
-    # phonenumbers-based phone and US SSN recognizers are replaced by ours, and its
-    # country-specific ones (UK NHS tags US phone numbers) are left out.
-    registry = RecognizerRegistry(supported_languages=["en"])
-    for recognizer in (
+    return nlp
+
+
+def recognizers(config: PIIConfig) -> list[Any]:
+    """Every recognizer a scrubber with ``config`` runs: spaCy's NER, Presidio's
+    predefined pattern recognizers less the dropped ones (:mod:`.presidio_set`),
+    fedshield's own (:mod:`.recognizers`, :mod:`.identifiers`, :mod:`.names`) and
+    the site's patterns (``config.patterns``)."""
+    from presidio_analyzer.predefined_recognizers import SpacyRecognizer
+
+    from .identifiers import identifier_recognizers
+    from .names import name_recognizers
+    from .presidio_set import presidio_recognizers
+    from .recognizers import custom_recognizers
+
+    return [
         SpacyRecognizer(supported_language="en", ner_strength=0.85),
-        EmailRecognizer(),
-        CreditCardRecognizer(),
-        IbanRecognizer(),
-        IpRecognizer(),
-        UrlRecognizer(),
-        DateRecognizer(),
+        *presidio_recognizers(),
         *custom_recognizers(),
-    ):
+        *identifier_recognizers(),
+        *name_recognizers(),
+        *(p.recognizer() for p in config.patterns),
+    ]
+
+
+def analyzer_for(config: PIIConfig, extra: tuple[Any, ...] = ()) -> Any:
+    """The ``AnalyzerEngine`` of ``config`` (cached per process: loading takes
+    ~10 s), with ``extra`` recognizers added (a fresh engine, for measurements)."""
+    if extra:
+        return _build(config, extra)
+    return _cached(config.spacy_model, config.patterns)
+
+
+@lru_cache(maxsize=4)
+def _cached(spacy_model: str, patterns: tuple[Any, ...]) -> Any:
+    from .config import PIIConfig
+
+    return _build(PIIConfig(spacy_model=spacy_model, patterns=patterns), ())
+
+
+def _build(config: PIIConfig, extra: tuple[Any, ...]) -> Any:
+    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+
+    registry = RecognizerRegistry(supported_languages=["en"])
+    for recognizer in (*recognizers(config), *extra):
         registry.add_recognizer(recognizer)
-    return AnalyzerEngine(nlp_engine=nlp, registry=registry, supported_languages=["en"])
+    return AnalyzerEngine(
+        nlp_engine=_nlp_shared(config.spacy_model),
+        registry=registry,
+        supported_languages=["en"],
+    )
+
+
+@lru_cache(maxsize=2)
+def _nlp_shared(spacy_model: str) -> Any:
+    return _nlp_engine(spacy_model)
+
+
+def requested(config: PIIConfig, engine: Any) -> list[str]:
+    """The entity types to ask ``engine`` for: ``config.entities``, and every
+    recognizer's type whose family (:func:`.presidio_set.family_of`) is one of
+    them."""
+    from .presidio_set import family_of
+
+    wanted = set(config.entities) | {p.entity for p in config.patterns}
+    return sorted(
+        {
+            e
+            for r in engine.registry.recognizers
+            for e in r.supported_entities
+            if family_of(e) in wanted
+        }
+    )
+
+
+_NER_OR_URL = frozenset({"SpacyRecognizer", "UrlRecognizer"})
 
 
 def find_many(
@@ -111,16 +157,19 @@ def find_many(
 ) -> Iterator[list[Any]]:
     """The findings to replace in each of ``texts``, in order, lazily: Presidio
     ``RecognizerResult``s of ``config``'s entities at or above its threshold;
-    overlapping findings of one type are merged into their union (vague dates
-    dropped), then overlaps across types are resolved by :func:`resolve_overlaps`,
+    overlapping findings of one type are merged into their union (dates that
+    name no day or month of a year dropped), then overlaps across types are resolved by :func:`resolve_overlaps`,
     which never leaves found text in place. spaCy's ``pipe`` runs the NER over
     ``batch_size`` texts at a time, which is faster per text than one call each and
     gives the same entities."""
     from presidio_analyzer import RecognizerResult
 
-    from .recognizers import NOT_ORGANIZATIONS, is_vague_date
+    from .recognizers import NOT_ORGANIZATIONS, is_ner_noise, is_specific_date
 
-    analyzer = _analyzer(config.spacy_model, config.entities)
+    from .presidio_set import family_of
+
+    analyzer = analyzer_for(config)
+    entities = requested(config, analyzer)
     # escaped line breaks ("\\n" in exported text) read as line breaks, same
     # length so that the offsets stay those of the text
     readable = (t.replace("\\n", " \n").replace("\\t", " \t") for t in texts)
@@ -131,14 +180,24 @@ def find_many(
         results = analyzer.analyze(
             text=text,
             language="en",
-            entities=list(config.entities),
+            entities=entities,
             score_threshold=config.score_threshold,
             allow_list=NOT_ORGANIZATIONS,
             nlp_artifacts=artifacts,
         )
+        kept = []
+        for r in results:  # a Presidio type reports as its family
+            r.entity_type = family_of(r.entity_type)
+            source = (r.recognition_metadata or {}).get("recognizer_name")
+            if source in _NER_OR_URL and is_ner_noise(text, r.entity_type, r.start, r.end):
+                continue
+            kept.append(r)
+        results = kept
         merged: list[Any] = []
         for r in sorted(results, key=lambda r: (r.entity_type, r.start)):
-            if r.entity_type == "DATE_TIME" and is_vague_date(text[r.start : r.end]):
+            if r.entity_type == "DATE_TIME" and not is_specific_date(
+                text[r.start : r.end]
+            ):
                 continue
             last = merged[-1] if merged else None
             if last and last.entity_type == r.entity_type and r.start < last.end:

@@ -54,12 +54,17 @@ class PIIConfig:
         spacy_model: installed spaCy package name or model folder.
         entities: entity types to find and replace.
         score_threshold: minimum Presidio score of a finding.
+        patterns: the site's own patterns (:class:`.site_patterns.SitePattern`),
+            never set by a run config: the site's policy adds them
+            (node config ``pii-patterns``).
     """
 
     mode: PIIMode = PIIMode(default("pii.mode"))
     spacy_model: str = DEFAULT_SPACY_MODEL
     entities: tuple[str, ...] = DEFAULT_ENTITIES
     score_threshold: float = default("pii.score-threshold")
+    # a site's own patterns (.site_patterns.SitePattern), added by its policy
+    patterns: tuple[Any, ...] = ()
 
     KEYS: ClassVar[dict[str, str]] = {
         "mode": "pii.mode",

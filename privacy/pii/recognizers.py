@@ -18,7 +18,8 @@ phone number).
 - ``ORGANIZATION``: capitalised names ending in a legal-form suffix ("Vaxart Inc.",
   "SIPEF NV"); the small model's own ORG findings are too noisy to use.
 - ``DATE_TIME``: written-out dates ("March 3rd, 1985"), numeric and ISO dates and
-  timestamps.
+  timestamps; a finding of any recognizer is kept only if it names a day of a
+  month or a month of a year (:func:`is_specific_date`).
 - ``AGE``: the number in "45-year-old", "aged 45", "at the age of 45", "turned 45".
 - ``US_ZIP_CODE``: after a state abbreviation, or with a context word; Canadian
   postal codes.
@@ -50,7 +51,8 @@ from .pattern_recognizer import SpanPatternRecognizer, digits_between, luhn
 __all__ = [
     "NOT_ORGANIZATIONS",
     "custom_recognizers",
-    "is_vague_date",
+    "is_ner_noise",
+    "is_specific_date",
 ]
 
 NOT_ORGANIZATIONS = [
@@ -100,12 +102,23 @@ _NL = r"(?:\\n|\n)"  # texts often carry escaped newlines
 _UNIT = (
     r"(?:Apt|Apartment|Suite|Ste|Unit|Flat|Fl|Floor|Room|Rm|Box)\.?\s*#?\s*\d+\p{L}?"
 )
+# the street words people write in lowercase too ("23 ashgrove rd"); any other
+# USPS suffix ("Course", "Via", "Path") ends a street only after capitalised words
+_COMMON_SUFFIXES = (
+    "street st road rd avenue ave lane ln drive close crescent way boulevard blvd "
+    "place court ct terrace grove gardens square parkway pkwy highway hwy"
+).split()
+_UNIT_BEFORE = r"(?:(?i:flat|unit|apt|apartment|suite)\s*\d+\p{L}?,?\s+)?"
 _STREET_US = (
-    r"\b\d{1,6}(?:\s+\d{1,5})?\s+(?:"
-    + _WORD
+    r"\b" + _UNIT_BEFORE + r"\d{1,6}\p{L}?(?:\s+\d{1,5})?\s+(?:(?:"
+    + _UP
     + r"\s+){0,3}(?i:"
     + "|".join(_SUFFIXES)
-    + r")\b\.?(?:\s+(?:N|S|E|W|NE|NW|SE|SW)\b)?"
+    + r")|(?:"
+    + _WORD
+    + r"\s+){0,3}(?i:"
+    + "|".join(_COMMON_SUFFIXES)
+    + r"))\b\.?(?:\s+(?:N|S|E|W|NE|NW|SE|SW)\b)?"
 )
 _STREET_LEADING = (
     r"\b\d{1,6}(?:\s+\d{1,5})?,?\s+(?i:" + "|".join(_LEADING) + r")\.?\s+"
@@ -140,6 +153,15 @@ _MONTH = (
     r"Aug(?:ust)?|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
 )
 _DAY = r"(?:[12]\d|3[01]|0?[1-9])(?:st|nd|rd|th)?"
+# month names of the other languages sites write in (fr, de, es, it, nl, pt)
+_FOREIGN_MONTH = (
+    r"(?:janvier|février|fevrier|mars|avril|mai|juin|juillet|août|aout|septembre|"
+    r"octobre|novembre|décembre|decembre|januar|februar|märz|maerz|juni|juli|"
+    r"oktober|dezember|enero|febrero|marzo|mayo|junio|julio|agosto|septiembre|"
+    r"octubre|noviembre|diciembre|gennaio|febbraio|aprile|maggio|giugno|luglio|"
+    r"settembre|ottobre|dicembre|januari|februari|maart|mei|augustus|"
+    r"janeiro|fevereiro|março|maio|junho|julho|setembro|outubro|dezembro)"
+)
 _STATES = (
     r"(?:AL|AK|AZ|AR|CA|CO|CT|DE|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|"
     r"MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|DC)"
@@ -151,25 +173,65 @@ _ORG_SUFFIX = (
 )
 
 
-_CALENDAR_WORD = regex.compile(
-    r"\d|\b(?:" + _MONTH + r"|Mon|Tue|Wed|Thu|Fri|Sat|Sun)(?:day)?\b",
-    regex.IGNORECASE,
-)
-_DURATION = regex.compile(
-    r"(?:about |over |almost |nearly )?\d+(?:\.\d+)?\s*(?:-\s*)?"
-    r"(?:seconds?|minutes?|mins?|hours?|hrs?|days?|weeks?|months?|years?)",
+_SPECIFIC_DATE = regex.compile(
+    r"\b\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}\b"  # 14/03/1985, 2024-03-14, 12.01.2024
+    rf"|\b{_MONTH}\.?\s+{_DAY}\b"  # March 3rd, Mar 14 09:13
+    rf"|\b{_DAY}\s+(?:of\s+)?(?:{_MONTH}|{_FOREIGN_MONTH})\b"  # 3rd of March, 12 janvier
+    rf"|\b\d{{1,2}}[-/]{_MONTH}[-/]\d{{2,4}}\b"  # 03-JUL-1972, 14/Mar/2024
+    r"|\d{4}年\d{1,2}月\d{1,2}日"
+    rf"|\b{_MONTH}\.?,?\s+(?:19|20)\d{{2}}\b"  # March 2024
+    r"|\b(?:19|20)\d{2}[/-](?:0[1-9]|1[0-2])\b",  # 2024-03
     regex.IGNORECASE,
 )
 
 
-def is_vague_date(text: str) -> bool:
-    """A date expression that names no day, month or year ("next week", "a few
-    months ago", "this morning") or a duration ("128 minutes"): not PII, though
-    spaCy calls it DATE/TIME."""
-    return (
-        _CALENDAR_WORD.search(text) is None
-        or _DURATION.fullmatch(text.strip()) is not None
-    )
+def is_specific_date(text: str) -> bool:
+    """A date expression that names a day of a month, or a month of a year: what
+    HIPAA's Safe Harbor removes ("all elements of dates, except year"). A weekday,
+    a month or a year alone, a time of day, a duration and a relative date ("next
+    week", "every 6 months", "the March release", "9:30") are not, though spaCy
+    calls them DATE or TIME."""
+    return _SPECIFIC_DATE.search(text) is not None
+
+
+_EPONYM_HEAD = (
+    r"(?:scale|score|procedure|operation|syndrome|disease|sign|test|criteria|"
+    r"classification|index|manoeuvre|maneuver|reflex|examination|exam|"
+    r"questionnaire|inventory|protocol|method|algorithm|distribution|equation)"
+)
+_EPONYM_AFTER = regex.compile(r"^(?:['’]s)?\s+" + _EPONYM_HEAD + r"\b", regex.IGNORECASE)
+_EPONYM_LAST = regex.compile(r"\b" + _EPONYM_HEAD + r"$", regex.IGNORECASE)
+_ACRONYM = regex.compile(r"\p{Lu}{2,6}s?")
+_NOT_NAME_CHARS = regex.compile(r"[^\p{L}\s&.'’,-]")
+_FILE_EXTENSIONS = frozenset(
+    "py js ts sh md rs go pl rb cs cc cpp hpp java kt toml yaml yml json conf cfg ini "
+    "log txt csv sql xml html css lock".split()
+)
+
+
+def is_ner_noise(text: str, entity: str, start: int, end: int) -> bool:
+    """A finding of spaCy's small model (or a schemeless URL) that is not PII, by
+    its shape: an organisation that is an acronym ("ECG", "DHCP", "NSAIDs") or
+    holds digits or code ("Ubuntu 22.04", "&& npm"); a name, organisation or
+    place that is an eponym ("Glasgow Coma Scale", "the Whipple procedure",
+    "Parkinson's disease"); a person written without a capital letter (the
+    name-list recognizer, :mod:`.names`, finds lowercase names); a URL that is
+    a file name ("session.py")."""
+    span = text[start:end]
+    if entity in ("PERSON", "ORGANIZATION", "LOCATION"):
+        if _EPONYM_LAST.search(span) or _EPONYM_AFTER.match(text[end : end + 40]):
+            return True
+    if entity == "ORGANIZATION":
+        return bool(_ACRONYM.fullmatch(span) or _NOT_NAME_CHARS.search(span))
+    if entity == "PERSON":
+        return not any(c.isupper() for c in span) or bool(_NOT_NAME_CHARS.search(span))
+    if entity == "URL":
+        low = span.casefold()
+        if "://" in low or low.startswith("www."):
+            return False
+        host = low.split("/")[0]
+        return "/" not in low and host.rsplit(".", 1)[-1] in _FILE_EXTENSIONS
+    return False
 
 
 def custom_recognizers() -> list[EntityRecognizer]:
@@ -201,6 +263,19 @@ def custom_recognizers() -> list[EntityRecognizer]:
                     r"(?i:\bmy name is|\bname\s*:|\bpatient|\bcontact\s*:|\bsigned,?)"
                     r"\s+(?P<pii>" + _NAME + r")",
                     0.9,
+                ),
+                (  # "name": "Haruto Sato", owner="Yaw Asante", GIT_AUTHOR_NAME='...'
+                    "key-value",
+                    r"(?i:(?:\b|(?<=_))(?:name|author|owner|maintainer|contact|assignee"
+                    r"|reporter|full_?name|display_?name|customer|employee))[\"']?\s*"
+                    r"[:=]\s*[\"']?(?P<pii>\p{Lu}[\p{L}'’-]+(?:[ ]+\p{Lu}[\p{L}'’.-]+){1,3})",
+                    0.85,
+                ),
+                (  # an e-mail's display name: "Mateus Oliveira <mateus@...>"
+                    "display-name",
+                    r"(?P<pii>\p{Lu}[\p{L}'’-]+(?:[ ]+\p{Lu}[\p{L}'’.-]+){1,3})"
+                    r"\s+<[^>\s@]+@",
+                    0.85,
                 ),
                 (
                     "first-initial-last",
@@ -236,6 +311,18 @@ def custom_recognizers() -> list[EntityRecognizer]:
                     rf"\b(?:the\s+)?{_DAY}\s+(?:of\s+)?{_MONTH}\.?,?\s+\d{{4}}\b",
                     0.9,
                 ),
+                (
+                    "month-day",
+                    rf"\b(?i:{_MONTH})\.?\s+{_DAY}\b(?!\s*(?:%|mg|ml|kg|g)\b)",
+                    0.85,
+                ),
+                (
+                    "day-month",
+                    rf"\b{_DAY}\s+(?:of\s+)?(?i:{_MONTH}|{_FOREIGN_MONTH})\b\.?(?:,?\s+\d{{4}})?",
+                    0.85,
+                ),
+                ("log-stamp", rf"\b\d{{1,2}}/{_MONTH}/\d{{4}}(?::\d\d){{0,3}}(?:\s[+-]\d{{4}})?", 0.9),
+                ("cjk", r"\d{4}年\d{1,2}月\d{1,2}日", 0.9),
                 (
                     "numeric",
                     r"\b(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01])/(?:19|20)\d{2}\b",
@@ -273,7 +360,6 @@ def custom_recognizers() -> list[EntityRecognizer]:
                     r"(?P<pii>\d{2,5}(?:[- ]\d{3,4})?)\b",
                     0.9,
                 ),
-                ("canada", r"\b[A-Z]\d[A-Z]\s?\d[A-Z]\d\b", 0.8),
             ],
         ),
         SpanPatternRecognizer(

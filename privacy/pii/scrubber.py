@@ -65,6 +65,12 @@ _SURROGATES: dict[str, str] = {
     "LOCATION": "city",
     "ORGANIZATION": "company",
     "URL": "url",
+    "PASSPORT": "passport_number",
+    "POSTCODE": "postcode",
+    "MAC_ADDRESS": "mac_address",
+    "USERNAME": "user_name",
+    "VEHICLE_REGISTRATION": "license_plate",
+    "BANK_ACCOUNT": "bban",
 }
 
 
