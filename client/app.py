@@ -206,7 +206,9 @@ def train(
     # dataset with a fresh budget
     raw_fingerprint = dataset_fingerprint(site.train.texts)
     # PII is removed before anything is tokenized
-    scrubbed = scrub_site(site, cfg=cfg.pii, state_dir=budget.state_dir)
+    scrubbed = scrub_site(
+        site, cfg=node.policy.pii_for(cfg.pii), state_dir=budget.state_dir
+    )
     late = scrubbed.site.after_scrubbing  # simulated secret canaries, or None
     site = _with_late_records(scrubbed.site)
     try:
@@ -342,7 +344,7 @@ def evaluate(
     state_dir = site_state_dir(
         node, dict(config) if config is not None else {}, site.name
     )
-    site = scrub_site(site, cfg=cfg.pii, state_dir=state_dir).site
+    site = scrub_site(site, cfg=node.policy.pii_for(cfg.pii), state_dir=state_dir).site
     if site.eval is None:
         raise ValueError(
             f"Site {site.name!r} has no evaluation data. Set `eval-data-path` in its "

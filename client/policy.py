@@ -33,6 +33,10 @@ Node-config keys (``flower-supernode --node-config "require-secagg=true ..."``):
                           0.5); a run may lower it, never raise it.
     pii-spacy-model       the NER model the site scrubs with (default the run key's
                           default); a run naming another model is refused.
+    pii-patterns          a TOML file of the site's own patterns (employee, ticket,
+                          case numbers: :mod:`fedshield.privacy.pii.site_patterns`),
+                          scrubbed in every run whatever its pii.entities; their
+                          counts stay at the site.
     allow-evaluate        ``false`` (default): the site answers no ``evaluate``
                           message. Accuracy and loss on the site's held-out records
                           leave without DP noise, for whatever model the
@@ -62,12 +66,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedshield.common.config import ConfigError
 from fedshield.common.schema import PII_METRIC_PREFIX, Metric
 from fedshield.privacy.pii import PIIMode
 from fedshield.privacy.pii.config import DEFAULT_ENTITIES, DEFAULT_SPACY_MODEL
+from fedshield.privacy.pii.site_patterns import SitePattern, read_patterns
 
 if TYPE_CHECKING:
     from fedshield.privacy.pii import PIIConfig
@@ -113,6 +119,7 @@ POLICY_KEYS = (
     "pii-entities",
     "pii-score-threshold",
     "pii-spacy-model",
+    "pii-patterns",
     "allow-evaluate",
     "release-metrics",
 )
@@ -192,6 +199,7 @@ class SitePolicy:
     pii_entities: frozenset[str] = frozenset(DEFAULT_ENTITIES)
     pii_score_threshold: float = 0.5
     pii_spacy_model: str = DEFAULT_SPACY_MODEL
+    pii_patterns: tuple[SitePattern, ...] = ()
     allow_evaluate: bool = False
     release_metrics: frozenset[str] = field(
         default_factory=lambda: frozenset(DEFAULT_RELEASE)
@@ -222,6 +230,9 @@ class SitePolicy:
             else frozenset(DEFAULT_ENTITIES),
             pii_score_threshold=_threshold(raw, "pii-score-threshold", 0.5),
             pii_spacy_model=str(raw.get("pii-spacy-model", DEFAULT_SPACY_MODEL)),
+            pii_patterns=read_patterns(Path(str(raw["pii-patterns"])))
+            if raw.get("pii-patterns")
+            else (),
             allow_evaluate=_bool(raw, "allow-evaluate", False),
             release_metrics=parse_release(
                 str(raw.get("release-metrics", ",".join(DEFAULT_RELEASE))),
@@ -282,6 +293,16 @@ class SitePolicy:
                     f"the run's pii.spacy-model={pii.spacy_model!r} is not the NER "
                     f"model this site scrubs with ({self.pii_spacy_model!r})"
                 )
+
+    def pii_for(self, pii: PIIConfig) -> PIIConfig:
+        """The scrubbing this site runs for a run asking ``pii``: the run's settings
+        (checked by :meth:`check_pii`) with the site's own patterns added, their
+        entity types scrubbed whatever the run's entities."""
+        if not self.pii_patterns or pii.mode is PIIMode.OFF:
+            return pii
+        from dataclasses import replace
+
+        return replace(pii, patterns=(*pii.patterns, *self.pii_patterns))
 
     def check_evaluate(self) -> None:
         if not self.allow_evaluate:

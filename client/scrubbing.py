@@ -21,6 +21,7 @@ from fedshield.common.storage import atomic_write_json
 from fedshield.models.texts import LabeledTexts
 from fedshield.privacy.fingerprint import dataset_fingerprint
 from fedshield.privacy.pii import PIIConfig, PIIMode, Scrubber, load_site_key
+from fedshield.privacy.pii.analyzer import recognizers_version
 
 from .site import SiteData
 
@@ -46,6 +47,8 @@ def _cache_key(site: SiteData, cfg: PIIConfig, key: bytes) -> str:
         "model": cfg.spacy_model,
         "entities": list(cfg.entities),
         "threshold": cfg.score_threshold,
+        "patterns": [[p.entity, p.regex, p.score] for p in cfg.patterns],
+        "recognizers": recognizers_version(),
         "key": hashlib.sha256(key).hexdigest() if key else "",
     }
     blob = json.dumps(parts, sort_keys=True).encode()

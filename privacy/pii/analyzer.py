@@ -20,7 +20,13 @@ from typing import Any
 from .config import PIIConfig, PIIError
 from .overlaps import resolve_overlaps
 
-__all__ = ["analyzer_for", "find_many", "recognizers", "requested"]
+__all__ = [
+    "analyzer_for",
+    "find_many",
+    "recognizers",
+    "recognizers_version",
+    "requested",
+]
 
 
 def _check_model_installed(name: str) -> None:
@@ -132,6 +138,22 @@ def _nlp_shared(spacy_model: str) -> Any:
     return _nlp_engine(spacy_model)
 
 
+@lru_cache(maxsize=1)
+def recognizers_version() -> str:
+    """A digest of what decides the findings besides the settings: the source of
+    this package's modules and the Presidio and spaCy versions. A cache of
+    scrubbed text keyed on it is never reused after the recognizers change."""
+    import hashlib
+    from importlib.metadata import version
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for package in ("presidio-analyzer", "spacy", "faker"):
+        digest.update(f"{package}={version(package)}".encode())
+    return digest.hexdigest()[:16]
+
+
 def requested(config: PIIConfig, engine: Any) -> list[str]:
     """The entity types to ask ``engine`` for: ``config.entities``, and every
     recognizer's type whose family (:func:`.presidio_set.family_of`) is one of
@@ -157,16 +179,17 @@ def find_many(
 ) -> Iterator[list[Any]]:
     """The findings to replace in each of ``texts``, in order, lazily: Presidio
     ``RecognizerResult``s of ``config``'s entities at or above its threshold;
-    overlapping findings of one type are merged into their union (dates that
-    name no day or month of a year dropped), then overlaps across types are resolved by :func:`resolve_overlaps`,
-    which never leaves found text in place. spaCy's ``pipe`` runs the NER over
-    ``batch_size`` texts at a time, which is faster per text than one call each and
-    gives the same entities."""
+    a Presidio type reports as its family (:mod:`.presidio_set`); the NER's
+    noise (:func:`.recognizers.is_ner_noise`) and dates that name no day or
+    month of a year are dropped; overlapping findings of one type are merged
+    into their union, then overlaps across types are resolved by
+    :func:`resolve_overlaps`, which never leaves found text in place. spaCy's
+    ``pipe`` runs the NER over ``batch_size`` texts at a time, which is faster
+    per text than one call each and gives the same entities."""
     from presidio_analyzer import RecognizerResult
 
-    from .recognizers import NOT_ORGANIZATIONS, is_ner_noise, is_specific_date
-
     from .presidio_set import family_of
+    from .recognizers import NOT_ORGANIZATIONS, is_ner_noise, is_specific_date
 
     analyzer = analyzer_for(config)
     entities = requested(config, analyzer)
@@ -189,7 +212,9 @@ def find_many(
         for r in results:  # a Presidio type reports as its family
             r.entity_type = family_of(r.entity_type)
             source = (r.recognition_metadata or {}).get("recognizer_name")
-            if source in _NER_OR_URL and is_ner_noise(text, r.entity_type, r.start, r.end):
+            if source in _NER_OR_URL and is_ner_noise(
+                text, r.entity_type, r.start, r.end
+            ):
                 continue
             kept.append(r)
         results = kept

@@ -15,6 +15,7 @@ from fedshield.common.run_config import check_fields, default, read_fields
 __all__ = [
     "DEFAULT_ENTITIES",
     "DEFAULT_SPACY_MODEL",
+    "IDENTIFIER_ENTITIES",
     "STRUCTURED_ENTITIES",
     "PIIConfig",
     "PIIError",
@@ -31,6 +32,17 @@ STRUCTURED_ENTITIES = (
     "US_SSN",
     "IBAN_CODE",
     "IP_ADDRESS",
+)
+
+# identifiers a validated format or a context word makes certain: they take
+# precedence over an overlapping finding of the NER or a phone pattern
+IDENTIFIER_ENTITIES = (
+    "MEDICAL_RECORD_NUMBER",
+    "PASSPORT",
+    "DRIVER_LICENSE",
+    "NATIONAL_ID",
+    "EMPLOYEE_ID",
+    "MAC_ADDRESS",
 )
 
 

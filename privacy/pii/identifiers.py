@@ -69,7 +69,7 @@ CONTEXTS: dict[str, str] = {
         r"|\b(?:SIN|PAN|FIN|TIN|NIE|NIR)(?:\s+(?:number|no\b\.?|card))?)"
     ),
     "EMPLOYEE_ID": (
-        r"(?i:\bemployee\s+(?:id|number|no\b\.?|#|code)|\bemp(?:loyee)?[ _-]?(?:id|no\b\.?|num)"
+        r"(?i:\bemployee\s+(?:id|number|no\b\.?|#|code)|\bemp(?:loyee)?[ _-]?(?:id|no\b\.?|num)"  # noqa: E501
         r"|\bstaff\s+(?:id|number|no\b\.?|#)|\bpersonnel\s+(?:id|number|no\b\.?)"
         r"|\bpayroll\s+(?:id|number|no\b\.?|#)|\bbadge\s+(?:id|number|no\b\.?|#)"
         r"|\bworker\s+id|\bEIN|\b(?:employee|emp|badge|staff|payroll)(?=\s+#?\s*\d))"
@@ -104,17 +104,21 @@ _UK_POSTCODE = (
 )
 _PLACE = r"\p{Lu}\p{Ll}{2,}"
 _POSTCODE_BEFORE_PLACE = (
-    r"(?:^|(?<=[,;(]\s{0,3})|(?<=\n)|(?<=\\n))\s*(?P<pii>(?:[A-Z]{1,2}-)?\d{4,5}"
-    r"(?:\s?[A-Z]{2}(?=\s))?\s+" + _PLACE + ")"
+    r"(?:^|(?<=[,;(]\s{0,3})|(?<=\n)|(?<=\\n))\s*(?P<pii>(?:[A-Z]{1,2}-)?"
+    r"(?:\d{4,5}(?:-\d{3,4})?|\d{2}-\d{3})(?:\s?[A-Z]{2}(?=\s))?\s+" + _PLACE + ")"
 )
 _POSTCODE_CONTEXT = (
-    r"(?i:\bpost(?:al)?\s*code|\bPLZ|\bcode\s+postal|\bpin\s*code|\bzip(?:\s*code)?"
-    r"|\bpostleitzahl|\bCAP)[\"']?\s*[:=]?\s*[\"']?(?P<pii>[A-Za-z0-9]{2,5}(?:[ -][A-Za-z0-9]{2,4})?)\b"
+    r"(?:(?i:\bpost(?:al)?\s*code|\bPLZ|\bcode\s+postal|\bpin\s*code|\bzip(?:\s*code)?"
+    r"|\bpostleitzahl)|\bCAP)\b[\"']?\s*[:=]?\s*[\"']?(?P<pii>(?=[A-Za-z]*\d)[A-Za-z0-9]{2,5}(?:[ -][A-Za-z0-9]{2,4})?)\b"  # noqa: E501
 )
 _NAME = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,37}[A-Za-z0-9_])?"
 _NOT_HANDLES = r"(?:here|channel|everyone|all|param|return|returns|throws|see)\b"
 _HANDLE = (
-    r"(?<![\w@./\\])(?<!^[ \t]*)@(?!" + _NOT_HANDLES + r")" + _NAME + r"(?![\w(/@]|\.\w)"
+    r"(?<![\w@./\\])(?<!^[ \t]*)@(?!"
+    + _NOT_HANDLES
+    + r")"
+    + _NAME
+    + r"(?![\w(/@]|\.\w)"
 )
 _NOT_USERS = (
     r"(?!(?i:root|admin|administrator|system|null|none|nil|true|false|unknown|"
@@ -150,7 +154,9 @@ _USERNAMES = [
     ),
     (
         "domain-login",
-        r"\b[A-Z][A-Z0-9-]{1,14}\\{1,2}(?P<pii>" + _NOT_USERS + r"[A-Za-z][\w.-]{1,30})",
+        r"\b[A-Z][A-Z0-9-]{1,14}\\{1,2}(?P<pii>"
+        + _NOT_USERS
+        + r"[A-Za-z][\w.-]{1,30})",
         0.8,
     ),
 ]
@@ -162,18 +168,28 @@ def identifier_recognizers() -> list[EntityRecognizer]:
             SpanPatternRecognizer(
                 entity,
                 f"FedshieldContext{entity.title().replace('_', '')}",
-                [("after-context", context + _JOIN + r"(?P<pii>" + _VALUE + r")", 0.9)],
+                [
+                    (
+                        "after-context",
+                        context + _JOIN + r"(?P<pii>" + _VALUE + r")",
+                        0.97,
+                    )
+                ],
                 validate=id_value,
             )
             for entity, context in CONTEXTS.items()
         ),
-        SpanPatternRecognizer("MAC_ADDRESS", "FedshieldMac", [("mac", _MAC, 0.9)]),
+        SpanPatternRecognizer("MAC_ADDRESS", "FedshieldMac", [("mac", _MAC, 0.95)]),
         SpanPatternRecognizer(
             "POSTCODE",
             "FedshieldPostcode",
             [
                 ("uk", _UK_POSTCODE, 0.9),
-                ("canada", r"\b[ABCEGHJ-NPRSTVXY]\d[ABCEGHJ-NPRSTV-Z] ?\d[ABCEGHJ-NPRSTV-Z]\d\b", 0.9),
+                (
+                    "canada",
+                    r"\b[ABCEGHJ-NPRSTVXY]\d[ABCEGHJ-NPRSTV-Z] ?\d[ABCEGHJ-NPRSTV-Z]\d\b",  # noqa: E501
+                    0.9,
+                ),
                 ("before-place", _POSTCODE_BEFORE_PLACE, 0.7),
                 ("after-context", _POSTCODE_CONTEXT, 0.9),
             ],

@@ -11,7 +11,10 @@ cultures) and is not a common English word (spaCy's stop words and Faker's list 
 
 - ``lowercase-after-cue``: after a word that introduces a person ("patient",
   "spoke to", "call me", "it's", "thanks", "wife", "cc", ...), one to three
-  lowercase words: a given name, then family names;
+  lowercase words: a given name, then family names; ``title-after-cue``: the
+  same, capitalised, after these cues or "and", "with", "to", "for", "by", "from";
+- ``any-after-title``: after "Mr", "Dr", "Ms", ... one to three words that are
+  not common words, in any case ("mr okafor", "DR. M. OYELARAN");
 - ``capitals``: two or three all-capital words, a given name then a family name
   ("JANE DOE"), or all-capital words after a cue ("PATIENT: ROBERT KING");
 - ``given-family``: a capitalised given name followed by a capitalised family
@@ -28,7 +31,13 @@ from typing import Any
 import regex
 from presidio_analyzer import EntityRecognizer, RecognizerResult
 
-__all__ = ["NameListRecognizer", "is_common_word", "name_lists", "name_recognizers"]
+__all__ = [
+    "NameListRecognizer",
+    "is_common_word",
+    "is_given_name",
+    "name_lists",
+    "name_recognizers",
+]
 
 
 @lru_cache(maxsize=1)
@@ -76,6 +85,11 @@ def is_common_word(word: str) -> bool:
     return word.casefold() in _common_words()
 
 
+def is_given_name(word: str) -> bool:
+    """A given name of the lists that is not a common English word."""
+    return _given(word)
+
+
 def _given(word: str) -> bool:
     """A given name, not a common word; of a hyphenated one ("Marc-André"), the
     first part."""
@@ -97,11 +111,14 @@ _CUE = (
     r"|\bthank\s+you,?|\bcheers,?|\bregards,?|\bhi|\bhey|\bhello|\bdear|\bwife"
     r"|\bhusband|\bson|\bdaughter|\bmother|\bmom|\bmum|\bfather|\bdad|\bbrother"
     r"|\bsister|\bpartner|\bfriend|\bcolleague|\bmanager|\bboss|\bdr\b\.?"
-    r"|\bmrs?\b\.?|\bms\b\.?|\bsigned|\bfrom|\bto|\bwith|\band|\bby|\bfor"
+    r"|\bmrs?\b\.?|\bms\b\.?|\bsigned"
     r"|\b(?:sur|fore|first|last|given|family|full)\s*name\s*:|\bnurse|\bdoctor"
     r"|\bmidwife|\blandlord|\bneighbou?r|\baunt(?:y|ie)?|\buncle|\bcousin"
     r"|\bgrand(?:ma|pa|mother|father)|\bits|\btext|\bcall|\bring|\bmessage|\bdm)"
 )
+# words that often precede a capitalised name, too common to trust before a
+# lowercase one ("life and love", "with grace")
+_WEAK_CUE = r"(?i:\bfrom|\bto|\bwith|\band|\bby|\bfor)"
 # a title makes what follows a name, whatever its case: "mr okafor", "DR. M. OYELARAN"
 _TITLE_CUE = r"(?i:\b(?:mr|mrs|ms|mx|miss|dr|prof))\.?"
 _LOWER = r"\p{Ll}[\p{Ll}'’-]*"
@@ -120,7 +137,15 @@ _PATTERNS = [
     ),
     (
         "title-after-cue",
-        _CUE + r"[\s(:,]+(?P<pii>" + _TITLE + r"(?:[ ]+" + _TITLE + r"){0,2})",
+        r"(?:"
+        + _CUE
+        + "|"
+        + _WEAK_CUE
+        + r")[\s(:,]+(?P<pii>"
+        + _TITLE
+        + r"(?:[ ]+"
+        + _TITLE
+        + r"){0,2})",
         0.8,
     ),
     (
@@ -128,8 +153,11 @@ _PATTERNS = [
         _TITLE_CUE + r"\s+(?P<pii>(?:\p{Lu}\.\s*)?[\p{L}'’-]+(?:[ ]+[\p{L}'’-]+){0,2})",
         0.85,
     ),
-    ("possessive", r"(?<![\p{L}\d])(?P<pii>\p{L}[\p{Ll}-]+)(?=['’]s\b)", 0.75),
-    ("capitals", r"(?<![\p{L}\d])(?P<pii>" + _CAPS + r"(?:[ ]+" + _CAPS + r"){1,2})", 0.85),
+    (
+        "capitals",
+        r"(?<![\p{L}\d])(?P<pii>" + _CAPS + r"(?:[ ]+" + _CAPS + r"){1,2})",
+        0.85,
+    ),
     ("given-family", r"(?<![\p{L}\d])(?P<pii>" + _TITLE + r"[ ]+" + _TITLE + r")", 0.8),
 ]
 _COMPILED = [(n, regex.compile(p), s) for n, p, s in _PATTERNS]
@@ -182,7 +210,7 @@ class NameListRecognizer(EntityRecognizer):  # type: ignore[misc]
             return []
         found = []
         for pattern_name, pattern, score in _COMPILED:
-            cue = "after-cue" in pattern_name or pattern_name == "possessive"
+            cue = "after-cue" in pattern_name
             title = pattern_name == "any-after-title"
             for match in pattern.finditer(text, overlapped=not (cue or title)):
                 start = match.start("pii")
@@ -198,7 +226,7 @@ class NameListRecognizer(EntityRecognizer):  # type: ignore[misc]
                         end=end,
                         score=score,
                         recognition_metadata={
-                            RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+                            RecognizerResult.RECOGNIZER_NAME_KEY: "FedshieldNameLists",
                             RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
                             "pattern": pattern_name,
                         },

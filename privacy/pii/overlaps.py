@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .config import STRUCTURED_ENTITIES
+from .config import IDENTIFIER_ENTITIES, STRUCTURED_ENTITIES
 
 __all__ = ["PIECE_OF", "found_once", "resolve_overlaps"]
 
@@ -19,7 +19,8 @@ def resolve_overlaps(text: str, findings: list[Any]) -> list[Any]:
     """Non-overlapping findings that together cover every character of
     ``findings`` (a scrubber must not leave part of a finding in the text).
 
-    Precedence, for the type a character gets: a structured type first (its
+    Precedence, for the type a character gets: a structured type or an
+    identifier announced by its context (``IDENTIFIER_ENTITIES``) first (their
     recognizers validate: an IP address over spaCy's reading of it as a date, of
     "IP 10.1.2.3" as an organisation, or of a piece of an IPv6 address as a
     name), then the higher score, then the longer finding. A finding that
@@ -32,7 +33,8 @@ def resolve_overlaps(text: str, findings: list[Any]) -> list[Any]:
 
     def precedence(r: Any) -> tuple[bool, float, int, int]:
         structured = r.entity_type in STRUCTURED_ENTITIES
-        return (not structured, -r.score, -(r.end - r.start), r.start)
+        identifier = r.entity_type in IDENTIFIER_ENTITIES
+        return (not (structured or identifier), -r.score, -(r.end - r.start), r.start)
 
     chosen: list[Any] = []
     for r in sorted(findings, key=precedence):

@@ -110,18 +110,19 @@ _COMMON_SUFFIXES = (
 ).split()
 _UNIT_BEFORE = r"(?:(?i:flat|unit|apt|apartment|suite)\s*\d+\p{L}?,?\s+)?"
 _STREET_US = (
-    r"\b" + _UNIT_BEFORE + r"\d{1,6}\p{L}?(?:\s+\d{1,5})?\s+(?:(?:"
-    + _UP
-    + r"\s+){0,3}(?i:"
-    + "|".join(_SUFFIXES)
-    + r")|(?:"
+    r"\b"
+    + _UNIT_BEFORE
+    + r"\d{1,6}\p{L}?(?:\s+\d{1,5})?\s+(?:"
     + _WORD
-    + r"\s+){0,3}(?i:"
+    + r"\s+){0,3}(?:"
+    + "|".join(_SUFFIXES + [w.upper() for w in _SUFFIXES])
+    + r"|(?i:"
     + "|".join(_COMMON_SUFFIXES)
     + r"))\b\.?(?:\s+(?:N|S|E|W|NE|NW|SE|SW)\b)?"
 )
 _STREET_LEADING = (
     r"\b\d{1,6}(?:\s+\d{1,5})?,?\s+(?i:" + "|".join(_LEADING) + r")\.?\s+"
+    r"(?=(?:\p{Ll}+\s+){0,3}\p{Lu})"  # a capitalised name follows: not "2023 via email"
     r"(?:" + _WORD + r"\s*){1,4}?(?=[\s,]|$)"
 )
 _STREET_ENDING = (
@@ -176,7 +177,7 @@ _ORG_SUFFIX = (
 _SPECIFIC_DATE = regex.compile(
     r"\b\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}\b"  # 14/03/1985, 2024-03-14, 12.01.2024
     rf"|\b{_MONTH}\.?\s+{_DAY}\b"  # March 3rd, Mar 14 09:13
-    rf"|\b{_DAY}\s+(?:of\s+)?(?:{_MONTH}|{_FOREIGN_MONTH})\b"  # 3rd of March, 12 janvier
+    rf"|\b{_DAY}\s+(?:of\s+)?(?:{_MONTH}|{_FOREIGN_MONTH})\b"  # noqa: E501 — 3rd of March, 12 janvier
     rf"|\b\d{{1,2}}[-/]{_MONTH}[-/]\d{{2,4}}\b"  # 03-JUL-1972, 14/Mar/2024
     r"|\d{4}年\d{1,2}月\d{1,2}日"
     rf"|\b{_MONTH}\.?,?\s+(?:19|20)\d{{2}}\b"  # March 2024
@@ -199,7 +200,9 @@ _EPONYM_HEAD = (
     r"classification|index|manoeuvre|maneuver|reflex|examination|exam|"
     r"questionnaire|inventory|protocol|method|algorithm|distribution|equation)"
 )
-_EPONYM_AFTER = regex.compile(r"^(?:['’]s)?\s+" + _EPONYM_HEAD + r"\b", regex.IGNORECASE)
+_EPONYM_AFTER = regex.compile(
+    r"^(?:['’]s)?\s+" + _EPONYM_HEAD + r"\b", regex.IGNORECASE
+)
 _EPONYM_LAST = regex.compile(r"\b" + _EPONYM_HEAD + r"$", regex.IGNORECASE)
 _ACRONYM = regex.compile(r"\p{Lu}{2,6}s?")
 _NOT_NAME_CHARS = regex.compile(r"[^\p{L}\s&.'’,-]")
@@ -212,19 +215,28 @@ _FILE_EXTENSIONS = frozenset(
 def is_ner_noise(text: str, entity: str, start: int, end: int) -> bool:
     """A finding of spaCy's small model (or a schemeless URL) that is not PII, by
     its shape: an organisation that is an acronym ("ECG", "DHCP", "NSAIDs") or
-    holds digits or code ("Ubuntu 22.04", "&& npm"); a name, organisation or
+    one or two words holding digits or code ("Ubuntu 22.04", "&& npm"); a name,
+    organisation or
     place that is an eponym ("Glasgow Coma Scale", "the Whipple procedure",
-    "Parkinson's disease"); a person written without a capital letter (the
-    name-list recognizer, :mod:`.names`, finds lowercase names); a URL that is
-    a file name ("session.py")."""
+    "Parkinson's disease"); a person written without a capital letter that does
+    not start with a given name of :mod:`.names`' lists ("brb grabbing"); a URL
+    that is a file name ("session.py")."""
     span = text[start:end]
     if entity in ("PERSON", "ORGANIZATION", "LOCATION"):
         if _EPONYM_LAST.search(span) or _EPONYM_AFTER.match(text[end : end + 40]):
             return True
-    if entity == "ORGANIZATION":
-        return bool(_ACRONYM.fullmatch(span) or _NOT_NAME_CHARS.search(span))
+    if entity == "ORGANIZATION":  # digits or code in a name of one or two words
+        short = len(span.split()) <= 2
+        return bool(
+            _ACRONYM.fullmatch(span) or (short and _NOT_NAME_CHARS.search(span))
+        )
     if entity == "PERSON":
-        return not any(c.isupper() for c in span) or bool(_NOT_NAME_CHARS.search(span))
+        from .names import is_given_name
+
+        lowercase = not any(c.isupper() for c in span)
+        if lowercase and is_given_name(span.split()[0]):
+            return False
+        return lowercase or bool(_NOT_NAME_CHARS.search(span))
     if entity == "URL":
         low = span.casefold()
         if "://" in low or low.startswith("www."):
@@ -268,7 +280,7 @@ def custom_recognizers() -> list[EntityRecognizer]:
                     "key-value",
                     r"(?i:(?:\b|(?<=_))(?:name|author|owner|maintainer|contact|assignee"
                     r"|reporter|full_?name|display_?name|customer|employee))[\"']?\s*"
-                    r"[:=]\s*[\"']?(?P<pii>\p{Lu}[\p{L}'’-]+(?:[ ]+\p{Lu}[\p{L}'’.-]+){1,3})",
+                    r"[:=]\s*[\"']?(?P<pii>\p{Lu}[\p{L}'’-]+(?:[ ]+\p{Lu}[\p{L}'’.-]+){1,3})",  # noqa: E501
                     0.85,
                 ),
                 (  # an e-mail's display name: "Mateus Oliveira <mateus@...>"
@@ -321,7 +333,11 @@ def custom_recognizers() -> list[EntityRecognizer]:
                     rf"\b{_DAY}\s+(?:of\s+)?(?i:{_MONTH}|{_FOREIGN_MONTH})\b\.?(?:,?\s+\d{{4}})?",
                     0.85,
                 ),
-                ("log-stamp", rf"\b\d{{1,2}}/{_MONTH}/\d{{4}}(?::\d\d){{0,3}}(?:\s[+-]\d{{4}})?", 0.9),
+                (
+                    "log-stamp",
+                    rf"\b\d{{1,2}}/{_MONTH}/\d{{4}}(?::\d\d){{0,3}}(?:\s[+-]\d{{4}})?",
+                    0.9,
+                ),
                 ("cjk", r"\d{4}年\d{1,2}月\d{1,2}日", 0.9),
                 (
                     "numeric",
@@ -340,10 +356,14 @@ def custom_recognizers() -> list[EntityRecognizer]:
             "AGE",
             "FedshieldAge",
             [
-                ("n-year-old", r"\b(?P<pii>\d{1,3})[- ]years?[- ]old\b", 0.9),
+                (
+                    "n-year-old",
+                    r"\b(?P<pii>\d{1,3})(?:[- ]years?[- ]old|\s?(?:y/o|yo|yrs? old)\b)",
+                    0.9,
+                ),
                 (
                     "aged-n",
-                    r"(?i:\baged|\bage:|\bage of|\bturned|\bturning|\bwhen (?:he|she|"
+                    r"(?i:\baged|\bage:|\bage of|\bturned|\bturning|\bturn|\bwhen (?:he|she|"  # noqa: E501
                     r"they|I) (?:was|were|turned))\s+(?P<pii>\d{1,3})\b",
                     0.9,
                 ),

@@ -104,10 +104,12 @@ def read_patterns(path: Path) -> tuple[SitePattern, ...]:
         entity, expression = entry["entity"], entry["regex"]
         if not isinstance(entity, str) or not _ENTITY.fullmatch(entity):
             raise _problem(path, where, f"entity {entity!r} is not an upper-case "
-                           "type name", 'Use a name such as "EMPLOYEE_ID".')  # fmt: skip
+                           "type name", 'Use a name such as "EMPLOYEE_ID".')  # noqa: E501  # fmt: skip
         score = entry.get("score", 0.9)
-        if isinstance(score, bool) or not isinstance(score, int | float) or not (
-            0 < score <= 1
+        if (
+            isinstance(score, bool)
+            or not isinstance(score, int | float)
+            or not (0 < score <= 1)
         ):
             raise _problem(path, where, f"score {score!r} is not in (0, 1]",
                            "Leave it out for 0.9.")  # fmt: skip
@@ -118,9 +120,11 @@ def read_patterns(path: Path) -> tuple[SitePattern, ...]:
         except regex.error as err:
             raise _problem(path, where, f"regex {expression!r} does not compile "
                            f"({err})", "Fix the expression (the `regex` module's "
-                           "syntax; in TOML, single quotes keep backslashes).") from None  # fmt: skip
+                           "syntax; in TOML, single quotes keep backslashes).") from None  # noqa: E501  # fmt: skip
         if compiled.fullmatch(""):
             raise _problem(path, where, f"regex {expression!r} matches the empty "
-                           "string", "Make it match at least one character.")  # fmt: skip
-        patterns.append(SitePattern(entity=entity, regex=expression, score=float(score)))
+                           "string", "Make it match at least one character.")  # noqa: E501  # fmt: skip
+        patterns.append(
+            SitePattern(entity=entity, regex=expression, score=float(score))
+        )
     return tuple(patterns)

