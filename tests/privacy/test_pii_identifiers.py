@@ -70,6 +70,7 @@ CLEAN = [
     "Export the CSV from the CRM and attach it to the ticket.",
     "call me back when the build is green",
     "thanks for the quick turnaround",
+    "thanks, will do after lunch",
     "Check utils.py and config.yaml for the retry limits.",
     "Passport renewals take about six weeks in summer.",
     "The MRN field is empty for walk-in patients.",
