@@ -52,15 +52,11 @@ for path in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(path))
 
 from fedshield.privacy.pii import PIIConfig  # noqa: E402
-from fedshield.privacy.pii.analyzer import analyzer_for  # noqa: E402
+from fedshield.privacy.pii.analyzer import analyzer_for, dropped  # noqa: E402
 from fedshield.privacy.pii.presidio_set import (  # noqa: E402
     DROPPED,
     family_of,
     presidio_recognizers,
-)
-from fedshield.privacy.pii.recognizers import (  # noqa: E402
-    is_ner_noise,
-    is_specific_date,
 )
 
 MIN_PRECISION = 0.5
@@ -74,18 +70,6 @@ _TOKEN = re.compile(r"\w+")
 
 def _tokens(text: str, start: int, end: int) -> list[tuple[int, int]]:
     return [m.span() for m in _TOKEN.finditer(text, start, end)]
-
-
-def dropped_later(text: str, r: Any, recognizer: str) -> bool:
-    """A finding :func:`privacy.pii.analyzer.find_many` drops after the analyzer:
-    a date that names no day or month of a year, or the NER's (or a schemeless
-    URL's) noise."""
-    entity = family_of(r.entity_type)
-    if entity == "DATE_TIME" and not is_specific_date(text[r.start : r.end]):
-        return True
-    return recognizer in ("SpacyRecognizer", "UrlRecognizer") and is_ner_noise(
-        text, entity, r.start, r.end
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -136,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             seen: dict[str, set[str]] = defaultdict(set)
             for r in results:
                 name = (r.recognition_metadata or {}).get("recognizer_name", "?")
-                if dropped_later(text, r, name):
+                if dropped(text, r, family_of(r.entity_type)):
                     continue
                 entry = stats[name]
                 entry["entities"].add(r.entity_type)

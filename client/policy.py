@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -300,8 +300,6 @@ class SitePolicy:
         entity types scrubbed whatever the run's entities."""
         if not self.pii_patterns or pii.mode is PIIMode.OFF:
             return pii
-        from dataclasses import replace
-
         return replace(pii, patterns=(*pii.patterns, *self.pii_patterns))
 
     def check_evaluate(self) -> None:

@@ -22,6 +22,7 @@ from .overlaps import resolve_overlaps
 
 __all__ = [
     "analyzer_for",
+    "dropped",
     "find_many",
     "recognizers",
     "recognizers_version",
@@ -41,7 +42,9 @@ def _check_model_installed(name: str) -> None:
     )
 
 
+@lru_cache(maxsize=2)
 def _nlp_engine(spacy_model: str) -> Any:
+    """spaCy for Presidio, loaded once per model per process."""
     _check_model_installed(spacy_model)
     from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
 
@@ -127,15 +130,10 @@ def _build(config: PIIConfig, extra: tuple[Any, ...]) -> Any:
     for recognizer in (*recognizers(config), *extra):
         registry.add_recognizer(recognizer)
     return AnalyzerEngine(
-        nlp_engine=_nlp_shared(config.spacy_model),
+        nlp_engine=_nlp_engine(config.spacy_model),
         registry=registry,
         supported_languages=["en"],
     )
-
-
-@lru_cache(maxsize=2)
-def _nlp_shared(spacy_model: str) -> Any:
-    return _nlp_engine(spacy_model)
 
 
 @lru_cache(maxsize=1)
@@ -174,6 +172,19 @@ def requested(config: PIIConfig, engine: Any) -> list[str]:
 _NER_OR_URL = frozenset({"SpacyRecognizer", "UrlRecognizer"})
 
 
+def dropped(text: str, r: Any, entity: str) -> bool:
+    """Whether :func:`find_many` drops analyzer result ``r`` (of family
+    ``entity``) from ``text``: the NER's (or a schemeless URL's) noise
+    (:func:`.recognizers.is_ner_noise`), or a date that names no day of a month
+    and no month of a year (:func:`.recognizers.is_specific_date`)."""
+    from .recognizers import is_ner_noise, is_specific_date
+
+    source = (r.recognition_metadata or {}).get("recognizer_name")
+    if source in _NER_OR_URL and is_ner_noise(text, entity, r.start, r.end):
+        return True
+    return entity == "DATE_TIME" and not is_specific_date(text[r.start : r.end])
+
+
 def find_many(
     config: PIIConfig, texts: Iterable[str], batch_size: int = 64
 ) -> Iterator[list[Any]]:
@@ -189,7 +200,7 @@ def find_many(
     from presidio_analyzer import RecognizerResult
 
     from .presidio_set import family_of
-    from .recognizers import NOT_ORGANIZATIONS, is_ner_noise, is_specific_date
+    from .recognizers import NOT_ORGANIZATIONS
 
     analyzer = analyzer_for(config)
     entities = requested(config, analyzer)
@@ -208,22 +219,11 @@ def find_many(
             allow_list=NOT_ORGANIZATIONS,
             nlp_artifacts=artifacts,
         )
-        kept = []
         for r in results:  # a Presidio type reports as its family
             r.entity_type = family_of(r.entity_type)
-            source = (r.recognition_metadata or {}).get("recognizer_name")
-            if source in _NER_OR_URL and is_ner_noise(
-                text, r.entity_type, r.start, r.end
-            ):
-                continue
-            kept.append(r)
-        results = kept
+        results = [r for r in results if not dropped(text, r, r.entity_type)]
         merged: list[Any] = []
         for r in sorted(results, key=lambda r: (r.entity_type, r.start)):
-            if r.entity_type == "DATE_TIME" and not is_specific_date(
-                text[r.start : r.end]
-            ):
-                continue
             last = merged[-1] if merged else None
             if last and last.entity_type == r.entity_type and r.start < last.end:
                 merged[-1] = RecognizerResult(

@@ -86,13 +86,8 @@ def is_common_word(word: str) -> bool:
 
 
 def is_given_name(word: str) -> bool:
-    """A given name of the lists that is not a common English word."""
-    return _given(word)
-
-
-def _given(word: str) -> bool:
-    """A given name, not a common word; of a hyphenated one ("Marc-André"), the
-    first part."""
+    """A given name of the lists that is not a common English word; of a
+    hyphenated one ("Marc-André"), the first part."""
     w = word.casefold().strip("'’")
     first = w.split("-")[0]
     return len(first) > 1 and first in name_lists()[0] and not is_common_word(first)
@@ -180,7 +175,7 @@ def _name_words(words: list[str], *, cue: bool, title: bool = False) -> int:
                 break
             n += 1
         return n if n > first else 0
-    if not words or not _given(words[0]):
+    if not words or not is_given_name(words[0]):
         return 0
     n = 1
     while n < len(words) and _family(words[n]):

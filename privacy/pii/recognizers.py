@@ -46,6 +46,7 @@ from __future__ import annotations
 import regex
 from presidio_analyzer import EntityRecognizer
 
+from .names import is_given_name
 from .pattern_recognizer import SpanPatternRecognizer, digits_between, luhn
 
 __all__ = [
@@ -231,8 +232,6 @@ def is_ner_noise(text: str, entity: str, start: int, end: int) -> bool:
             _ACRONYM.fullmatch(span) or (short and _NOT_NAME_CHARS.search(span))
         )
     if entity == "PERSON":
-        from .names import is_given_name
-
         lowercase = not any(c.isupper() for c in span)
         if lowercase and is_given_name(span.split()[0]):
             return False
